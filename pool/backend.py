@@ -1,0 +1,154 @@
+"""Which credential store holds the pool's secrets — the same one for every process.
+
+The CLI runs in a desktop terminal and reaches the Secret Service; ``authpool serve``, spawned
+by an MCP client with a trimmed environment, may not. If each process quietly picked whatever
+keyring it could reach, the pool's secrets would split across two stores and accounts would
+"randomly" lose their tokens. So the backend is chosen once, when the pool first stores a
+secret, recorded in the pool file by class name, and every later process loads exactly that
+backend or fails with an error that says why and how to fix it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import keyring.backend
+import keyring.core
+import keyring.errors
+from keyring.backend import KeyringBackend
+
+from .errors import SecretBackendUnavailable
+
+__all__ = ["VAULT_BACKEND", "backend_name", "choose_backend", "ensure_session_bus", "load_backend"]
+
+log = logging.getLogger("authpool")
+
+VAULT_BACKEND = "pool.vault.VaultKeyring"
+
+# Backends that prompt with getpass on stdin: stdin is the MCP transport, so never use them.
+_PROMPTING = ("keyrings.alt.file.EncryptedKeyring", "keyrings.cryptfile.")
+# Not real stores: the chainer delegates, fail/null store nothing.
+_NOT_STORES = ("keyring.backends.chainer.", "keyring.backends.fail.", "keyring.backends.null.")
+
+
+def backend_name(backend: KeyringBackend) -> str:
+    """The importable ``module.Class`` name recorded in the pool file."""
+    cls = type(backend)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def ensure_session_bus() -> None:
+    """Point D-Bus clients at the user's session bus when the environment lost the address.
+
+    MCP clients spawn stdio servers with a minimal environment that drops
+    ``DBUS_SESSION_BUS_ADDRESS``; the desktop's bus still lives at ``/run/user/<uid>/bus``.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("DBUS_SESSION_BUS_ADDRESS"):
+        return
+    bus = Path(f"/run/user/{os.getuid()}/bus")
+    if bus.exists():
+        os.environ["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={bus}"
+
+
+def load_backend(name: str) -> KeyringBackend:
+    """Load the recorded backend ``name`` or explain why this process cannot use it.
+
+    Raises:
+        SecretBackendUnavailable: not installed here, or not reachable from this process.
+    """
+    env = os.environ.get("PYTHON_KEYRING_BACKEND")
+    if env and env != name:
+        raise SecretBackendUnavailable(
+            f"this pool keeps its secrets in {name}, but PYTHON_KEYRING_BACKEND selects {env}; "
+            "unset PYTHON_KEYRING_BACKEND (or set it to the pool's backend)"
+        )
+    ensure_session_bus()
+    if name == VAULT_BACKEND:
+        from .vault import VaultKeyring
+
+        return VaultKeyring()
+    try:
+        return keyring.core.load_keyring(name)
+    except (ImportError, AttributeError) as e:
+        raise SecretBackendUnavailable(
+            f"this pool keeps its secrets in {name}, which is not installed for {sys.executable}"
+        ) from e
+    except Exception as e:  # priority raises RuntimeError (or a D-Bus error) where a backend cannot run
+        raise SecretBackendUnavailable(
+            f"this pool keeps its secrets in {name}, which this process cannot reach ({_reason(e)}){_hint(name)}"
+        ) from e
+
+
+def choose_backend() -> tuple[KeyringBackend, bool]:
+    """Pick the backend for a new pool; returns ``(backend, is_fallback)``.
+
+    ``PYTHON_KEYRING_BACKEND`` wins when set. Otherwise the highest-priority OS store that
+    survives a write/read/delete probe, else the encrypted-file vault.
+
+    Raises:
+        SecretBackendUnavailable: ``PYTHON_KEYRING_BACKEND`` names an unusable or prompting backend.
+    """
+    ensure_session_bus()
+    env = os.environ.get("PYTHON_KEYRING_BACKEND")
+    if env:
+        if env.startswith(_PROMPTING):
+            raise SecretBackendUnavailable(
+                f"PYTHON_KEYRING_BACKEND={env} asks for a password on stdin, which authpool cannot "
+                "allow (stdin carries the MCP protocol); pick another backend or unset it"
+            )
+        return load_backend(env), env == VAULT_BACKEND
+    candidates = sorted(
+        (
+            kr
+            for kr in keyring.backend.get_all_keyring()
+            if _usable_priority(kr) and not backend_name(kr).startswith(_PROMPTING + _NOT_STORES)
+            and backend_name(kr) != VAULT_BACKEND
+        ),
+        key=lambda kr: float(kr.priority),
+        reverse=True,
+    )
+    for kr in candidates:
+        if _probe(kr):
+            return kr, False
+    from .vault import VaultKeyring
+
+    return VaultKeyring(), True
+
+
+def _usable_priority(kr: KeyringBackend) -> bool:
+    try:
+        return float(kr.priority) >= 1
+    except Exception:  # noqa: BLE001 - a backend's priority raising (anything) means "not here"
+        return False
+
+
+def _probe(kr: KeyringBackend) -> bool:
+    # A backend can pass its priority check and still fail on use (no collection, locked,
+    # no agent): try a real round trip before entrusting it with the pool's secrets.
+    service, user = "authpool", "authpool-probe"
+    try:
+        kr.set_password(service, user, "probe")
+        ok = kr.get_password(service, user) == "probe"
+        kr.delete_password(service, user)
+    except Exception as e:  # noqa: BLE001 - any failure of the probe means "do not use this store"
+        log.debug("credential store %s is not usable: %s", backend_name(kr), _reason(e))
+        return False
+    return ok
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def _hint(name: str) -> str:
+    if "SecretService" in name or "libsecret" in name:
+        return (
+            "; MCP clients start servers without DBUS_SESSION_BUS_ADDRESS: add it to the server's "
+            '"env" in the MCP config (run `echo $DBUS_SESSION_BUS_ADDRESS` in your desktop terminal), '
+            "and make sure the keyring is unlocked"
+        )
+    return ""

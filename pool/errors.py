@@ -1,0 +1,256 @@
+"""The one exception hierarchy of authpool.
+
+Every error the library raises on purpose is a :class:`PoolError`. Each carries a stable
+``code`` (for tool results and ``--json`` output) and a message written for the person who
+has to fix it. No message ever contains a token, refresh token or API key: messages are built
+from metadata (ids, labels, paths, status codes) only.
+
+::
+
+    PoolError
+     ├── ConfigError                       config.toml or a provider definition is wrong
+     ├── InvalidInput (ValueError)         a caller's argument is malformed
+     │    └── DuplicateLabel               the label is taken for that provider
+     ├── NotFound (LookupError)
+     │    ├── AccountNotFound
+     │    └── ProviderNotFound
+     ├── StoreError                        the pool file
+     │    ├── StoreCorrupt                 unreadable file; names the last good backup
+     │    ├── StoreVersionError            written by a newer authpool
+     │    ├── StoreWriteError (OSError)    disk full, read-only, permissions
+     │    └── LockTimeout (TimeoutError)   another process holds a lock too long
+     ├── SecretError                       the credential store
+     │    ├── SecretBackendUnavailable     no usable keyring / cannot reach it
+     │    ├── SecretBackendLocked          the keyring is locked
+     │    └── SecretMissing                metadata exists, the secret does not
+     ├── AuthError                         a provider refused or could not renew credentials
+     │    ├── RefreshError                 the token endpoint failed (down, garbage, timeout)
+     │    └── ReauthRequired               the login is dead; the user must log in again
+     └── RequestFailed                     a request could not be served through the pool
+          ├── OriginRefused                credentials would go to a foreign origin
+          ├── BodyNotReplayable            a retry would resend a half-read stream
+          ├── NoAccounts                   the provider has no usable account at all
+          └── AllAccountsCooling           every account is rate-limited; says when one frees up
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "AccountNotFound",
+    "AllAccountsCooling",
+    "AuthError",
+    "BodyNotReplayable",
+    "ConfigError",
+    "DuplicateLabel",
+    "InvalidInput",
+    "LockTimeout",
+    "NoAccounts",
+    "NotFound",
+    "OriginRefused",
+    "PoolError",
+    "ProviderNotFound",
+    "ReauthRequired",
+    "RefreshError",
+    "RequestFailed",
+    "SecretBackendLocked",
+    "SecretBackendUnavailable",
+    "SecretError",
+    "SecretMissing",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreVersionError",
+    "StoreWriteError",
+]
+
+
+class PoolError(Exception):
+    """Root of every error authpool raises on purpose."""
+
+    code = "pool_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(PoolError):
+    """``config.toml`` or a provider definition is invalid."""
+
+    code = "config_error"
+
+
+class InvalidInput(PoolError, ValueError):
+    """A caller passed a malformed argument."""
+
+    code = "invalid_input"
+
+
+class DuplicateLabel(InvalidInput):
+    """The label is already used by another account of the same provider."""
+
+    code = "duplicate_label"
+
+
+class NotFound(PoolError, LookupError):
+    """Something named by the caller does not exist."""
+
+    code = "not_found"
+
+
+class AccountNotFound(NotFound):
+    """No account matches the given id or ``provider/label``."""
+
+    code = "account_not_found"
+
+    def __init__(self, ref: str, message: str | None = None) -> None:
+        super().__init__(message or f"no account {ref!r} (give an account id or provider/label; "
+                         "`authpool accounts list` shows them)")
+        self.ref = ref
+
+
+class ProviderNotFound(NotFound):
+    """No built-in or configured provider has this id."""
+
+    code = "provider_not_found"
+
+    def __init__(self, provider: str, known: list[str] | None = None) -> None:
+        hint = f"; known providers: {', '.join(sorted(known))}" if known else ""
+        super().__init__(f"unknown provider {provider!r}{hint}")
+        self.provider = provider
+
+
+class StoreError(PoolError):
+    """The pool file cannot be read or written."""
+
+    code = "store_error"
+
+
+class StoreCorrupt(StoreError):
+    """The pool file does not parse; it is never overwritten."""
+
+    code = "store_corrupt"
+
+    def __init__(self, path: Path, detail: str, backup: Path | None) -> None:
+        if backup is not None:
+            fix = (f"the last good copy is {backup}; run `authpool doctor --restore` to put it back "
+                   "(the damaged file is kept aside)")
+        else:
+            fix = "no backup exists; move the file away to start an empty pool"
+        super().__init__(f"pool file {path} is corrupt ({detail}); it was left untouched; {fix}")
+        self.path = path
+        self.backup = backup
+
+
+class StoreVersionError(StoreError):
+    """The pool file was written by a newer authpool."""
+
+    code = "store_version"
+
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        super().__init__(
+            f"pool file {path} has schema version {found}, but this authpool understands up to "
+            f"{supported}; upgrade authpool (the file was left untouched)"
+        )
+        self.path = path
+        self.found = found
+        self.supported = supported
+
+
+class StoreWriteError(StoreError, OSError):
+    """Writing failed (disk full, read-only filesystem, permissions); nothing was changed."""
+
+    code = "store_write"
+
+
+class LockTimeout(StoreError, TimeoutError):
+    """A lock was held by another process for longer than the timeout."""
+
+    code = "lock_timeout"
+
+    def __init__(self, lock_file: Path, timeout: float, holder: str | None) -> None:
+        who = f" by {holder}" if holder else ""
+        super().__init__(f"timed out after {timeout:g}s waiting for {lock_file}, held{who}")
+        self.lock_file = lock_file
+        self.timeout = timeout
+        self.holder = holder
+
+
+class SecretError(PoolError):
+    """The credential store failed."""
+
+    code = "secret_error"
+
+
+class SecretBackendUnavailable(SecretError):
+    """No usable credential store, or the recorded one cannot be reached from this process."""
+
+    code = "secret_backend_unavailable"
+
+
+class SecretBackendLocked(SecretError):
+    """The credential store is locked and needs the user to unlock it."""
+
+    code = "secret_backend_locked"
+
+
+class SecretMissing(SecretError):
+    """The account exists but its secret is gone from the credential store."""
+
+    code = "secret_missing"
+
+
+class AuthError(PoolError):
+    """A provider refused credentials, or they could not be renewed."""
+
+    code = "auth_error"
+
+
+class RefreshError(AuthError):
+    """The token endpoint could not renew the token (down, garbage, timeout)."""
+
+    code = "refresh_failed"
+
+
+class ReauthRequired(AuthError):
+    """The login is no longer valid; the user must log in again."""
+
+    code = "needs_reauth"
+
+
+class RequestFailed(PoolError):
+    """A request could not be served through the pool."""
+
+    code = "request_failed"
+
+
+class OriginRefused(RequestFailed):
+    """The URL is not one of the provider's origins, so no credentials may go there."""
+
+    code = "origin_refused"
+
+
+class BodyNotReplayable(RequestFailed):
+    """A retry would need to resend a streaming body that was already consumed."""
+
+    code = "body_not_replayable"
+
+
+class NoAccounts(RequestFailed):
+    """The provider has no enabled account that can serve requests."""
+
+    code = "no_accounts"
+
+
+class AllAccountsCooling(RequestFailed):
+    """Every candidate account is cooling down; ``retry_at`` says when the first frees up."""
+
+    code = "all_cooling"
+
+    def __init__(self, message: str, retry_at: float | None) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at

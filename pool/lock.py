@@ -1,0 +1,129 @@
+"""Locks shared by threads and processes: the pool file lock and per-account refresh locks.
+
+A :class:`Lock` is a ``threading.Lock`` (one per path per process, so threads queue in memory
+instead of polling the file) plus an OS file lock (``filelock``, ``flock`` on POSIX) for other
+processes. Lock files are never deleted: a deleted lock file lets two processes lock two
+different inodes and both believe they hold the lock. Each holder writes its pid and command
+into the lock file, so a timeout can say who is holding it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+import filelock
+
+from .errors import LockTimeout
+
+__all__ = ["DEFAULT_TIMEOUT", "Lock"]
+
+DEFAULT_TIMEOUT = float(os.environ.get("AUTHPOOL_LOCK_TIMEOUT", "15"))
+_POLL = 0.002  # filelock polls a non-blocking flock; a short interval keeps contended updates fast
+
+_registry_guard = threading.Lock()
+_thread_locks: dict[str, threading.Lock] = {}
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    key = str(path)
+    with _registry_guard:
+        lock = _thread_locks.get(key)
+        if lock is None:
+            lock = _thread_locks[key] = threading.Lock()
+        return lock
+
+
+def _record_holder(fd: int) -> None:
+    # Runs with the flock held. Contenders never truncate the file (filelock >= 4 opens it
+    # without O_TRUNC), so what we write here names the current holder.
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
+    info = f"pid {os.getpid()} ({prog}) since {stamp}".encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, info, 0)
+
+
+def _describe_holder(lock_file: Path) -> str | None:
+    try:
+        text = lock_file.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return text or None
+
+
+class Lock:
+    """A lock on ``path`` that excludes other threads of this process and other processes.
+
+    Usable as ``with lock:`` and ``async with lock:`` (the async form waits in a worker
+    thread, so the event loop keeps running while another process holds the lock).
+
+    Raises:
+        LockTimeout: not acquired within ``timeout`` seconds; names the holder when known.
+    """
+
+    def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._thread_lock = _thread_lock(path)
+        # thread_local=False: the async form acquires in a worker thread and releases on the
+        # event loop thread.
+        self._file_lock = filelock.FileLock(
+            str(path),
+            timeout=timeout,
+            poll_interval=_POLL,
+            thread_local=False,
+            mode=0o600,
+            preserve_lock_file=True,
+            fallback_to_soft=False,
+            on_acquired=_record_holder,
+        )
+
+    def acquire(self) -> None:
+        """Block until held, or raise :class:`LockTimeout`."""
+        deadline = time.monotonic() + self.timeout
+        if not self._thread_lock.acquire(timeout=self.timeout):
+            raise LockTimeout(self.path, self.timeout, f"another thread of this process (pid {os.getpid()})")
+        try:
+            remaining = max(0.0, deadline - time.monotonic())
+            self._file_lock.acquire(timeout=remaining)
+        except filelock.Timeout as e:
+            self._thread_lock.release()
+            raise LockTimeout(self.path, self.timeout, _describe_holder(self.path)) from e
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            self._file_lock.release()
+        finally:
+            self._thread_lock.release()
+
+    @property
+    def held(self) -> bool:
+        """Whether this object currently holds the lock."""
+        return self._file_lock.is_locked
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Lock:
+        await anyio.to_thread.run_sync(self.acquire, abandon_on_cancel=False)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

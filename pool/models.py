@@ -1,0 +1,203 @@
+"""The pool file's data model: accounts and their non-secret metadata.
+
+Nothing in these models is secret. Tokens and keys live in the credential store; an account
+only records ``secret_generation``, which moves every time its secret changes, so other
+processes can tell their cached copy is stale without asking the keyring.
+
+Times are Unix epoch seconds (floats): cheap to compare on the hot path and unambiguous
+across time zones.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import AccountNotFound, DuplicateLabel, InvalidInput
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "WHOLE_ACCOUNT",
+    "Account",
+    "AccountKind",
+    "Cooldown",
+    "Counters",
+    "PoolFile",
+    "new_account_id",
+    "validate_label",
+    "validate_provider_id",
+]
+
+SCHEMA_VERSION = 1
+WHOLE_ACCOUNT = "*"  # cooldown scope meaning "every model of the account"
+
+AccountKind = Literal["oauth", "api_key"]
+
+_PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o/1/l: ids are read aloud and retyped
+
+
+def new_account_id() -> str:
+    """A short random id, stable for the account's life (8 chars, ~40 bits)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(8))
+
+
+def validate_provider_id(value: str) -> str:
+    """Return ``value`` if it is a valid provider id, else raise :class:`InvalidInput`."""
+    if not _PROVIDER_RE.match(value):
+        raise InvalidInput(
+            f"invalid provider id {value!r}: use lowercase letters, digits, '-', '_' or '.' (max 64)"
+        )
+    return value
+
+
+def validate_label(value: str) -> str:
+    """Return the stripped label if valid, else raise :class:`InvalidInput`."""
+    label = value.strip()
+    if not label or len(label) > 100 or "/" in label or not label.isprintable():
+        raise InvalidInput(
+            f"invalid label {value!r}: 1-100 printable characters, no '/' (labels are shown as provider/label)"
+        )
+    return label
+
+
+class _Model(BaseModel):
+    # extra="allow": fields written by a newer authpool of the same schema version survive our
+    # read-modify-write instead of being silently dropped.
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
+
+
+class Counters(_Model):
+    """Lifetime counters of one account."""
+
+    requests: int = 0
+    rate_limited: int = 0
+    unauthorized: int = 0
+    refreshes: int = 0
+    failures: int = 0
+
+
+class Cooldown(_Model):
+    """An account (or one model scope of it) may not be used before ``until``."""
+
+    until: float
+    reason: str
+    set_at: float = Field(default_factory=time.time)
+
+
+class Account(_Model):
+    """One account of one provider: everything about it except the secret."""
+
+    id: str
+    provider: str
+    namespace: str = "default"
+    label: str
+    kind: AccountKind
+    enabled: bool = True
+    order: int = 0
+    created_at: float = Field(default_factory=time.time)
+    last_used_at: float | None = None
+    cooldowns: dict[str, Cooldown] = Field(default_factory=dict)
+    backoff_level: int = 0
+    last_status: int | None = None
+    last_error: str | None = None
+    needs_reauth: bool = False
+    access_expires_at: float | None = None
+    counters: Counters = Field(default_factory=Counters)
+    secret_generation: int = 0
+
+    @field_validator("provider")
+    @classmethod
+    def _provider_ok(cls, v: str) -> str:
+        return validate_provider_id(v)
+
+    @field_validator("label")
+    @classmethod
+    def _label_ok(cls, v: str) -> str:
+        return validate_label(v)
+
+    @property
+    def name(self) -> str:
+        """The human name, ``provider/label``."""
+        return f"{self.provider}/{self.label}"
+
+    def cooldown_until(self, scope: str = WHOLE_ACCOUNT, now: float | None = None) -> float | None:
+        """When the account frees up for ``scope`` (a model), or None if it is usable now."""
+        now = time.time() if now is None else now
+        latest: float | None = None
+        for key in (WHOLE_ACCOUNT, scope):
+            cd = self.cooldowns.get(key)
+            if cd is not None and cd.until > now and (latest is None or cd.until > latest):
+                latest = cd.until
+        return latest
+
+    def state(self, now: float | None = None) -> str:
+        """``disabled`` | ``needs-reauth`` | ``cooling`` | ``ready`` (whole-account view)."""
+        if not self.enabled:
+            return "disabled"
+        if self.needs_reauth:
+            return "needs-reauth"
+        if self.cooldown_until(WHOLE_ACCOUNT, now) is not None:
+            return "cooling"
+        return "ready"
+
+
+class PoolFile(_Model):
+    """The whole pool file: schema version, which secret backend holds the secrets, accounts."""
+
+    schema_version: int = SCHEMA_VERSION
+    secret_backend: str | None = None
+    accounts: list[Account] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> PoolFile:
+        seen_ids: set[str] = set()
+        seen_names: set[tuple[str, str]] = set()
+        for acc in self.accounts:
+            if acc.id in seen_ids:
+                raise ValueError(f"duplicate account id {acc.id!r}")
+            key = (acc.provider, acc.label.casefold())
+            if key in seen_names:
+                raise ValueError(f"duplicate label {acc.name!r}")
+            seen_ids.add(acc.id)
+            seen_names.add(key)
+        return self
+
+    def find(self, ref: str) -> Account:
+        """The account whose id is ``ref``, or whose ``provider/label`` is ``ref``.
+
+        Raises:
+            AccountNotFound: nothing matches.
+        """
+        ref = ref.strip()
+        for acc in self.accounts:
+            if acc.id == ref:
+                return acc
+        provider, sep, label = ref.partition("/")
+        if sep:
+            folded = label.strip().casefold()
+            for acc in self.accounts:
+                if acc.provider == provider and acc.label.casefold() == folded:
+                    return acc
+        raise AccountNotFound(ref)
+
+    def for_provider(self, provider: str) -> list[Account]:
+        return [a for a in self.accounts if a.provider == provider]
+
+    def check_label_free(self, provider: str, label: str, *, except_id: str | None = None) -> None:
+        """Raise :class:`DuplicateLabel` if another account of ``provider`` has ``label``."""
+        folded = label.casefold()
+        for acc in self.accounts:
+            if acc.provider == provider and acc.label.casefold() == folded and acc.id != except_id:
+                raise DuplicateLabel(f"{provider}/{label} already exists (account {acc.id})")
+
+    def new_id(self) -> str:
+        taken = {a.id for a in self.accounts}
+        while True:
+            candidate = new_account_id()
+            if candidate not in taken:
+                return candidate

@@ -1,0 +1,235 @@
+"""The pool: accounts (metadata in the store, secrets in the credential store) of one home.
+
+:class:`Pool` is the library's front door. The CLI commands and MCP tools are thin shells over
+its methods; everything here is usable without either.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from keyring.backend import KeyringBackend
+
+from .backend import backend_name, choose_backend, load_backend
+from .errors import InvalidInput, SecretError
+from .home import Home
+from .lock import Lock
+from .models import Account, AccountKind, PoolFile, validate_label, validate_provider_id
+from .secret import Secret, TokenSet
+from .secretstore import SecretStore
+from .store import Store
+
+__all__ = ["Pool"]
+
+log = logging.getLogger("authpool")
+
+
+class Pool:
+    """All accounts of one authpool home.
+
+    Example:
+        >>> pool = Pool.open()  # doctest: +SKIP
+        >>> acc = pool.add_api_key("openai", "work", "sk-...")  # doctest: +SKIP
+        >>> [a.name for a in pool.accounts()]  # doctest: +SKIP
+        ['openai/work']
+    """
+
+    def __init__(self, home: Home, store: Store) -> None:
+        self.home = home
+        self.store = store
+        self._secrets: SecretStore | None = None
+        self._secrets_guard = threading.Lock()
+
+    @classmethod
+    def open(cls, home: Path | None = None) -> Pool:
+        """Open (creating if needed) the pool in ``home`` (default: ``AUTHPOOL_HOME`` or the user data dir)."""
+        h = Home.open(home)
+        return cls(h, Store(h))
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The credential store recorded for this pool (chosen and recorded on first use)."""
+        with self._secrets_guard:
+            if self._secrets is None:
+                self._secrets = SecretStore(self._backend())
+            return self._secrets
+
+    def _backend(self) -> KeyringBackend:
+        recorded = self.store.read().secret_backend
+        if recorded is not None:
+            return load_backend(recorded)
+        chosen, fallback = choose_backend()
+        name = backend_name(chosen)
+
+        def record(pool: PoolFile) -> str:
+            if pool.secret_backend is None:
+                pool.secret_backend = name
+            return pool.secret_backend
+
+        winner = self.store.update(record)
+        if winner != name:  # another process created the pool first: use its choice
+            return load_backend(winner)
+        if fallback:
+            log.warning(
+                "no OS credential store is usable here; secrets are kept AES-256-GCM encrypted in %s "
+                "(key: AUTHPOOL_VAULT_KEY or %s)",
+                self.home.vault_file,
+                self.home.vault_key_file,
+            )
+        else:
+            log.info("secrets are kept in %s", name)
+        return chosen
+
+    def secret_lock(self, account_id: str) -> Lock:
+        """The per-account lock under which its secret is refreshed or replaced."""
+        return Lock(self.home.lock_file(f"account-{account_id}"))
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def accounts(self, provider: str | None = None) -> list[Account]:
+        """Every account, or those of ``provider``, in pool order."""
+        pool = self.store.read()
+        accs = pool.for_provider(provider) if provider else list(pool.accounts)
+        return sorted(accs, key=lambda a: (a.provider, a.namespace, a.order, a.created_at))
+
+    def get(self, ref: str) -> Account:
+        """The account with id or ``provider/label`` ``ref``.
+
+        Raises:
+            AccountNotFound: no such account.
+        """
+        return self.store.read().find(ref)
+
+    def secret_of(self, account: Account) -> Secret:
+        """The account's secret (cached by generation)."""
+        return self.secrets.load(account.id, account.secret_generation)
+
+    # -- adding ----------------------------------------------------------------------------
+
+    def add_api_key(self, provider: str, label: str, key: str, *, namespace: str = "default") -> Account:
+        """Add an API-key account.
+
+        Raises:
+            DuplicateLabel: ``provider/label`` exists.
+            InvalidInput: bad provider id, label or key.
+            SecretError: the credential store failed (nothing was added).
+        """
+        return self._add(provider, label, "api_key", Secret.from_api_key(key), namespace, None)
+
+    def add_oauth(self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default") -> Account:
+        """Add an OAuth account from a token set (as a login or an import produces)."""
+        return self._add(provider, label, "oauth", tokens.to_secret(), namespace, tokens.expires_at)
+
+    def _add(
+        self,
+        provider: str,
+        label: str,
+        kind: AccountKind,
+        secret: Secret,
+        namespace: str,
+        expires_at: float | None,
+    ) -> Account:
+        provider = validate_provider_id(provider)
+        label = validate_label(label)
+        namespace = validate_label(namespace)
+        self.store.read().check_label_free(provider, label)  # fail before touching the keyring
+        account_id = self.store.read().new_id()
+        # Secret first, metadata second: an account visible to other processes always has its
+        # secret. If the metadata write fails, the orphan secret is removed again.
+        self.secrets.save(account_id, secret, generation=1)
+
+        def insert(pool: PoolFile) -> Account:
+            pool.check_label_free(provider, label)
+            if any(a.id == account_id for a in pool.accounts):
+                raise InvalidInput("account id collision; try again")
+            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
+            acc = Account(
+                id=account_id,
+                provider=provider,
+                namespace=namespace,
+                label=label,
+                kind=kind,
+                order=order,
+                access_expires_at=expires_at,
+                secret_generation=1,
+            )
+            pool.accounts.append(acc)
+            return acc
+
+        try:
+            return self.store.update(insert)
+        except BaseException:
+            self._delete_secret_quietly(account_id)
+            raise
+
+    def set_secret(self, ref: str, secret: Secret) -> Account:
+        """Replace an account's secret and bump its generation (under the account's lock)."""
+        account_id = self.get(ref).id
+        with self.secret_lock(account_id):
+            current = self.get(account_id)
+            generation = current.secret_generation + 1
+            self.secrets.save(account_id, secret, generation)
+
+            def bump(pool: PoolFile) -> Account:
+                acc = pool.find(account_id)
+                acc.secret_generation = max(acc.secret_generation, current.secret_generation) + 1
+                if secret.kind == "oauth":
+                    acc.access_expires_at = secret.expires_at
+                    acc.needs_reauth = False
+                return acc
+
+            return self.store.update(bump)
+
+    # -- changing --------------------------------------------------------------------------
+
+    def remove(self, ref: str) -> Account:
+        """Remove an account and its secret."""
+        account_id = self.get(ref).id
+        with self.secret_lock(account_id):
+
+            def drop(pool: PoolFile) -> Account:
+                acc = pool.find(account_id)
+                pool.accounts.remove(acc)
+                return acc
+
+            removed = self.store.update(drop)
+            # Metadata first: once gone, no process will start using the account, so deleting
+            # the secret cannot pull it from under a request that just picked it.
+            self.secrets.delete(account_id)
+        return removed
+
+    def set_enabled(self, ref: str, enabled: bool) -> Account:
+        """Enable or disable an account (disabled accounts are never picked)."""
+        account_id = self.get(ref).id
+
+        def apply(pool: PoolFile) -> Account:
+            acc = pool.find(account_id)
+            acc.enabled = enabled
+            return acc
+
+        return self.store.update(apply)
+
+    def reset(self, ref: str) -> Account:
+        """Clear cooldowns, backoff, needs-reauth and the last error of an account."""
+        account_id = self.get(ref).id
+
+        def apply(pool: PoolFile) -> Account:
+            acc = pool.find(account_id)
+            acc.cooldowns.clear()
+            acc.backoff_level = 0
+            acc.needs_reauth = False
+            acc.last_error = None
+            return acc
+
+        return self.store.update(apply)
+
+    def _delete_secret_quietly(self, account_id: str) -> None:
+        try:
+            self.secrets.delete(account_id)
+        except SecretError:
+            log.warning("could not remove the secret of unfinished account %s", account_id)
+

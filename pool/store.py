@@ -1,0 +1,222 @@
+"""The pool file: shared metadata, changed only by locked read-modify-write.
+
+Every mutation goes through :meth:`Store.update`: take the pool lock, read the file fresh,
+apply the caller's change function, validate, write atomically, release. Nobody ever writes a
+snapshot taken earlier, so one process can never write stale state over another's change (in
+particular over a ``secret_generation`` bump that records a refresh-token rotation).
+
+Reads take no lock: writes replace the file atomically, so a reader sees a whole old or a whole
+new file. Parsed reads are cached by the file's identity (inode, mtime, size), which changes on
+every replace.
+
+A corrupt file is never overwritten: the error names it and the last good copy
+(``pool.json.bak``, a hard link to the previous version taken before each replace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from pydantic import ValidationError
+
+from .atomicfile import write_atomic
+from .errors import InvalidInput, StoreCorrupt, StoreError, StoreVersionError
+from .home import Home
+from .lock import DEFAULT_TIMEOUT, Lock
+from .models import SCHEMA_VERSION, PoolFile
+
+__all__ = ["MIGRATIONS", "Store"]
+
+log = logging.getLogger("authpool")
+
+T = TypeVar("T")
+
+# schema_version N -> function turning a version-N document into version N+1. Empty while the
+# schema is at its first version; add an entry (and bump SCHEMA_VERSION) for every change that
+# old files cannot be read as by defaults alone.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+_Signature = tuple[int, int, int, int]
+
+
+class Store:
+    """The pool file of one home directory.
+
+    Example:
+        >>> store = Store(Home.open())  # doctest: +SKIP
+        >>> store.update(lambda pool: setattr(pool.find("a2b3c4d5"), "enabled", False))  # doctest: +SKIP
+    """
+
+    def __init__(self, home: Home, *, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.home = home
+        self.path = home.pool_file
+        self.backup_path = self.path.with_name(self.path.name + ".bak")
+        self.lock = Lock(home.lock_file("pool"), lock_timeout)
+        self._cache: tuple[_Signature, PoolFile] | None = None
+        self._cache_guard = threading.Lock()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def read(self) -> PoolFile:
+        """The current pool, parsed. Treat it as read-only: change things with :meth:`update`.
+
+        Raises:
+            StoreCorrupt, StoreVersionError: the file cannot be used (it is left untouched).
+        """
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            return PoolFile()
+        except OSError as e:
+            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            st = os.fstat(fd)
+            sig = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+            with self._cache_guard:
+                if self._cache is not None and self._cache[0] == sig:
+                    return self._cache[1]
+            data = _read_all(fd, st.st_size)
+        finally:
+            os.close(fd)
+        pool = self._parse(data)
+        with self._cache_guard:
+            self._cache = (sig, pool)
+        return pool
+
+    def _read_fresh(self) -> tuple[PoolFile, bool]:
+        """Parse the file from disk, bypassing the cache; returns (pool, existed)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return PoolFile(), False
+        except OSError as e:
+            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+        return self._parse(data), True
+
+    def _parse(self, data: bytes) -> PoolFile:
+        backup = self.backup_path if self.backup_path.exists() else None
+        try:
+            raw = json.loads(data)
+        except UnicodeDecodeError as e:
+            raise StoreCorrupt(self.path, "not UTF-8 text", backup) from e
+        except json.JSONDecodeError as e:
+            raise StoreCorrupt(self.path, f"invalid JSON at line {e.lineno} column {e.colno}", backup) from e
+        if not isinstance(raw, dict):
+            raise StoreCorrupt(self.path, "top level is not a JSON object", backup)
+        version = raw.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise StoreCorrupt(self.path, "missing or invalid schema_version", backup)
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(self.path, version, SCHEMA_VERSION)
+        raw = migrate(raw)
+        try:
+            return PoolFile.model_validate(raw)
+        except ValidationError as e:
+            raise StoreCorrupt(self.path, _validation_summary(e), backup) from None
+
+    # -- writing -------------------------------------------------------------------------
+
+    def update(self, change: Callable[[PoolFile], T]) -> T:
+        """Apply ``change`` to a fresh read of the pool under the lock and save the result.
+
+        ``change`` mutates the :class:`PoolFile` it is given (and may return a value, which
+        ``update`` returns). If it raises, nothing is written. The result is validated before
+        it is written; an invalid result (say, a duplicate label) raises :class:`InvalidInput`.
+
+        Raises:
+            LockTimeout: another process held the lock too long.
+            StoreCorrupt, StoreVersionError: the file cannot be used (left untouched).
+            StoreWriteError: the disk refused the write (the old file stays in place).
+        """
+        with self.lock:
+            pool, existed = self._read_fresh()
+            result = change(pool)
+            try:
+                checked = PoolFile.model_validate(pool.model_dump())
+            except ValidationError as e:
+                raise InvalidInput(f"change rejected: {_validation_summary(e)}") from None
+            data = checked.model_dump_json(indent=1).encode()
+            if existed:
+                self._keep_backup()
+            write_atomic(self.path, data)
+        return result
+
+    async def aupdate(self, change: Callable[[PoolFile], T]) -> T:
+        """:meth:`update` for async callers: waits for the lock in a worker thread."""
+        return await anyio.to_thread.run_sync(self.update, change)
+
+    async def aread(self) -> PoolFile:
+        """:meth:`read` for async callers (a large pool takes milliseconds to parse)."""
+        return await anyio.to_thread.run_sync(self.read)
+
+    def _keep_backup(self) -> None:
+        # Called under the lock after the current file parsed cleanly: it is a good copy.
+        # A hard link costs no data copy; the old inode is never written again because every
+        # write replaces the file instead of changing it in place.
+        tmp = self.backup_path.with_name(f".{self.backup_path.name}.{os.getpid()}.tmp")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.link(self.path, tmp)
+            os.replace(tmp, self.backup_path)
+        except OSError:
+            # Filesystems without hard links: fall back to a real copy.
+            write_atomic(self.backup_path, self.path.read_bytes())
+
+    def restore_backup(self) -> Path:
+        """Replace a corrupt pool file with the last good copy; returns where the bad one went.
+
+        Raises:
+            StoreError: there is no usable backup.
+        """
+        with self.lock:
+            if not self.backup_path.exists():
+                raise StoreError(f"no backup at {self.backup_path} to restore")
+            good = self.backup_path.read_bytes()
+            self._parse(good)  # refuse to restore a backup that is itself unusable
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            if self.path.exists():
+                os.replace(self.path, aside)
+            write_atomic(self.path, good)
+            return aside
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older document up to :data:`SCHEMA_VERSION` (in memory; saved on next write)."""
+    version = int(raw["schema_version"])
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise StoreError(f"no migration from pool schema version {version}")
+        raw = step(raw)
+        version += 1
+        raw["schema_version"] = version
+    return raw
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, max(size, 65536))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _validation_summary(e: ValidationError) -> str:
+    # Locations and messages only: pydantic's default text includes input values.
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "document"
+        parts.append(f"{loc}: {err['msg']}")
+    more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,1 @@
+"""authpool's MCP server and command-line interface."""

@@ -1,0 +1,284 @@
+"""The ``authpool`` command line.
+
+Every command is a thin shell over :mod:`pool`. Errors are one line on stderr and a non-zero
+exit status, never a traceback (``AUTHPOOL_DEBUG=1`` shows one for bugs). Secrets are read
+from stdin or a hidden prompt, never from argv, where every user of the machine can see them.
+Ad-hoc commands must stay fast, so nothing here imports the MCP SDK except ``serve``/``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pool import Pool, PoolError, TokenSet
+from pool.errors import InvalidInput
+from pool.models import Account
+
+__all__ = ["main"]
+
+log = logging.getLogger("authpool")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit status 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it)."""
+    setup_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except PoolError as e:
+        print(f"authpool: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except UsageError as e:
+        print(f"authpool: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("authpool: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR  # stdout closed early (e.g. `| head`): nothing left to say
+    except Exception as e:  # a bug: keep the one-line contract, offer the traceback on request
+        if os.environ.get("AUTHPOOL_DEBUG"):
+            raise
+        print(
+            f"authpool: internal error ({type(e).__name__}); rerun with AUTHPOOL_DEBUG=1 for details",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+
+def setup_logging() -> None:
+    """Log to stderr only (stdout is for results, and for JSON-RPC under ``serve``)."""
+    level_name = os.environ.get("AUTHPOOL_LOG", "WARNING").upper()
+    level = logging.getLevelName(level_name)
+    if not isinstance(level, int):
+        level = logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("authpool: %(message)s"))
+    root = logging.getLogger("authpool")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# -- parser -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="authpool",
+        description="A pool of LLM-provider accounts: rotates on rate limits, refreshes tokens safely.",
+    )
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    accounts = sub.add_parser("accounts", help="list, add, remove, enable, disable, reset accounts")
+    acc_sub = accounts.add_subparsers(title="accounts commands", metavar="ACTION")
+
+    p = acc_sub.add_parser("list", help="list accounts (no secrets)")
+    p.add_argument("--provider", help="only this provider")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_accounts_list)
+
+    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt)")
+    p.add_argument("provider")
+    p.add_argument("--label", required=True, help="a name unique within the provider, e.g. 'work'")
+    p.add_argument("--namespace", default="default", help="sub-pool within the provider (default: default)")
+    p.set_defaults(handler=cmd_add_key)
+
+    p = acc_sub.add_parser(
+        "add-oauth",
+        help="add an OAuth account from a JSON token set on stdin "
+        "({access_token, refresh_token, expires_in|expires_at})",
+    )
+    p.add_argument("provider")
+    p.add_argument("--label", required=True)
+    p.add_argument("--namespace", default="default")
+    p.set_defaults(handler=cmd_add_oauth)
+
+    for name, fn, text in (
+        ("remove", cmd_remove, "remove an account and its secret"),
+        ("enable", cmd_enable, "let rotation use the account again"),
+        ("disable", cmd_disable, "keep the account but never use it"),
+        ("reset", cmd_reset, "clear cooldowns, needs-reauth and the last error"),
+    ):
+        p = acc_sub.add_parser(name, help=text)
+        p.add_argument("account", help="account id or provider/label")
+        p.set_defaults(handler=fn)
+
+    p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
+    p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_doctor)
+    return parser
+
+
+# -- accounts -----------------------------------------------------------------------------
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    pool = Pool.open()
+    accounts = pool.accounts(args.provider)
+    if args.json:
+        print(json.dumps([account_view(a) for a in accounts], indent=2))
+        return 0
+    if not accounts:
+        print("no accounts" + (f" for {args.provider}" if args.provider else "") +
+              "; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        return 0
+    now = time.time()
+    rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
+    for a in accounts:
+        rows.append([
+            a.id,
+            a.name if a.namespace == "default" else f"{a.name} [{a.namespace}]",
+            a.kind,
+            describe_state(a, now),
+            relative(a.access_expires_at, now) if a.kind == "oauth" else "-",
+            relative(a.last_used_at, now),
+            str(a.counters.requests),
+            str(a.counters.rate_limited),
+        ])
+    print_table(rows)
+    return 0
+
+
+def cmd_add_key(args: argparse.Namespace) -> int:
+    key = read_secret_input(f"API key for {args.provider}/{args.label}: ")
+    acc = Pool.open().add_api_key(args.provider, args.label, key, namespace=args.namespace)
+    print(f"added {acc.name} (id {acc.id})")
+    return 0
+
+
+def cmd_add_oauth(args: argparse.Namespace) -> int:
+    if sys.stdin.isatty():
+        raise UsageError("add-oauth reads a JSON token set on stdin, e.g. `authpool accounts add-oauth P --label L < tokens.json`")
+    text = sys.stdin.read()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"stdin is not valid JSON (line {e.lineno} column {e.colno})") from None
+    acc = Pool.open().add_oauth(args.provider, args.label, TokenSet.parse(doc), namespace=args.namespace)
+    print(f"added {acc.name} (id {acc.id})")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    acc = Pool.open().remove(args.account)
+    print(f"removed {acc.name} (id {acc.id}) and its secret")
+    return 0
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    acc = Pool.open().set_enabled(args.account, True)
+    print(f"enabled {acc.name}")
+    return 0
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    acc = Pool.open().set_enabled(args.account, False)
+    print(f"disabled {acc.name}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    acc = Pool.open().reset(args.account)
+    print(f"reset {acc.name}: cooldowns, needs-reauth and last error cleared")
+    return 0
+
+
+def read_secret_input(prompt: str) -> str:
+    """A secret from stdin (piped) or a hidden prompt on the terminal — never from argv."""
+    if sys.stdin.isatty():
+        value = getpass.getpass(prompt)
+    else:
+        value = sys.stdin.read()
+    if not value.strip():
+        raise InvalidInput("no secret given on stdin")
+    return value.strip()
+
+
+# -- doctor -------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(restore=args.restore, as_json=args.json)
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
+    """The public view of an account (never a secret)."""
+    now = time.time() if now is None else now
+    until = a.cooldown_until(now=now)
+    return {
+        "id": a.id,
+        "provider": a.provider,
+        "namespace": a.namespace,
+        "label": a.label,
+        "name": a.name,
+        "kind": a.kind,
+        "enabled": a.enabled,
+        "state": a.state(now),
+        "cooling_until": until,
+        "needs_reauth": a.needs_reauth,
+        "token_expires_at": a.access_expires_at,
+        "last_used_at": a.last_used_at,
+        "last_status": a.last_status,
+        "last_error": a.last_error,
+        "counters": a.counters.model_dump(),
+    }
+
+
+def describe_state(a: Account, now: float) -> str:
+    state = a.state(now)
+    if state == "cooling":
+        return f"cooling {relative(a.cooldown_until(now=now), now)}"
+    return state
+
+
+def relative(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    delta = ts - now
+    span = abs(delta)
+    if span < 60:
+        text = f"{span:.0f}s"
+    elif span < 3600:
+        text = f"{span / 60:.0f}m"
+    elif span < 86400:
+        text = f"{span / 3600:.1f}h"
+    else:
+        text = f"{span / 86400:.1f}d"
+    return f"in {text}" if delta >= 0 else f"{text} ago"
+
+
+def print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

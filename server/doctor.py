@@ -1,0 +1,95 @@
+"""``authpool doctor``: what is where, and what is wrong with it.
+
+Each check yields one finding (``ok``, ``fixed``, ``warn`` or ``fail``) with a sentence a user
+can act on. The exit status is non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from pool import Home, Pool, PoolError, Store
+from pool.errors import StoreCorrupt
+
+__all__ = ["Finding", "run_doctor"]
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # ok | fixed | warn | fail
+    detail: str
+
+
+def run_doctor(*, restore: bool = False, as_json: bool = False) -> int:
+    """Run every check, print the findings, return the exit status."""
+    findings = list(_checks(restore))
+    if as_json:
+        print(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        for f in findings:
+            print(f"[{f.status:>5}] {f.check}: {f.detail}")
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def _checks(restore: bool) -> list[Finding]:
+    out: list[Finding] = []
+    home = Home.open(repair=False)
+    out.append(Finding("home", "ok", str(home.path)))
+    problems = home.mode_problems()
+    if problems:
+        Home.open(home.path, repair=True)
+        out.extend(Finding("mode", "fixed", str(p)) for p in problems)
+    else:
+        out.append(Finding("modes", "ok", "directory 0700, files 0600"))
+
+    store = Store(home)
+    if restore:
+        try:
+            aside = store.restore_backup()
+            out.append(Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}"))
+        except PoolError as e:
+            out.append(Finding("restore", "fail", str(e)))
+    try:
+        pool_file = store.read()
+    except StoreCorrupt as e:
+        out.append(Finding("pool file", "fail", str(e)))
+        return out
+    except PoolError as e:
+        out.append(Finding("pool file", "fail", str(e)))
+        return out
+    exists = store.path.exists()
+    out.append(Finding(
+        "pool file",
+        "ok",
+        f"{store.path} (schema {pool_file.schema_version}, {len(pool_file.accounts)} accounts)"
+        if exists else f"{store.path} does not exist yet (created on first change)",
+    ))
+    out.append(Finding(
+        "backup",
+        "ok" if store.backup_path.exists() or not exists else "warn",
+        str(store.backup_path) if store.backup_path.exists() else "none yet (kept from the second write on)",
+    ))
+
+    if pool_file.secret_backend is None:
+        out.append(Finding("credential store", "ok", "not chosen yet (chosen when the first secret is stored)"))
+        return out
+    pool = Pool(home, store)
+    try:
+        secrets = pool.secrets
+    except PoolError as e:
+        out.append(Finding("credential store", "fail", str(e)))
+        return out
+    out.append(Finding("credential store", "ok", secrets.name))
+    missing = []
+    for acc in pool_file.accounts:
+        try:
+            secrets.load_fresh(acc.id)
+        except PoolError as e:
+            missing.append(f"{acc.name} ({acc.id}): {e}")
+    if missing:
+        out.extend(Finding("secret", "fail", m) for m in missing)
+    elif pool_file.accounts:
+        out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
+    return out

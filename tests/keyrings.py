@@ -1,0 +1,84 @@
+"""Keyring backends for tests: real KeyringBackend subclasses with a real limitation each.
+
+Priorities are below 1, so authpool's own backend choice never picks them; tests select them
+explicitly (PYTHON_KEYRING_BACKEND=tests.keyrings.X or by constructing them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from keyring.backend import KeyringBackend
+from keyring.errors import KeyringLocked, PasswordDeleteError, PasswordSetError
+
+WINDOWS_LIMIT = 2560  # bytes; Windows Credential Manager's CRED_MAX_CREDENTIAL_BLOB_SIZE
+
+
+class LimitedKeyring(KeyringBackend):
+    """An in-memory store that refuses entries larger than Windows Credential Manager's limit.
+
+    Like the Windows backend it stores UTF-16, so the limit is 1,280 characters.
+    """
+
+    priority = 0.1
+
+    def __init__(self, limit: int = WINDOWS_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+        self.entries: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.entries.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if len(password.encode("utf-16-le")) > self.limit:
+            raise PasswordSetError("the stub message is too long")  # what Windows says (error 1783)
+        self.entries[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.entries.pop((service, username), None) is None:
+            raise PasswordDeleteError("not found")
+
+
+class LockedKeyring(KeyringBackend):
+    """A store that is locked: every operation raises KeyringLocked, as a locked Secret Service does."""
+
+    priority = 0.1
+
+    def get_password(self, service: str, username: str) -> str | None:
+        raise KeyringLocked("Failed to unlock the collection!")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        raise KeyringLocked("Failed to unlock the collection!")
+
+    def delete_password(self, service: str, username: str) -> None:
+        raise KeyringLocked("Failed to unlock the collection!")
+
+
+class FileLimitedKeyring(LimitedKeyring):
+    """LimitedKeyring persisted in a plain JSON file, for multi-process tests ($TEST_KEYRING_FILE)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path = Path(os.environ["TEST_KEYRING_FILE"])
+
+    def _load(self) -> dict[str, str]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self._load().get(f"{service}\n{username}")
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if len(password.encode("utf-16-le")) > self.limit:
+            raise PasswordSetError("the stub message is too long")
+        data = self._load()
+        data[f"{service}\n{username}"] = password
+        self.path.write_text(json.dumps(data))
+
+    def delete_password(self, service: str, username: str) -> None:
+        data = self._load()
+        if data.pop(f"{service}\n{username}", None) is None:
+            raise PasswordDeleteError("not found")
+        self.path.write_text(json.dumps(data))

@@ -1,0 +1,653 @@
+"""Tests for the loopback provider: it must behave like a real provider or other tests lie."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from server.loopback import LoopbackProvider, go_duration
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN_RE = re.compile(r"^(lpat|lprt|lpk)-[A-Za-z0-9_-]{32,}$")
+# One TLS context for every client: building one per client (CA bundle load) costs ~50 ms.
+_TLS = ssl.create_default_context()
+
+
+def new_client(base_url: str = "", timeout: float = 5.0) -> httpx2.Client:
+    """A client that ignores proxy environment variables (they must not reach the loopback)."""
+    return httpx2.Client(base_url=base_url, trust_env=False, timeout=timeout, verify=_TLS)
+
+
+@pytest.fixture
+def provider() -> Iterator[LoopbackProvider]:
+    with LoopbackProvider() as p:
+        yield p
+
+
+@pytest.fixture
+def client(provider: LoopbackProvider) -> Iterator[httpx2.Client]:
+    with new_client(provider.base_url, timeout=5.0) as c:
+        yield c
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def refresh(client: httpx2.Client, refresh_token: str) -> httpx2.Response:
+    return client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": "authpool-test"},
+    )
+
+
+def message(client: httpx2.Client, headers: dict[str, str], **body: Any) -> httpx2.Response:
+    return client.post("/v1/messages", json={"model": "claude-test", **body}, headers=headers)
+
+
+def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+# ---- OAuth ---------------------------------------------------------------------------------
+
+
+def test_tokens_are_opaque_with_recognisable_prefixes(provider: LoopbackProvider) -> None:
+    """Access, refresh and API-key secrets carry greppable prefixes and enough randomness."""
+    tokens = provider.add_oauth_account("a@example.com")
+    key = provider.add_api_key("a@example.com")
+    assert tokens["access_token"].startswith("lpat-")
+    assert tokens["refresh_token"].startswith("lprt-")
+    assert key.startswith("lpk-")
+    for secret in (tokens["access_token"], tokens["refresh_token"], key):
+        assert TOKEN_RE.match(secret)
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 3600
+
+
+def test_refresh_rotates_both_tokens_and_old_access_token_keeps_working(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """A refresh returns a new access and refresh token; the previous access token stays valid."""
+    first = provider.add_oauth_account("a@example.com")
+    r = refresh(client, first["refresh_token"])
+    assert r.status_code == 200
+    second = r.json()
+    assert second["access_token"] != first["access_token"]
+    assert second["refresh_token"] != first["refresh_token"]
+    assert second["subject"] == "a@example.com"
+    assert second["token_type"] == "Bearer"
+    assert {"expires_in", "scope"} <= second.keys()
+    assert r.headers["cache-control"] == "no-store"
+    for access in (first["access_token"], second["access_token"]):
+        assert message(client, bearer(access)).json()["subject"] == "a@example.com"
+    assert provider.stats.refresh_calls == 1
+    assert provider.stats.token_calls == 1
+
+
+def test_token_endpoint_accepts_json_bodies_as_well_as_forms(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """Clients may send the refresh request as JSON instead of form-urlencoded."""
+    tokens = provider.add_oauth_account("a@example.com")
+    r = client.post("/oauth/token", json={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert r.status_code == 200
+    assert r.json()["refresh_token"].startswith("lprt-")
+
+
+def test_reusing_a_used_refresh_token_revokes_the_whole_family(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """Reuse looks like theft: every token of that login dies, other logins are unaffected."""
+    first = provider.add_oauth_account("a@example.com")
+    other_login = provider.add_oauth_account("a@example.com")
+    other_user = provider.add_oauth_account("b@example.com")
+    second = refresh(client, first["refresh_token"]).json()
+
+    reuse = refresh(client, first["refresh_token"])
+    assert reuse.status_code == 400
+    assert reuse.json() == {"error": "invalid_grant", "error_description": "refresh token reuse detected"}
+    assert provider.stats.reuse_detected_count == 1
+
+    assert refresh(client, second["refresh_token"]).json()["error"] == "invalid_grant"
+    assert message(client, bearer(first["access_token"])).status_code == 401
+    assert message(client, bearer(second["access_token"])).status_code == 401
+    assert message(client, bearer(other_login["access_token"])).status_code == 200
+    assert message(client, bearer(other_user["access_token"])).status_code == 200
+    assert refresh(client, other_login["refresh_token"]).status_code == 200
+    assert provider.stats.invalid_grant_count == 2
+
+
+def test_concurrent_refreshes_with_one_token_succeed_exactly_once(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """Racing refreshes of the same token: one wins, the rest are invalid_grant (the lock holds)."""
+    tokens = provider.add_oauth_account("a@example.com")
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        statuses.append(refresh(client, tokens["refresh_token"]).status_code)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] + [400] * 7
+    assert provider.stats.reuse_detected_count == 1  # later attempts hit an already revoked family
+    assert provider.stats.invalid_grant_count == 7
+
+
+def test_unknown_refresh_token_wrong_client_and_unknown_grant_are_rejected(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """Bad token -> invalid_grant, bad client_id -> invalid_client, bad grant -> unsupported."""
+    tokens = provider.add_oauth_account("a@example.com")
+    unknown = refresh(client, "lprt-" + "x" * 43)
+    assert (unknown.status_code, unknown.json()["error"]) == (400, "invalid_grant")
+    assert "lprt-" not in unknown.text
+    wrong_client = client.post(
+        "/oauth/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"], "client_id": "other"},
+    )
+    assert (wrong_client.status_code, wrong_client.json()["error"]) == (401, "invalid_client")
+    grant = client.post("/oauth/token", data={"grant_type": "password"})
+    assert (grant.status_code, grant.json()["error"]) == (400, "unsupported_grant_type")
+    missing = client.post("/oauth/token", data={"grant_type": "refresh_token"})
+    assert (missing.status_code, missing.json()["error"]) == (400, "invalid_request")
+    # The rejected client_id must not have consumed the refresh token.
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert provider.stats.invalid_grant_count == 1
+
+
+def test_revoked_refresh_tokens_answer_invalid_grant(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """revoke_refresh_tokens models the user revoking the app: refresh fails, access lives on."""
+    tokens = provider.add_oauth_account("a@example.com")
+    provider.revoke_refresh_tokens("a@example.com")
+    assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    assert message(client, bearer(tokens["access_token"])).status_code == 200
+
+
+def test_token_endpoint_down_and_garbage_modes(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """down answers a 500 JSON error; garbage answers 200 with an HTML body."""
+    tokens = provider.add_oauth_account("a@example.com")
+    provider.set_token_endpoint_mode("down")
+    down = refresh(client, tokens["refresh_token"])
+    assert down.status_code == 500
+    assert down.json()["error"] == "server_error"
+    provider.set_token_endpoint_mode("garbage")
+    garbage = refresh(client, tokens["refresh_token"])
+    assert garbage.status_code == 200
+    assert garbage.headers["content-type"].startswith("text/html")
+    assert garbage.text == "<html>oops</html>"
+    provider.set_token_endpoint_mode("ok")
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert provider.stats.token_calls == 3
+    assert provider.stats.refresh_calls == 1
+    with pytest.raises(ValueError):
+        provider.set_token_endpoint_mode("sideways")
+
+
+def test_token_endpoint_hang_mode_trips_client_timeouts(provider: LoopbackProvider) -> None:
+    """hang stalls the token endpoint long enough for any client timeout to fire."""
+    tokens = provider.add_oauth_account("a@example.com")
+    provider.set_token_endpoint_mode("hang")
+    with (
+        new_client(provider.base_url, timeout=0.2) as c,
+        pytest.raises(httpx2.ReadTimeout),
+    ):
+        refresh(c, tokens["refresh_token"])
+
+
+# ---- API authentication ----------------------------------------------------------------------
+
+
+def test_expired_access_tokens_get_401_without_echoing_the_token(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """expire_access_tokens makes the access token fail; the refresh token still works."""
+    tokens = provider.add_oauth_account("a@example.com")
+    other = provider.add_oauth_account("b@example.com")
+    provider.expire_access_tokens("a@example.com")
+    r = message(client, bearer(tokens["access_token"]))
+    assert r.status_code == 401
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+    }
+    assert tokens["access_token"] not in r.text
+    assert message(client, bearer(other["access_token"])).status_code == 200
+    fresh = refresh(client, tokens["refresh_token"]).json()
+    assert message(client, bearer(fresh["access_token"])).status_code == 200
+
+
+def test_access_tokens_expire_after_their_ttl() -> None:
+    """With a short access_ttl the token stops working on its own, as on a real provider."""
+    with LoopbackProvider(access_ttl=0.1) as p, new_client(p.base_url) as c:
+        tokens = p.add_oauth_account("a@example.com")
+        assert tokens["expires_in"] == 0.1
+        assert message(c, bearer(tokens["access_token"])).status_code == 200
+        time.sleep(0.15)
+        assert message(c, bearer(tokens["access_token"])).status_code == 401
+
+
+def test_each_endpoint_accepts_its_providers_credential_styles(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """Anthropic: x-api-key or OAuth bearer; OpenAI: bearer API key or token; wrong slots fail."""
+    tokens = provider.add_oauth_account("oauth@example.com")
+    key = provider.add_api_key("key@example.com")
+    assert message(client, {"x-api-key": key}).json()["subject"] == "key@example.com"
+    assert message(client, bearer(tokens["access_token"])).json()["subject"] == "oauth@example.com"
+    assert message(client, {"x-api-key": tokens["access_token"]}).status_code == 401
+    assert message(client, bearer(key)).status_code == 401
+
+    chat = client.post("/v1/chat/completions", json={"model": "gpt-test", "messages": []}, headers=bearer(key))
+    assert chat.status_code == 200
+    assert chat.json()["model"] == "gpt-test"
+    assert chat.json()["subject"] == "key@example.com"
+    assert chat.json()["choices"][0]["message"]["role"] == "assistant"
+    models = client.get("/v1/models", headers=bearer(tokens["access_token"]))
+    assert models.json()["subject"] == "oauth@example.com"
+    assert models.json()["data"]
+
+    body = message(client, {"x-api-key": key}).json()
+    assert body["model"] == "claude-test"
+    assert body["content"][0]["type"] == "text"
+
+
+def test_missing_or_malformed_credentials_get_401(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """No credential, an unknown key, or a non-bearer scheme are all authentication errors."""
+    for headers in ({}, {"x-api-key": "lpk-nope"}, {"Authorization": "Basic Zm9vOmJhcg=="}):
+        r = message(client, headers)
+        assert r.status_code == 401
+        assert r.json()["error"]["type"] == "authentication_error"
+    assert provider.stats.api_calls == 3
+    assert provider.stats.api_calls_by_subject == {}
+
+
+# ---- rate limits and injected faults -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "style",
+    ["retry-after-seconds", "retry-after-date", "retry-after-ms", "anthropic", "openai", "none"],
+)
+def test_each_rate_limit_style_sends_its_reset_headers(
+    provider: LoopbackProvider, client: httpx2.Client, style: str
+) -> None:
+    """After N successes the subject gets 429 with the style's reset header (and only that)."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_rate_limit("a@example.com", after=1, style=style, retry_after=90.0)
+    assert message(client, {"x-api-key": key}).status_code == 200
+    r = message(client, {"x-api-key": key})
+    assert r.status_code == 429
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    now = time.time()
+    h = r.headers
+    reset_names = {
+        "retry-after",
+        "retry-after-ms",
+        "anthropic-ratelimit-requests-reset",
+        "anthropic-ratelimit-tokens-reset",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-reset-tokens",
+    }
+    present = reset_names & {name.lower() for name in h}
+    if style == "retry-after-seconds":
+        assert present == {"retry-after"}
+        assert 88 <= int(h["retry-after"]) <= 90
+    elif style == "retry-after-date":
+        assert present == {"retry-after"}
+        assert h["retry-after"].endswith(" GMT")
+        assert 88 <= email.utils.parsedate_to_datetime(h["retry-after"]).timestamp() - now <= 91
+    elif style == "retry-after-ms":
+        assert present == {"retry-after-ms"}
+        assert 88_000 <= int(h["retry-after-ms"]) <= 90_000
+    elif style == "anthropic":
+        assert present == {"anthropic-ratelimit-requests-reset", "anthropic-ratelimit-tokens-reset"}
+        stamp = h["anthropic-ratelimit-requests-reset"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp)
+        assert datetime.fromisoformat(stamp).tzinfo == UTC
+        assert 88 <= datetime.fromisoformat(stamp).timestamp() - now <= 91
+    elif style == "openai":
+        assert present == {"x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"}
+        assert re.fullmatch(r"1m(2\d|30)(\.\d+)?s", h["x-ratelimit-reset-requests"])
+    else:
+        assert present == set()
+
+
+def test_go_duration_matches_openai_header_format() -> None:
+    """Reset durations look like OpenAI's: 20ms, 1s, 6m0s, 1h1m1.5s (rounded up)."""
+    assert go_duration(0.02) == "20ms"
+    assert go_duration(1) == "1s"
+    assert go_duration(360) == "6m0s"
+    assert go_duration(3661.5) == "1h1m1.5s"
+    assert go_duration(0.0001) == "1ms"
+
+
+def test_rate_limit_resets_after_retry_after_and_is_per_subject(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """The window ends retry_after seconds after the first 429; other subjects are untouched."""
+    a = provider.add_api_key("a@example.com")
+    b = provider.add_api_key("b@example.com")
+    provider.set_rate_limit("a@example.com", after=1, retry_after=0.2)
+    assert message(client, {"x-api-key": a}).status_code == 200
+    assert message(client, {"x-api-key": a}).status_code == 429
+    assert message(client, {"x-api-key": b}).status_code == 200
+    time.sleep(0.25)
+    assert message(client, {"x-api-key": a}).status_code == 200
+    assert message(client, {"x-api-key": a}).status_code == 429
+    provider.clear_rate_limit("a@example.com")
+    assert message(client, {"x-api-key": a}).status_code == 200
+    assert provider.stats.api_calls_by_subject == {"a@example.com": 5, "b@example.com": 1}
+    assert provider.stats.statuses[429] == 2
+
+
+def test_constructor_rate_limit_applies_to_every_subject() -> None:
+    """rate_limit=0 in the constructor limits everyone from the first request."""
+    with (
+        LoopbackProvider(rate_limit=0, rate_limit_style="retry-after-ms", retry_after=5) as p,
+        new_client(p.base_url) as c,
+    ):
+        key = p.add_api_key("a@example.com")
+        r = message(c, {"x-api-key": key})
+        assert r.status_code == 429
+        assert int(r.headers["retry-after-ms"]) <= 5000
+        p.clear_rate_limit("a@example.com")
+        assert message(c, {"x-api-key": key}).status_code == 200
+    with pytest.raises(ValueError):
+        LoopbackProvider(rate_limit_style="sometimes")
+
+
+def test_injected_failures_hit_the_next_n_requests(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """set_failures makes exactly the next n API requests fail with the given status."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_failures(2, status=529)
+    first = message(client, {"x-api-key": key})
+    assert first.status_code == 529
+    assert first.json()["error"]["type"] == "overloaded_error"
+    assert message(client, {"x-api-key": key}).status_code == 529
+    assert message(client, {"x-api-key": key}).status_code == 200
+
+
+def test_set_hang_delays_api_requests_until_turned_off(provider: LoopbackProvider) -> None:
+    """A hanging provider trips the client's timeout; set_hang(0) restores service."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_hang(10)
+    with new_client(provider.base_url, timeout=0.2) as c:
+        with pytest.raises(httpx2.ReadTimeout):
+            message(c, {"x-api-key": key})
+        provider.set_hang(0)
+        assert message(c, {"x-api-key": key}).status_code == 200
+
+
+# ---- helper endpoints --------------------------------------------------------------------------
+
+
+def test_redirect_answers_the_requested_status_and_location(client: httpx2.Client) -> None:
+    """/redirect answers a bare redirect so clients' redirect policies can be tested."""
+    r = client.get("/redirect", params={"to": "http://127.0.0.1:9/elsewhere", "status": "308"})
+    assert r.status_code == 308
+    assert r.headers["location"] == "http://127.0.0.1:9/elsewhere"
+    assert client.get("/redirect", params={"status": "307"}).status_code == 400
+
+
+def test_cross_origin_redirect_lets_tests_see_which_credentials_travel(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """A second provider is another origin; echo-auth-present reports presence, never values."""
+    same = client.get("/echo-auth-present", headers={"Authorization": "Bearer lpat-secret", "x-api-key": "lpk-s"})
+    assert same.json() == {"authorization": True, "x_api_key": True, "cookie": False}
+    assert "secret" not in same.text
+    with LoopbackProvider() as other:
+        target = other.base_url + "/echo-auth-present"
+        r = client.get(
+            "/redirect",
+            params={"to": target, "status": "307"},
+            headers={"Authorization": "Bearer lpat-secret"},
+            follow_redirects=True,
+        )
+        assert r.status_code == 200
+        assert r.json()["authorization"] is False
+        assert other.stats.calls_by_path == {"/echo-auth-present": 1}
+
+
+def test_slow_endpoint_answers_after_the_requested_delay(client: httpx2.Client) -> None:
+    """/slow?seconds=S sleeps S seconds and then answers 200."""
+    started = time.monotonic()
+    r = client.get("/slow", params={"seconds": "0.1"})
+    assert r.status_code == 200
+    assert time.monotonic() - started >= 0.1
+    assert client.get("/slow", params={"seconds": "nan"}).status_code == 400
+
+
+def test_unknown_paths_and_methods_get_json_errors(client: httpx2.Client) -> None:
+    """Unknown paths are 404 and wrong methods 405, both as JSON error bodies."""
+    assert client.get("/nope").json()["error"]["type"] == "not_found_error"
+    assert client.get("/v1/messages").status_code == 405
+
+
+def test_request_framing_chunked_bodies_oversize_and_garbage(provider: LoopbackProvider) -> None:
+    """Chunked request bodies work; oversize or malformed requests get an error and a closed socket."""
+    key = provider.add_api_key("a@example.com")
+
+    def exchange(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", provider.port), timeout=5) as sock:
+            sock.sendall(raw)
+            data = b""
+            while chunk := sock.recv(65536):  # the server must close, or this times out
+                data += chunk
+            return data
+
+    chunked = (
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-api-key: " + key.encode() + b"\r\n"
+        b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\nb\r\nel": "c1"}\r\n0\r\n\r\n'
+    )
+    answer = exchange(chunked)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"model": "c1"' in answer
+    oversize = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n{"
+    assert exchange(oversize).startswith(b"HTTP/1.1 413")
+    bad_length = b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n"
+    assert exchange(bad_length).startswith(b"HTTP/1.1 400")
+    # A nonsense request line is answered by the stdlib (HTTP/0.9-style, no status line) and closed.
+    assert b"400" in exchange(b"garbage\r\n\r\n")
+    assert provider.stats.handler_errors == 0
+
+
+# ---- streaming -------------------------------------------------------------------------------
+
+
+def test_streaming_messages_follow_anthropics_event_sequence(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """stream=true yields text/event-stream with message_start, 3 deltas and message_stop."""
+    tokens = provider.add_oauth_account("a@example.com")
+    with client.stream(
+        "POST", "/v1/messages", json={"model": "m", "stream": True}, headers=bearer(tokens["access_token"])
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(r.read().decode())
+    names = [name for name, _ in events]
+    assert names[0] == "message_start"
+    assert names[-1] == "message_stop"
+    assert names.count("content_block_delta") == 3
+    assert events[0][1]["message"]["subject"] == "a@example.com"
+    text = "".join(data["delta"]["text"] for name, data in events if name == "content_block_delta")
+    assert text == "Hello from a@example.com."
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("error-first", ["error"]),
+        ("error-after-content", ["message_start", "content_block_start", "content_block_delta", "error"]),
+    ],
+)
+def test_stream_errors_arrive_as_sse_error_events_inside_a_200(
+    provider: LoopbackProvider, client: httpx2.Client, mode: str, expected: list[str]
+) -> None:
+    """set_stream_error puts an error event first, or after one content delta."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_stream_error("a@example.com", mode)
+    r = message(client, {"x-api-key": key}, stream=True)
+    assert r.status_code == 200
+    events = parse_sse(r.text)
+    assert [name for name, _ in events] == expected
+    assert events[-1][1]["error"]["type"] == "rate_limit_error"
+    provider.set_stream_error("a@example.com", None)
+    assert parse_sse(message(client, {"x-api-key": key}, stream=True).text)[-1][0] == "message_stop"
+
+
+def test_stream_uses_valid_chunked_framing_and_keeps_the_connection_alive(provider: LoopbackProvider) -> None:
+    """Raw socket check: chunked body ends with 0-chunk and the connection serves another request."""
+    key = provider.add_api_key("a@example.com")
+    body = json.dumps({"model": "m", "stream": True}).encode()
+    request = (
+        f"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with socket.create_connection(("127.0.0.1", provider.port), timeout=5) as sock:
+        sock.sendall(request)
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+        headers = {}
+        while (line := reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        assert headers["transfer-encoding"] == "chunked"
+        assert "content-length" not in headers
+        payload = b""
+        while size := int(reader.readline().strip(), 16):
+            payload += reader.read(size)
+            assert reader.read(2) == b"\r\n"
+        assert reader.read(2) == b"\r\n"
+        assert parse_sse(payload.decode())[-1][0] == "message_stop"
+
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: " + key.encode() + b"\r\n\r\n")
+        assert reader.readline().startswith(b"HTTP/1.1 200")
+    assert provider.stats.connections == 1
+
+
+# ---- lifecycle, stats, discipline --------------------------------------------------------------
+
+
+def test_stop_is_fast_even_with_hung_requests_and_idle_keepalive(provider: LoopbackProvider) -> None:
+    """stop() interrupts hangs, slow requests and pooled connections in well under a second."""
+    provider.set_token_endpoint_mode("hang")
+    idle = new_client(provider.base_url)
+    assert idle.get("/echo-auth-present").status_code == 200  # leaves a pooled keep-alive socket
+    outcomes: list[object] = []
+
+    def call(method: str, path: str) -> None:
+        try:
+            outcomes.append(idle.request(method, path, timeout=10))
+        except httpx2.HTTPError as exc:
+            outcomes.append(exc)
+
+    threads = [
+        threading.Thread(target=call, args=("POST", "/oauth/token"), daemon=True),
+        threading.Thread(target=call, args=("GET", "/slow?seconds=20"), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    provider.stop()
+    assert time.monotonic() - started < 1.0
+    for t in threads:
+        t.join(timeout=2)
+    # Interrupted requests are dropped without an answer, like a server going away.
+    assert len(outcomes) == 2
+    assert all(isinstance(o, httpx2.TransportError) for o in outcomes)
+    with pytest.raises(httpx2.TransportError):
+        idle.get("/echo-auth-present")
+    with pytest.raises(httpx2.ConnectError):  # the URL stays known, nobody listens any more
+        idle.get(provider.base_url + "/echo-auth-present")
+    idle.close()
+
+
+def test_snapshot_is_json_serialisable_and_counts_every_path(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """snapshot() is a plain-JSON copy of the counters, keyed by path and status."""
+    key = provider.add_api_key("a@example.com")
+    message(client, {"x-api-key": key})
+    client.get("/echo-auth-present")
+    client.get("/nope")
+    snap = json.loads(json.dumps(provider.snapshot()))
+    assert snap["calls_by_path"] == {"/v1/messages": 1, "/echo-auth-present": 1, "/nope": 1}
+    assert snap["statuses"] == {"200": 2, "404": 1}
+    assert snap["api_calls"] == 1
+    assert snap["handler_errors"] == 0
+    snap["api_calls"] = 99
+    assert provider.stats.api_calls == 1
+    provider.reset_stats()
+    assert provider.snapshot()["calls_by_path"] == {}
+
+
+def test_server_binds_loopback_only_and_writes_nothing_to_stdout_or_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The provider listens on 127.0.0.1 and never logs requests or client hang-ups."""
+    with LoopbackProvider() as p:
+        assert p.base_url == f"http://127.0.0.1:{p.port}"
+        assert p.token_url == p.base_url + "/oauth/token"
+        with new_client(p.base_url) as c:
+            c.get("/nope")
+            c.post("/v1/messages", content=b"{not json")
+        with socket.create_connection(("127.0.0.1", p.port)) as sock:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nContent-Length: 50\r\n\r\n{")
+        with socket.create_connection(("127.0.0.1", p.port)) as sock:
+            sock.sendall(b"garbage\r\n\r\n")
+            sock.recv(1024)
+        time.sleep(0.05)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")
+    with pytest.raises(RuntimeError):
+        p.start()
+
+
+def test_cli_prints_connection_details_and_exits_on_sigterm() -> None:
+    """python -m server.loopback prints JSON with base_url and tokens, and stops on SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.loopback", "--port", "0", "--accounts", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert info["base_url"].startswith("http://127.0.0.1:")
+        assert len(info["accounts"]) == 2
+        access = info["accounts"][0]["access_token"]
+        with new_client(info["base_url"]) as c:
+            r = c.post("/v1/messages", json={}, headers=bearer(access))
+        assert r.json()["subject"] == info["accounts"][0]["subject"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert proc.stderr is not None
+        assert proc.stderr.read() == ""
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,262 @@
+"""Secrets in credential stores: one contract for every backend, chunking, errors, hygiene."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as random_secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from keyring.backend import KeyringBackend
+
+from pool import Pool, Secret, SecretBackendLocked, SecretBackendUnavailable, SecretMissing, SecretStore, TokenSet
+from pool.secretstore import SERVICE
+from pool.vault import VaultKeyring
+from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli
+from tests.keyrings import LimitedKeyring, LockedKeyring
+from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
+
+
+def jwt_like(n: int = 3000) -> str:
+    """A token longer than Windows' per-entry limit, like OpenAI's JWT access tokens."""
+    return "eyJ" + random_secrets.token_urlsafe(n)[:n]
+
+
+@pytest.fixture(scope="module")
+def secret_service() -> Iterator[SecretServiceSession]:
+    try:
+        cm = secret_service_session()
+        session = cm.__enter__()
+    except SecretServiceUnavailable as e:
+        pytest.skip(f"no Secret Service here: {e}")
+    try:
+        yield session
+    finally:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture(params=["vault", "limited", "secret-service"])
+def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> KeyringBackend:
+    """Each backend authpool must work with; the Secret Service one is real (gnome-keyring)."""
+    if request.param == "vault":
+        return VaultKeyring(home)
+    if request.param == "limited":
+        return LimitedKeyring()
+    session = request.getfixturevalue("secret_service")
+    for k, v in session.env.items():
+        monkeypatch.setenv(k, v)
+    from keyring.backends.SecretService import Keyring
+
+    return Keyring()
+
+
+class TestBackendContract:
+    """The contract every credential store passes through SecretStore."""
+
+    def test_a_secret_round_trips_and_is_overwritten_in_place(self, backend: KeyringBackend) -> None:
+        """save/load returns what was saved; a second save replaces it."""
+        store = SecretStore(backend)
+        store.save("acct0001", Secret.from_api_key("sk-test-one"), 1)
+        assert SecretStore(backend).load_fresh("acct0001").api_key == "sk-test-one"
+        store.save("acct0001", Secret.from_api_key("sk-test-two"), 2)
+        assert SecretStore(backend).load_fresh("acct0001").api_key == "sk-test-two"
+        store.delete("acct0001")
+
+    def test_a_token_larger_than_a_windows_entry_round_trips_in_chunks(self, backend: KeyringBackend) -> None:
+        """A 3,000-character JWT survives, and shrinking it again leaves no chunk behind."""
+        store = SecretStore(backend)
+        big = Secret(kind="oauth", access_token=jwt_like(), refresh_token=jwt_like(2000), expires_at=1.0)
+        store.save("acct0002", big, 1)
+        got = SecretStore(backend).load_fresh("acct0002")
+        assert (got.access_token, got.refresh_token) == (big.access_token, big.refresh_token)
+        store.save("acct0002", Secret.from_api_key("sk-small"), 2)
+        assert SecretStore(backend).load_fresh("acct0002").api_key == "sk-small"
+        for i in range(10):
+            assert not any(backend.get_password(SERVICE, f"acct0002#{tag}#{i}") for tag in ("x",))
+        store.delete("acct0002")
+
+    def test_deleting_removes_the_secret_and_its_chunks(self, backend: KeyringBackend) -> None:
+        """After delete, loading says the secret is missing."""
+        store = SecretStore(backend)
+        store.save("acct0003", Secret(kind="oauth", access_token=jwt_like(), refresh_token="r"), 1)
+        store.delete("acct0003")
+        with pytest.raises(SecretMissing):
+            store.load_fresh("acct0003")
+        store.delete("acct0003")  # deleting twice is not an error
+
+
+def test_chunks_fit_the_windows_limit_and_old_chunks_are_removed() -> None:
+    """Against a store that refuses >2,560-byte entries, every entry fits and stale chunks go away."""
+    backend = LimitedKeyring()
+    store = SecretStore(backend)
+    store.save("a1", Secret(kind="oauth", access_token=jwt_like(5000), refresh_token="r"), 1)
+    first = set(backend.entries)
+    assert len(first) > 3
+    store.save("a1", Secret(kind="oauth", access_token=jwt_like(4000), refresh_token="r"), 2)
+    second = set(backend.entries)
+    assert not (first - {(SERVICE, "a1")}) & second  # every old chunk is gone
+    with pytest.raises(Exception, match="too long"):
+        backend.set_password(SERVICE, "x", "y" * 1281)  # the test store really enforces the limit
+
+
+def test_reads_are_cached_per_generation() -> None:
+    """Loading the same generation twice asks the store once; a new generation reads again."""
+    backend = LimitedKeyring()
+    store = SecretStore(backend)
+    store.save("a1", Secret.from_api_key("sk-one"), 1)
+    reader = SecretStore(backend)
+    assert reader.load("a1", 1).api_key == "sk-one"
+    backend.entries[(SERVICE, "a1")] = Secret.from_api_key("sk-two").to_json()  # changed behind its back
+    assert reader.load("a1", 1).api_key == "sk-one"  # same generation: cached
+    assert reader.load("a1", 2).api_key == "sk-two"  # generation moved: read again
+
+
+def test_a_locked_keyring_is_a_clear_error_and_the_store_is_unchanged(home: Path) -> None:
+    """KeyringLocked becomes 'the credential store ... is locked; unlock it'; no account is added."""
+    r = run_cli("accounts", "add-key", "openai", "--label", "w", input="sk-test-locked",
+                env={"PYTHON_KEYRING_BACKEND": "tests.keyrings.LockedKeyring"})
+    assert r.returncode == 1
+    assert "is locked; unlock it" in r.stderr and "Traceback" not in r.stderr
+    assert "sk-test-locked" not in r.stderr + r.stdout
+    pool = json.loads((home / "pool.json").read_text())
+    assert pool["accounts"] == []
+    with pytest.raises(SecretBackendLocked):
+        SecretStore(LockedKeyring()).load_fresh("x")
+
+
+def test_a_process_that_cannot_load_the_recorded_backend_fails_instead_of_splitting_the_pool(home: Path) -> None:
+    """A pool recorded on the vault refuses a process whose PYTHON_KEYRING_BACKEND says otherwise."""
+    assert run_cli("accounts", "add-key", "openai", "--label", "w", input="sk-test-1").returncode == 0
+    r = run_cli("accounts", "add-key", "openai", "--label", "v", input="sk-test-2",
+                env={"PYTHON_KEYRING_BACKEND": "tests.keyrings.LimitedKeyring"})
+    assert r.returncode == 1 and "keeps its secrets in pool.vault.VaultKeyring" in r.stderr
+    with pytest.raises(SecretBackendUnavailable):
+        os.environ["PYTHON_KEYRING_BACKEND"] = "tests.keyrings.LimitedKeyring"
+        try:
+            _ = Pool.open(home).secrets
+        finally:
+            os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+
+
+def test_the_vault_refuses_a_wrong_key_with_a_clear_message(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secrets sealed with one AUTHPOOL_VAULT_KEY cannot be read with another, and the error says so."""
+    monkeypatch.setenv("AUTHPOOL_VAULT_KEY", "correct horse battery staple")
+    pool = Pool.open(home)
+    acc = pool.add_api_key("openai", "w", "sk-test-vault")
+    assert not (home / "vault.key").exists()  # the passphrase is the key: no key file written
+    monkeypatch.setenv("AUTHPOOL_VAULT_KEY", "wrong")
+    with pytest.raises(SecretBackendLocked, match="different key"):
+        Pool.open(home).secret_of(acc)
+    monkeypatch.setenv("AUTHPOOL_VAULT_KEY", "correct horse battery staple")
+    assert Pool.open(home).secret_of(acc).api_key == "sk-test-vault"
+
+
+def test_removing_an_account_removes_its_secret(home: Path) -> None:
+    """accounts remove deletes the keyring entry too."""
+    pool = Pool.open(home)
+    acc = pool.add_api_key("openai", "w", "sk-test-remove")
+    assert run_cli("accounts", "remove", acc.id).returncode == 0
+    assert VaultKeyring(home).get_password(SERVICE, acc.id) is None
+
+
+def test_no_secret_appears_in_the_pool_file_logs_or_cli_output(home: Path) -> None:
+    """After a full CLI session, no token or key is anywhere but (encrypted) in the vault."""
+    key = "sk-test-" + random_secrets.token_urlsafe(24)
+    access, refresh = "lpat-" + random_secrets.token_urlsafe(24), "lprt-" + random_secrets.token_urlsafe(24)
+    big = jwt_like()
+    tokens = json.dumps({"access_token": access, "refresh_token": refresh, "expires_in": 60})
+    outputs = []
+    env = {"AUTHPOOL_LOG": "DEBUG"}
+    for args, stdin in [
+        (("accounts", "add-key", "openai", "--label", "k"), key),
+        (("accounts", "add-oauth", "anthropic", "--label", "o"), tokens),
+        (("accounts", "add-oauth", "openai", "--label", "jwt"),
+         json.dumps({"access_token": big, "refresh_token": refresh + "x", "expires_in": 60})),
+        (("accounts", "add-key", "openai", "--label", "k"), key),  # duplicate: an error path
+        (("accounts", "add-oauth", "anthropic", "--label", "bad"), '{"access_token": 5}'),
+        (("accounts", "list"), ""),
+        (("accounts", "list", "--json"), ""),
+        (("doctor",), ""),
+        (("doctor", "--json"), ""),
+        (("accounts", "reset", "anthropic/o"), ""),
+    ]:
+        r = run_cli(*args, input=stdin, env=env)
+        outputs += [r.stdout, r.stderr]
+    all_secrets = [key, access, refresh, big]
+    assert_no_secrets(outputs, all_secrets)
+    assert_no_secrets(home_texts(home), all_secrets)
+    assert_no_secrets((home / "vault.json").read_text(), all_secrets)  # encrypted, not plain
+    assert "Traceback" not in "".join(outputs)
+
+
+def test_a_secret_never_shows_in_its_repr() -> None:
+    """repr/str of secrets and token sets hide the values (they end up in logs and tracebacks)."""
+    s = Secret(kind="oauth", access_token="lpat-AAA", refresh_token="lprt-BBB")
+    t = TokenSet.parse({"access_token": "lpat-CCC", "refresh_token": "lprt-DDD", "expires_in": 5})
+    assert_no_secrets([repr(s), str(s), repr(t), f"{s}"], ["lpat-AAA", "lprt-BBB", "lpat-CCC", "lprt-DDD"])
+
+
+# -- the real OS credential store ------------------------------------------------------------
+
+
+def test_the_secret_service_is_chosen_recorded_and_shared_by_every_process(
+    secret_service: SecretServiceSession, tmp_path: Path
+) -> None:
+    """On a desktop-like session with gnome-keyring, a new pool picks the Secret Service, every
+    process uses it, and removal deletes the entry there."""
+    env = secret_service.child_env()
+    env.update({
+        "AUTHPOOL_HOME": str(tmp_path / "home"),
+        "HOME": str(tmp_path),  # no user keyringrc.cfg can interfere
+        "PYTHONPATH": str(REPO),
+    })
+    env.pop("PYTHON_KEYRING_BACKEND", None)
+
+    def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "server.cli", *args], input=stdin, capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=60)
+
+    big = jwt_like()
+    r = cli("accounts", "add-oauth", "openai", "--label", "desk",
+            stdin=json.dumps({"access_token": big, "refresh_token": "lprt-desk", "expires_in": 60}))
+    assert r.returncode == 0, r.stderr
+    pool_file = json.loads((tmp_path / "home" / "pool.json").read_text())
+    assert pool_file["secret_backend"] == "keyring.backends.SecretService.Keyring"
+    assert not (tmp_path / "home" / "vault.json").exists()
+    r = cli("doctor")
+    assert r.returncode == 0 and "SecretService" in r.stdout and "have their secret" in r.stdout, r.stdout
+    account_id = pool_file["accounts"][0]["id"]
+    check = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "workers.py"), "read-secret", account_id], input="lprt-desk",
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60,
+    )
+    assert json.loads(check.stdout)["refresh_matches"] is True, check.stderr
+    assert cli("accounts", "remove", account_id).returncode == 0
+    with secret_service.activated():
+        from keyring.backends.SecretService import Keyring
+
+        assert Keyring().get_password(SERVICE, account_id) is None
+
+
+def test_a_server_spawned_without_the_bus_address_fails_clearly(
+    secret_service: SecretServiceSession, tmp_path: Path
+) -> None:
+    """A process that cannot reach the recorded Secret Service names the cause and the fix."""
+    env = secret_service.child_env()
+    env.update({"AUTHPOOL_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)})
+    env.pop("PYTHON_KEYRING_BACKEND", None)
+    r = subprocess.run([sys.executable, "-m", "server.cli", "accounts", "add-key", "openai", "--label", "a"],
+                       input="sk-test-a", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert r.returncode == 0, r.stderr
+    env.pop("DBUS_SESSION_BUS_ADDRESS")
+    r = subprocess.run([sys.executable, "-m", "server.cli", "accounts", "add-key", "openai", "--label", "b"],
+                       input="sk-test-b", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    if Path(f"/run/user/{os.getuid()}/bus").exists():
+        pytest.skip("this machine has a real session bus at /run/user/UID/bus, which authpool would use")
+    assert r.returncode == 1
+    assert "DBUS_SESSION_BUS_ADDRESS" in r.stderr and "cannot reach" in r.stderr
+    assert "Traceback" not in r.stderr

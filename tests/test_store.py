@@ -1,0 +1,275 @@
+"""The pool file under concurrency, crashes and bad input."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pool import (
+    AccountNotFound,
+    DuplicateLabel,
+    Home,
+    LockTimeout,
+    Pool,
+    Store,
+    StoreCorrupt,
+    StoreVersionError,
+    TokenSet,
+)
+from pool.lock import Lock
+from tests.conftest import REPO, run_cli, run_worker, start_worker
+
+
+def make_pool_with(home: Path, *labels: str) -> Pool:
+    pool = Pool.open(home)
+    for label in labels:
+        pool.add_api_key("openai", label, f"sk-test-{label}-{os.urandom(8).hex()}")
+    return pool
+
+
+def test_four_processes_of_250_updates_lose_no_update(home: Path) -> None:
+    """4 processes x 250 locked increments on one account end at exactly 1000, other fields intact."""
+    pool = make_pool_with(home, "a", "b")
+    before = pool.get("openai/a")
+    procs = [start_worker("increment", before.id, "250") for _ in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    after = Pool.open(home).get("openai/a")
+    assert after.counters.requests == 1000
+    assert after.model_dump(exclude={"counters"}) == before.model_dump(exclude={"counters"})
+    assert Pool.open(home).get("openai/b").counters.requests == 0
+
+
+def _crash_child(home: str, account_id: str, done: multiprocessing.sharedctypes.Synchronized[int]) -> None:
+    os.environ["AUTHPOOL_HOME"] = home
+    store = Store(Home.open(Path(home)))
+    while True:
+        def bump(p):  # type: ignore[no-untyped-def]
+            acc = p.find(account_id)
+            acc.counters.requests += 1
+            acc.last_error = "x" * random.randint(0, 4000)  # vary the size: torn writes would show
+            return acc.counters.requests
+
+        n = store.update(bump)
+        done.value = n
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_a_writer_killed_at_random_moments_never_leaves_a_broken_file(home: Path) -> None:
+    """200 SIGKILLs mid-write: the pool file always parses and holds the last completed write."""
+    pool = make_pool_with(home, "a")
+    account_id = pool.get("openai/a").id
+    ctx = multiprocessing.get_context("fork")
+    done = ctx.Value("q", 0)
+    rng = random.Random(1234)
+    for _ in range(200):
+        child = ctx.Process(target=_crash_child, args=(str(home), account_id, done))
+        child.start()
+        time.sleep(rng.uniform(0.0, 0.02))
+        os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        child.join()
+        completed = done.value
+        pool_file = json.loads(home.joinpath("pool.json").read_text())
+        value = pool_file["accounts"][0]["counters"]["requests"]
+        # The write in flight may have landed (os.replace done) before the child recorded it.
+        assert value in (completed, completed + 1)
+        done.value = value
+    assert Store(Home.open(home)).read().find(account_id).counters.requests == done.value
+    # The lock is free again: dead holders release flock with their file descriptors.
+    with Lock(home / "locks" / "pool.lock", timeout=2):
+        pass
+
+
+def test_a_stale_reader_cannot_undo_another_process_s_token_rotation(home: Path) -> None:
+    """A reads, B rotates the secret and bumps the generation, A records a change: B's rotation survives."""
+    pool = Pool.open(home)
+    tokens = TokenSet.parse({"access_token": "lpat-old", "refresh_token": "lprt-old", "expires_in": 600})
+    acc = pool.add_oauth("anthropic", "me", tokens)
+    other = pool.add_api_key("anthropic", "key", "sk-ant-test-other")
+    snapshot = pool.store.read()  # A's view, taken before B's rotation
+    assert snapshot.find(acc.id).secret_generation == 1
+
+    r = run_worker("rotate", acc.id, input=json.dumps({"access_token": "lpat-new", "refresh_token": "lprt-new"}))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["generation"] == 2
+
+    def unrelated(p):  # type: ignore[no-untyped-def]
+        p.find(other.id).enabled = False
+
+    pool.store.update(unrelated)
+    final = Pool.open(home)
+    assert final.get(acc.id).secret_generation == 2
+    assert final.get(other.id).enabled is False
+    assert final.secret_of(final.get(acc.id)).refresh_token == "lprt-new"
+    # A's own process sees the rotation too: its cache is keyed by generation.
+    assert pool.secret_of(pool.get(acc.id)).refresh_token == "lprt-new"
+
+
+def test_a_corrupt_pool_file_is_reported_and_never_overwritten(home: Path) -> None:
+    """A file that is not JSON gives a clear error naming the file and backup; writes leave it alone."""
+    pool = make_pool_with(home, "a", "b")  # two writes: a backup exists
+    damaged = b'{"schema_version": 1, "accounts": [ {"id": '
+    home.joinpath("pool.json").write_bytes(damaged)
+    with pytest.raises(StoreCorrupt) as e:
+        pool.store.read()
+    assert str(home / "pool.json") in str(e.value) and "pool.json.bak" in str(e.value)
+    with pytest.raises(StoreCorrupt):
+        pool.set_enabled("openai/a", False)
+    assert home.joinpath("pool.json").read_bytes() == damaged
+    r = run_cli("accounts", "list")
+    assert r.returncode == 1 and "corrupt" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_doctor_restores_the_last_good_copy_and_keeps_the_damaged_file(home: Path) -> None:
+    """`authpool doctor --restore` puts the backup back and keeps the damaged file aside."""
+    make_pool_with(home, "a", "b")
+    home.joinpath("pool.json").write_text("garbage")
+    r = run_cli("doctor", "--restore")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "restored" in r.stdout
+    assert [a.label for a in Pool.open(home).accounts()] == ["a"]  # the state before the last write
+    assert list(home.glob("pool.json.corrupt-*"))[0].read_text() == "garbage"
+
+
+def test_a_pool_file_from_a_newer_authpool_is_refused_untouched(home: Path) -> None:
+    """A future schema_version is refused with a message that says to upgrade."""
+    home.mkdir(mode=0o700)
+    future = json.dumps({"schema_version": 99, "accounts": [], "new_thing": True})
+    home.joinpath("pool.json").write_text(future)
+    with pytest.raises(StoreVersionError, match="upgrade authpool"):
+        Pool.open(home).accounts()
+    r = run_cli("accounts", "add-key", "openai", "--label", "x", input="sk-test-x")
+    assert r.returncode == 1 and "schema version 99" in r.stderr
+    assert home.joinpath("pool.json").read_text() == future
+
+
+def test_a_structurally_invalid_file_names_the_field_without_echoing_values(home: Path) -> None:
+    """Validation errors say where the file is wrong, not what it contains."""
+    home.mkdir(mode=0o700)
+    home.joinpath("pool.json").write_text(json.dumps(
+        {"schema_version": 1, "accounts": [{"id": "x", "provider": "openai", "label": "l", "kind": "sk-secretish"}]}
+    ))
+    with pytest.raises(StoreCorrupt) as e:
+        Pool.open(home).accounts()
+    assert "accounts.0.kind" in str(e.value) and "sk-secretish" not in str(e.value)
+
+
+def test_unknown_account_and_duplicate_label_are_clear_errors_that_change_nothing(home: Path) -> None:
+    """Bad references fail cleanly and leave the file byte-for-byte as it was."""
+    pool = make_pool_with(home, "a")
+    before = home.joinpath("pool.json").read_bytes()
+    with pytest.raises(AccountNotFound):
+        pool.set_enabled("openai/nope", False)
+    with pytest.raises(DuplicateLabel):
+        pool.add_api_key("openai", "A", "sk-test-dup")  # labels are case-insensitive
+    assert home.joinpath("pool.json").read_bytes() == before
+    r = run_cli("accounts", "disable", "nope")
+    assert r.returncode == 1 and "no account 'nope'" in r.stderr
+
+
+def test_a_failed_write_leaves_the_old_file_in_place(home: Path) -> None:
+    """When the disk refuses the write (file size limit), the error is clear and the store unchanged."""
+    make_pool_with(home, "a")
+    before = home.joinpath("pool.json").read_bytes()
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 200}, {len(before) + 200}))\n"
+        "from server.cli import main\n"
+        "sys.exit(main(['accounts', 'add-key', 'openai', '--label', 'b' * 90]))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], input="sk-test-" + "k" * 40, capture_output=True,
+                       text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "could not write" in r.stderr and "nothing was changed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert home.joinpath("pool.json").read_bytes() == before
+    assert not list(home.glob(".pool.json.*.tmp"))
+    # the API key written before the metadata failed was removed again
+    assert len(Pool.open(home).accounts()) == 1
+
+
+def test_wrong_modes_are_repaired_on_open_and_reported_by_doctor(home: Path) -> None:
+    """A world-readable pool file is made 0600 again; doctor says so."""
+    make_pool_with(home, "a")
+    os.chmod(home / "pool.json", 0o644)
+    os.chmod(home, 0o755)
+    r = run_cli("doctor")
+    assert r.returncode == 0, r.stdout
+    assert "fixed" in r.stdout and "0644" in r.stdout and "0755" in r.stdout
+    assert (home / "pool.json").stat().st_mode & 0o777 == 0o600
+    assert home.stat().st_mode & 0o777 == 0o700
+    os.chmod(home / "pool.json", 0o640)
+    Pool.open(home)
+    assert (home / "pool.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_held_too_long_times_out_naming_the_holder(home: Path) -> None:
+    """A lock wait ends with an error that says which process holds it."""
+    make_pool_with(home, "a")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from pool.lock import Lock\n"
+         f"l = Lock(Path({str(home / 'locks' / 'pool.lock')!r})); l.acquire()\n"
+         "print('held', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store = Store(Home.open(home), lock_timeout=0.3)
+        with pytest.raises(LockTimeout) as e:
+            store.update(lambda p: None)
+        assert f"pid {holder.pid}" in str(e.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_async_updates_do_not_block_the_event_loop(home: Path) -> None:
+    """While another process holds the lock, an awaiting aupdate lets other tasks run."""
+    import anyio
+
+    pool = make_pool_with(home, "a")
+    ticks = 0
+
+    async def main() -> None:
+        nonlocal ticks
+        lock = Lock(home / "locks" / "pool.lock")
+        # Hold the lock from this process in a thread that releases it after 0.3 s.
+        import threading
+
+        lock.acquire()
+        threading.Timer(0.3, lock.release).start()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await anyio.sleep(0.01)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ticker)
+            await pool.store.aupdate(lambda p: None)
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    assert ticks >= 10
+
+
+def test_reads_see_other_processes_writes_immediately(home: Path) -> None:
+    """The parsed-read cache is invalidated by another process's atomic replace."""
+    pool = make_pool_with(home, "a")
+    assert pool.get("openai/a").enabled
+    assert run_cli("accounts", "disable", "openai/a").returncode == 0
+    assert pool.get("openai/a").enabled is False
