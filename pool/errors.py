@@ -36,6 +36,7 @@ from metadata (ids, labels, paths, status codes) only.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "AccountNotFound",
@@ -223,9 +224,13 @@ class ReauthRequired(AuthError):
 
 
 class RequestFailed(PoolError):
-    """A request could not be served through the pool."""
+    """A request could not be served through the pool; ``attempts`` is the trail so far."""
 
     code = "request_failed"
+
+    def __init__(self, message: str, *, attempts: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.attempts: list[Any] = list(attempts or [])
 
 
 class OriginRefused(RequestFailed):
@@ -251,6 +256,6 @@ class AllAccountsCooling(RequestFailed):
 
     code = "all_cooling"
 
-    def __init__(self, message: str, retry_at: float | None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_at: float | None, *, attempts: list[Any] | None = None) -> None:
+        super().__init__(message, attempts=attempts)
         self.retry_at = retry_at

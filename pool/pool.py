@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import httpx2
 from keyring.backend import KeyringBackend
 
 from .backend import backend_name, choose_backend, load_backend
@@ -17,9 +20,15 @@ from .errors import InvalidInput, SecretError
 from .home import Home
 from .lock import Lock
 from .models import Account, AccountKind, PoolFile, validate_label, validate_provider_id
+from .providers import Provider, Providers
 from .secret import Secret, TokenSet
 from .secretstore import SecretStore
 from .store import Store
+from .usage import UsageLog
+
+if TYPE_CHECKING:
+    from .refresh import Refresher
+    from .rotation import PoolTransport
 
 __all__ = ["Pool"]
 
@@ -39,8 +48,14 @@ class Pool:
     def __init__(self, home: Home, store: Store) -> None:
         self.home = home
         self.store = store
+        self.usage = UsageLog(store)
         self._secrets: SecretStore | None = None
         self._secrets_guard = threading.Lock()
+        self._providers: tuple[tuple[int, int] | None, Providers] | None = None
+        self._refresher: Refresher | None = None
+        self._http: httpx2.HTTPTransport | None = None
+        self._ahttp: weakref.WeakKeyDictionary[object, httpx2.AsyncHTTPTransport] = weakref.WeakKeyDictionary()
+        self._lazy_guard = threading.Lock()
 
     @classmethod
     def open(cls, home: Path | None = None) -> Pool:
@@ -87,6 +102,94 @@ class Pool:
     def secret_lock(self, account_id: str) -> Lock:
         """The per-account lock under which its secret is refreshed or replaced."""
         return Lock(self.home.lock_file(f"account-{account_id}"))
+
+    # -- providers and requests --------------------------------------------------------------
+
+    @property
+    def providers(self) -> Providers:
+        """Built-in providers merged with ``config.toml`` (re-read when the file changes)."""
+        path = self.home.config_file
+        try:
+            st = path.stat()
+            sig: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            sig = None
+        with self._lazy_guard:
+            if self._providers is None or self._providers[0] != sig:
+                self._providers = (sig, Providers.load(path if sig else None))
+            return self._providers[1]
+
+    def provider(self, provider_id: str) -> Provider:
+        """The provider ``provider_id``.
+
+        Raises:
+            ProviderNotFound: unknown id.
+        """
+        return self.providers.get(provider_id)
+
+    @property
+    def refresher(self) -> Refresher:
+        """This process's single-flight token refresher."""
+        from .refresh import Refresher
+
+        with self._lazy_guard:
+            if self._refresher is None:
+                self._refresher = Refresher(self)
+            return self._refresher
+
+    def http_transport(self) -> httpx2.HTTPTransport:
+        """The shared connection pool for sync requests to providers."""
+        with self._lazy_guard:
+            if self._http is None:
+                self._http = httpx2.HTTPTransport()
+            return self._http
+
+    def async_http_transport(self) -> httpx2.AsyncHTTPTransport:
+        """The shared connection pool for async requests (one per event loop)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        with self._lazy_guard:
+            transport = self._ahttp.get(loop)
+            if transport is None:
+                transport = self._ahttp[loop] = httpx2.AsyncHTTPTransport()
+            return transport
+
+    def transport(self, provider: str, **options: Any) -> PoolTransport:
+        """An httpx2 transport (sync and async) that rotates over ``provider``'s accounts.
+
+        Options: ``account`` (pin one account), ``namespace``, ``wait_budget`` (seconds to wait
+        for a cooling pool), ``on_progress`` (called while waiting).
+        """
+        from .rotation import PoolTransport, RotationOptions
+
+        return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
+
+    def client(self, provider: str, **options: Any) -> httpx2.AsyncClient:
+        """An ``httpx2.AsyncClient`` on the provider's base URL that rotates over its accounts."""
+        p = self.provider(provider)
+        return httpx2.AsyncClient(transport=self.transport(provider, **options), base_url=p.base_url or "",
+                                  timeout=httpx2.Timeout(p.timeout, connect=10.0))
+
+    def sync_client(self, provider: str, **options: Any) -> httpx2.Client:
+        """An ``httpx2.Client`` on the provider's base URL that rotates over its accounts."""
+        p = self.provider(provider)
+        return httpx2.Client(transport=self.transport(provider, **options), base_url=p.base_url or "",
+                             timeout=httpx2.Timeout(p.timeout, connect=10.0))
+
+    def flush(self) -> None:
+        """Write batched usage counters now (also done periodically and at exit)."""
+        self.usage.flush()
+
+    def close(self) -> None:
+        """Flush counters and close connections."""
+        self.usage.flush()
+        with self._lazy_guard:
+            if self._http is not None:
+                self._http.close()
+                self._http = None
+            if self._refresher is not None:
+                self._refresher.close()
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""How long a rate-limited account must rest, read from what the provider said.
+
+Sources, most authoritative first: ``Retry-After`` (seconds or an HTTP date), ``retry-after-ms``,
+then the provider's reset headers (Anthropic RFC 3339 timestamps, OpenAI Go-style durations such
+as ``6m0s``, GitHub epoch seconds). When several reset headers apply, the latest deadline wins: an
+account released early would only be rate-limited again. With no information at all, an
+exponential default (``default_cooldown * 2**level``, capped) applies; the level resets after a
+success.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+__all__ = [
+    "MAX_HONOURED",
+    "CooldownDecision",
+    "decide_cooldown",
+    "parse_duration",
+    "parse_reset",
+    "parse_retry_after",
+]
+
+# A provider's deadline is honoured up to 8 days (weekly subscription limits); anything later
+# is treated as garbage rather than parking an account for months.
+MAX_HONOURED = 8 * 86400.0
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_GO_DURATION = re.compile(rf"^(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}ms)?$")
+
+
+@dataclass(frozen=True)
+class CooldownDecision:
+    """``until`` (epoch seconds), where it came from, and whether it was the exponential default."""
+
+    until: float
+    source: str
+    is_default: bool
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """``Retry-After`` as an absolute time: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return now + seconds if seconds >= 0 else None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return dt.timestamp()
+
+
+def parse_duration(value: str) -> float | None:
+    """A Go-style duration (``1s``, ``6m0s``, ``20ms``, ``1h2m3.5s``) or plain seconds, in seconds."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    m = _GO_DURATION.match(value)
+    if not m or not any(m.groups()):
+        return None
+    h, mi, s, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mi * 60 + s + ms / 1000
+
+
+def parse_reset(value: str, now: float) -> float | None:
+    """A reset header value as an absolute time: RFC 3339 timestamp, duration, or epoch seconds."""
+    value = value.strip()
+    if not value:
+        return None
+    if re.match(r"^\d{4}-\d{2}-\d{2}T", value):
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    if re.fullmatch(r"\d{9,11}(\.\d+)?", value):  # epoch seconds (e.g. GitHub x-ratelimit-reset)
+        return float(value)
+    seconds = parse_duration(value)
+    return now + seconds if seconds is not None else None
+
+
+def decide_cooldown(
+    headers: Mapping[str, str],
+    *,
+    now: float,
+    reset_headers: list[str],
+    default_cooldown: float,
+    max_cooldown: float,
+    level: int,
+    body_deadline: float | None = None,
+) -> CooldownDecision:
+    """Decide when a rate-limited account frees up.
+
+    Args:
+        headers: the 429 response's headers (case-insensitive mapping).
+        now: the current time (epoch seconds).
+        reset_headers: the provider's reset header names.
+        default_cooldown: base of the exponential default.
+        max_cooldown: cap of the exponential default (not of provider deadlines).
+        level: how many 429s without reset info came in a row before this one.
+        body_deadline: a deadline found in the response body, if any.
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    ra = lower.get("retry-after")
+    if ra is not None:
+        until = parse_retry_after(ra, now)
+        if until is not None and until > now - 1:
+            return CooldownDecision(_clamp(until, now), "retry-after", False)
+    ms = lower.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return CooldownDecision(_clamp(now + float(ms) / 1000, now), "retry-after-ms", False)
+        except ValueError:
+            pass
+    deadlines = [(d, name) for name in reset_headers
+                 if (v := lower.get(name.lower())) is not None and (d := parse_reset(v, now)) is not None and d > now]
+    if body_deadline is not None and body_deadline > now:
+        deadlines.append((body_deadline, "body"))
+    if deadlines:
+        until, name = max(deadlines)
+        return CooldownDecision(_clamp(until, now), name, False)
+    seconds = min(default_cooldown * (2 ** min(level, 20)), max_cooldown)
+    return CooldownDecision(now + seconds, "default", True)
+
+
+def _clamp(until: float, now: float) -> float:
+    return min(max(until, now), now + MAX_HONOURED)
