@@ -16,11 +16,11 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from pool import Pool, PoolError, TokenSet
 from pool.errors import InvalidInput
 from pool.models import Account
+from pool.report import account_view
 
 __all__ = ["main"]
 
@@ -34,7 +34,7 @@ class UsageError(Exception):
     """A command line that cannot be run as given (exit status 2)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per failure kind
     """Run the CLI; returns the exit status (the console script exits with it)."""
     setup_logging()
     parser = build_parser()
@@ -124,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("account", help="account id or provider/label")
         p.set_defaults(handler=fn)
 
+    p = sub.add_parser(
+        "request",
+        help="send one request through the pool; body to stdout, account and attempt trail to stderr",
+    )
+    p.add_argument("provider")
+    p.add_argument("method", help="GET, POST, ...")
+    p.add_argument("path", help="path relative to the provider's base URL (or a URL on one of its origins)")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--json", dest="json_body", metavar="BODY", help="a JSON request body")
+    body.add_argument("--data", metavar="@FILE|-|TEXT", help="raw body: @FILE, - for stdin, or literal text")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'", help="extra request header")
+    p.add_argument("--account", help="use only this account (id or provider/label)")
+    p.add_argument("--namespace", help="rotate only within this namespace")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="seconds to wait when every account is cooling (default: fail at once)")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print the attempt trail")
+    p.set_defaults(handler=cmd_request)
+
+    p = sub.add_parser("status", help="per provider: accounts ready, cooling (until when), needs-reauth, counters")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_status)
+
     p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
     p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
     p.add_argument("--json", action="store_true")
@@ -170,7 +192,9 @@ def cmd_add_key(args: argparse.Namespace) -> int:
 
 def cmd_add_oauth(args: argparse.Namespace) -> int:
     if sys.stdin.isatty():
-        raise UsageError("add-oauth reads a JSON token set on stdin, e.g. `authpool accounts add-oauth P --label L < tokens.json`")
+        raise UsageError(
+            "add-oauth reads a JSON token set on stdin, e.g. `authpool accounts add-oauth P --label L < tokens.json`"
+        )
     text = sys.stdin.read()
     try:
         doc = json.loads(text)
@@ -207,13 +231,48 @@ def cmd_reset(args: argparse.Namespace) -> int:
 
 def read_secret_input(prompt: str) -> str:
     """A secret from stdin (piped) or a hidden prompt on the terminal — never from argv."""
-    if sys.stdin.isatty():
-        value = getpass.getpass(prompt)
-    else:
-        value = sys.stdin.read()
+    value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
     if not value.strip():
         raise InvalidInput("no secret given on stdin")
     return value.strip()
+
+
+# -- requests -----------------------------------------------------------------------------
+
+EXIT_HTTP_4XX = 4
+EXIT_HTTP_5XX = 5
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    from .request import run_request
+
+    return run_request(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pool.report import pool_status
+
+    pool = Pool.open()
+    report = pool_status(pool)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if not report["providers"]:
+        print("no accounts yet; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        return 0
+    now = time.time()
+    for prov in report["providers"]:
+        nxt = prov["next_free_at"]
+        extra = f", next frees up {relative(nxt, now)}" if nxt and not prov["ready"] else ""
+        print(f"{prov['provider']}: {prov['ready']} ready, {prov['cooling']} cooling, "
+              f"{prov['needs_reauth']} need re-auth, {prov['disabled']} disabled{extra}")
+        for a in prov["accounts"]:
+            until = a["cooling_until"]
+            state = f"cooling {relative(until, now)}" if a["state"] == "cooling" and until else a["state"]
+            c = a["counters"]
+            print(f"  {a['name']:<32} {state:<18} requests {c['requests']}, 429s {c['rate_limited']}, "
+                  f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}")
+    return 0
 
 
 # -- doctor -------------------------------------------------------------------------------
@@ -226,29 +285,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # -- formatting ---------------------------------------------------------------------------
-
-
-def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
-    """The public view of an account (never a secret)."""
-    now = time.time() if now is None else now
-    until = a.cooldown_until(now=now)
-    return {
-        "id": a.id,
-        "provider": a.provider,
-        "namespace": a.namespace,
-        "label": a.label,
-        "name": a.name,
-        "kind": a.kind,
-        "enabled": a.enabled,
-        "state": a.state(now),
-        "cooling_until": until,
-        "needs_reauth": a.needs_reauth,
-        "token_expires_at": a.access_expires_at,
-        "last_used_at": a.last_used_at,
-        "last_status": a.last_status,
-        "last_error": a.last_error,
-        "counters": a.counters.model_dump(),
-    }
 
 
 def describe_state(a: Account, now: float) -> str:
