@@ -99,7 +99,7 @@ def choose_backend() -> tuple[KeyringBackend, bool]:
                 f"PYTHON_KEYRING_BACKEND={env} asks for a password on stdin, which authpool cannot "
                 "allow (stdin carries the MCP protocol); pick another backend or unset it"
             )
-        return load_backend(env), env == VAULT_BACKEND
+        return load_backend(env), False  # chosen explicitly: not a fallback worth warning about
     candidates = sorted(
         (
             kr

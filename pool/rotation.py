@@ -612,8 +612,11 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             if result is not None:
                 await result
 
+    # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
+    # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
     def close(self) -> None:
-        self.usage.flush()
+        self._maybe_flush_sync()
 
     async def aclose(self) -> None:
-        await anyio.to_thread.run_sync(self.usage.flush)
+        if self.usage.due():
+            await anyio.to_thread.run_sync(self.usage.flush)

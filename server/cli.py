@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
 
+    p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("demo", help="show the pool working end to end against a loopback provider (touches nothing)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary home for inspection")
+    p.set_defaults(handler=cmd_demo)
+
     p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
     p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
     p.add_argument("--json", action="store_true")
@@ -273,6 +280,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {a['name']:<32} {state:<18} requests {c['requests']}, 429s {c['rate_limited']}, "
                   f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}")
     return 0
+
+
+# -- server -------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(keep=args.keep)
 
 
 # -- doctor -------------------------------------------------------------------------------

@@ -441,6 +441,7 @@ class LoopbackProvider:
         self._api_keys: dict[str, str] = {}
         self._limits: dict[str, _RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
+        self._always_unauthorized: set[str] = set()
         self._failures: tuple[int, int] = (0, 500)
         self._hang = 0.0
         self._oauth_mode = "ok"
@@ -640,6 +641,24 @@ class LoopbackProvider:
             else:
                 self._stream_errors[subject] = mode
 
+    def set_always_unauthorized(self, subject: str, on: bool = True) -> None:
+        """Answer 401 to every API request of ``subject``, even with a valid, fresh token.
+
+        Models a login the provider refuses although refreshing it still works (a suspended
+        subscription, a revoked scope): a client must not loop refreshing it forever.
+        Requests are still counted in ``api_calls_by_subject``.
+        """
+        with self._lock:
+            if on:
+                self._always_unauthorized.add(subject)
+            else:
+                self._always_unauthorized.discard(subject)
+
+    def issued_secrets(self) -> list[str]:
+        """Every access token, refresh token and API key minted so far (for leak scans in tests)."""
+        with self._lock:
+            return [*self._access, *self._refresh, *self._api_keys]
+
     # ---- stats ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
@@ -813,6 +832,10 @@ class LoopbackProvider:
         with self._lock:
             by_subject = self.stats.api_calls_by_subject
             by_subject[subject] = by_subject.get(subject, 0) + 1
+            refused = subject in self._always_unauthorized
+        if refused:
+            return LoopbackResponse.error(401, "invalid x-api-key")
+        with self._lock:
             limited = self._rate_limit_response(subject)
             self._request_seq += 1
             seq = self._request_seq

@@ -1,0 +1,151 @@
+"""``proxy_request`` as a plain async function: validate, send through the pool, shape the answer.
+
+Kept free of MCP so it can be tested and reused directly; the tool in :mod:`server.app` is a
+thin wrapper around :func:`run_proxy`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pool import InvalidInput, Pool
+from pool.rotation import RequestResult
+
+__all__ = ["ProxyCall", "ProxyOutcome", "run_proxy"]
+
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Headers the transport owns: framing and routing are computed, credentials are the pool's.
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+                       "keep-alive", "proxy-connection"})
+_KEPT_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "retry-after-ms", "openai-model",
+                 "openai-processing-ms")
+_KEPT_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
+TRUNCATION_MARKER = "\n…[truncated by authpool: {shown} of {total} characters shown]"
+
+
+@dataclass(frozen=True)
+class ProxyCall:
+    provider: str
+    method: str
+    path: str
+    query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    json_body: Any = None
+    body: str | None = None
+    account: str | None = None
+    namespace: str | None = None
+    wait_s: float = 0.0
+    max_body_chars: int = 100_000
+
+
+@dataclass
+class ProxyOutcome:
+    status: int
+    headers: dict[str, str]
+    body: Any
+    body_format: Literal["json", "text", "empty", "binary"]
+    body_bytes: int
+    truncated: bool
+    result: RequestResult
+
+
+ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
+
+
+async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = None) -> ProxyOutcome:
+    """Send ``call`` through the pool and return the provider's answer, shaped for a tool result.
+
+    Raises:
+        PoolError: unknown provider or account, refused origin or header, all accounts cooling, …
+    """
+    method = call.method.strip().upper()
+    if method not in METHODS:
+        raise InvalidInput(f"unsupported method {call.method!r}; use one of {', '.join(sorted(METHODS))}")
+    if call.json_body is not None and call.body is not None:
+        raise InvalidInput("give either json or body, not both")
+    provider = pool.provider(call.provider)
+    url = provider.resolve_url(call.path)
+    headers = dict(call.headers or {})
+    forbidden = provider.all_credential_header_names()
+    for name in headers:
+        low = name.strip().lower()
+        if low in forbidden:
+            raise InvalidInput(
+                f"header {name!r} carries credentials; authpool attaches the account's credentials itself and "
+                "callers cannot set or override them"
+            )
+        if low in _RESERVED:
+            raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
+    content: bytes | None = None
+    if call.json_body is not None:
+        content = jsonlib.dumps(call.json_body).encode()
+        headers.setdefault("content-type", "application/json")
+    elif call.body is not None:
+        content = call.body.encode()
+    async with pool.client(call.provider, account=call.account, namespace=call.namespace,
+                           wait_budget=call.wait_s, on_progress=progress) as client:
+        response = await client.request(method, url, params=call.query, headers=headers, content=content)
+        raw = await response.aread()
+    result: RequestResult = response.extensions["authpool"]
+    body, body_format, truncated = _shape_body(raw, response.headers.get("content-type", ""), call.max_body_chars)
+    return ProxyOutcome(
+        status=response.status_code,
+        headers=_select_headers(response.headers),
+        body=_scrub(body, pool, result.account_id),
+        body_format=body_format,
+        body_bytes=len(raw),
+        truncated=truncated,
+        result=result,
+    )
+
+
+BodyFormat = Literal["json", "text", "empty", "binary"]
+
+
+def _shape_body(raw: bytes, content_type: str, limit: int) -> tuple[Any, BodyFormat, bool]:
+    if not raw:
+        return None, "empty", False
+    ctype = content_type.split(";", maxsplit=1)[0].strip().lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if not ctype.startswith("text/") and "json" not in ctype:
+            return f"<{len(raw)} bytes of {ctype or 'binary data'}; not shown>", "binary", False
+        text = raw.decode("utf-8", errors="replace")
+    if len(text) > limit:
+        shown = text[:limit] + TRUNCATION_MARKER.format(shown=limit, total=len(text))
+        return shown, "text", True
+    if "json" in ctype or text.lstrip()[:1] in ("{", "["):
+        try:
+            return jsonlib.loads(text), "json", False
+        except ValueError:
+            pass
+    return text, "text", False
+
+
+def _select_headers(headers: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _KEPT_HEADERS or low.startswith(_KEPT_PREFIXES):
+            out[low] = value
+    return out
+
+
+def _scrub(body: Any, pool: Pool, account_id: str) -> Any:
+    """Defence in depth: if a provider echoes the credential back, it does not reach the caller."""
+    try:
+        values = pool.secret_of(pool.get(account_id)).values()
+    except Exception:  # noqa: BLE001 - scrubbing must never turn a good answer into an error
+        return body
+    if not values:
+        return body
+    text = jsonlib.dumps(body) if not isinstance(body, str) else body
+    if not any(v in text for v in values):
+        return body
+    for v in values:
+        text = text.replace(v, "<redacted>")
+    return text if isinstance(body, str) else jsonlib.loads(text)

@@ -1,0 +1,54 @@
+"""``authpool serve``: run the MCP server on stdio until the client goes away.
+
+Shutdown is clean both ways a client ends a stdio server: when stdin closes, the SDK's loop
+returns and the lifespan flushes pending counter writes; on SIGTERM/SIGINT/SIGHUP (the Python
+and TypeScript clients send SIGTERM two seconds after closing stdin), pending writes are
+flushed and the process exits at once. Tokens, cooldowns and needs-reauth are never pending:
+they are written before the request that caused them returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+import anyio
+
+from pool import Pool, PoolError
+
+__all__ = ["serve"]
+
+log = logging.getLogger("authpool")
+
+
+def serve() -> int:
+    """Serve MCP over stdio; returns the exit status."""
+    from .app import build_server
+
+    pool = Pool.open()
+    server = build_server(pool)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_exit_on_signal, pool)
+            await server.run_stdio_async()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    return 0
+
+
+async def _exit_on_signal(pool: Pool) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s; flushing and exiting", signal.Signals(signum).name)
+            try:
+                await anyio.to_thread.run_sync(pool.flush)
+            except PoolError as e:
+                log.warning("could not write usage counters on exit: %s", e)
+            sys.stderr.flush()
+            # The SDK reads stdin in a worker thread that cannot be cancelled; a normal exit
+            # would wait for it forever. Everything that matters is written: leave now.
+            os._exit(0)
