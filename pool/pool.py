@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import httpx2
 from keyring.backend import KeyringBackend
 
 from .backend import backend_name, choose_backend, load_backend
-from .errors import InvalidInput, SecretError
+from .errors import AccountNotFound, InvalidInput, SecretError
 from .home import Home
 from .lock import Lock
 from .models import Account, AccountKind, PoolFile, validate_label, validate_provider_id
@@ -268,6 +269,35 @@ class Pool:
         except BaseException:
             self._delete_secret_quietly(account_id)
             raise
+
+    def save_login(
+        self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default"
+    ) -> tuple[Account, bool]:
+        """Store a fresh login: a new account, or new tokens for ``provider/label`` if it exists.
+
+        Logging in again as an existing label replaces that account's tokens and clears its
+        needs-reauth flag, keeping its id, order and history. Returns ``(account, created)``.
+        """
+        provider = validate_provider_id(provider)
+        label = validate_label(label)
+        try:
+            existing = self.get(f"{provider}/{label}")
+        except AccountNotFound:
+            return self.add_oauth(provider, label, tokens, namespace=namespace), True
+        if existing.kind != "oauth":
+            raise InvalidInput(f"{existing.name} is an API-key account; pick another label for the login")
+        account = self.set_secret(existing.id, tokens.to_secret())
+        return account, False
+
+    def find_by_secret(self, provider: str, match: Callable[[Secret], bool]) -> Account | None:
+        """The first account of ``provider`` whose secret satisfies ``match`` (reads each secret)."""
+        for acc in self.accounts(provider):
+            try:
+                if match(self.secret_of(acc)):
+                    return acc
+            except SecretError:
+                continue
+        return None
 
     def set_secret(self, ref: str, secret: Secret) -> Account:
         """Replace an account's secret and bump its generation (under the account's lock)."""
