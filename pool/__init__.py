@@ -5,6 +5,7 @@ No MCP import happens here; the MCP server and CLI in ``server/`` are thin shell
 
 from __future__ import annotations
 
+from .device import device_login
 from .errors import (
     AccountNotFound,
     AllAccountsCooling,
@@ -33,6 +34,17 @@ from .errors import (
 )
 from .home import Home, resolve_home
 from .lock import Lock
+from .login import (
+    LoginCancelled,
+    LoginError,
+    LoginExpired,
+    LoginResult,
+    LoginTimeout,
+    StateMismatch,
+    browser_login,
+    paste_login,
+    store_login,
+)
 from .models import Account, Cooldown, Counters, PoolFile
 from .pool import Pool
 from .secret import Secret, TokenSet
@@ -53,6 +65,11 @@ __all__ = [
     "InvalidInput",
     "Lock",
     "LockTimeout",
+    "LoginCancelled",
+    "LoginError",
+    "LoginExpired",
+    "LoginResult",
+    "LoginTimeout",
     "NoAccounts",
     "NotFound",
     "OriginRefused",
@@ -69,11 +86,16 @@ __all__ = [
     "SecretError",
     "SecretMissing",
     "SecretStore",
+    "StateMismatch",
     "Store",
     "StoreCorrupt",
     "StoreError",
     "StoreVersionError",
     "StoreWriteError",
     "TokenSet",
+    "browser_login",
+    "device_login",
+    "paste_login",
     "resolve_home",
+    "store_login",
 ]

@@ -25,7 +25,12 @@ from metadata (ids, labels, paths, status codes) only.
      │    └── SecretMissing                metadata exists, the secret does not
      ├── AuthError                         a provider refused or could not renew credentials
      │    ├── RefreshError                 the token endpoint failed (down, garbage, timeout)
-     │    └── ReauthRequired               the login is dead; the user must log in again
+     │    ├── ReauthRequired               the login is dead; the user must log in again
+     │    └── LoginError                   a login did not complete; nothing was stored
+     │         ├── LoginCancelled          denied at the provider, or cancelled
+     │         ├── LoginExpired            the device code expired
+     │         ├── LoginTimeout (TimeoutError)
+     │         └── StateMismatch           the redirect's state is not this login's
      └── RequestFailed                     a request could not be served through the pool
           ├── OriginRefused                credentials would go to a foreign origin
           ├── BodyNotReplayable            a retry would resend a half-read stream
@@ -47,6 +52,10 @@ __all__ = [
     "DuplicateLabel",
     "InvalidInput",
     "LockTimeout",
+    "LoginCancelled",
+    "LoginError",
+    "LoginExpired",
+    "LoginTimeout",
     "NoAccounts",
     "NotFound",
     "OriginRefused",
@@ -59,6 +68,7 @@ __all__ = [
     "SecretBackendUnavailable",
     "SecretError",
     "SecretMissing",
+    "StateMismatch",
     "StoreCorrupt",
     "StoreError",
     "StoreVersionError",
@@ -221,6 +231,36 @@ class ReauthRequired(AuthError):
     """The login is no longer valid; the user must log in again."""
 
     code = "needs_reauth"
+
+
+class LoginError(AuthError):
+    """A login did not complete; nothing was stored."""
+
+    code = "login_failed"
+
+
+class LoginCancelled(LoginError):
+    """The user denied the login at the provider (``access_denied``) or cancelled it."""
+
+    code = "login_cancelled"
+
+
+class LoginExpired(LoginError):
+    """The device code expired before the user approved the login."""
+
+    code = "login_expired"
+
+
+class LoginTimeout(LoginError, TimeoutError):
+    """Nothing came back within the time the login was given."""
+
+    code = "login_timeout"
+
+
+class StateMismatch(LoginError):
+    """The redirect's ``state`` is not this login's: a stale browser tab or a forged redirect."""
+
+    code = "state_mismatch"
 
 
 class RequestFailed(PoolError):
