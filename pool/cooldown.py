@@ -11,6 +11,7 @@ success.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ def parse_retry_after(value: str, now: float) -> float | None:
     except ValueError:
         pass
     else:
-        return now + seconds if seconds >= 0 else None
+        # float() also accepts "nan" and "inf": garbage, not a delay (a NaN deadline cannot be stored).
+        return now + seconds if math.isfinite(seconds) and seconds >= 0 else None
     try:
         dt = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -66,9 +68,11 @@ def parse_duration(value: str) -> float | None:
     if not value:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return seconds if math.isfinite(seconds) else None  # "nan"/"inf" are not durations
     m = _GO_DURATION.match(value)
     if not m or not any(m.groups()):
         return None
@@ -122,9 +126,13 @@ def decide_cooldown(
     ms = lower.get("retry-after-ms")
     if ms is not None:
         try:
-            return CooldownDecision(_clamp(now + float(ms) / 1000, now), "retry-after-ms", False)
+            millis = float(ms)
         except ValueError:
-            pass
+            millis = -1.0
+        # Like a bad Retry-After: "NaN" would become a NaN deadline (pool.json then no longer
+        # validates, and formatting it raises), "inf" or a negative value is no information.
+        if math.isfinite(millis) and millis >= 0:
+            return CooldownDecision(_clamp(now + millis / 1000, now), "retry-after-ms", False)
     deadlines = [(d, name) for name in reset_headers
                  if (v := lower.get(name.lower())) is not None and (d := parse_reset(v, now)) is not None and d > now]
     if body_deadline is not None and body_deadline > now:

@@ -37,10 +37,13 @@ def origin_of(url: str) -> str:
     Raises:
         ValueError: not an absolute http(s) URL.
     """
-    m = re.match(r"^(https?)://([^/?#@]+)", url.strip(), re.IGNORECASE)
-    if not m:
+    m = re.match(r"^(https?)://([^/?#]*)", url.strip(), re.IGNORECASE)
+    if not m or not m.group(2):
         raise ValueError(f"not an absolute http(s) URL: {url!r}")
     scheme, hostport = m.group(1).lower(), m.group(2).lower()
+    if "@" in hostport:
+        # "https://api.example.com@evil.example/" goes to evil.example: never guess, refuse.
+        raise ValueError(f"URLs with a user name or password (user@host) are not accepted: {url!r}")
     if hostport.startswith("["):  # IPv6 literal
         host, _, port = hostport.partition("]")
         host += "]"

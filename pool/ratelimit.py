@@ -24,7 +24,9 @@ from .cooldown import parse_duration
 
 __all__ = ["BodyLimit", "model_of_request", "read_body_limit"]
 
-_MODEL_IN_MESSAGE = re.compile(r"\bfor (?:model )?[`'\"]?([A-Za-z0-9][\w.:\-/]{1,80}?)[`'\"]? in (?:organization|project)")
+_MODEL_IN_MESSAGE = re.compile(
+    r"\bfor (?:model )?[`'\"]?([A-Za-z0-9][\w.:\-/]{1,80}?)[`'\"]? in (?:organization|project)"
+)
 _MODEL_IN_PATH = re.compile(r"/models/([^/:?]+)")
 
 
@@ -38,56 +40,72 @@ class BodyLimit:
 
 def read_body_limit(body: bytes | dict[str, Any] | None, now: float) -> BodyLimit:
     """Extract the latest reset deadline and the limited model from an error body, if any."""
+    error = _error_object(body)
+    if error is None:
+        return BodyLimit()
+    deadlines = _openai_deadlines(error, now)
+    models: list[str] = []
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict):
+            deadlines += _google_deadlines(detail, now)
+            models += _google_models(detail)
+    if isinstance(error.get("model"), str):
+        models.append(error["model"])
+    message = error.get("message")
+    if isinstance(message, str) and (m := _MODEL_IN_MESSAGE.search(message)):
+        models.append(m.group(1))
+    future = [d for d in deadlines if d > now]
+    return BodyLimit(max(future) if future else None, models[0].lower() if models else None)
+
+
+def _error_object(body: bytes | dict[str, Any] | None) -> dict[str, Any] | None:
     doc: Any = body
     if isinstance(body, bytes | bytearray):
         try:
             doc = json.loads(body) if body else None
         except ValueError:
-            return BodyLimit()
+            return None
     if not isinstance(doc, dict):
-        return BodyLimit()
+        return None
     error = doc.get("error", doc)
-    if not isinstance(error, dict):
-        return BodyLimit()
-    deadlines: list[float] = []
-    model: str | None = None
+    return error if isinstance(error, dict) else None
 
+
+def _openai_deadlines(error: dict[str, Any], now: float) -> list[float]:
+    out = []
     resets_at = _number(error.get("resets_at"))
     if resets_at is not None:
-        deadlines.append(resets_at / 1000 if resets_at > 1e12 else resets_at)
+        out.append(resets_at / 1000 if resets_at > 1e12 else resets_at)
     resets_in = _number(error.get("resets_in_seconds"))
     if resets_in is not None:
-        deadlines.append(now + resets_in)
+        out.append(now + resets_in)
+    return out
 
-    for detail in error.get("details") or []:
-        if not isinstance(detail, dict):
-            continue
-        kind = str(detail.get("@type", ""))
-        if kind.endswith("RetryInfo"):
-            d = parse_duration(str(detail.get("retryDelay", "")))
-            if d is not None:
-                deadlines.append(now + d)
-        metadata = detail.get("metadata")
-        if isinstance(metadata, dict) and "quotaResetDelay" in metadata:
-            d = parse_duration(str(metadata["quotaResetDelay"]))
-            if d is not None:
-                deadlines.append(now + d)
-        if isinstance(metadata, dict) and isinstance(metadata.get("model"), str):
-            model = model or metadata["model"]
-        for violation in detail.get("violations") or []:
-            dims = violation.get("quotaDimensions") if isinstance(violation, dict) else None
-            if isinstance(dims, dict) and isinstance(dims.get("model"), str):
-                model = model or dims["model"]
 
-    if isinstance(error.get("model"), str):
-        model = model or error["model"]
-    message = error.get("message")
-    if model is None and isinstance(message, str):
-        m = _MODEL_IN_MESSAGE.search(message)
-        if m:
-            model = m.group(1)
-    future = [d for d in deadlines if d > now]
-    return BodyLimit(max(future) if future else None, model.lower() if model else None)
+def _google_deadlines(detail: dict[str, Any], now: float) -> list[float]:
+    out = []
+    if str(detail.get("@type", "")).endswith("RetryInfo"):
+        d = parse_duration(str(detail.get("retryDelay", "")))
+        if d is not None:
+            out.append(now + d)
+    metadata = detail.get("metadata")
+    if isinstance(metadata, dict) and "quotaResetDelay" in metadata:
+        d = parse_duration(str(metadata["quotaResetDelay"]))
+        if d is not None:
+            out.append(now + d)
+    return out
+
+
+def _google_models(detail: dict[str, Any]) -> list[str]:
+    out = []
+    metadata = detail.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("model"), str):
+        out.append(metadata["model"])
+    for violation in detail.get("violations") or []:
+        dims = violation.get("quotaDimensions") if isinstance(violation, dict) else None
+        if isinstance(dims, dict) and isinstance(dims.get("model"), str):
+            out.append(dims["model"])
+    return out
 
 
 def model_of_request(path: str, body: bytes | None) -> str | None:

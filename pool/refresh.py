@@ -72,17 +72,21 @@ class Refresher:
         Raises:
             Contended: advisory mode and another thread or process is refreshing.
             ReauthRequired: the login is dead (the account is marked needs-reauth).
-            RefreshError: the token endpoint failed; stored tokens are unchanged.
+            RefreshError: the token endpoint failed, or another process held the account's
+                refresh lock past the lock timeout; stored tokens are unchanged.
         """
         lock = self.pool.secret_lock(account_id)
         if mode == "advisory":
             lock = Lock(lock.path, timeout=0.0)
         try:
             lock.acquire()
-        except LockTimeout:
+        except LockTimeout as e:
             if mode == "advisory":
                 raise Contended from None
-            raise
+            # Another process held this account's refresh for longer than the lock timeout (a
+            # token endpoint that hangs holds it up to TOKEN_TIMEOUT). For this request that is a
+            # failed refresh of one account, so rotation moves on, not a pool-wide failure.
+            raise RefreshError(f"gave up waiting for another process to renew account {account_id}: {e}") from e
         try:
             return self._refresh_locked(provider, account_id, seen_generation, mode)
         finally:

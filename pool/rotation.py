@@ -28,6 +28,7 @@ credentials only to requests for the provider's origins and refuses anything els
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -51,7 +52,7 @@ from .errors import (
     RequestFailed,
 )
 from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile
-from .providers import Provider, origin_of
+from .providers import Provider
 from .refresh import Contended, Refresher, RefreshMode
 from .secret import Secret
 from .strategy import UsageView, order_accounts
@@ -164,6 +165,8 @@ class _Engine:
         self.deadline = time.monotonic() + self.provider.timeout + transport.options.wait_budget
         self.wait_left = transport.options.wait_budget
         self.last_error: PoolError | None = None
+        self.picks = 0  # accounts picked so far (retries on the same account do not count)
+        self.cooled: dict[str, float] = {}  # account id -> end of the cooldown this request set
 
     # The flow. Yields effects; receives their results; returns the final response.
     def flow(self) -> Generator[_Effect, Any, httpx2.Response]:  # noqa: PLR0912, PLR0915 - one state machine, read top to bottom
@@ -177,7 +180,13 @@ class _Engine:
             acc = pinned
             pinned = None
             if acc is None:
+                # The provider's max_attempts bounds how many accounts one request tries (each
+                # pick counts, also a second turn after waiting for a cooldown).
+                if self.picks >= self.provider.max_attempts:
+                    raise self._fail(f"gave up after {self.picks} tries of accounts (max_attempts = "
+                                     f"{self.provider.max_attempts} for {self.provider.id})")
                 acc = yield from self._choose()
+                self.picks += 1
             if self.attempts and not _replayable(self.request):
                 raise BodyNotReplayable(
                     "the request body is a stream that was already sent once, so it cannot be retried on "
@@ -233,16 +242,22 @@ class _Engine:
                 self.tried.add(acc.id)
                 continue
             self._note(acc, status, "ok", elapsed)
+            if acc.backoff_level > 0 and status < 400:
+                # The exponential level is cooldown state, not a hot-path counter: reset it before
+                # returning, as a cooldown is set. Left to the batched usage flush, a 429 right after
+                # this success would still double, and a late flush could undo a newer 429's level.
+                yield _Block(functools.partial(self.t.pool.store.update, _clear_backoff(acc.id)))
             return self._finish(acc, response, status)
 
     # -- steps ---------------------------------------------------------------------------
 
     def _check_request(self) -> None:
-        url = str(self.request.url)
-        try:
-            origin = origin_of(url)
-        except ValueError as e:
-            raise OriginRefused(str(e)) from None
+        url = self.request.url
+        if url.userinfo:
+            raise OriginRefused("refusing a URL with a user name or password (user@host)")
+        # The origin as the HTTP client will connect to it, from its own parsed URL.
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        origin = f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
         if origin not in self.provider.allowed_origins:
             # Also the path a cross-origin redirect takes: it arrives here as a new request.
             raise OriginRefused(
@@ -268,6 +283,10 @@ class _Engine:
                 return acc
             if considered == 0:
                 raise self._no_accounts(pool_file)
+            if any(self.cooled.get(i, now + 1) <= now for i in self.tried):
+                # A cooldown this request set has already ended (Retry-After: 0, a few ms): that
+                # account may go again now, a wait of zero, not "no account could serve".
+                soonest = now
             if self.tried and soonest is None:
                 # Every account was tried in this request and none is merely cooling: give up.
                 raise self._fail(self._summary("no account could serve the request"))
@@ -287,7 +306,10 @@ class _Engine:
             waited = total - self.wait_left
             self.wait_left -= wait
             yield _Sleep(wait + 0.05, waited, total, f"all accounts cooling; waiting {wait:.1f}s for the next")
-            self.tried.clear()  # a cooled-down account may be tried again
+            # Only the accounts that were rate-limited come back after the wait. One whose refresh
+            # failed, or that exhausted its 5xx retries, stays out: a second 401 from an account
+            # whose refresh failed (endpoint down) would wrongly mark a live login needs-reauth.
+            self.tried.difference_update(self.cooled)
 
     def _secret(self, acc: Account) -> Generator[_Effect, Any, Secret | None]:  # noqa: PLR0911
         try:
@@ -353,6 +375,7 @@ class _Engine:
         yield _Block(lambda: self.t.pool.store.update(cool))
         self._note(acc, 429, "rate_limited", elapsed, cooldown_until=decision.until, detail=decision.source)
         self.tried.add(acc.id)
+        self.cooled[acc.id] = decision.until
 
     def _refused(self, acc: Account, status: int, elapsed: float) -> Generator[_Effect, Any, None]:
         reauth = status == 401
@@ -372,7 +395,7 @@ class _Engine:
         self.tried.add(acc.id)
 
     def _finish(self, acc: Account, response: httpx2.Response, status: int) -> httpx2.Response:
-        self.t.usage.record(acc.id, status, clear_backoff=acc.backoff_level > 0 and status < 400)
+        self.t.usage.record(acc.id, status)  # a backoff reset was already written by the flow
         response.extensions = {**response.extensions,
                                "authpool": RequestResult(acc.id, acc.name, list(self.attempts))}
         return response
@@ -395,6 +418,8 @@ class _Engine:
         )
 
     def _others_left(self, acc: Account) -> bool:
+        if self.picks >= self.provider.max_attempts:
+            return False
         ready, _, _ = self.t.candidates(self.t.pool.store.read(), time.time(), self.tried | {acc.id})
         return bool(ready)
 
@@ -437,6 +462,15 @@ class _Engine:
                 attempts=self.attempts,
             )
         return NoAccounts(self._summary(f"no usable {self.provider.id} account"), attempts=self.attempts)
+
+
+def _clear_backoff(account_id: str) -> Callable[[PoolFile], None]:
+    def clear(pool: PoolFile) -> None:
+        for a in pool.accounts:  # removed meanwhile: nothing to reset, and the response still stands
+            if a.id == account_id:
+                a.backoff_level = 0
+
+    return clear
 
 
 def _replayable(request: httpx2.Request) -> bool:
@@ -523,7 +557,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
         def usage(a: Account) -> UsageView:
             return UsageView(self.usage.last_used(a.id, a.last_used_at),
-                             weights.get(a.id, weights.get(a.label, 1.0)))
+                             weights.get(a.id, weights.get(a.label, 1.0)),
+                             self.usage.unrecorded(a.id))
 
         return order_accounts(self.provider.strategy, ready, usage), soonest, len(scope)
 

@@ -20,6 +20,9 @@ class UsageView:
 
     last_used: float  # epoch seconds, 0 if never
     weight: float = 1.0
+    # Requests this process served that are not in the account's counters yet (usage is
+    # flushed in batches): without them least-used would not see its own recent choices.
+    unrecorded: int = 0
 
 
 Strategy = Callable[[Sequence[Account], Callable[[Account], UsageView]], list[Account]]
@@ -39,7 +42,8 @@ def least_used(accounts: Sequence[Account], usage: Callable[[Account], UsageView
     """Fewest requests per unit of weight first, so weights give proportional shares."""
     return sorted(
         accounts,
-        key=lambda a: (a.counters.requests / max(usage(a).weight, 1e-9), usage(a).last_used, a.order, a.id),
+        key=lambda a: ((a.counters.requests + usage(a).unrecorded) / max(usage(a).weight, 1e-9),
+                       usage(a).last_used, a.order, a.id),
     )
 
 

@@ -58,6 +58,12 @@ class UsageLog:
         with self._guard:
             self._last_used[account_id] = time.time()
 
+    def unrecorded(self, account_id: str) -> int:
+        """Requests served by this process that the pool file does not count yet."""
+        with self._guard:
+            p = self._pending.get(account_id)
+            return p.requests if p is not None else 0
+
     def last_used(self, account_id: str, persisted: float | None) -> float:
         return max(self._last_used.get(account_id, 0.0), persisted or 0.0)
 

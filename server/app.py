@@ -23,7 +23,7 @@ import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from pool import Pool, PoolError
 from pool.models import Account
@@ -46,6 +46,19 @@ within the same call. Use `proxy_request` to call a provider API; use `pool_stat
 see or handle API keys or tokens."""
 
 _HISTORY = 20  # attempts remembered per account, for account_status
+
+
+def _null_to_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# An optional text argument. The SDK json-decodes every string argument whose annotation is
+# not exactly ``str`` (a workaround for clients that send objects as JSON text), so with
+# ``str | None`` a raw body '{"a": 1}' became a dict and was rejected, and the text 'null'
+# became None: a body 'null' was silently dropped and a namespace named 'null' silently
+# widened rotation to every namespace. Typed ``str``, the text arrives verbatim; an explicit
+# JSON null still means "not given" (as does "", which the tool maps to None).
+OptionalText = Annotated[str, BeforeValidator(_null_to_empty)]
 
 
 # -- output models -------------------------------------------------------------------------
@@ -275,9 +288,9 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
         query: Annotated[dict[str, str] | None, Field(description="query parameters")] = None,
         headers: Annotated[dict[str, str] | None, Field(description="extra request headers (not credentials)")] = None,
         json: Annotated[Any, Field(description="a JSON request body (object or array)")] = None,
-        body: Annotated[str | None, Field(description="a raw text request body, instead of json")] = None,
-        account: Annotated[str | None, Field(description="use only this account (id or provider/label)")] = None,
-        namespace: Annotated[str | None, Field(description="rotate only within this sub-pool")] = None,
+        body: Annotated[OptionalText, Field(description="a raw text request body, instead of json")] = "",
+        account: Annotated[OptionalText, Field(description="use only this account (id or provider/label)")] = "",
+        namespace: Annotated[OptionalText, Field(description="rotate only within this sub-pool")] = "",
         wait_s: Annotated[float, Field(ge=0, le=3600, description="if every account is cooling, wait up to this "
                                                                   "many seconds for one to free up (default 0)")] = 0,
         max_body_chars: Annotated[int, Field(ge=1000, le=2_000_000,
@@ -288,7 +301,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
             await ctx.report_progress(waited, total, message)
 
         call = ProxyCall(provider=provider, method=method, path=path, query=query, headers=headers, json_body=json,
-                         body=body, account=account, namespace=namespace, wait_s=wait_s,
+                         body=body or None, account=account or None, namespace=namespace or None, wait_s=wait_s,
                          max_body_chars=max_body_chars)
         try:
             outcome: ProxyOutcome = await run_proxy(get_pool(), call, progress)
@@ -310,14 +323,14 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))
     async def list_accounts(
-        provider: Annotated[str | None, Field(description="only this provider's accounts")] = None,
+        provider: Annotated[OptionalText, Field(description="only this provider's accounts")] = "",
     ) -> AccountList:
         """List the pool's accounts with their state (ready, cooling until T, needs-reauth, disabled), token expiry, last use and counters. Never shows secrets."""  # noqa: E501
         with tool_errors():
             p = get_pool()
-            if provider is not None:
+            if provider:
                 p.provider(provider)
-            accounts = await anyio.to_thread.run_sync(lambda: p.accounts(provider))
+            accounts = await anyio.to_thread.run_sync(lambda: p.accounts(provider or None))
         now = time.time()
         return AccountList(accounts=[view(a, now) for a in accounts])
 
@@ -384,6 +397,9 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
     def providers_resource() -> str:
         return _provider_list(get_pool()).model_dump_json(indent=2)
 
+    from .login_tools import register_login_tools  # start_login / finish_login live with the login code
+
+    register_login_tools(server, get_pool)
     return server
 
 

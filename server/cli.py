@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("account", help="account id or provider/label")
         p.set_defaults(handler=fn)
 
+    from .login_cli import add_parser as add_login_parser  # the command's parser lives with its handler
+
+    add_login_parser(sub)
+
     p = sub.add_parser(
         "request",
         help="send one request through the pool; body to stdout, account and attempt trail to stderr",
@@ -145,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per provider: accounts ready, cooling (until when), needs-reauth, counters")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
+
+    from .import_cli import add_parser as add_import_parser  # the command's parser lives with its handler
+
+    add_import_parser(sub)
 
     p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
     p.set_defaults(handler=cmd_serve)

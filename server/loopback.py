@@ -22,9 +22,11 @@ handler and ``LoopbackProvider.routes`` maps ``(method, path)`` to a handler, so
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import email.utils
+import hashlib
 import json
 import math
 import secrets
@@ -70,8 +72,18 @@ TOKEN_HANG_SECONDS: Final = 30.0
 MAX_WAIT_SECONDS: Final = 120.0
 #: Request bodies above this are refused: the provider is for tests, not for bulk uploads.
 MAX_BODY_BYTES: Final = 1 << 20
+#: Upper bound for ``/big`` responses: large enough to exceed any truncation limit, small
+#: enough that a typo cannot exhaust memory.
+MAX_BIG_BYTES: Final = 16 << 20
 #: Idle keep-alive connections are closed after this long, like a real front end would.
 IDLE_CONNECTION_TIMEOUT: Final = 15.0
+#: Who ``/authorize`` and ``approve_device`` log in unless a test says otherwise (``set_login``).
+DEFAULT_LOGIN_SUBJECT: Final = "user@loopback.test"
+DEVICE_GRANT: Final = "urn:ietf:params:oauth:grant-type:device_code"
+#: Authorization codes live this long, as at real providers (RFC 6749 recommends <= 10 min).
+AUTH_CODE_TTL: Final = 60.0
+#: User codes avoid vowels (no accidental words) and look-alike characters, as RFC 8628 suggests.
+_USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"
 
 _ERROR_TYPES: Final[Mapping[int, str]] = {
     400: "invalid_request_error",
@@ -247,6 +259,33 @@ class _RateLimit:
     limited_since: float | None = None
 
 
+@dataclass
+class _AuthCode:
+    """An authorization code handed out by ``/authorize``: one use, bound to PKCE and redirect_uri."""
+
+    subject: str
+    identity: bool
+    redirect_uri: str
+    challenge: str
+    expires_at: float
+    used: bool = False
+    family: str | None = None
+
+
+@dataclass
+class _DeviceGrant:
+    """A device code and its user code (RFC 8628), with the answers each poll got."""
+
+    user_code: str
+    expires_at: float
+    interval: float
+    last_poll: float
+    status: str = "pending"  # approved | denied | done
+    subject: str = ""
+    identity: bool = True
+    answers: list[str] = field(default_factory=list)
+
+
 def _check_style(style: str) -> None:
     if style not in RATE_LIMIT_STYLES:
         raise ValueError(f"unknown rate_limit_style {style!r}; expected one of {sorted(RATE_LIMIT_STYLES)}")
@@ -420,12 +459,15 @@ class LoopbackProvider:
         rate_limit_style: str = "retry-after-seconds",
         retry_after: float = 30.0,
         port: int = 0,
+        device_interval: float = 5.0,
+        device_ttl: float = 600.0,
     ) -> None:
         """Configure; nothing listens until ``start()``.
 
         ``rate_limit``/``rate_limit_style``/``retry_after`` are the default limit for every
         subject without its own ``set_rate_limit``.  ``port`` 0 picks a free port, which is
-        what tests want: parallel runs never collide.
+        what tests want: parallel runs never collide.  ``device_interval`` and ``device_ttl``
+        are the polling interval and lifetime of device codes (small values make tests fast).
         """
         _check_style(rate_limit_style)
         self.access_ttl = access_ttl
@@ -460,7 +502,28 @@ class LoopbackProvider:
             ("GET", "/echo-auth-present"): self._route_echo_auth_present,
             ("POST", "/echo-auth-present"): self._route_echo_auth_present,
             ("GET", "/slow"): self._route_slow,
+            ("GET", "/big"): self._route_big,
         }
+        # Logins: authorization code + PKCE and the device flow (see "logins" below).
+        self.device_interval = device_interval
+        self.device_ttl = device_ttl
+        #: Polls closer together than this (or the code's interval, if larger) get ``slow_down``.
+        self.device_min_interval = 0.0
+        #: How much ``slow_down`` adds to a device code's interval (RFC 8628 says 5 s).
+        self.slow_down_step = 5.0
+        self._login_subject, self._login_deny, self._login_identity = DEFAULT_LOGIN_SUBJECT, False, True
+        self._auth_codes: dict[str, _AuthCode] = {}
+        self._devices: dict[str, _DeviceGrant] = {}
+        self._id_tokens: list[str] = []
+        self.grant_handlers.update({
+            "authorization_code": self._grant_authorization_code,
+            DEVICE_GRANT: self._grant_device_code,
+        })
+        self.routes.update({
+            ("GET", "/authorize"): self._route_authorize,
+            ("POST", "/oauth/device"): self._route_device_authorization,
+            ("GET", "/device"): self._route_device_page,
+        })
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -765,6 +828,205 @@ class LoopbackProvider:
             tok.used = True
             return 200, self._issue(tok.subject, tok.family)
 
+    # ---- logins: /authorize + authorization_code (PKCE), /oauth/device + device_code ---------
+
+    def set_login(self, subject: str = DEFAULT_LOGIN_SUBJECT, *, deny: bool = False, identity: bool = True) -> None:
+        """Decide what the "user" does at ``/authorize``, and whom ``approve_device`` logs in.
+
+        ``/authorize`` approves at once as ``subject`` (redirecting back with a code), or with
+        ``deny`` redirects back with ``error=access_denied``.  ``identity`` False leaves the user
+        out of the token response (no ``id_token``, no ``subject``), as some providers do.
+        """
+        with self._lock:
+            self._login_subject, self._login_deny, self._login_identity = subject, deny, identity
+
+    def approve_device(self, user_code: str, subject: str | None = None) -> None:
+        """The user enters ``user_code`` and approves: the next poll gets tokens for ``subject``.
+
+        Raises ``KeyError`` if no pending device login has this user code.
+        """
+        with self._lock:
+            grant = self._pending_device(user_code)
+            grant.status, grant.subject = "approved", subject or self._login_subject
+            grant.identity = self._login_identity
+
+    def deny_device(self, user_code: str) -> None:
+        """The user enters ``user_code`` and refuses: the next poll gets ``access_denied``."""
+        with self._lock:
+            self._pending_device(user_code).status = "denied"
+
+    def pending_user_codes(self) -> list[str]:
+        """User codes of device logins nobody has approved or denied yet."""
+        with self._lock:
+            return [g.user_code for g in self._devices.values() if g.status == "pending"]
+
+    def device_answers(self, user_code: str) -> list[str]:
+        """What each poll of this device login was answered (``authorization_pending``, ``slow_down``, ``tokens``…)."""
+        with self._lock:
+            for grant in self._devices.values():
+                if grant.user_code == user_code:
+                    return list(grant.answers)
+        raise KeyError(user_code)
+
+    def issued_login_secrets(self) -> list[str]:
+        """Every authorization code, device code and id_token handed out (for leak scans)."""
+        with self._lock:
+            return [*self._auth_codes, *self._devices, *self._id_tokens]
+
+    def _pending_device(self, user_code: str) -> _DeviceGrant:
+        wanted = user_code.strip().upper().replace("-", "")
+        for grant in self._devices.values():
+            if grant.status == "pending" and grant.user_code.replace("-", "") == wanted:
+                return grant
+        raise KeyError(user_code)
+
+    def _issue_login(self, subject: str, identity: bool) -> dict[str, Any]:
+        """A new login's tokens (a new family), with an unsigned id_token naming the user; caller holds lock."""
+        doc = self._issue(subject, family=secrets.token_hex(8))
+        if not identity:
+            doc.pop("subject", None)
+            return doc
+        claims: dict[str, Any] = {"iss": self.base_url, "aud": self.client_id, "sub": subject,
+                                  "iat": int(time.time()), "exp": int(time.time() + self.access_ttl)}
+        if "@" in subject:
+            claims["email"], claims["email_verified"] = subject, True
+
+        def part(obj: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+        doc["id_token"] = f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+        self._id_tokens.append(doc["id_token"])
+        return doc
+
+    def _route_authorize(self, request: LoopbackRequest) -> LoopbackResponse | None:  # noqa: PLR0911 - one per check
+        """The login page, minus the page: validate the request, then approve or deny at once."""
+        q = request.query
+        if q.get("client_id") != self.client_id:
+            return LoopbackResponse.error(400, "unknown client_id")
+        redirect_uri = q.get("redirect_uri", "")
+        split = urllib.parse.urlsplit(redirect_uri)
+        try:
+            port = split.port
+        except ValueError:
+            port = None
+        if split.scheme != "http" or split.hostname != "127.0.0.1" or port is None or split.fragment:
+            # Never redirect to an unvalidated URI (RFC 6749 section 4.1.2.1): answer here instead.
+            return LoopbackResponse.error(400, "redirect_uri must be http://127.0.0.1:PORT/PATH")
+
+        def back(**params: str) -> LoopbackResponse:
+            sep = "&" if split.query else "?"
+            return LoopbackResponse(302, headers={"Location": redirect_uri + sep + urllib.parse.urlencode(params)})
+
+        state = q.get("state", "")
+        if not state:
+            return back(error="invalid_request", error_description="state is required")
+        if q.get("response_type") != "code":
+            return back(error="unsupported_response_type", state=state)
+        challenge = q.get("code_challenge", "")
+        if q.get("code_challenge_method") != "S256" or not (43 <= len(challenge) <= 128):
+            return back(error="invalid_request", error_description="PKCE with S256 is required", state=state)
+        with self._lock:
+            if self._login_deny:
+                return back(error="access_denied", error_description="the user denied access", state=state)
+            code = _token("lpac-")
+            self._auth_codes[code] = _AuthCode(self._login_subject, self._login_identity, redirect_uri, challenge,
+                                               time.monotonic() + AUTH_CODE_TTL)
+        return back(code=code, state=state)
+
+    def _grant_authorization_code(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """Redeem a code once, checking client, redirect_uri and the PKCE verifier."""
+        def refuse(why: str) -> tuple[int, dict[str, Any]]:
+            self.stats.invalid_grant_count += 1
+            return 400, {"error": "invalid_grant", "error_description": why}
+
+        if params.get("client_id") != self.client_id:
+            return 401, {"error": "invalid_client", "error_description": "client_id is required"}
+        with self._lock:
+            entry = self._auth_codes.get(params.get("code", ""))
+            if entry is None or entry.expires_at <= time.monotonic():
+                return refuse("authorization code is invalid or expired")
+            if entry.used:  # a replayed code: revoke what it issued (RFC 6749 section 4.1.2)
+                if entry.family:
+                    self._revoke_family(entry.family)
+                return refuse("authorization code was already used")
+            entry.used = True
+            if params.get("redirect_uri") != entry.redirect_uri:
+                return refuse("redirect_uri does not match the authorization request")
+            verifier = params.get("code_verifier", "")
+            digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+            if not verifier or not secrets.compare_digest(digest, entry.challenge):
+                return refuse("PKCE verification failed")
+            doc = self._issue_login(entry.subject, entry.identity)
+            entry.family = self._refresh[doc["refresh_token"]].family
+            return 200, doc
+
+    def _route_device_authorization(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """RFC 8628 section 3.2: a device code for the poller, a user code for the human."""
+        try:
+            params = request.form()
+        except (ValueError, UnicodeDecodeError):
+            return LoopbackResponse.json(400, {"error": "invalid_request", "error_description": "malformed body"})
+        if params.get("client_id") != self.client_id:
+            return LoopbackResponse.json(401, {"error": "invalid_client", "error_description": "unknown client"})
+        device_code = _token("lpdc-")
+        raw = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
+        user_code = f"{raw[:4]}-{raw[4:]}"
+        now = time.monotonic()
+        with self._lock:
+            self._devices[device_code] = _DeviceGrant(user_code, now + self.device_ttl, self.device_interval, now)
+        uri = self.base_url + "/device"
+        return LoopbackResponse.json(200, {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": uri,
+            "verification_uri_complete": f"{uri}?user_code={user_code}",
+            "expires_in": self.device_ttl,
+            "interval": self.device_interval,
+        }, {"Cache-Control": "no-store"})
+
+    def _route_device_page(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """Where a person would enter the code; ``?user_code=…&action=approve|deny`` acts for them."""
+        user_code, action = request.query.get("user_code", ""), request.query.get("action", "")
+        try:
+            if action == "approve":
+                self.approve_device(user_code)
+            elif action == "deny":
+                self.deny_device(user_code)
+        except KeyError:
+            return LoopbackResponse(404, b"no pending login has this code\n", {"Content-Type": "text/plain"})
+        text = f"{action}d {user_code}\n" if action in ("approve", "deny") else (
+            "authpool loopback: add ?user_code=CODE&action=approve (or deny) to this URL\n")
+        return LoopbackResponse(200, text.encode(), {"Content-Type": "text/plain"})
+
+    def _grant_device_code(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """RFC 8628 section 3.5: pending, slow_down (polled too fast), expired, denied, or tokens once."""
+        now = time.monotonic()
+        with self._lock:
+            grant = self._devices.get(params.get("device_code", ""))
+            if grant is None or grant.status == "done":
+                self.stats.invalid_grant_count += 1
+                return 400, {"error": "invalid_grant", "error_description": "unknown or used device code"}
+
+            def answer(error: str, **more: Any) -> tuple[int, dict[str, Any]]:
+                grant.answers.append(error)
+                return 400, {"error": error, **more}
+
+            if now >= grant.expires_at:
+                return answer("expired_token")
+            # 10 ms of slack: a client that waits exactly the interval is never told off.
+            too_fast = now - grant.last_poll < max(grant.interval, self.device_min_interval) - 0.01
+            grant.last_poll = now
+            if too_fast:
+                grant.interval += self.slow_down_step
+                return answer("slow_down", interval=grant.interval)
+            if grant.status == "denied":
+                return answer("access_denied")
+            if grant.status == "pending":
+                return answer("authorization_pending")
+            grant.status = "done"
+            grant.answers.append("tokens")
+            return 200, self._issue_login(grant.subject, grant.identity)
+
     # ---- API endpoints ---------------------------------------------------------------------
 
     def _authenticate(self, request: LoopbackRequest, *, bearer_api_keys: bool) -> str | None:
@@ -928,6 +1190,18 @@ class LoopbackProvider:
         if not self._wait(seconds):
             return None
         return LoopbackResponse.json(200, {"slept": min(max(0.0, seconds), MAX_WAIT_SECONDS)})
+
+    def _route_big(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """Answer exactly ``bytes`` bytes of ASCII text, to exercise response-size limits."""
+        try:
+            size = int(request.query.get("bytes", "1048576"))
+        except ValueError:
+            return LoopbackResponse.error(400, "bytes must be an integer")
+        if not 0 <= size <= MAX_BIG_BYTES:
+            return LoopbackResponse.error(400, f"bytes must be between 0 and {MAX_BIG_BYTES}")
+        line = b"authpool loopback: one line of a large plain-text response body.\n"
+        body = (line * (size // len(line) + 1))[:size]
+        return LoopbackResponse(200, body, {"Content-Type": "text/plain; charset=utf-8"})
 
 
 # --------------------------------------------------------------------------------------------

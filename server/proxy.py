@@ -7,11 +7,15 @@ thin wrapper around :func:`run_proxy`.
 from __future__ import annotations
 
 import json as jsonlib
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pool import InvalidInput, Pool
+import httpx2
+
+from pool import InvalidInput, OriginRefused, Pool, RequestFailed
+from pool.providers import Provider
 from pool.rotation import RequestResult
 
 __all__ = ["ProxyCall", "ProxyOutcome", "run_proxy"]
@@ -24,6 +28,10 @@ _KEPT_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "r
                  "openai-processing-ms")
 _KEPT_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
 TRUNCATION_MARKER = "\n…[truncated by authpool: {shown} of {total} characters shown]"
+# RFC 9110 field names are tokens; values are visible ASCII, spaces and tabs (httpx2 encodes
+# header values as ASCII, and CR/LF would split the header).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True)
@@ -67,10 +75,10 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     if call.json_body is not None and call.body is not None:
         raise InvalidInput("give either json or body, not both")
     provider = pool.provider(call.provider)
-    url = provider.resolve_url(call.path)
+    url = _checked_url(provider, call.path)
     headers = dict(call.headers or {})
     forbidden = provider.all_credential_header_names()
-    for name in headers:
+    for name, value in headers.items():
         low = name.strip().lower()
         if low in forbidden:
             raise InvalidInput(
@@ -79,6 +87,17 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
             )
         if low in _RESERVED:
             raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
+        # Checked here because the HTTP client fails late and unhelpfully: a non-ASCII value
+        # raised UnicodeEncodeError (a bare "Error executing tool" plus a traceback on stderr),
+        # and a bad name or a CR/LF in a value failed at send time, where it looked like a
+        # network error and was retried on every account before failing.
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidInput(f"header name {name!r} is not a valid HTTP header name")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise InvalidInput(
+                f"the value of header {name!r} contains characters an HTTP header cannot carry "
+                "(only printable ASCII, spaces and tabs)"
+            )
     content: bytes | None = None
     if call.json_body is not None:
         content = jsonlib.dumps(call.json_body).encode()
@@ -87,9 +106,23 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         content = call.body.encode()
     async with pool.client(call.provider, account=call.account, namespace=call.namespace,
                            wait_budget=call.wait_s, on_progress=progress) as client:
-        response = await client.request(method, url, params=call.query, headers=headers, content=content)
-        raw = await response.aread()
-    result: RequestResult = response.extensions["authpool"]
+        request = client.build_request(method, url, params=call.query, headers=headers, content=content)
+        # Streamed, then read here: the rotation engine only sees the send, so a body that
+        # breaks off or cannot be decoded (bad gzip) used to escape `client.request` as an
+        # unexpected exception (a bare "Error executing tool" and a traceback on stderr).
+        response = await client.send(request, stream=True)
+        result: RequestResult = response.extensions["authpool"]
+        try:
+            raw = await response.aread()
+        except httpx2.HTTPError as e:
+            reason = str(e) if isinstance(e, httpx2.DecodingError) else type(e).__name__
+            raise RequestFailed(
+                f"{call.provider} answered HTTP {response.status_code} via {result.account}, but the response body "
+                f"could not be read ({reason})",
+                attempts=result.attempts,
+            ) from None
+        finally:
+            await response.aclose()
     body, body_format, truncated = _shape_body(raw, response.headers.get("content-type", ""), call.max_body_chars)
     return ProxyOutcome(
         status=response.status_code,
@@ -103,6 +136,35 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
 
 
 BodyFormat = Literal["json", "text", "empty", "binary"]
+
+
+def _checked_url(provider: Provider, path: str) -> str:
+    """``provider.resolve_url(path)``, also checked with the parser the HTTP client itself uses.
+
+    Defence in depth: the provider's origin check and the HTTP client must agree on where a
+    request goes. A URL with userinfo (``https://api.example.com@evil.example/``) is refused
+    outright: its origin is easy to misread, and credentials never belong in a URL.
+
+    Raises:
+        OriginRefused: another origin, or a URL with userinfo.
+        InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
+    """
+    url = provider.resolve_url(path)
+    try:
+        parsed = httpx2.URL(url)
+    except httpx2.InvalidURL as e:
+        raise InvalidInput(f"invalid path {path!r}: {e}") from None
+    if parsed.userinfo:
+        raise OriginRefused(f"refusing {path!r}: URLs with a user name or password (user@host) are not accepted")
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    origin = f"{parsed.scheme}://{host}:{port}"
+    if origin not in provider.allowed_origins:
+        raise OriginRefused(
+            f"{origin} is not an origin of provider {provider.id} (allowed: "
+            f"{', '.join(sorted(provider.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
+        )
+    return url
 
 
 def _shape_body(raw: bytes, content_type: str, limit: int) -> tuple[Any, BodyFormat, bool]:
