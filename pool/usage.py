@@ -41,6 +41,7 @@ class UsageLog:
         self._pending: dict[str, _Pending] = {}
         self._last_used: dict[str, float] = {}  # this process's view, for least-recently-used ordering
         self._guard = threading.Lock()
+        self._flushing = threading.Lock()
         self._last_flush = time.monotonic()
 
     def record(self, account_id: str, status: int, *, clear_backoff: bool = False) -> None:
@@ -72,7 +73,15 @@ class UsageLog:
             return bool(self._pending) and time.monotonic() - self._last_flush >= self.interval
 
     def flush(self) -> None:
-        """Apply pending usage in one locked update (accounts removed meanwhile are skipped)."""
+        """Apply pending usage in one locked update (accounts removed meanwhile are skipped).
+
+        One flush at a time: a flush that finds nothing pending must not return while another
+        is still writing, or a shutdown flush could exit before the periodic one has landed.
+        """
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._guard:
             pending, self._pending = self._pending, {}
             self._last_flush = time.monotonic()

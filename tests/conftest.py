@@ -70,3 +70,139 @@ def home_texts(home: Path) -> list[str]:
         if p.is_file() and p.name not in {"vault.json", "vault.key"}:
             out.append(p.read_text(errors="replace"))
     return out
+
+
+# -- a pool whose provider is a real loopback server (rotation, refresh and cooldown tests) ----
+
+import json  # noqa: E402 - appended section: its imports stay with it
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from pool import Account, Pool, TokenSet  # noqa: E402
+from server.loopback import LoopbackProvider  # noqa: E402
+
+
+@pytest.fixture
+def loopback() -> Iterator[LoopbackProvider]:
+    """A LoopbackProvider serving on 127.0.0.1 (a free port), stopped after the test."""
+    lp = LoopbackProvider().start()
+    try:
+        yield lp
+    finally:
+        lp.stop()
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string for everything a test writes
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML here")
+
+
+def write_config(home: Path, providers: dict[str, dict[str, Any]]) -> Path:
+    """Write ``config.toml`` (mode 0600) defining ``providers``; nested dicts become sub-tables."""
+    lines: list[str] = []
+
+    def table(name: str, fields: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        subs = {k: v for k, v in fields.items() if isinstance(v, dict)}
+        lines.extend(f"{k} = {_toml(v)}" for k, v in fields.items() if not isinstance(v, dict))
+        lines.append("")
+        for k, v in subs.items():
+            table(f"{name}.{k}", v)
+
+    for pid, fields in providers.items():
+        table(f"providers.{pid}", fields)
+    path = home / "config.toml"
+    old_ns = path.stat().st_mtime_ns if path.exists() else 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    # A pool re-reads config.toml when its (mtime, size) changes; make the change always visible.
+    stamp = max(time.time_ns(), old_ns + 1_000_000_000)
+    os.utime(path, ns=(stamp, stamp))
+    return path
+
+
+class LoopbackPool:
+    """The test home's pool, with provider ``acme`` served by a LoopbackProvider.
+
+    Accounts are named after loopback subjects: account ``acme/a`` is subject ``a``. Tokens
+    reach the pool in-process (``Pool.add_oauth``); child processes only ever read them from
+    the pool's own secret store.
+    """
+
+    def __init__(self, home: Path, lp: LoopbackProvider) -> None:
+        self.home = home
+        self.lp = lp
+        self.pool = Pool.open(home)
+        self.providers: dict[str, dict[str, Any]] = {}
+        self.handed_out: list[str] = []  # every secret given to the pool (also when not minted by lp)
+        self.configure("acme")
+
+    def configure(self, provider: str = "acme", *, lp: LoopbackProvider | None = None, **fields: Any) -> None:
+        """(Re)define ``provider`` on a loopback (default: ours) plus ``fields``; rewrites config.toml."""
+        server = lp or self.lp
+        entry = self.providers.get(provider, {})
+        if lp is not None or not entry:
+            entry = {"base_url": server.base_url, "auth": "bearer",
+                     "oauth": {"token_url": server.token_url, "client_id": "authpool-test"}}
+        entry = {**entry, **fields}
+        self.providers[provider] = entry
+        write_config(self.home, self.providers)
+
+    def add_oauth(self, *subjects: str, expires_in: float | None = None, provider: str = "acme",
+                  lp: LoopbackProvider | None = None) -> list[Account]:
+        """One OAuth account per subject, from a fresh loopback login (``expires_in`` overrides the stored expiry)."""
+        server = lp or self.lp
+        out = []
+        for subject in subjects:
+            doc = server.add_oauth_account(subject)
+            if expires_in is not None:
+                doc["expires_in"] = expires_in
+            self.handed_out += [doc["access_token"], doc["refresh_token"]]
+            out.append(self.pool.add_oauth(provider, subject, TokenSet.parse(doc)))
+        return out
+
+    def add_oauth_accounts(self, n: int, **kw: Any) -> list[Account]:
+        """``n`` OAuth accounts: subjects a, b, c, ..."""
+        return self.add_oauth(*"abcdefghijklmnopqrstuvwxyz"[:n], **kw)
+
+    def add_api_key(self, label: str, key: str | None = None, *, provider: str = "acme") -> Account:
+        """An API-key account; by default with a key the loopback knows (subject = label)."""
+        key = key if key is not None else self.lp.add_api_key(label)
+        self.handed_out.append(key)
+        return self.pool.add_api_key(provider, label, key)
+
+    def secrets(self, *more: LoopbackProvider) -> list[str]:
+        """Every secret this test's providers minted or the test handed to the pool."""
+        out = set(self.handed_out)
+        for server in (self.lp, *more):
+            out.update(server.issued_secrets())
+        return sorted(out)
+
+    def pool_json(self) -> dict[str, Any]:
+        """pool.json as another process would read it (raw JSON, not through our models)."""
+        doc: dict[str, Any] = json.loads((self.home / "pool.json").read_text())
+        return doc
+
+    def account_json(self, label: str, provider: str = "acme") -> dict[str, Any]:
+        for a in self.pool_json()["accounts"]:
+            if a["provider"] == provider and a["label"] == label:
+                return dict(a)
+        raise KeyError(f"{provider}/{label}")
+
+
+@pytest.fixture
+def acme(home: Path, loopback: LoopbackProvider) -> Iterator[LoopbackPool]:
+    """A pool in the test home with provider ``acme`` on a running loopback (no accounts yet)."""
+    lp_pool = LoopbackPool(home, loopback)
+    try:
+        yield lp_pool
+    finally:
+        lp_pool.pool.close()

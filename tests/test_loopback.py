@@ -651,3 +651,189 @@ def test_cli_prints_connection_details_and_exits_on_sigterm() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_big_endpoint_answers_exactly_the_requested_number_of_bytes(client: httpx2.Client) -> None:
+    """/big?bytes=N answers N bytes of ASCII text; bad or out-of-range sizes get a 400."""
+    for size in (0, 1, 100, 300_001):
+        r = client.get("/big", params={"bytes": str(size)})
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/plain")
+        assert len(r.content) == size
+        assert r.content.isascii()
+    assert client.get("/big", params={"bytes": "lots"}).status_code == 400
+    assert client.get("/big", params={"bytes": "-1"}).status_code == 400
+    assert client.get("/big", params={"bytes": str(1 << 30)}).status_code == 400
+
+
+# ---- logins: /authorize + authorization_code (PKCE), /oauth/device + device_code -------------
+
+import base64  # noqa: E402 - appended section: its imports stay with it
+import hashlib  # noqa: E402
+import urllib.parse  # noqa: E402
+
+REDIRECT = "http://127.0.0.1:9/callback"
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = base64.urlsafe_b64encode(b"v" * 48).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def authorize(client: httpx2.Client, **override: str) -> httpx2.Response:
+    params = {"response_type": "code", "client_id": "authpool-test", "redirect_uri": REDIRECT, "state": "st-1",
+              "code_challenge": pkce_pair()[1], "code_challenge_method": "S256", **override}
+    return client.get("/authorize", params={k: v for k, v in params.items() if v != "-"})
+
+
+def redirected(r: httpx2.Response) -> dict[str, str]:
+    assert r.status_code == 302, r.text
+    location = r.headers["location"]
+    assert location.startswith(REDIRECT + "?")
+    return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+
+
+def redeem(client: httpx2.Client, code: str, verifier: str, redirect_uri: str = REDIRECT) -> httpx2.Response:
+    return client.post("/oauth/token", data={"grant_type": "authorization_code", "code": code,
+                                             "client_id": "authpool-test", "redirect_uri": redirect_uri,
+                                             "code_verifier": verifier})
+
+
+def jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_authorize_redirects_back_with_a_one_time_code_bound_to_pkce(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """/authorize approves the configured user; the code needs the verifier and redirect_uri, and works once."""
+    provider.set_login("carol@example.com")
+    verifier, _ = pkce_pair()
+    back = redirected(authorize(client))
+    assert back["state"] == "st-1" and back["code"].startswith("lpac-")
+    assert redeem(client, back["code"], "wrong-verifier-" + "x" * 40).json()["error"] == "invalid_grant"
+    back = redirected(authorize(client))
+    assert redeem(client, back["code"], verifier, "http://127.0.0.1:10/callback").json()["error"] == "invalid_grant"
+    back = redirected(authorize(client))
+    ok = redeem(client, back["code"], verifier)
+    assert ok.status_code == 200
+    tokens = ok.json()
+    assert jwt_claims(tokens["id_token"])["email"] == "carol@example.com"
+    assert message(client, bearer(tokens["access_token"])).json()["subject"] == "carol@example.com"
+    replay = redeem(client, back["code"], verifier)
+    assert replay.json() == {"error": "invalid_grant", "error_description": "authorization code was already used"}
+    # A replayed code revokes what it issued, as RFC 6749 asks.
+    assert message(client, bearer(tokens["access_token"])).status_code == 401
+
+
+def test_login_tokens_rotate_like_any_other_account(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """Tokens from a login refresh with rotation, and identity=False leaves the user out of the answer."""
+    provider.set_login("dan@example.com", identity=False)
+    verifier, _ = pkce_pair()
+    tokens = redeem(client, redirected(authorize(client))["code"], verifier).json()
+    assert "id_token" not in tokens and "subject" not in tokens
+    renewed = refresh(client, tokens["refresh_token"])
+    assert renewed.status_code == 200
+    assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ({"code_challenge_method": "plain"}, "invalid_request"),
+        ({"code_challenge": "-"}, "invalid_request"),
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"state": "-"}, "invalid_request"),
+    ],
+)
+def test_authorize_redirects_malformed_requests_back_with_an_error(
+    client: httpx2.Client, override: dict[str, str], error: str
+) -> None:
+    """Missing PKCE S256, a wrong response_type or no state come back as OAuth errors, never a code."""
+    back = redirected(authorize(client, **override))
+    assert back["error"] == error
+    assert "code" not in back
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"client_id": "someone-else"}, {"redirect_uri": "https://evil.example/cb"},
+     {"redirect_uri": "http://localhost:9/callback"}, {"redirect_uri": "-"}],
+)
+def test_authorize_never_redirects_to_an_unvalidated_uri(client: httpx2.Client, override: dict[str, str]) -> None:
+    """An unknown client or a redirect_uri off 127.0.0.1 is answered with a 400, not a redirect."""
+    r = authorize(client, **override)
+    assert r.status_code == 400
+    assert "location" not in r.headers
+
+
+def test_authorize_can_be_told_to_deny(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """set_login(deny=True) sends the user back with error=access_denied and the state."""
+    provider.set_login(deny=True)
+    back = redirected(authorize(client))
+    assert back["error"] == "access_denied" and back["state"] == "st-1"
+
+
+def device_start(client: httpx2.Client) -> dict[str, Any]:
+    r = client.post("/oauth/device", data={"client_id": "authpool-test", "scope": "x"})
+    assert r.status_code == 200
+    return dict(r.json())
+
+
+def device_poll(client: httpx2.Client, device_code: str) -> httpx2.Response:
+    return client.post("/oauth/token", data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                                             "device_code": device_code, "client_id": "authpool-test"})
+
+
+def test_device_flow_answers_pending_then_tokens_once() -> None:
+    """A device code is pending until approved, then yields tokens exactly once."""
+    with LoopbackProvider(device_interval=0.05) as p, new_client(p.base_url) as c:
+        grant = device_start(c)
+        assert grant["verification_uri"] == p.base_url + "/device"
+        assert grant["verification_uri_complete"].endswith(grant["user_code"])
+        assert grant["interval"] == 0.05 and p.pending_user_codes() == [grant["user_code"]]
+        time.sleep(0.06)
+        assert device_poll(c, grant["device_code"]).json()["error"] == "authorization_pending"
+        p.approve_device(grant["user_code"], "erin@example.com")
+        time.sleep(0.06)
+        tokens = device_poll(c, grant["device_code"]).json()
+        assert jwt_claims(tokens["id_token"])["sub"] == "erin@example.com"
+        assert message(c, bearer(tokens["access_token"])).json()["subject"] == "erin@example.com"
+        time.sleep(0.06)
+        assert device_poll(c, grant["device_code"]).json()["error"] == "invalid_grant"
+        assert p.device_answers(grant["user_code"]) == ["authorization_pending", "tokens"]
+        assert grant["device_code"] in p.issued_login_secrets()
+
+
+def test_device_flow_polled_too_fast_answers_slow_down_with_a_longer_interval() -> None:
+    """Polling before the interval has passed gets slow_down, and the interval grows by the step."""
+    with LoopbackProvider(device_interval=0.2) as p, new_client(p.base_url) as c:
+        p.slow_down_step = 0.5
+        grant = device_start(c)
+        r = device_poll(c, grant["device_code"])
+        assert r.status_code == 400 and r.json() == {"error": "slow_down", "interval": 0.7}
+        time.sleep(0.75)
+        assert device_poll(c, grant["device_code"]).json()["error"] == "authorization_pending"
+
+
+def test_device_flow_expires_and_can_be_denied() -> None:
+    """An unapproved code expires (expired_token); a denied one answers access_denied."""
+    with LoopbackProvider(device_interval=0.01, device_ttl=0.2) as p, new_client(p.base_url) as c:
+        late, denied = device_start(c), device_start(c)
+        p.deny_device(denied["user_code"])
+        time.sleep(0.05)
+        assert device_poll(c, denied["device_code"]).json()["error"] == "access_denied"
+        with pytest.raises(KeyError):
+            p.approve_device(denied["user_code"])
+        time.sleep(0.2)
+        assert device_poll(c, late["device_code"]).json()["error"] == "expired_token"
+
+
+def test_device_page_lets_a_person_approve_by_url(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """GET /device?user_code=…&action=approve approves, as a person at verification_uri would."""
+    grant = device_start(client)
+    assert client.get("/device", params={"user_code": grant["user_code"], "action": "approve"}).status_code == 200
+    assert provider.pending_user_codes() == []
+    assert client.get("/device", params={"user_code": "NOPE-NOPE", "action": "deny"}).status_code == 404

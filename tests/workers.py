@@ -7,6 +7,7 @@ from the environment, as for the CLI).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -43,6 +44,80 @@ def read_secret(account: str) -> None:
     print(json.dumps({"generation": acc.secret_generation, "refresh_matches": secret.refresh_token == expected}))
 
 
+def _wait_for(path: str) -> None:
+    """The start barrier: spin until the test creates ``path`` (every worker is ready by then)."""
+    while not os.path.exists(path):
+        time.sleep(0.002)
+
+
+def _summary(results: list[tuple[int | None, str | None, list[str], str | None]]) -> dict[str, object]:
+    return {
+        "statuses": [r[0] for r in results],
+        "subjects": [r[1] for r in results],
+        "outcomes": [o for r in results for o in r[2]],
+        "errors": [r[3] for r in results if r[3] is not None],
+    }
+
+
+def burst(provider: str, path: str, n: int, go_file: str) -> None:
+    """Print "ready", wait for ``go_file``, then fire ``n`` concurrent async requests; print a JSON summary."""
+    import asyncio
+
+    from pool import PoolError
+
+    pool = Pool.open()
+
+    async def one(client: object) -> tuple[int | None, str | None, list[str], str | None]:
+        try:
+            r = await client.post(path, json={"model": "m"})  # type: ignore[attr-defined]
+        except PoolError as e:
+            return None, None, [a.outcome for a in getattr(e, "attempts", [])], f"{type(e).__name__}: {e}"
+        trail = [a.outcome for a in r.extensions["authpool"].attempts]
+        subject = r.json().get("subject") if r.status_code == 200 else None
+        return r.status_code, subject, trail, None
+
+    async def main() -> list[tuple[int | None, str | None, list[str], str | None]]:
+        async with pool.client(provider) as client:
+            print("ready", flush=True)
+            _wait_for(go_file)
+            return list(await asyncio.gather(*(one(client) for _ in range(n))))
+
+    results = asyncio.run(main())
+    pool.close()
+    print(json.dumps(_summary(results)), flush=True)
+
+
+def loop(provider: str, path: str, stop_file: str) -> None:
+    """A long-lived process: one request after another until ``stop_file`` exists; print a JSON summary."""
+    from pool import PoolError
+
+    pool = Pool.open()
+    results: list[tuple[int | None, str | None, list[str], str | None]] = []
+    with pool.sync_client(provider) as client:
+        print("ready", flush=True)
+        while not os.path.exists(stop_file) or not results:
+            try:
+                r = client.post(path, json={"model": "m"})
+            except PoolError as e:
+                results.append((None, None, [a.outcome for a in e.attempts] if hasattr(e, "attempts") else [],
+                                f"{type(e).__name__}: {e}"))
+            else:
+                subject = r.json().get("subject") if r.status_code == 200 else None
+                results.append((r.status_code, subject, [a.outcome for a in r.extensions["authpool"].attempts],
+                                None))
+            time.sleep(0.03)  # a steady client, not a CPU hog competing with the CLIs
+    pool.close()
+    print(json.dumps(_summary(results)), flush=True)
+
+
+def hold_lock(account: str, release_file: str) -> None:
+    """Hold the account's refresh lock (a real file lock) until ``release_file`` exists; print "held" once held."""
+    pool = Pool.open()
+    with pool.secret_lock(pool.get(account).id):
+        print("held", flush=True)
+        _wait_for(release_file)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -51,5 +126,11 @@ if __name__ == "__main__":
         rotate(rest[0])
     elif command == "read-secret":
         read_secret(rest[0])
+    elif command == "burst":
+        burst(rest[0], rest[1], int(rest[2]), rest[3])
+    elif command == "loop":
+        loop(rest[0], rest[1], rest[2])
+    elif command == "hold-lock":
+        hold_lock(rest[0], rest[1])
     else:
         raise SystemExit(f"unknown worker command {command}")
