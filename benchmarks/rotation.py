@@ -402,6 +402,8 @@ class _InlineSecretAnyio:
     """Stands in for ``anyio`` inside ``pool.rotation`` for the what-if run: the secret lookup runs
     on the event loop instead of in a worker thread; every other thread hop is unchanged."""
 
+    inlined = 0  # secret lookups run inline: 0 means pool.rotation changed and the what-if did not apply
+
     def __init__(self) -> None:
         self.to_thread = types.SimpleNamespace(run_sync=self._run_sync)
 
@@ -411,6 +413,7 @@ class _InlineSecretAnyio:
     @staticmethod
     async def _run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if "_secret" in getattr(fn, "__qualname__", ""):
+            _InlineSecretAnyio.inlined += 1
             return fn(*args)
         return await anyio.to_thread.run_sync(fn, *args, **kwargs)
 
@@ -770,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f"{inl / pln:.2f}x"],
             ["plain httpx2", ms(pln), ms(pct(inline[2], 95)), "", ""],
         ]))
+        if not _InlineSecretAnyio.inlined:
+            print("WARNING: the what-if never applied (no secret lookup went through the shim): pool.rotation changed")
         hop = source_line(rotation_module, "secret_of(acc)")
         drive = source_line(rotation_module, "run_sync(effect.fn)")
         print(f"suggestion: {hop} yields a _Block for every request, and {drive} runs every _Block in a worker "

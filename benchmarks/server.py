@@ -130,7 +130,7 @@ class Sizes:
     imports: int  # -X importtime runs per target (median)
 
 
-FULL = Sizes(cold=12, client_cold=10, calls=400, warmup=30, phases=3, imports=3)
+FULL = Sizes(cold=12, client_cold=8, calls=400, warmup=30, phases=3, imports=2)
 QUICK = Sizes(cold=10, client_cold=4, calls=150, warmup=15, phases=1, imports=1)
 
 
@@ -403,7 +403,7 @@ ARMS = [
     "direct: warm pool.client() request",
     "in-process run_proxy() (the tool's body, no MCP)",
     "tools/call proxy_request, raw pipe",
-    'tools/call proxy_request, official client (legacy)',
+    "tools/call proxy_request, official client (legacy)",
     "tools/call ping, minimal server, raw pipe (MCP floor)",
 ]
 

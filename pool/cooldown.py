@@ -21,6 +21,7 @@ __all__ = [
     "MAX_HONOURED",
     "CooldownDecision",
     "decide_cooldown",
+    "latest_reset",
     "parse_duration",
     "parse_reset",
     "parse_retry_after",
@@ -142,6 +143,14 @@ def decide_cooldown(
         return CooldownDecision(_clamp(until, now), name, False)
     seconds = min(default_cooldown * (2 ** min(level, 20)), max_cooldown)
     return CooldownDecision(now + seconds, "default", True)
+
+
+def latest_reset(headers: Mapping[str, str], reset_headers: list[str], now: float) -> float | None:
+    """The latest future reset among the provider's reset headers of any answer (for strategies)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    found = [d for name in reset_headers
+             if (v := lower.get(name.lower())) is not None and (d := parse_reset(v, now)) is not None and d > now]
+    return _clamp(max(found), now) if found else None
 
 
 def _clamp(until: float, now: float) -> float:

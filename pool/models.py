@@ -27,12 +27,13 @@ __all__ = [
     "Cooldown",
     "Counters",
     "PoolFile",
+    "SessionBinding",
     "new_account_id",
     "validate_label",
     "validate_provider_id",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WHOLE_ACCOUNT = "*"  # cooldown scope meaning "every model of the account"
 
 AccountKind = Literal["oauth", "api_key"]
@@ -109,6 +110,10 @@ class Account(_Model):
     access_expires_at: float | None = None
     counters: Counters = Field(default_factory=Counters)
     secret_generation: int = 0
+    # After a cooldown ends, one request at a time probes the account; the first success ends it.
+    probation: bool = False
+    # When the provider's current rate-limit window resets (from the last answer's reset headers).
+    quota_resets_at: float | None = None
 
     @field_validator("provider")
     @classmethod
@@ -146,12 +151,21 @@ class Account(_Model):
         return "ready"
 
 
+class SessionBinding(_Model):
+    """A caller's session kept on one account (warm prompt caches) until ``expires_at``."""
+
+    account_id: str
+    expires_at: float
+
+
 class PoolFile(_Model):
     """The whole pool file: schema version, which secret backend holds the secrets, accounts."""
 
     schema_version: int = SCHEMA_VERSION
     secret_backend: str | None = None
     accounts: list[Account] = Field(default_factory=list)
+    # "provider/session key" -> binding; shared by every process, pruned when expired.
+    sessions: dict[str, SessionBinding] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique(self) -> PoolFile:

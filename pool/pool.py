@@ -29,7 +29,7 @@ from .usage import UsageLog
 
 if TYPE_CHECKING:
     from .refresh import Refresher
-    from .rotation import PoolTransport
+    from .transport import PoolTransport
 
 __all__ = ["Pool"]
 
@@ -162,7 +162,8 @@ class Pool:
         Options: ``account`` (pin one account), ``namespace``, ``wait_budget`` (seconds to wait
         for a cooling pool), ``on_progress`` (called while waiting).
         """
-        from .rotation import PoolTransport, RotationOptions
+        from .rotation import RotationOptions
+        from .transport import PoolTransport
 
         return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
 
@@ -207,6 +208,11 @@ class Pool:
             AccountNotFound: no such account.
         """
         return self.store.read().find(ref)
+
+    def cached_secret(self, account: Account) -> Secret | None:
+        """The account's secret if this process has it cached for its current generation."""
+        store = self._secrets
+        return store.cached(account.id, account.secret_generation) if store is not None else None
 
     def secret_of(self, account: Account) -> Secret:
         """The account's secret (cached by generation)."""

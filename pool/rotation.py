@@ -1,29 +1,28 @@
 """Same-request rotation: one logical request, served by whichever account can serve it.
 
-For each attempt the engine picks an account (enabled, not needing re-auth, not cooling;
-ordered by the provider's strategy), applies its credentials, sends, and classifies the
-answer before any of the body reaches the caller:
+For each attempt the engine picks an account (enabled, not needing re-auth, not cooling for
+the request's model; ordered by the provider's strategy, a session's account first), applies
+its credentials, sends, and classifies the answer before any of the body reaches the caller:
 
-- ``429``: cool the account down (``Retry-After``, ``retry-after-ms``, reset headers, else an
-  exponential default), persist that at once, and retry on the next account;
+- ``429``, or a ``200`` stream that opens with a rate-limit error event: cool the account down
+  (``Retry-After``, ``retry-after-ms``, reset headers, deadlines in the body, else an
+  exponential default) for the model the error names, or the whole account; persist that at
+  once; retry on the next account;
 - ``401``/``403``: refresh the token once (single-flight, see :mod:`pool.refresh`) and retry on
   the same account; if still refused, mark it (401: needs re-auth) and rotate;
-- network errors and ``5xx``: bounded retries with backoff, then rotate;
-- anything else is the answer: it is returned with its body still unread, so streams stream.
+- network errors, ``5xx`` and streams opening with an overloaded error: bounded retries with
+  backoff, then rotate;
+- anything else is the answer: returned with its body unread (a stream is read only up to its
+  first content event), so streams stream.
 
-When every account is cooling, the request waits for the soonest one if that is within its
-wait budget (reporting progress), else fails with :class:`~pool.errors.AllAccountsCooling`
-naming when the next account frees up. Every retry loop is bounded by attempts and by one
-deadline shared across them.
+An account whose cooldown has ended is on probation: one request at a time (across processes)
+may use it until one succeeds. When every account is cooling, the request waits for the soonest
+one if that is within its wait budget (reporting progress), else fails with
+:class:`~pool.errors.AllAccountsCooling` naming each account's state and when the next frees
+up. Every retry loop is bounded by attempts and by one deadline shared across them.
 
 The engine is a generator of *effects* (send this, sleep that long, run this blocking call,
-refresh that account) so the same decisions drive both the sync and the async transport.
-
-Why a transport and not an ``httpx.Auth``: an auth flow never sees transport errors (httpx
-closes the flow when a send raises), so it could not retry on network failures; and with
-``follow_redirects=True`` httpx copies every header except ``Authorization`` onto a redirect to
-another origin, so an ``x-api-key`` would leak. A transport sees every hop: it attaches
-credentials only to requests for the provider's origins and refuses anything else.
+refresh that account); :mod:`pool.transport` drives it synchronously or asynchronously.
 """
 
 from __future__ import annotations
@@ -34,12 +33,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
 import httpx2
 
-from .cooldown import decide_cooldown
+from .cooldown import decide_cooldown, latest_reset
 from .errors import (
     AllAccountsCooling,
     BodyNotReplayable,
@@ -51,13 +49,17 @@ from .errors import (
     RefreshError,
     RequestFailed,
 )
-from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile
-from .providers import Provider
-from .refresh import Contended, Refresher, RefreshMode
+from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
+from .ratelimit import model_of_request, read_body_limit
+from .refresh import Contended, RefreshMode
 from .secret import Secret
-from .strategy import UsageView, order_accounts
+from .sse import StreamVerdict
 
-__all__ = ["Attempt", "PoolTransport", "RequestResult", "RotationOptions"]
+if TYPE_CHECKING:
+    from .lock import Lock
+    from .transport import PoolTransport
+
+__all__ = ["Attempt", "RequestResult", "RotationOptions"]
 
 log = logging.getLogger("authpool")
 
@@ -65,6 +67,7 @@ ProgressCallback = Callable[[float, float | None, str], Awaitable[None] | None]
 
 _BACKOFF_BASE = 0.25
 _BACKOFF_CAP = 4.0
+_PROBE_POLL = 0.25  # seconds between looks at an account another request is probing
 
 
 @dataclass
@@ -74,8 +77,8 @@ class Attempt:
     account_id: str
     account: str  # provider/label
     status: int | None
-    outcome: str  # ok | rate_limited | unauthorized | refreshed | refresh_failed | needs_reauth | server_error
-    #              | network_error | forbidden
+    outcome: str  # ok | rate_limited | refreshed | refresh_failed | needs_reauth | forbidden | server_error
+    #              | network_error | secret_error | stream_rate_limited | stream_overloaded
     elapsed_ms: float
     cooldown_until: float | None = None
     detail: str | None = None
@@ -103,12 +106,17 @@ class RequestResult:
 
 @dataclass(frozen=True)
 class RotationOptions:
-    """Per-client choices: pin an account, stay in a namespace, how long to wait for a cooling pool."""
+    """Per-client choices: pin an account, stay in a namespace, wait for a cooling pool, keep a session."""
 
     account: str | None = None  # id or provider/label: use only this account
     namespace: str | None = None
     wait_budget: float = 0.0  # seconds a request may wait for a cooling account
     on_progress: ProgressCallback | None = None
+    session: str | None = None  # requests with the same key stay on one account while it is healthy
+    session_ttl: float = 3600.0
+    # All cooling: raise AllAccountsCooling (default), or answer a synthetic 429 with Retry-After,
+    # for callers that speak HTTP to their own clients.
+    cooling_response: bool = False
 
 
 # -- effects -------------------------------------------------------------------------------
@@ -121,6 +129,20 @@ class _Send:
 
 @dataclass
 class _Discard:
+    """Read (unless ``read`` is false) and close a response we will not return.
+
+    After reading, its body is in ``response.content``. A stream that opened with an error is
+    closed unread: it might never end.
+    """
+
+    response: httpx2.Response
+    read: bool = True
+
+
+@dataclass
+class _Peek:
+    """Read a stream up to its first content event; returns (verdict, response to deliver)."""
+
     response: httpx2.Response
 
 
@@ -150,7 +172,8 @@ class _Failed:
     error: httpx2.TransportError
 
 
-_Effect = _Send | _Discard | _Block | _Sleep | _Refresh
+Effect = _Send | _Discard | _Peek | _Block | _Sleep | _Refresh
+Flow = Generator[Effect, Any, httpx2.Response]
 
 
 class _Engine:
@@ -159,29 +182,31 @@ class _Engine:
     def __init__(self, transport: PoolTransport, request: httpx2.Request) -> None:
         self.t = transport
         self.provider = transport.provider
+        self.options = transport.options
         self.request = request
         self.attempts: list[Attempt] = []
         self.tried: set[str] = set()
-        self.deadline = time.monotonic() + self.provider.timeout + transport.options.wait_budget
-        self.wait_left = transport.options.wait_budget
+        self.deadline = time.monotonic() + self.provider.timeout + self.options.wait_budget
+        self.wait_left = self.options.wait_budget
         self.last_error: PoolError | None = None
         self.picks = 0  # accounts picked so far (retries on the same account do not count)
         self.cooled: dict[str, float] = {}  # account id -> end of the cooldown this request set
+        self.model = model_of_request(request.url.path, _body_of(request))
+        self.session_key = f"{self.provider.id}/{self.options.session}" if self.options.session else None
+        self.probes: dict[str, Lock] = {}  # probation locks this request holds
 
     # The flow. Yields effects; receives their results; returns the final response.
-    def flow(self) -> Generator[_Effect, Any, httpx2.Response]:  # noqa: PLR0912, PLR0915 - one state machine, read top to bottom
+    def flow(self) -> Flow:  # noqa: PLR0912, PLR0915 - one state machine, read top to bottom
         self._check_request()
-        pinned: Account | None = None  # set to retry the same account (after a refresh)
+        pinned: Account | None = None  # set to retry the same account (after a refresh or a 5xx)
         refreshed: set[str] = set()
-        server_failures: dict[str, int] = {}
+        failures: dict[str, int] = {}
         while True:
             if time.monotonic() > self.deadline:
                 raise self._fail(f"gave up after {len(self.attempts)} attempts: the request deadline passed")
-            acc = pinned
-            pinned = None
+            acc, pinned = pinned, None
             if acc is None:
-                # The provider's max_attempts bounds how many accounts one request tries (each
-                # pick counts, also a second turn after waiting for a cooldown).
+                # max_attempts bounds how many accounts one request tries (each pick counts).
                 if self.picks >= self.provider.max_attempts:
                     raise self._fail(f"gave up after {self.picks} tries of accounts (max_attempts = "
                                      f"{self.provider.max_attempts} for {self.provider.id})")
@@ -201,55 +226,51 @@ class _Engine:
             result = yield _Send(self._with_credentials(acc, secret))
             elapsed = (time.monotonic() - start) * 1000
             if isinstance(result, _Failed):
-                n = server_failures[acc.id] = server_failures.get(acc.id, 0) + 1
                 self._note(acc, None, "network_error", elapsed, detail=_describe_error(result.error))
-                if n <= self.provider.server_error_retries:
-                    yield _Sleep(self._backoff(n))
-                    pinned = acc
-                else:
-                    self.tried.add(acc.id)
-                    self.last_error = RequestFailed(
-                        f"could not reach {self.provider.id}: {_describe_error(result.error)}")
+                pinned = yield from self._transient(acc, failures, None,
+                                                    f"could not reach {self.provider.id}: "
+                                                    f"{_describe_error(result.error)}")
                 continue
             response: httpx2.Response = result
             status = response.status_code
             if status == 429:
-                yield from self._rate_limited(acc, response, elapsed)
+                yield _Discard(response)
+                yield from self._rate_limited(acc, response.headers, response.content, 429, "rate_limited", elapsed)
                 continue
             if status in (401, 403):
                 yield _Discard(response)
                 if acc.kind == "oauth" and acc.id not in refreshed:
                     refreshed.add(acc.id)
-                    renewed = yield from self._refresh(acc, "force", elapsed, status)
-                    if renewed:
+                    if (yield from self._refresh(acc, "force", elapsed, status)):
                         pinned = self.t.pool.get(acc.id)
-                        continue
-                    self.tried.add(acc.id)
+                    else:
+                        self.tried.add(acc.id)
                     continue
                 yield from self._refused(acc, status, elapsed)
                 continue
             if status >= 500 and status != 501:
-                n = server_failures[acc.id] = server_failures.get(acc.id, 0) + 1
                 self._note(acc, status, "server_error", elapsed)
-                if n <= self.provider.server_error_retries:
-                    yield _Discard(response)
-                    yield _Sleep(self._backoff(n))
-                    pinned = acc
-                    continue
-                if not self._others_left(acc):
-                    return self._finish(acc, response, status)  # nobody else to try: the error is the answer
+                if failures.get(acc.id, 0) >= self.provider.server_error_retries and not self._others_left(acc):
+                    return (yield from self._finish(acc, response, status))  # nobody left: the error is the answer
                 yield _Discard(response)
-                self.tried.add(acc.id)
+                pinned = yield from self._transient(acc, failures, status,
+                                                    f"{self.provider.id} answered HTTP {status}")
                 continue
+            if status < 300 and _is_event_stream(response):
+                verdict, response = yield _Peek(response)
+                if verdict.kind != "content":
+                    yield from self._stream_error(acc, response, verdict, elapsed, failures)
+                    continue
             self._note(acc, status, "ok", elapsed)
-            if acc.backoff_level > 0 and status < 400:
-                # The exponential level is cooldown state, not a hot-path counter: reset it before
-                # returning, as a cooldown is set. Left to the batched usage flush, a 429 right after
-                # this success would still double, and a late flush could undo a newer 429's level.
-                yield _Block(functools.partial(self.t.pool.store.update, _clear_backoff(acc.id)))
-            return self._finish(acc, response, status)
+            return (yield from self._finish(acc, response, status))
 
-    # -- steps ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release what the request holds (probation locks); called by the drivers at the end."""
+        for lock in self.probes.values():
+            lock.release()
+        self.probes.clear()
+
+    # -- choosing --------------------------------------------------------------------------
 
     def _check_request(self) -> None:
         url = self.request.url
@@ -272,52 +293,79 @@ class _Engine:
                     "does not let callers override them"
                 )
 
-    def _choose(self) -> Generator[_Effect, Any, Account]:
+    def _choose(self) -> Generator[Effect, Any, Account]:
         while True:
             pool_file = self.t.pool.store.read()
             now = time.time()
-            ready, soonest, considered = self.t.candidates(pool_file, now, self.tried)
-            if ready:
-                acc = ready[0]
-                self.t.usage.touch(acc.id)
-                return acc
+            ready, soonest, considered = self.t.candidates(pool_file, now, self.tried, self.model)
             if considered == 0:
                 raise self._no_accounts(pool_file)
-            if any(self.cooled.get(i, now + 1) <= now for i in self.tried):
+            ready = self._session_first(pool_file, ready, now)
+            probing = False
+            for acc in ready:
+                if acc.probation and acc.id not in self.probes:
+                    lock = yield _Block(functools.partial(self.t.probe_lock, acc.id))
+                    if lock is None:
+                        probing = True  # another request is probing it: try the next account
+                        continue
+                    self.probes[acc.id] = lock
+                self.t.usage.touch(acc.id)
+                return acc
+            if probing:
+                soonest = min(soonest or now + _PROBE_POLL, now + _PROBE_POLL)
+            elif any(self.cooled.get(i, now + 1) <= now for i in self.tried):
                 # A cooldown this request set has already ended (Retry-After: 0, a few ms): that
                 # account may go again now, a wait of zero, not "no account could serve".
                 soonest = now
-            if self.tried and soonest is None:
-                # Every account was tried in this request and none is merely cooling: give up.
-                raise self._fail(self._summary("no account could serve the request"))
             if soonest is None:
-                raise self._fail(self._summary("no account is usable"))
-            wait = soonest - now
-            if wait > self.wait_left or time.monotonic() + wait > self.deadline:
-                raise AllAccountsCooling(
-                    self._summary(
-                        f"all {self.provider.id} accounts are cooling down; the next frees up at "
-                        f"{_clock(soonest)} (in {wait:.0f}s)"
-                    ),
-                    soonest,
-                    attempts=self.attempts,
-                )
-            total = self.t.options.wait_budget
-            waited = total - self.wait_left
-            self.wait_left -= wait
-            yield _Sleep(wait + 0.05, waited, total, f"all accounts cooling; waiting {wait:.1f}s for the next")
-            # Only the accounts that were rate-limited come back after the wait. One whose refresh
-            # failed, or that exhausted its 5xx retries, stays out: a second 401 from an account
-            # whose refresh failed (endpoint down) would wrongly mark a live login needs-reauth.
-            self.tried.difference_update(self.cooled)
+                head = "no account could serve the request" if self.tried else "no account is usable"
+                raise self._fail(self._summary(head))
+            yield from self._wait_for(soonest, now)
 
-    def _secret(self, acc: Account) -> Generator[_Effect, Any, Secret | None]:  # noqa: PLR0911
-        try:
-            secret: Secret = yield _Block(lambda: self.t.pool.secret_of(acc))
-        except PoolError as e:
-            self._note(acc, None, "secret_error", 0.0, detail=str(e))
-            self.last_error = e
-            return None
+    def _session_first(self, pool_file: PoolFile, ready: list[Account], now: float) -> list[Account]:
+        if self.session_key is None:
+            return ready
+        binding = pool_file.sessions.get(self.session_key)
+        if binding is None or binding.expires_at <= now:
+            return ready
+        bound = [a for a in ready if a.id == binding.account_id]
+        return bound + [a for a in ready if a.id != binding.account_id]
+
+    def _wait_for(self, soonest: float, now: float) -> Generator[Effect, Any, None]:
+        wait = max(0.0, soonest - now)
+        if wait > self.wait_left or time.monotonic() + wait > self.deadline:
+            raise AllAccountsCooling(
+                self._summary(
+                    f"all {self.provider.id} accounts are cooling down; the next frees up at "
+                    f"{_clock(soonest)} (in {wait:.0f}s)"
+                ),
+                soonest,
+                attempts=self.attempts,
+            )
+        total = self.options.wait_budget
+        waited = total - self.wait_left
+        self.wait_left -= wait
+        yield _Sleep(wait + 0.05, waited, total, f"all accounts cooling; waiting {wait:.1f}s for the next")
+        # Only the accounts that were rate-limited come back after the wait. One whose refresh
+        # failed, or that exhausted its 5xx retries, stays out: a second 401 from an account
+        # whose refresh failed (endpoint down) would wrongly mark a live login needs-reauth.
+        self.tried.difference_update(self.cooled)
+
+    # -- credentials -----------------------------------------------------------------------
+
+    def _secret(self, acc: Account) -> Generator[Effect, Any, Secret | None]:  # noqa: PLR0911
+        secret: Secret
+        # A cached secret costs no thread hop (the async path's largest per-request cost).
+        cached: Secret | None = self.t.pool.cached_secret(acc)
+        if cached is not None:
+            secret = cached
+        else:
+            try:
+                secret = yield _Block(functools.partial(self.t.pool.secret_of, acc))
+            except PoolError as e:
+                self._note(acc, None, "secret_error", 0.0, detail=str(e))
+                self.last_error = e
+                return None
         if acc.kind != "oauth" or secret.expires_at is None:
             return secret
         left = secret.expires_at - time.time()
@@ -338,7 +386,7 @@ class _Engine:
             self.last_error = e
             return None
 
-    def _refresh(self, acc: Account, mode: RefreshMode, elapsed: float, status: int) -> Generator[_Effect, Any, bool]:
+    def _refresh(self, acc: Account, mode: RefreshMode, elapsed: float, status: int) -> Generator[Effect, Any, bool]:
         try:
             yield _Refresh(acc, mode)
         except ReauthRequired as e:
@@ -351,56 +399,6 @@ class _Engine:
             return False
         self._note(acc, status, "refreshed", elapsed)
         return True
-
-    def _rate_limited(self, acc: Account, response: httpx2.Response, elapsed: float) -> Generator[_Effect, Any, None]:
-        yield _Discard(response)
-        now = time.time()
-        decision = decide_cooldown(
-            response.headers,
-            now=now,
-            reset_headers=self.provider.reset_headers,
-            default_cooldown=self.provider.default_cooldown,
-            max_cooldown=self.provider.max_cooldown,
-            level=acc.backoff_level,
-        )
-
-        def cool(pool: PoolFile) -> None:
-            a = pool.find(acc.id)
-            a.cooldowns[WHOLE_ACCOUNT] = Cooldown(until=decision.until, reason=f"429 ({decision.source})", set_at=now)
-            a.backoff_level = a.backoff_level + 1 if decision.is_default else 0
-            a.counters.rate_limited += 1
-            a.last_status = 429
-            a.last_error = f"rate limited until {_clock(decision.until)} ({decision.source})"
-
-        yield _Block(lambda: self.t.pool.store.update(cool))
-        self._note(acc, 429, "rate_limited", elapsed, cooldown_until=decision.until, detail=decision.source)
-        self.tried.add(acc.id)
-        self.cooled[acc.id] = decision.until
-
-    def _refused(self, acc: Account, status: int, elapsed: float) -> Generator[_Effect, Any, None]:
-        reauth = status == 401
-        detail = ("credentials rejected (401); the account needs a new login or key" if reauth
-                  else "forbidden (403)")
-
-        def mark(pool: PoolFile) -> None:
-            a = pool.find(acc.id)
-            a.last_status = status
-            a.last_error = detail
-            a.counters.unauthorized += 1
-            if reauth:
-                a.needs_reauth = True
-
-        yield _Block(lambda: self.t.pool.store.update(mark))
-        self._note(acc, status, "needs_reauth" if reauth else "forbidden", elapsed, detail=detail)
-        self.tried.add(acc.id)
-
-    def _finish(self, acc: Account, response: httpx2.Response, status: int) -> httpx2.Response:
-        self.t.usage.record(acc.id, status)  # a backoff reset was already written by the flow
-        response.extensions = {**response.extensions,
-                               "authpool": RequestResult(acc.id, acc.name, list(self.attempts))}
-        return response
-
-    # -- helpers -------------------------------------------------------------------------
 
     def _with_credentials(self, acc: Account, secret: Secret) -> httpx2.Request:
         name, prefix, extra = self.provider.credential_headers(acc.kind)
@@ -417,10 +415,118 @@ class _Engine:
             extensions=self.request.extensions,
         )
 
+    # -- outcomes --------------------------------------------------------------------------
+
+    def _rate_limited(self, acc: Account, headers: Any, body: Any, status: int | None, outcome: str,
+                      elapsed: float) -> Generator[Effect, Any, None]:
+        now = time.time()
+        limit = read_body_limit(body, now)
+        decision = decide_cooldown(
+            headers,
+            now=now,
+            reset_headers=self.provider.reset_headers,
+            default_cooldown=self.provider.default_cooldown,
+            max_cooldown=self.provider.max_cooldown,
+            level=acc.backoff_level,
+            body_deadline=limit.deadline,
+        )
+        # A limit that names a model cools only that model's scope: other models keep the account.
+        scope = limit.model or WHOLE_ACCOUNT
+        reason = f"{status or 'stream'} ({decision.source})" + (f" for {scope}" if scope != WHOLE_ACCOUNT else "")
+
+        def cool(pool: PoolFile) -> None:
+            a = pool.find(acc.id)
+            a.cooldowns = {k: v for k, v in a.cooldowns.items() if v.until > now}  # drop ended ones
+            a.cooldowns[scope] = Cooldown(until=decision.until, reason=reason, set_at=now)
+            a.backoff_level = a.backoff_level + 1 if decision.is_default else 0
+            a.probation = True
+            a.counters.rate_limited += 1
+            a.last_status = status
+            a.last_error = f"rate limited until {_clock(decision.until)} ({decision.source})" + (
+                f" for model {scope}" if scope != WHOLE_ACCOUNT else "")
+
+        yield _Block(functools.partial(self.t.pool.store.update, cool))
+        detail = decision.source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
+        self._note(acc, status, outcome, elapsed, cooldown_until=decision.until, detail=detail)
+        self.tried.add(acc.id)
+        self.cooled[acc.id] = decision.until
+
+    def _stream_error(self, acc: Account, response: httpx2.Response, verdict: StreamVerdict, elapsed: float,
+                      failures: dict[str, int]) -> Generator[Effect, Any, None]:
+        # Nothing was delivered yet, so the disguised error can be handled like its status code.
+        yield _Discard(response, read=False)
+        if verdict.kind == "rate_limited":
+            yield from self._rate_limited(acc, response.headers, {"error": verdict.error}, response.status_code,
+                                          "stream_rate_limited", elapsed)
+            return
+        self._note(acc, response.status_code, "stream_overloaded", elapsed,
+                   detail=str((verdict.error or {}).get("type", "error event")))
+        failures[acc.id] = failures.get(acc.id, 0) + 1
+        self.tried.add(acc.id)
+        self.last_error = RequestFailed(f"{self.provider.id} streams opened with an error event")
+
+    def _transient(self, acc: Account, failures: dict[str, int], status: int | None,
+                   message: str) -> Generator[Effect, Any, Account | None]:
+        """A network error or 5xx: retry the same account with backoff, then move on.
+
+        Never persisted as a cooldown or a flag: a transient failure must not take an account
+        (let alone the pool) out of service.
+        """
+        n = failures[acc.id] = failures.get(acc.id, 0) + 1
+        if n <= self.provider.server_error_retries:
+            yield _Sleep(self._backoff(n))
+            return acc
+        self.tried.add(acc.id)
+        self.last_error = RequestFailed(message)
+        return None
+
+    def _refused(self, acc: Account, status: int, elapsed: float) -> Generator[Effect, Any, None]:
+        reauth = status == 401
+        detail = ("credentials rejected (401); the account needs a new login or key" if reauth
+                  else "forbidden (403)")
+
+        def mark(pool: PoolFile) -> None:
+            a = pool.find(acc.id)
+            a.last_status = status
+            a.last_error = detail
+            a.counters.unauthorized += 1
+            if reauth:
+                a.needs_reauth = True
+
+        yield _Block(functools.partial(self.t.pool.store.update, mark))
+        self._note(acc, status, "needs_reauth" if reauth else "forbidden", elapsed, detail=detail)
+        self.tried.add(acc.id)
+
+    def _finish(self, acc: Account, response: httpx2.Response, status: int) -> Generator[Effect, Any, httpx2.Response]:
+        now = time.time()
+        bind = self._session_to_bind(acc, now) if status < 400 else None
+        success = status < 400
+        if (success and (acc.backoff_level > 0 or acc.probation)) or bind is not None:
+            # Cooldown state is written before the response returns, like a cooldown itself:
+            # left to the batched usage flush, a 429 right after this success would still double,
+            # and a probation would outlive the success that ended it.
+            yield _Block(functools.partial(self.t.pool.store.update, _after_success(acc.id, success, bind)))
+        reset = latest_reset(response.headers, self.provider.reset_headers, now) if success else None
+        self.t.usage.record(acc.id, status, quota_resets_at=reset)
+        response.extensions = {**response.extensions,
+                               "authpool": RequestResult(acc.id, acc.name, list(self.attempts))}
+        return response
+
+    def _session_to_bind(self, acc: Account, now: float) -> tuple[str, SessionBinding] | None:
+        if self.session_key is None:
+            return None
+        current = self.t.pool.store.read().sessions.get(self.session_key)
+        ttl = self.options.session_ttl
+        if current is not None and current.account_id == acc.id and current.expires_at - now > ttl / 2:
+            return None  # bound and fresh enough: no write
+        return self.session_key, SessionBinding(account_id=acc.id, expires_at=now + ttl)
+
+    # -- helpers -------------------------------------------------------------------------
+
     def _others_left(self, acc: Account) -> bool:
         if self.picks >= self.provider.max_attempts:
             return False
-        ready, _, _ = self.t.candidates(self.t.pool.store.read(), time.time(), self.tried | {acc.id})
+        ready, _, _ = self.t.candidates(self.t.pool.store.read(), time.time(), self.tried | {acc.id}, self.model)
         return bool(ready)
 
     def _backoff(self, n: int) -> float:
@@ -441,40 +547,65 @@ class _Engine:
         return RequestFailed(message, attempts=self.attempts)
 
     def _summary(self, head: str) -> str:
+        """``head`` plus every account's state, so the error says what to do next."""
         pool_file = self.t.pool.store.read()
         now = time.time()
         states = []
         for a in self.t.scope(pool_file):
             state = a.state(now)
-            if state == "cooling":
-                until = a.cooldown_until(now=now)
+            until = a.cooldown_until(self.model or WHOLE_ACCOUNT, now)
+            if state == "ready" and until is not None:
+                state = f"cooling for {self.model} until {_clock(until)}"
+            elif state == "cooling":
                 state = f"cooling until {_clock(until or now)}"
+            elif state == "needs-reauth":
+                state += f" (run `authpool login {a.provider} --label {a.label}`)" if a.kind == "oauth" else \
+                    " (replace its key)"
             states.append(f"{a.name}: {state}")
         return head + (f" ({'; '.join(states)})" if states else "")
 
     def _no_accounts(self, pool_file: PoolFile) -> NoAccounts:
-        scope = self.t.scope(pool_file)
-        if not scope:
-            where = f" in namespace {self.t.options.namespace!r}" if self.t.options.namespace else ""
-            return NoAccounts(
-                f"provider {self.provider.id} has no accounts{where}; add one with "
-                f"`authpool accounts add-key {self.provider.id} --label NAME` or `authpool login {self.provider.id}`",
-                attempts=self.attempts,
-            )
-        return NoAccounts(self._summary(f"no usable {self.provider.id} account"), attempts=self.attempts)
+        where = f" in namespace {self.options.namespace!r}" if self.options.namespace else ""
+        return NoAccounts(
+            f"provider {self.provider.id} has no accounts{where}; add one with "
+            f"`authpool accounts add-key {self.provider.id} --label NAME` or `authpool login {self.provider.id}`",
+            attempts=self.attempts,
+        )
 
 
-def _clear_backoff(account_id: str) -> Callable[[PoolFile], None]:
-    def clear(pool: PoolFile) -> None:
+def _after_success(account_id: str, success: bool,
+                   bind: tuple[str, SessionBinding] | None) -> Callable[[PoolFile], None]:
+    def apply(pool: PoolFile) -> None:
         for a in pool.accounts:  # removed meanwhile: nothing to reset, and the response still stands
-            if a.id == account_id:
+            if a.id == account_id and success:
                 a.backoff_level = 0
+                a.probation = False
+        if bind is not None:
+            now = time.time()
+            pool.sessions = {k: v for k, v in pool.sessions.items() if v.expires_at > now}
+            pool.sessions[bind[0]] = bind[1]
 
-    return clear
+    return apply
+
+
+def _body_of(request: httpx2.Request) -> bytes | None:
+    if not _replayable(request):
+        return None
+    try:
+        return request.content
+    except httpx2.RequestNotRead:
+        return None
 
 
 def _replayable(request: httpx2.Request) -> bool:
     return isinstance(request.stream, httpx2.ByteStream)
+
+
+def _is_event_stream(response: httpx2.Response) -> bool:
+    ctype = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    # A compressed stream would have to be decoded to be judged; deliver it as it is.
+    return ctype == "text/event-stream" and encoding in ("", "identity")
 
 
 def _describe_error(e: BaseException) -> str:
@@ -485,173 +616,10 @@ def _clock(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
 
 
-# -- the transport -------------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # PoolTransport moved to pool.transport; keep `from pool.rotation import PoolTransport` working.
+    if name == "PoolTransport":
+        from .transport import PoolTransport
 
-
-class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
-    """An httpx2 transport that serves each request through the pool of one provider.
-
-    Example:
-        >>> client = httpx2.AsyncClient(transport=pool.transport("anthropic"),
-        ...                             base_url="https://api.anthropic.com")  # doctest: +SKIP
-        >>> r = await client.post("/v1/messages", json={...})  # doctest: +SKIP
-        >>> r.extensions["authpool"].account  # doctest: +SKIP
-        'anthropic/work'
-    """
-
-    def __init__(
-        self,
-        pool: Any,
-        provider: Provider,
-        refresher: Refresher,
-        *,
-        options: RotationOptions | None = None,
-        inner: httpx2.BaseTransport | None = None,
-        ainner: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.pool = pool
-        self.provider = provider
-        self.refresher = refresher
-        self.usage = pool.usage
-        self.options = options or RotationOptions()
-        self._inner = inner
-        self._ainner = ainner
-        self._pinned_id: str | None = None
-        if self.options.account:
-            acc = pool.get(self.options.account)
-            if acc.provider != provider.id:
-                raise InvalidInput(f"account {acc.name} belongs to {acc.provider}, not {provider.id}")
-            self._pinned_id = acc.id
-
-    # -- candidate selection (pure over a PoolFile) ----------------------------------------
-
-    def scope(self, pool_file: PoolFile) -> list[Account]:
-        """The accounts this transport may use at all (provider, namespace, pinned account)."""
-        out = []
-        for a in pool_file.accounts:
-            if a.provider != self.provider.id:
-                continue
-            if self._pinned_id is not None and a.id != self._pinned_id:
-                continue
-            if self.options.namespace is not None and a.namespace != self.options.namespace:
-                continue
-            out.append(a)
-        return out
-
-    def candidates(self, pool_file: PoolFile, now: float, exclude: set[str]) -> tuple[list[Account], float | None, int]:
-        """(ready accounts in strategy order, soonest cooldown end among cooling ones, how many exist)."""
-        scope = self.scope(pool_file)
-        ready: list[Account] = []
-        soonest: float | None = None
-        for a in scope:
-            if not a.enabled or a.needs_reauth:
-                continue
-            until = a.cooldown_until(now=now)
-            if until is not None:
-                soonest = until if soonest is None else min(soonest, until)
-                continue
-            if a.id in exclude:
-                continue
-            ready.append(a)
-        weights = self.provider.weights
-
-        def usage(a: Account) -> UsageView:
-            return UsageView(self.usage.last_used(a.id, a.last_used_at),
-                             weights.get(a.id, weights.get(a.label, 1.0)),
-                             self.usage.unrecorded(a.id))
-
-        return order_accounts(self.provider.strategy, ready, usage), soonest, len(scope)
-
-    # -- drivers ---------------------------------------------------------------------------
-
-    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        inner = self._inner or self.pool.http_transport()
-        flow = _Engine(self, request).flow()
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                self._maybe_flush_sync()
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                if isinstance(effect, _Send):
-                    try:
-                        value = inner.handle_request(effect.request)
-                    except httpx2.TransportError as e:
-                        value = _Failed(e)
-                elif isinstance(effect, _Discard):
-                    effect.response.read()
-                    effect.response.close()
-                elif isinstance(effect, _Block):
-                    value = effect.fn()
-                elif isinstance(effect, _Sleep):
-                    self._progress_sync(effect)
-                    time.sleep(effect.seconds)
-                elif isinstance(effect, _Refresh):
-                    value = self.refresher.refresh(self.provider, effect.account.id,
-                                                   effect.account.secret_generation, effect.mode)
-            except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
-                error = e
-
-    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        inner = self._ainner or self.pool.async_http_transport()
-        flow = _Engine(self, request).flow()
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                if self.usage.due():
-                    await anyio.to_thread.run_sync(self.usage.flush)
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                if isinstance(effect, _Send):
-                    try:
-                        value = await inner.handle_async_request(effect.request)
-                    except httpx2.TransportError as e:
-                        value = _Failed(e)
-                elif isinstance(effect, _Discard):
-                    await effect.response.aread()
-                    await effect.response.aclose()
-                elif isinstance(effect, _Block):
-                    value = await anyio.to_thread.run_sync(effect.fn)
-                elif isinstance(effect, _Sleep):
-                    await self._progress_async(effect)
-                    await anyio.sleep(effect.seconds)
-                elif isinstance(effect, _Refresh):
-                    value = await self.refresher.arefresh(self.provider, effect.account.id,
-                                                          effect.account.secret_generation, effect.mode)
-            except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
-                error = e
-
-    def _maybe_flush_sync(self) -> None:
-        if self.usage.due():
-            self.usage.flush()
-
-    def _progress_sync(self, effect: _Sleep) -> None:
-        cb = self.options.on_progress
-        if cb is not None and effect.message:
-            result = cb(effect.waited, effect.total, effect.message)
-            if result is not None:
-                raise InvalidInput("an async progress callback needs an async client")
-
-    async def _progress_async(self, effect: _Sleep) -> None:
-        cb = self.options.on_progress
-        if cb is not None and effect.message:
-            result = cb(effect.waited, effect.total, effect.message)
-            if result is not None:
-                await result
-
-    # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
-    # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
-    def close(self) -> None:
-        self._maybe_flush_sync()
-
-    async def aclose(self) -> None:
-        if self.usage.due():
-            await anyio.to_thread.run_sync(self.usage.flush)
+        return PoolTransport
+    raise AttributeError(name)

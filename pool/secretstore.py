@@ -72,6 +72,11 @@ class SecretStore:
         self._cache[account_id] = (generation, secret)
         return secret
 
+    def cached(self, account_id: str, generation: int) -> Secret | None:
+        """The cached secret for this generation, without touching the store (None on a miss)."""
+        cached = self._cache.get(account_id)
+        return cached[1] if cached is not None and cached[0] == generation else None
+
     def load_fresh(self, account_id: str) -> Secret:
         """Read the secret from the store, bypassing the cache."""
         text = self._call("read", account_id, lambda: self._read_entry(account_id))

@@ -40,10 +40,20 @@ log = logging.getLogger("authpool")
 
 T = TypeVar("T")
 
-# schema_version N -> function turning a version-N document into version N+1. Empty while the
-# schema is at its first version; add an entry (and bump SCHEMA_VERSION) for every change that
-# old files cannot be read as by defaults alone.
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added session bindings and per-account probation and quota-reset fields."""
+    raw.setdefault("sessions", {})
+    for acc in raw.get("accounts") or []:
+        if isinstance(acc, dict):
+            acc.setdefault("probation", False)
+            acc.setdefault("quota_resets_at", None)
+    return raw
+
+
+# schema_version N -> function turning a version-N document into version N+1. Add an entry (and
+# bump SCHEMA_VERSION) for every change; an older file is migrated in memory on read and saved
+# in the new version on the next write (its previous version stays in pool.json.bak).
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 _Signature = tuple[int, int, int, int]
 

@@ -23,6 +23,7 @@ class UsageView:
     # Requests this process served that are not in the account's counters yet (usage is
     # flushed in batches): without them least-used would not see its own recent choices.
     unrecorded: int = 0
+    quota_resets_at: float | None = None  # when the account's current rate-limit window resets
 
 
 Strategy = Callable[[Sequence[Account], Callable[[Account], UsageView]], list[Account]]
@@ -47,10 +48,18 @@ def least_used(accounts: Sequence[Account], usage: Callable[[Account], UsageView
     )
 
 
+def drain_soonest_reset(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
+    """Use first the account whose quota window resets soonest: its remaining quota would be
+    lost at the reset anyway. Accounts with no known reset come last, in configured order."""
+    far = float("inf")
+    return sorted(accounts, key=lambda a: (usage(a).quota_resets_at or far, a.order, usage(a).last_used, a.id))
+
+
 STRATEGIES: dict[str, Strategy] = {
     "ordered": ordered,
     "round-robin": round_robin,
     "least-used": least_used,
+    "drain-soonest-reset": drain_soonest_reset,
     "sticky": ordered,  # sessions pin a request to its account; the rest fill first
 }
 

@@ -30,6 +30,7 @@ class _Pending:
     last_used_at: float = 0.0
     last_status: int | None = None
     clear_backoff: bool = False
+    quota_resets_at: float | None = None
 
 
 class UsageLog:
@@ -40,11 +41,13 @@ class UsageLog:
         self.interval = interval
         self._pending: dict[str, _Pending] = {}
         self._last_used: dict[str, float] = {}  # this process's view, for least-recently-used ordering
+        self._quota_resets: dict[str, float] = {}
         self._guard = threading.Lock()
         self._flushing = threading.Lock()
         self._last_flush = time.monotonic()
 
-    def record(self, account_id: str, status: int, *, clear_backoff: bool = False) -> None:
+    def record(self, account_id: str, status: int, *, clear_backoff: bool = False,
+               quota_resets_at: float | None = None) -> None:
         now = time.time()
         with self._guard:
             p = self._pending.setdefault(account_id, _Pending())
@@ -52,7 +55,15 @@ class UsageLog:
             p.last_used_at = now
             p.last_status = status
             p.clear_backoff = p.clear_backoff or clear_backoff
+            if quota_resets_at is not None:
+                p.quota_resets_at = quota_resets_at
+                self._quota_resets[account_id] = quota_resets_at
             self._last_used[account_id] = now
+
+    def quota_resets_at(self, account_id: str, persisted: float | None) -> float | None:
+        """When the account's current rate-limit window resets, as this process last heard."""
+        with self._guard:
+            return self._quota_resets.get(account_id, persisted)
 
     def touch(self, account_id: str) -> None:
         """Note that this process just picked the account (for least-recently-used ordering)."""
@@ -99,6 +110,8 @@ class UsageLog:
                 acc.last_status = p.last_status
                 if p.clear_backoff:
                     acc.backoff_level = 0
+                if p.quota_resets_at is not None:
+                    acc.quota_resets_at = p.quota_resets_at
 
         try:
             self.store.update(apply)
@@ -112,3 +125,4 @@ class UsageLog:
                     q.last_used_at = max(q.last_used_at, p.last_used_at)
                     q.last_status = q.last_status or p.last_status
                     q.clear_backoff = q.clear_backoff or p.clear_backoff
+                    q.quota_resets_at = q.quota_resets_at or p.quota_resets_at
