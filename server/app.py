@@ -95,6 +95,10 @@ class ProxyResponse(BaseModel):
     truncated: bool = Field(description="true if body was cut to max_body_chars; the text then ends with a marker")
     account: AccountRef = Field(description="the account that served the request")
     attempts: list[AttemptView] = Field(description="every try in order, including rotated-away accounts")
+    stream_events: int | None = Field(None, description="for an event-stream answer: how many events arrived")
+    stream_text: str | None = Field(None, description="for an event-stream answer: the generated text, assembled")
+    stream_error: dict[str, Any] | None = Field(
+        None, description="an error event the stream ended with after content had started (not retried)")
 
 
 class CooldownView(BaseModel):
@@ -293,6 +297,12 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
         namespace: Annotated[OptionalText, Field(description="rotate only within this sub-pool")] = "",
         wait_s: Annotated[float, Field(ge=0, le=3600, description="if every account is cooling, wait up to this "
                                                                   "many seconds for one to free up (default 0)")] = 0,
+        stream: Annotated[bool, Field(description="ask for a streamed answer (adds \"stream\": true to a JSON "
+                                                  "body); the stream is collected, with progress notifications, "
+                                                  "and a stream that opens with a rate-limit error rotates")] = False,
+        session: Annotated[OptionalText, Field(description="a key of your choice: calls with the same session "
+                                                           "stay on one account while it is healthy (keeps "
+                                                           "provider prompt caches warm)")] = "",
         max_body_chars: Annotated[int, Field(ge=1000, le=2_000_000,
                                              description="truncate the returned body beyond this many characters")
                                   ] = 100_000,
@@ -302,7 +312,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
 
         call = ProxyCall(provider=provider, method=method, path=path, query=query, headers=headers, json_body=json,
                          body=body or None, account=account or None, namespace=namespace or None, wait_s=wait_s,
-                         max_body_chars=max_body_chars)
+                         max_body_chars=max_body_chars, session=session or None, stream=stream)
         try:
             outcome: ProxyOutcome = await run_proxy(get_pool(), call, progress)
         except PoolError as e:
@@ -319,6 +329,9 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
             truncated=outcome.truncated,
             account=AccountRef(id=result.account_id, label=result.account.split("/", 1)[1], name=result.account),
             attempts=[attempt_view(a) for a in result.attempts],
+            stream_events=outcome.stream.events if outcome.stream else None,
+            stream_text=outcome.stream.text if outcome.stream else None,
+            stream_error=outcome.stream.error if outcome.stream else None,
         )
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=False))

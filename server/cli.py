@@ -83,7 +83,7 @@ def setup_logging() -> None:
 # -- parser -------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaration per command
     parser = argparse.ArgumentParser(
         prog="authpool",
         description="A pool of LLM-provider accounts: rotates on rate limits, refreshes tokens safely.",
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'", help="extra request header")
     p.add_argument("--account", help="use only this account (id or provider/label)")
     p.add_argument("--namespace", help="rotate only within this namespace")
+    p.add_argument("--session", metavar="KEY",
+                   help="keep requests with the same KEY on one account while it is healthy (shared across processes)")
     p.add_argument("--wait", type=float, default=0.0, metavar="S",
                    help="seconds to wait when every account is cooling (default: fail at once)")
     p.add_argument("--quiet", "-q", action="store_true", help="do not print the attempt trail")

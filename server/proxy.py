@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import httpx2
 from pool import InvalidInput, OriginRefused, Pool, RequestFailed
 from pool.providers import Provider
 from pool.rotation import RequestResult
+from pool.sse import assemble_text, parse_events
 
 __all__ = ["ProxyCall", "ProxyOutcome", "run_proxy"]
 
@@ -47,6 +49,8 @@ class ProxyCall:
     namespace: str | None = None
     wait_s: float = 0.0
     max_body_chars: int = 100_000
+    session: str | None = None
+    stream: bool = False
 
 
 @dataclass
@@ -58,6 +62,16 @@ class ProxyOutcome:
     body_bytes: int
     truncated: bool
     result: RequestResult
+    stream: StreamSummary | None = None
+
+
+@dataclass
+class StreamSummary:
+    """An event stream, collected: how much arrived, the text it generated, an error after content."""
+
+    events: int
+    text: str
+    error: dict[str, Any] | None
 
 
 ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
@@ -99,13 +113,16 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
                 "(only printable ASCII, spaces and tabs)"
             )
     content: bytes | None = None
-    if call.json_body is not None:
-        content = jsonlib.dumps(call.json_body).encode()
+    json_body = call.json_body
+    if call.stream and isinstance(json_body, dict) and "stream" not in json_body:
+        json_body = {**json_body, "stream": True}  # Anthropic and OpenAI-style APIs stream on this flag
+    if json_body is not None:
+        content = jsonlib.dumps(json_body).encode()
         headers.setdefault("content-type", "application/json")
     elif call.body is not None:
         content = call.body.encode()
     async with pool.client(call.provider, account=call.account, namespace=call.namespace,
-                           wait_budget=call.wait_s, on_progress=progress) as client:
+                           wait_budget=call.wait_s, on_progress=progress, session=call.session) as client:
         request = client.build_request(method, url, params=call.query, headers=headers, content=content)
         # Streamed, then read here: the rotation engine only sees the send, so a body that
         # breaks off or cannot be decoded (bad gzip) used to escape `client.request` as an
@@ -113,7 +130,7 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         response = await client.send(request, stream=True)
         result: RequestResult = response.extensions["authpool"]
         try:
-            raw = await response.aread()
+            raw = await _collect(response, progress)
         except httpx2.HTTPError as e:
             reason = str(e) if isinstance(e, httpx2.DecodingError) else type(e).__name__
             raise RequestFailed(
@@ -132,7 +149,38 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         body_bytes=len(raw),
         truncated=truncated,
         result=result,
+        stream=_summarize_stream(raw, response.headers.get("content-type", "")),
     )
+
+
+async def _collect(response: httpx2.Response, progress: ProgressFn | None) -> bytes:
+    """Read the whole body; for an event stream, report bytes and events as they arrive."""
+    is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+    chunks: list[bytes] = []
+    size = events = 0
+    last_report = time.monotonic()
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        events += chunk.count(b"\n\n")
+        if is_stream and progress is not None and time.monotonic() - last_report >= 0.5:
+            last_report = time.monotonic()
+            await progress(float(size), None, f"streaming: {size} bytes, {events} events received")
+    return b"".join(chunks)
+
+
+def _summarize_stream(raw: bytes, content_type: str) -> StreamSummary | None:
+    if not content_type.startswith("text/event-stream"):
+        return None
+    events = parse_events(raw + b"\n\n")[0]
+    error: dict[str, Any] | None = None
+    for event in events:
+        doc = event.json()
+        if event.event == "error" or (isinstance(doc, dict) and "error" in doc):
+            inner = doc.get("error", doc) if isinstance(doc, dict) else {"message": event.data[:200]}
+            error = inner if isinstance(inner, dict) else {"message": str(inner)}
+            break
+    return StreamSummary(events=len(events), text=assemble_text(events), error=error)
 
 
 BodyFormat = Literal["json", "text", "empty", "binary"]

@@ -30,20 +30,30 @@ def run_request(args: argparse.Namespace) -> int:
     def progress(waited: float, total: float | None, message: str) -> None:
         print(f"authpool: {message}", file=sys.stderr)
 
+    out = sys.stdout.buffer
     try:
         with pool.sync_client(args.provider, account=args.account, namespace=args.namespace,
-                              wait_budget=args.wait, on_progress=progress) as client:
-            response = client.request(args.method.upper(), url, content=content, headers=headers)
+                              wait_budget=args.wait, on_progress=progress, session=args.session) as client:
+            request = client.build_request(args.method.upper(), url, content=content, headers=headers)
+            # Streamed to stdout as it arrives: an event stream (stream: true) shows tokens live.
+            response = client.send(request, stream=True)
+            last = b""
+            try:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
+                    out.flush()
+                    last = chunk or last
+            finally:
+                response.close()
     except RequestFailed as e:
         if not args.quiet:
             print_trail(e.attempts)
         raise
     finally:
         pool.close()
-    sys.stdout.buffer.write(response.content)
-    if response.content and not response.content.endswith(b"\n") and sys.stdout.isatty():
-        sys.stdout.buffer.write(b"\n")
-    sys.stdout.flush()
+    if last and not last.endswith(b"\n") and sys.stdout.isatty():
+        out.write(b"\n")
+    out.flush()
     result: RequestResult | None = response.extensions.get("authpool")
     if result is not None and not args.quiet:
         print(f"authpool: HTTP {response.status_code} from {result.account} ({result.account_id})",

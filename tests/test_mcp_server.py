@@ -144,7 +144,7 @@ SCHEMAS: dict[str, tuple[set[str], set[str], set[str]]] = {
     "proxy_request": (
         {"provider", "method", "path"},
         {"provider", "method", "path", "query", "headers", "json", "body", "account", "namespace", "wait_s",
-         "max_body_chars"},
+         "stream", "session", "max_body_chars"},
         {"status", "headers", "body", "body_format", "body_bytes", "truncated", "account", "attempts"},
     ),
     "list_accounts": (set(), {"provider"}, {"accounts"}),
