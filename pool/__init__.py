@@ -5,7 +5,6 @@ No MCP import happens here; the MCP server and CLI in ``server/`` are thin shell
 
 from __future__ import annotations
 
-from .device import device_login
 from .errors import (
     AccountNotFound,
     AllAccountsCooling,
@@ -15,6 +14,10 @@ from .errors import (
     DuplicateLabel,
     InvalidInput,
     LockTimeout,
+    LoginCancelled,
+    LoginError,
+    LoginExpired,
+    LoginTimeout,
     NoAccounts,
     NotFound,
     OriginRefused,
@@ -27,6 +30,7 @@ from .errors import (
     SecretBackendUnavailable,
     SecretError,
     SecretMissing,
+    StateMismatch,
     StoreCorrupt,
     StoreError,
     StoreVersionError,
@@ -34,17 +38,6 @@ from .errors import (
 )
 from .home import Home, resolve_home
 from .lock import Lock
-from .login import (
-    LoginCancelled,
-    LoginError,
-    LoginExpired,
-    LoginResult,
-    LoginTimeout,
-    StateMismatch,
-    browser_login,
-    paste_login,
-    store_login,
-)
 from .models import Account, Cooldown, Counters, PoolFile
 from .pool import Pool
 from .secret import Secret, TokenSet
@@ -99,3 +92,22 @@ __all__ = [
     "resolve_home",
     "store_login",
 ]
+
+# The login flows pull in an HTTP server, PKCE and the device flow: load them on first use so
+# ad-hoc commands and `authpool serve` do not pay for them at start-up.
+_LAZY = {
+    "device_login": ".device",
+    "LoginResult": ".login",
+    "browser_login": ".login",
+    "paste_login": ".login",
+    "store_login": ".login",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pool' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module, __name__), name)

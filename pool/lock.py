@@ -15,9 +15,9 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import anyio
-import filelock
 
 from .errors import LockTimeout
 
@@ -73,18 +73,27 @@ class Lock:
         self.path = path
         self.timeout = timeout
         self._thread_lock = _thread_lock(path)
-        # thread_local=False: the async form acquires in a worker thread and releases on the
-        # event loop thread.
-        self._file_lock = filelock.FileLock(
-            str(path),
-            timeout=timeout,
-            poll_interval=_POLL,
-            thread_local=False,
-            mode=0o600,
-            preserve_lock_file=True,
-            fallback_to_soft=False,
-            on_acquired=_record_holder,
-        )
+        self._file_lock_obj: Any = None
+
+    @property
+    def _file_lock(self) -> Any:
+        # Built on first use: opening a pool must not pay for importing filelock.
+        if self._file_lock_obj is None:
+            import filelock
+
+            # thread_local=False: the async form acquires in a worker thread and releases on
+            # the event loop thread.
+            self._file_lock_obj = filelock.FileLock(
+                str(self.path),
+                timeout=self.timeout,
+                poll_interval=_POLL,
+                thread_local=False,
+                mode=0o600,
+                preserve_lock_file=True,
+                fallback_to_soft=False,
+                on_acquired=_record_holder,
+            )
+        return self._file_lock_obj
 
     def acquire(self) -> None:
         """Block until held, or raise :class:`LockTimeout`."""
@@ -94,7 +103,7 @@ class Lock:
         try:
             remaining = max(0.0, deadline - time.monotonic())
             self._file_lock.acquire(timeout=remaining)
-        except filelock.Timeout as e:
+        except TimeoutError as e:  # filelock.Timeout is a TimeoutError
             self._thread_lock.release()
             raise LockTimeout(self.path, self.timeout, _describe_holder(self.path)) from e
         except BaseException:
@@ -110,7 +119,7 @@ class Lock:
     @property
     def held(self) -> bool:
         """Whether this object currently holds the lock."""
-        return self._file_lock.is_locked
+        return bool(self._file_lock.is_locked)
 
     def __enter__(self) -> Lock:
         self.acquire()

@@ -13,10 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx2
-from keyring.backend import KeyringBackend
-
-from .backend import backend_name, choose_backend, load_backend
 from .errors import AccountNotFound, InvalidInput, SecretError
 from .home import Home
 from .lock import Lock
@@ -28,6 +24,9 @@ from .store import Store
 from .usage import UsageLog
 
 if TYPE_CHECKING:
+    import httpx2
+    from keyring.backend import KeyringBackend
+
     from .refresh import Refresher
     from .transport import PoolTransport
 
@@ -75,6 +74,8 @@ class Pool:
             return self._secrets
 
     def _backend(self) -> KeyringBackend:
+        from .backend import backend_name, choose_backend, load_backend  # keyring loads only when needed
+
         recorded = self.store.read().secret_backend
         if recorded is not None:
             return load_backend(recorded)
@@ -140,6 +141,8 @@ class Pool:
 
     def http_transport(self) -> httpx2.HTTPTransport:
         """The shared connection pool for sync requests to providers."""
+        import httpx2
+
         with self._lazy_guard:
             if self._http is None:
                 self._http = httpx2.HTTPTransport()
@@ -148,6 +151,8 @@ class Pool:
     def async_http_transport(self) -> httpx2.AsyncHTTPTransport:
         """The shared connection pool for async requests (one per event loop)."""
         import asyncio
+
+        import httpx2
 
         loop = asyncio.get_running_loop()
         with self._lazy_guard:
@@ -169,12 +174,16 @@ class Pool:
 
     def client(self, provider: str, **options: Any) -> httpx2.AsyncClient:
         """An ``httpx2.AsyncClient`` on the provider's base URL that rotates over its accounts."""
+        import httpx2
+
         p = self.provider(provider)
         return httpx2.AsyncClient(transport=self.transport(provider, **options), base_url=p.base_url or "",
                                   timeout=httpx2.Timeout(p.timeout, connect=10.0))
 
     def sync_client(self, provider: str, **options: Any) -> httpx2.Client:
         """An ``httpx2.Client`` on the provider's base URL that rotates over its accounts."""
+        import httpx2
+
         p = self.provider(provider)
         return httpx2.Client(transport=self.transport(provider, **options), base_url=p.base_url or "",
                              timeout=httpx2.Timeout(p.timeout, connect=10.0))

@@ -23,14 +23,13 @@ import json
 import secrets as _random
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import keyring.errors
-from keyring.backend import KeyringBackend
-
-from .backend import backend_name
 from .errors import PoolError, SecretBackendLocked, SecretBackendUnavailable, SecretError, SecretMissing
 from .secret import Secret
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
 
 __all__ = ["CHUNK_SIZE", "SERVICE", "SecretStore"]
 
@@ -52,7 +51,8 @@ class SecretStore:
 
     def __init__(self, backend: KeyringBackend, *, chunk_size: int = CHUNK_SIZE) -> None:
         self.backend = backend
-        self.name = backend_name(backend)
+        cls = type(backend)
+        self.name = f"{cls.__module__}.{cls.__qualname__}"  # as recorded in the pool file
         self.chunk_size = chunk_size
         self._cache: dict[str, tuple[int, Secret]] = {}
         # keyring backends are not documented as thread-safe (D-Bus connections, file writes).
@@ -148,6 +148,8 @@ class SecretStore:
             _delete_quietly(self.backend, _chunk_user(account_id, tag, i))
 
     def _call(self, op: str, account_id: str, fn: Callable[[], T], secret: Secret | None = None) -> T:
+        import keyring.errors  # imported with the first secret access, not at start-up
+
         with self._io:
             try:
                 return fn()
@@ -186,6 +188,8 @@ def _parse_head(text: str) -> tuple[str, int] | None:
 
 
 def _delete_quietly(backend: KeyringBackend, user: str) -> None:
+    import keyring.errors
+
     with contextlib.suppress(keyring.errors.PasswordDeleteError):
         backend.delete_password(SERVICE, user)
 

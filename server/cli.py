@@ -37,12 +37,18 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per failure kind
     """Run the CLI; returns the exit status (the console script exits with it)."""
     setup_logging()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    argv = list(sys.argv[1:] if argv is None else argv)
+    handler: Callable[[argparse.Namespace], int] | None
+    if argv == ["serve"]:
+        # An MCP client is waiting for `initialize`: skip building every command's parser.
+        handler, args = cmd_serve, argparse.Namespace()
+    else:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        handler = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
     try:
         return handler(args)
     except PoolError as e:
