@@ -307,8 +307,12 @@ def secret_service_session(
     *,
     start_keyring: bool = True,
     timeout: float = STARTUP_TIMEOUT,
+    socket_path: Path | None = None,
 ) -> Iterator[SecretServiceSession]:
     """Run a private session bus (+ gnome-keyring Secret Service) for the block.
+
+    ``socket_path`` puts the bus socket at a chosen path (its directory must exist), e.g. the
+    standard ``/run/user/<uid>/bus`` that clients find without ``DBUS_SESSION_BUS_ADDRESS``.
 
     Raises :class:`SecretServiceUnavailable` (before yielding) when this
     machine cannot provide one -- or :class:`SecretServiceRequired` instead if
@@ -317,7 +321,8 @@ def secret_service_session(
     """
     with contextlib.ExitStack() as stack:
         try:
-            session = stack.enter_context(_run_session(password, start_keyring=start_keyring, timeout=timeout))
+            session = stack.enter_context(
+                _run_session(password, start_keyring=start_keyring, timeout=timeout, socket_path=socket_path))
         except SecretServiceUnavailable as e:
             if os.environ.get(REQUIRE_ENV) == "1":
                 raise SecretServiceRequired(f"{e} (and {REQUIRE_ENV}=1)") from e
@@ -331,6 +336,7 @@ def _run_session(
     *,
     start_keyring: bool,
     timeout: float,
+    socket_path: Path | None = None,
 ) -> Iterator[SecretServiceSession]:
     if not sys.platform.startswith("linux"):
         raise SecretServiceUnavailable(f"not Linux ({sys.platform})")
@@ -352,7 +358,7 @@ def _run_session(
         run, home, data, config, cache = (tmp / d for d in ("run", "home", "data", "config", "cache"))
         for d in (run, home, data, config, cache):
             d.mkdir(mode=0o700)
-        socket = run / "bus"
+        socket = socket_path or run / "bus"
         conf = tmp / "session.conf"
         conf.write_text(_DBUS_CONFIG.format(socket=_xml_escape(str(socket))))
 
