@@ -22,7 +22,14 @@ from keyring.backend import KeyringBackend
 
 from .errors import SecretBackendUnavailable
 
-__all__ = ["VAULT_BACKEND", "backend_name", "choose_backend", "ensure_session_bus", "load_backend"]
+__all__ = [
+    "VAULT_BACKEND",
+    "backend_name",
+    "choose_backend",
+    "ensure_session_bus",
+    "load_backend",
+    "resolve_target",
+]
 
 log = logging.getLogger("authpool")
 
@@ -53,14 +60,17 @@ def ensure_session_bus() -> None:
         os.environ["DBUS_SESSION_BUS_ADDRESS"] = f"unix:path={bus}"
 
 
-def load_backend(name: str) -> KeyringBackend:
+def load_backend(name: str, *, check_env: bool = True) -> KeyringBackend:
     """Load the recorded backend ``name`` or explain why this process cannot use it.
+
+    ``check_env=False`` skips the PYTHON_KEYRING_BACKEND agreement check (used when moving the
+    pool's secrets to another backend on purpose).
 
     Raises:
         SecretBackendUnavailable: not installed here, or not reachable from this process.
     """
     env = os.environ.get("PYTHON_KEYRING_BACKEND")
-    if env and env != name:
+    if check_env and env and env != name:
         raise SecretBackendUnavailable(
             f"this pool keeps its secrets in {name}, but PYTHON_KEYRING_BACKEND selects {env}; "
             "unset PYTHON_KEYRING_BACKEND (or set it to the pool's backend)"
@@ -82,6 +92,28 @@ def load_backend(name: str) -> KeyringBackend:
         ) from e
 
 
+def resolve_target(target: str) -> KeyringBackend:
+    """The backend a ``secrets move`` names: ``vault``, ``os`` (the best working OS store), or a class name.
+
+    Raises:
+        SecretBackendUnavailable: no such backend, or it cannot be used from here.
+    """
+    ensure_session_bus()
+    if target == "vault":
+        return load_backend(VAULT_BACKEND, check_env=False)
+    if target == "os":
+        for kr in _os_candidates():
+            if _probe(kr):
+                return kr
+        raise SecretBackendUnavailable("no OS credential store works from this process")
+    if target.startswith(_PROMPTING):
+        raise SecretBackendUnavailable(f"{target} asks for a password on stdin, which authpool cannot allow")
+    backend = load_backend(target, check_env=False)
+    if target != VAULT_BACKEND and not _probe(backend):
+        raise SecretBackendUnavailable(f"{target} failed a write/read/delete check from this process")
+    return backend
+
+
 def choose_backend() -> tuple[KeyringBackend, bool]:
     """Pick the backend for a new pool; returns ``(backend, is_fallback)``.
 
@@ -100,7 +132,18 @@ def choose_backend() -> tuple[KeyringBackend, bool]:
                 "allow (stdin carries the MCP protocol); pick another backend or unset it"
             )
         return load_backend(env), False  # chosen explicitly: not a fallback worth warning about
-    candidates = sorted(
+    candidates = _os_candidates()
+    for kr in candidates:
+        if _probe(kr):
+            return kr, False
+    from .vault import VaultKeyring
+
+    return VaultKeyring(), True
+
+
+def _os_candidates() -> list[KeyringBackend]:
+    """Real OS stores of priority >= 1, best first (no chainer, fail, null, prompting or our vault)."""
+    return sorted(
         (
             kr
             for kr in keyring.backend.get_all_keyring()
@@ -110,12 +153,6 @@ def choose_backend() -> tuple[KeyringBackend, bool]:
         key=lambda kr: float(kr.priority),
         reverse=True,
     )
-    for kr in candidates:
-        if _probe(kr):
-            return kr, False
-    from .vault import VaultKeyring
-
-    return VaultKeyring(), True
 
 
 def _usable_priority(kr: KeyringBackend) -> bool:

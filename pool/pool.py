@@ -69,7 +69,9 @@ class Pool:
     def secrets(self) -> SecretStore:
         """The credential store recorded for this pool (chosen and recorded on first use)."""
         with self._secrets_guard:
-            if self._secrets is None:
+            recorded = self.store.read().secret_backend  # cached read: one fstat
+            if self._secrets is None or (recorded is not None and self._secrets.name != recorded):
+                # First use, or another process moved the secrets (`authpool secrets move`).
                 self._secrets = SecretStore(self._backend())
             return self._secrets
 
@@ -100,6 +102,52 @@ class Pool:
         else:
             log.info("secrets are kept in %s", name)
         return chosen
+
+    def move_secrets(self, target: str) -> tuple[str, str, int]:
+        """Move every account's secret to another backend; returns ``(from, to, moved)``.
+
+        ``target`` is ``vault``, ``os`` or a keyring backend class name. Every account's secret
+        lock is held for the move, so no refresh can run in between; the pool file records the
+        new backend only after every secret is written there, and the old entries are deleted
+        last. A crash leaves either the old backend recorded (with copies in the new one) or
+        the new one recorded (with leftovers in the old one): never a missing secret.
+        """
+        from .backend import backend_name, resolve_target
+
+        source = self.secrets
+        destination = SecretStore(resolve_target(target))
+        if destination.name == source.name:
+            return source.name, destination.name, 0
+        ids = sorted(a.id for a in self.accounts())
+        locks = [self.secret_lock(i) for i in ids]
+        held: list[Lock] = []
+        try:
+            for lock in locks:
+                lock.acquire()
+                held.append(lock)
+            current = {a.id: a for a in self.store.read().accounts}
+            for account_id in ids:
+                if account_id in current:
+                    destination.save(account_id, source.load_fresh(account_id), current[account_id].secret_generation)
+
+            def record(pool: PoolFile) -> None:
+                if pool.secret_backend != source.name:
+                    raise InvalidInput(f"the pool's backend changed to {pool.secret_backend} meanwhile; try again")
+                pool.secret_backend = backend_name(destination.backend)
+
+            self.store.update(record)
+            with self._secrets_guard:
+                self._secrets = destination
+            for account_id in ids:
+                try:
+                    source.delete(account_id)
+                except SecretError:
+                    log.warning("could not delete the old copy of account %s's secret from %s", account_id,
+                                source.name)
+        finally:
+            for lock in reversed(held):
+                lock.release()
+        return source.name, destination.name, len(ids)
 
     def secret_lock(self, account_id: str) -> Lock:
         """The per-account lock under which its secret is refreshed or replaced."""

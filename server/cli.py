@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaratio
     p.add_argument("--quiet", "-q", action="store_true", help="do not print the attempt trail")
     p.set_defaults(handler=cmd_request)
 
+    secrets = sub.add_parser("secrets", help="where the pool's secrets are kept")
+    sec_sub = secrets.add_subparsers(title="secrets commands", metavar="ACTION")
+    p = sec_sub.add_parser("move", help="move every secret to another credential store and record it")
+    p.add_argument("target", help="'vault' (encrypted file), 'os' (the best working OS store), or a keyring "
+                                  "backend class such as keyring.backends.SecretService.Keyring")
+    p.set_defaults(handler=cmd_secrets_move)
+
     p = sub.add_parser("status", help="per provider: accounts ready, cooling (until when), needs-reauth, counters")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_status)
@@ -295,6 +302,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             c = a["counters"]
             print(f"  {a['name']:<32} {state:<18} requests {c['requests']}, 429s {c['rate_limited']}, "
                   f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}")
+    return 0
+
+
+def cmd_secrets_move(args: argparse.Namespace) -> int:
+    source, destination, moved = Pool.open().move_secrets(args.target)
+    if moved == 0 and source == destination:
+        print(f"secrets are already in {destination}")
+    else:
+        print(f"moved {moved} secret(s) from {source} to {destination}; every process now uses {destination}")
     return 0
 
 

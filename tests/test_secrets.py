@@ -260,3 +260,47 @@ def test_a_server_spawned_without_the_bus_address_fails_clearly(
     assert r.returncode == 1
     assert "DBUS_SESSION_BUS_ADDRESS" in r.stderr and "cannot reach" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_secrets_move_to_another_store_is_explicit_and_every_process_follows(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`authpool secrets move` copies every secret, records the new store, deletes the old copies;
+    a process that opened the pool before the move reads from the new store afterwards."""
+    key, big = "sk-test-move", jwt_like()
+    pool = Pool.open(home)
+    k = pool.add_api_key("openai", "k", key)
+    o = pool.add_oauth("openai", "o", TokenSet.parse({"access_token": big, "refresh_token": "lprt-move",
+                                                      "expires_in": 600}))
+    assert pool.secret_of(k).api_key == key  # this process now has the vault open
+    store_file = tmp_path / "limited-keyring.json"
+    monkeypatch.setenv("TEST_KEYRING_FILE", str(store_file))
+    r = run_cli("secrets", "move", "tests.keyrings.FileLimitedKeyring")
+    assert r.returncode == 0, r.stderr
+    assert "moved 2 secret(s)" in r.stdout
+    assert json.loads((home / "pool.json").read_text())["secret_backend"] == "tests.keyrings.FileLimitedKeyring"
+    vault = VaultKeyring(home)
+    assert vault.get_password(SERVICE, k.id) is None and vault.get_password(SERVICE, o.id) is None
+    assert k.id in store_file.read_text()  # the entries are in the new store
+    # The long-lived process follows the recorded backend (PYTHON_KEYRING_BACKEND must agree).
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.keyrings.FileLimitedKeyring")
+    pool.secrets.forget(k.id)
+    assert pool.secrets.name == "tests.keyrings.FileLimitedKeyring"
+    assert pool.secrets.load_fresh(k.id).api_key == key
+    assert pool.secrets.load_fresh(o.id).access_token == big  # chunked under the 2,560-byte limit
+    r = run_cli("secrets", "move", "tests.keyrings.FileLimitedKeyring")
+    assert r.returncode == 0 and "already in" in r.stdout
+    assert_no_secrets([r.stdout, r.stderr], [key, big])
+
+
+def test_secrets_move_to_an_unusable_store_changes_nothing(home: Path) -> None:
+    """A target that fails its check leaves the pool on its current store, with one clear error."""
+    pool = Pool.open(home)
+    pool.add_api_key("openai", "k", "sk-test-stay")
+    before = (home / "pool.json").read_text()
+    r = run_cli("secrets", "move", "tests.keyrings.LockedKeyring")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (home / "pool.json").read_text() == before
+    r = run_cli("secrets", "move", "no.such.Backend")
+    assert r.returncode == 1 and "not installed" in r.stderr
