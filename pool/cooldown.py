@@ -49,13 +49,9 @@ def parse_retry_after(value: str, now: float) -> float | None:
     value = value.strip()
     if not value:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        # float() also accepts "nan" and "inf": garbage, not a delay (a NaN deadline cannot be stored).
-        return now + seconds if math.isfinite(seconds) and seconds >= 0 else None
+    seconds = _number(value)
+    if seconds is not _NOT_A_NUMBER:
+        return now + seconds if seconds is not None and seconds >= 0 else None
     try:
         dt = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -68,12 +64,9 @@ def parse_duration(value: str) -> float | None:
     value = value.strip()
     if not value:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return seconds if math.isfinite(seconds) else None  # "nan"/"inf" are not durations
+    seconds = _number(value)
+    if seconds is not _NOT_A_NUMBER:
+        return seconds
     m = _GO_DURATION.match(value)
     if not m or not any(m.groups()):
         return None
@@ -151,6 +144,21 @@ def latest_reset(headers: Mapping[str, str], reset_headers: list[str], now: floa
     found = [d for name in reset_headers
              if (v := lower.get(name.lower())) is not None and (d := parse_reset(v, now)) is not None and d > now]
     return _clamp(max(found), now) if found else None
+
+
+_NOT_A_NUMBER = -math.inf  # sentinel: the text is not a plain number at all
+
+
+def _number(value: str) -> float | None:
+    """A plain number, None for a non-finite one, or ``_NOT_A_NUMBER`` for any other text.
+
+    float() also accepts "nan" and "inf": garbage, not a delay (a NaN deadline cannot be stored).
+    """
+    try:
+        seconds = float(value)
+    except ValueError:
+        return _NOT_A_NUMBER
+    return seconds if math.isfinite(seconds) else None
 
 
 def _clamp(until: float, now: float) -> float:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from pool import Pool, PoolError
 from pool.models import Account
-from pool.report import pool_status
+from pool.report import account_view, pool_status
 from pool.rotation import Attempt, RequestResult
 
 from .proxy import ProxyCall, ProxyOutcome, run_proxy
@@ -193,27 +193,21 @@ def view(a: Account, now: float) -> AccountView:
 
 
 def _view_fields(a: Account, now: float) -> dict[str, Any]:
-    return {
-        "id": a.id,
-        "provider": a.provider,
-        "namespace": a.namespace,
-        "label": a.label,
-        "name": a.name,
-        "kind": a.kind,
-        "enabled": a.enabled,
-        "state": a.state(now),
-        "cooling_until": iso(a.cooldown_until(now=now)),
-        "cooldowns": {
-            scope: CooldownView(until=iso(cd.until) or "", remaining_s=round(cd.until - now, 1), reason=cd.reason)
-            for scope, cd in a.cooldowns.items()
-            if cd.until > now
+    """pool.report's public view with times as ISO strings (clearer to an LLM than epoch floats)."""
+    fields = account_view(a, now)
+    fields.update(
+        cooling_until=iso(fields["cooling_until"]),
+        cooldowns={
+            scope: CooldownView(until=iso(cd["until"]) or "", remaining_s=round(cd["until"] - now, 1),
+                                reason=cd["reason"])
+            for scope, cd in fields["cooldowns"].items()
         },
-        "token_expires_at": iso(a.access_expires_at),
-        "last_used_at": iso(a.last_used_at),
-        "last_status": a.last_status,
-        "last_error": a.last_error,
-        "counters": Counters(**a.counters.model_dump()),
-    }
+        token_expires_at=iso(fields["token_expires_at"]),
+        last_used_at=iso(fields["last_used_at"]),
+        counters=Counters(**fields["counters"]),
+    )
+    fields.pop("needs_reauth")  # shown as the state already; not part of the tool's schema
+    return fields
 
 
 def attempt_view(a: Attempt, at: float | None = None) -> AttemptView:
