@@ -110,7 +110,8 @@ class Account(_Model):
     access_expires_at: float | None = None
     counters: Counters = Field(default_factory=Counters)
     secret_generation: int = 0
-    # After a cooldown ends, one request at a time probes the account; the first success ends it.
+    # After a cooldown ends, one request at a time probes the scopes that cooled (the whole account
+    # or a model); a success in a scope removes its ended cooldown, and probation ends with the last.
     probation: bool = False
     # When the provider's current rate-limit window resets (from the last answer's reset headers).
     quota_resets_at: float | None = None

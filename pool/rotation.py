@@ -303,7 +303,7 @@ class _Engine:
             ready = self._session_first(pool_file, ready, now)
             probing = False
             for acc in ready:
-                if acc.probation and acc.id not in self.probes:
+                if self._on_probation(acc) and acc.id not in self.probes:
                     lock = yield _Block(functools.partial(self.t.probe_lock, acc.id))
                     if lock is None:
                         probing = True  # another request is probing it: try the next account
@@ -321,6 +321,20 @@ class _Engine:
                 head = "no account could serve the request" if self.tried else "no account is usable"
                 raise self._fail(self._summary(head))
             yield from self._wait_for(soonest, now)
+
+    def _scopes(self) -> tuple[str, ...]:
+        """The cooldown scopes this request falls in: the whole account, and its model if any."""
+        return (WHOLE_ACCOUNT, self.model) if self.model else (WHOLE_ACCOUNT,)
+
+    def _on_probation(self, acc: Account) -> bool:
+        """Whether this request must probe ``acc``: on probation after a cooldown of one of its scopes.
+
+        Probation is per scope like the cooldown that caused it. A cooldown of model X leaves
+        other models at full traffic (they were never refused), and their successes say nothing
+        about X, so X is still probed when its cooldown ends. The ended cooldown entries are the
+        markers; a success in their scope removes them (see :func:`_after_success`).
+        """
+        return acc.probation and any(scope in acc.cooldowns for scope in self._scopes())
 
     def _session_first(self, pool_file: PoolFile, ready: list[Account], now: float) -> list[Account]:
         if self.session_key is None:
@@ -432,7 +446,9 @@ class _Engine:
         )
         # A limit that names a model cools only that model's scope: other models keep the account.
         scope = limit.model or WHOLE_ACCOUNT
-        reason = f"{status or 'stream'} ({decision.source})" + (f" for {scope}" if scope != WHOLE_ACCOUNT else "")
+        # A limit reported inside a 200 stream says "stream", not "200": the status was a success.
+        what = "stream" if outcome == "stream_rate_limited" or status is None else str(status)
+        reason = f"{what} ({decision.source})" + (f" for {scope}" if scope != WHOLE_ACCOUNT else "")
 
         def cool(pool: PoolFile) -> None:
             a = pool.find(acc.id)
@@ -501,11 +517,14 @@ class _Engine:
         now = time.time()
         bind = self._session_to_bind(acc, now) if status < 400 else None
         success = status < 400
-        if (success and (acc.backoff_level > 0 or acc.probation)) or bind is not None:
+        # A probation flag without any cooldown left to confirm (after `authpool reset`) just ends.
+        probed = self._on_probation(acc) or (acc.probation and not acc.cooldowns)
+        if (success and (acc.backoff_level > 0 or probed)) or bind is not None:
             # Cooldown state is written before the response returns, like a cooldown itself:
             # left to the batched usage flush, a 429 right after this success would still double,
             # and a probation would outlive the success that ended it.
-            yield _Block(functools.partial(self.t.pool.store.update, _after_success(acc.id, success, bind)))
+            yield _Block(functools.partial(self.t.pool.store.update,
+                                           _after_success(acc.id, success, bind, self._scopes())))
         reset = latest_reset(response.headers, self.provider.reset_headers, now) if success else None
         self.t.usage.record(acc.id, status, quota_resets_at=reset)
         response.extensions = {**response.extensions,
@@ -573,15 +592,18 @@ class _Engine:
         )
 
 
-def _after_success(account_id: str, success: bool,
-                   bind: tuple[str, SessionBinding] | None) -> Callable[[PoolFile], None]:
+def _after_success(account_id: str, success: bool, bind: tuple[str, SessionBinding] | None,
+                   scopes: tuple[str, ...] = (WHOLE_ACCOUNT,)) -> Callable[[PoolFile], None]:
     def apply(pool: PoolFile) -> None:
+        now = time.time()
         for a in pool.accounts:  # removed meanwhile: nothing to reset, and the response still stands
             if a.id == account_id and success:
                 a.backoff_level = 0
-                a.probation = False
+                # The success confirms the scopes it was in: their ended cooldowns go. Probation
+                # lasts while another scope still has a cooldown (running, or ended unconfirmed).
+                a.cooldowns = {k: v for k, v in a.cooldowns.items() if k not in scopes or v.until > now}
+                a.probation = a.probation and bool(a.cooldowns)
         if bind is not None:
-            now = time.time()
             pool.sessions = {k: v for k, v in pool.sessions.items() if v.expires_at > now}
             pool.sessions[bind[0]] = bind[1]
 

@@ -113,10 +113,12 @@ def _error_of(ev: SSEEvent, doc: Any) -> dict[str, Any] | None:
 
 
 def _error_kind(error: dict[str, Any]) -> Literal["rate_limited", "overloaded"]:
-    kind = str(error.get("type") or error.get("code") or error.get("status") or "")
-    if kind in _RATE_LIMIT_TYPES or "rate" in kind.lower() or "quota" in kind.lower():
+    # Every classifying field counts: OpenAI sends a rate limit as type "tokens" (or "requests")
+    # with code "rate_limit_exceeded", so the type alone would call it an overload (no cooldown).
+    kinds = [str(error.get(key) or "") for key in ("type", "code", "status")]
+    if any(k in _RATE_LIMIT_TYPES or "rate" in k.lower() or "quota" in k.lower() for k in kinds if k):
         return "rate_limited"
-    if kind in _OVERLOADED_TYPES or "overload" in kind.lower():
+    if any(k in _OVERLOADED_TYPES or "overload" in k.lower() for k in kinds if k):
         return "overloaded"
     # An unknown error before any content: still safe to move on, and most are capacity problems.
     return "overloaded"

@@ -43,9 +43,14 @@ def least_used(accounts: Sequence[Account], usage: Callable[[Account], UsageView
     """Fewest requests per unit of weight first, so weights give proportional shares."""
     return sorted(
         accounts,
-        key=lambda a: ((a.counters.requests + usage(a).unrecorded) / max(usage(a).weight, 1e-9),
+        key=lambda a: (_share(a.counters.requests + usage(a).unrecorded, usage(a).weight),
                        usage(a).last_used, a.order, a.id),
     )
+
+
+def _share(requests: int, weight: float) -> float:
+    """Requests per unit of weight; a weight of 0 (or less) means "only when nothing else is ready"."""
+    return requests / weight if weight > 0 else float("inf")
 
 
 def drain_soonest_reset(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:

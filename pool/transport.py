@@ -117,11 +117,14 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         weights = self.provider.weights
 
         def usage(a: Account) -> UsageView:
+            reset = self.usage.quota_resets_at(a.id, a.quota_resets_at)
             return UsageView(
                 self.usage.last_used(a.id, a.last_used_at),
                 weights.get(a.id, weights.get(a.label, 1.0)),
                 self.usage.unrecorded(a.id),
-                self.usage.quota_resets_at(a.id, a.quota_resets_at),
+                # A reset that has passed says nothing about the current window (the account has a
+                # fresh quota, its next reset unknown); kept, it would rank first for draining.
+                reset if reset is not None and reset > now else None,
             )
 
         return order_accounts(self.provider.strategy, ready, usage), soonest, len(scope)

@@ -71,7 +71,8 @@ class AttemptView(BaseModel):
     account: str = Field(description="provider/label of the account tried")
     status: int | None = Field(description="HTTP status the provider answered, null for a network error")
     outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | forbidden | server_error | "
-                                     "network_error | refresh_failed | secret_error")
+                                     "network_error | refresh_failed | secret_error | stream_rate_limited "
+                                     "(a 200 stream opened with a rate-limit error) | stream_overloaded")
     elapsed_ms: float
     cooldown_until: str | None = Field(None, description="ISO time the account cools down until, after a 429")
     detail: str | None = None

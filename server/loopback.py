@@ -29,6 +29,7 @@ import email.utils
 import hashlib
 import json
 import math
+import re
 import secrets
 import signal
 import socket
@@ -44,6 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, cast
 
 __all__ = [
+    "QUOTA_WINDOW_STYLES",
     "RATE_LIMIT_STYLES",
     "STREAM_ERROR_MODES",
     "TOKEN_ENDPOINT_MODES",
@@ -61,10 +63,16 @@ REFRESH_PREFIX: Final = "lprt-"
 API_KEY_PREFIX: Final = "lpk-"
 
 RATE_LIMIT_STYLES: Final = frozenset(
-    {"retry-after-seconds", "retry-after-date", "retry-after-ms", "anthropic", "openai", "none"}
+    {"retry-after-seconds", "retry-after-date", "retry-after-ms", "anthropic", "openai", "none",
+     # Deadlines carried elsewhere than Retry-After, each shape on its own (see _limit_body):
+     "codex-resets-at", "codex-resets-in", "google-retry-info", "google-quota-reset", "anthropic-unified"}
 )
 TOKEN_ENDPOINT_MODES: Final = frozenset({"ok", "down", "garbage", "hang"})
-STREAM_ERROR_MODES: Final = frozenset({"error-first", "error-after-content"})
+STREAM_ERROR_MODES: Final = frozenset({"error-first", "error-after-content", "overloaded-first"})
+#: Styles of the reset headers a subject's *successful* answers can carry (``set_quota_window``).
+QUOTA_WINDOW_STYLES: Final = frozenset({"anthropic", "anthropic-unified", "openai"})
+#: Gemini names the model in the path: ``POST /v1beta/models/<model>:generateContent``.
+_GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 
 #: How long the token endpoint stalls in ``hang`` mode; long enough to trip any sane timeout.
 TOKEN_HANG_SECONDS: Final = 30.0
@@ -483,6 +491,10 @@ class LoopbackProvider:
         self._api_keys: dict[str, str] = {}
         self._limits: dict[str, _RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
+        self._stream_delay = 0.0
+        self._model_limits: dict[tuple[str, str], _RateLimit] = {}
+        self._always_failing: dict[str, int] = {}
+        self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
         self._always_unauthorized: set[str] = set()
         self._failures: tuple[int, int] = (0, 500)
         self._hang = 0.0
@@ -655,21 +667,32 @@ class LoopbackProvider:
     # ---- fault injection ---------------------------------------------------------------------
 
     def set_rate_limit(
-        self, subject: str, after: int | None, style: str = "retry-after-seconds", retry_after: float = 30.0
+        self, subject: str, after: int | None, style: str = "retry-after-seconds", retry_after: float = 30.0,
+        *, model: str | None = None,
     ) -> None:
         """After ``after`` successful API requests by ``subject``, answer 429 for ``retry_after`` s.
 
         When the window has passed the counter resets and the subject gets ``after`` more.
         ``after=None`` disables limiting for the subject (overriding the constructor default).
+
+        ``model`` limits only requests for that model (the JSON body's ``model``, or the model in
+        a Gemini path), as providers' per-model quotas do; the 429 body then names the model
+        (OpenAI's "Rate limit reached for MODEL in organization …", or Google's
+        ``quotaDimensions.model``). Other models of the subject are unaffected.
         """
         _check_style(style)
         with self._lock:
-            self._limits[subject] = _RateLimit(after, style, retry_after)
+            if model is None:
+                self._limits[subject] = _RateLimit(after, style, retry_after)
+            else:
+                self._model_limits[(subject, model)] = _RateLimit(after, style, retry_after)
 
     def clear_rate_limit(self, subject: str) -> None:
-        """Lift any limit on ``subject`` (including the constructor default) and reset its count."""
+        """Lift any limit on ``subject`` (per-model ones and the constructor default too) and reset its count."""
         with self._lock:
             self._limits[subject] = _RateLimit(None, "none", 0.0)
+            for key in [k for k in self._model_limits if k[0] == subject]:
+                del self._model_limits[key]
 
     def set_failures(self, n: int, status: int = 500) -> None:
         """Fail the next ``n`` API requests (any subject, before authentication) with ``status``."""
@@ -689,12 +712,14 @@ class LoopbackProvider:
             self._oauth_mode = mode
 
     def set_stream_error(self, subject: str, mode: str | None) -> None:
-        """Make streamed ``/v1/messages`` of ``subject`` carry an SSE ``error`` event.
+        """Make streamed ``/v1/messages`` and ``/v1/chat/completions`` of ``subject`` carry an error event.
 
         ``error-first``: HTTP 200 whose first event is an error (the request may be retried on
         another account); ``error-after-content``: one content delta, then the error (it must
-        not be retried blindly, text was already shown).  ``None`` turns it off.  Persistent
-        until turned off.
+        not be retried blindly, text was already shown); ``overloaded-first``: HTTP 200 opening
+        with an ``overloaded_error`` (capacity, not a limit of the account).  ``None`` turns it
+        off.  Persistent until turned off.  Streamed ``/v1/chat/completions`` break the same
+        way, with OpenAI's ``data: {"error": …}`` chunks.
         """
         if mode is not None and mode not in STREAM_ERROR_MODES:
             raise ValueError(f"unknown stream error mode {mode!r}")
@@ -716,6 +741,44 @@ class LoopbackProvider:
                 self._always_unauthorized.add(subject)
             else:
                 self._always_unauthorized.discard(subject)
+
+    def set_always_failing(self, subject: str, status: int | None) -> None:
+        """Answer every authenticated API request of ``subject`` with ``status`` (a 5xx, say).
+
+        ``0`` closes the connection without an answer instead (a network error to the client);
+        ``None`` turns it off.  Models one broken account (a region outage behind it, a bad
+        proxy) while the others work.  Requests are still counted in ``api_calls_by_subject``.
+        """
+        with self._lock:
+            if status is None:
+                self._always_failing.pop(subject, None)
+            else:
+                self._always_failing[subject] = status
+
+    def set_stream_delay(self, seconds: float) -> None:
+        """Pause ``seconds`` before each event of a stream after the first (0 to turn off).
+
+        Slow streams let tests see progress while a stream is still arriving; ``stop()`` cuts
+        the pauses short.
+        """
+        with self._lock:
+            self._stream_delay = min(max(0.0, seconds), MAX_WAIT_SECONDS)
+
+    def set_quota_window(self, subject: str, seconds: float | None, style: str = "anthropic-unified") -> None:
+        """Make ``subject``'s successful answers carry reset headers of a quota window.
+
+        The window is ``seconds`` long and starts now; when it ends the next one begins, so the
+        headers always name the current window's end, as providers report it on every answer
+        (``anthropic`` and ``anthropic-unified``: timestamps / epoch seconds; ``openai``: a
+        duration).  ``None`` turns it off.
+        """
+        if style not in QUOTA_WINDOW_STYLES:
+            raise ValueError(f"unknown quota window style {style!r}; expected one of {sorted(QUOTA_WINDOW_STYLES)}")
+        with self._lock:
+            if seconds is None:
+                self._quota_windows.pop(subject, None)
+            else:
+                self._quota_windows[subject] = (style, max(1.0, seconds), time.time())
 
     def issued_secrets(self) -> list[str]:
         """Every access token, refresh token and API key minted so far (for leak scans in tests)."""
@@ -764,6 +827,8 @@ class LoopbackProvider:
 
     def _dispatch(self, request: LoopbackRequest) -> LoopbackResponse | None:
         handler = self.routes.get((request.method, request.path))
+        if handler is None and request.method == "POST" and _GEMINI_PATH.match(request.path):
+            handler = self._route_generate_content  # the one route whose path embeds a parameter
         if handler is None:
             if any(path == request.path for _, path in self.routes):
                 return LoopbackResponse.error(405, "method not allowed")
@@ -1050,24 +1115,20 @@ class LoopbackProvider:
                 return self._api_keys.get(value) if bearer_api_keys else None
             return self._api_keys.get(request.headers.get("x-api-key", "").strip())
 
-    def _rate_limit_response(self, subject: str) -> LoopbackResponse | None:
-        """Apply the subject's limit; count a success or build the 429.  Caller holds the lock."""
+    def _rate_limit_response(self, subject: str, model: str | None = None) -> LoopbackResponse | None:
+        """Apply the subject's limits (the requested model's, then its own); count a success or build the 429.
+
+        Caller holds the lock.
+        """
+        scoped = self._model_limits.get((subject, model)) if model is not None else None
+        if scoped is not None and (left := _spend(scoped)) is not None:
+            return _limit_response(scoped.style, left, model)
         limit = self._limits.get(subject)
         if limit is None:
             after, style, retry_after = self._default_limit
             limit = self._limits[subject] = _RateLimit(after, style, retry_after)
-        if limit.after is None:
-            return None
-        now = time.monotonic()
-        if limit.limited_since is not None and now - limit.limited_since >= limit.retry_after:
-            limit.successes, limit.limited_since = 0, None
-        if limit.successes < limit.after:
-            limit.successes += 1
-            return None
-        if limit.limited_since is None:
-            limit.limited_since = now
-        remaining = max(0.0, limit.limited_since + limit.retry_after - now)
-        return LoopbackResponse.error(429, "rate limit exceeded", _reset_headers(limit.style, remaining))
+        remaining = _spend(limit)
+        return None if remaining is None else _limit_response(limit.style, remaining, None)
 
     def _api_preamble(
         self, request: LoopbackRequest, *, bearer_api_keys: bool
@@ -1095,10 +1156,14 @@ class LoopbackProvider:
             by_subject = self.stats.api_calls_by_subject
             by_subject[subject] = by_subject.get(subject, 0) + 1
             refused = subject in self._always_unauthorized
+            failing = self._always_failing.get(subject)
         if refused:
             return LoopbackResponse.error(401, "invalid x-api-key")
+        if failing is not None:
+            return LoopbackResponse.error(failing, "injected failure") if failing else None
+        model = _requested_model(request)
         with self._lock:
-            limited = self._rate_limit_response(subject)
+            limited = self._rate_limit_response(subject, model)
             self._request_seq += 1
             seq = self._request_seq
         return limited if limited is not None else (subject, seq)
@@ -1122,13 +1187,40 @@ class LoopbackProvider:
             payload = {}
         response = build(subject, seq, payload)
         response.headers.setdefault("request-id", f"req_loopback_{seq}")
+        with self._lock:
+            window = self._quota_windows.get(subject)
+        if window is not None and response.status < 400:
+            style, length, start = window
+            response.headers.update(_window_headers(style, length - (time.time() - start) % length))
         return response
 
     def _route_messages(self, request: LoopbackRequest) -> LoopbackResponse | None:
         return self._api_call(request, self._build_message, bearer_api_keys=False)
 
     def _route_chat_completions(self, request: LoopbackRequest) -> LoopbackResponse | None:
-        return self._api_call(request, _build_chat_completion, bearer_api_keys=True)
+        return self._api_call(request, self._build_chat, bearer_api_keys=True)
+
+    def _route_generate_content(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        return self._api_call(request, _build_generate_content(request.path), bearer_api_keys=True)
+
+    def _build_chat(self, subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
+        """OpenAI chat completions; ``"stream": true`` streams ``chat.completion.chunk`` events."""
+        if payload.get("stream") is not True:
+            return _build_chat_completion(subject, seq, payload)
+        model = str(payload.get("model") or "loopback-model")
+        with self._lock:
+            mode = self._stream_errors.get(subject)
+        headers = {"Content-Type": "text/event-stream; charset=utf-8"}
+        return LoopbackResponse(200, headers=headers, stream=self._paced(_chat_chunks(subject, seq, model, mode)))
+
+    def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """``chunks``, with the configured stream delay before each one after the first."""
+        with self._lock:
+            delay = self._stream_delay
+        for i, chunk in enumerate(chunks):
+            if i and delay and not self._wait(delay):
+                return  # stop() during a pause: the stream breaks off, as a dying server's would
+            yield chunk
 
     def _route_models(self, request: LoopbackRequest) -> LoopbackResponse | None:
         return self._api_call(request, _build_models, bearer_api_keys=True)
@@ -1139,7 +1231,7 @@ class LoopbackProvider:
             with self._lock:
                 mode = self._stream_errors.get(subject)
             headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-            return LoopbackResponse(200, headers=headers, stream=_sse_events(subject, seq, model, mode))
+            return LoopbackResponse(200, headers=headers, stream=self._paced(_sse_events(subject, seq, model, mode)))
         return LoopbackResponse.json(
             200,
             {
@@ -1208,7 +1300,7 @@ class LoopbackProvider:
 # Response builders (pure functions, no provider state)
 
 
-def _reset_headers(style: str, remaining: float) -> dict[str, str]:
+def _reset_headers(style: str, remaining: float) -> dict[str, str]:  # noqa: PLR0911 - one per dialect
     """Rate-limit reset information in each dialect the product must parse.
 
     All values are rounded *up*, so a client honouring them never comes back too early
@@ -1230,6 +1322,17 @@ def _reset_headers(style: str, remaining: float) -> dict[str, str]:
             "anthropic-ratelimit-requests-reset": stamp,
             "anthropic-ratelimit-tokens-reset": stamp,
         }
+    if style == "anthropic-unified":
+        # A Claude subscription's unified limit: the weekly window is exhausted (it decides),
+        # the five-hour one still has room and resets sooner. Epoch seconds, as Anthropic sends.
+        return {
+            "anthropic-ratelimit-unified-status": "rejected",
+            "anthropic-ratelimit-unified-5h-status": "allowed",
+            "anthropic-ratelimit-unified-5h-reset": str(math.ceil(time.time() + remaining / 4)),
+            "anthropic-ratelimit-unified-7d-status": "rejected",
+            "anthropic-ratelimit-unified-7d-reset": str(math.ceil(wall)),
+            "anthropic-ratelimit-unified-representative-claim": "seven_day",
+        }
     if style == "openai":
         duration = go_duration(remaining)
         return {
@@ -1241,6 +1344,97 @@ def _reset_headers(style: str, remaining: float) -> dict[str, str]:
     return {}
 
 
+def _spend(limit: _RateLimit) -> float | None:
+    """Count one request against ``limit``: None if allowed, else the seconds until it resets."""
+    if limit.after is None:
+        return None
+    now = time.monotonic()
+    if limit.limited_since is not None and now - limit.limited_since >= limit.retry_after:
+        limit.successes, limit.limited_since = 0, None
+    if limit.successes < limit.after:
+        limit.successes += 1
+        return None
+    if limit.limited_since is None:
+        limit.limited_since = now
+    return max(0.0, limit.limited_since + limit.retry_after - now)
+
+
+def _requested_model(request: LoopbackRequest) -> str | None:
+    """The model a request asks for: Gemini's path, else the JSON body's ``model``."""
+    m = _GEMINI_PATH.match(request.path)
+    if m:
+        return m.group(1)
+    try:
+        doc = request.json()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) else None
+
+
+def _limit_response(style: str, remaining: float, model: str | None) -> LoopbackResponse:
+    return LoopbackResponse.json(429, _limit_body(style, remaining, model), _reset_headers(style, remaining))
+
+
+def _limit_body(style: str, remaining: float, model: str | None) -> dict[str, Any]:
+    """A 429 body as each provider writes it.
+
+    ``codex-*``: ChatGPT/Codex usage limits (``usage_limit_reached`` with ``resets_at`` epoch
+    seconds, or ``resets_in_seconds``); ``google-*``: a ``RESOURCE_EXHAUSTED`` status whose
+    details carry ``RetryInfo.retryDelay`` (Gemini API) or ``ErrorInfo.metadata.quotaResetDelay``
+    (Code Assist), and a ``QuotaFailure`` naming the model; otherwise Anthropic's shape, or
+    OpenAI's "Rate limit reached for MODEL in organization …" when the limit is per model.
+    """
+    remaining = round(remaining, 6)
+    if style in ("codex-resets-at", "codex-resets-in"):
+        error: dict[str, Any] = {"type": "usage_limit_reached", "message": "The usage limit has been reached",
+                                 "plan_type": "plus"}
+        if style == "codex-resets-at":
+            error["resets_at"] = math.ceil(time.time() + remaining)
+        else:
+            error["resets_in_seconds"] = math.ceil(remaining)
+        return {"error": error}
+    if style in ("google-retry-info", "google-quota-reset"):
+        dims = {"location": "global", **({"model": model} if model else {})}
+        details: list[dict[str, Any]] = [{
+            "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"quotaMetric": "generativelanguage.googleapis.com/generate_content_requests",
+                            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel", "quotaDimensions": dims,
+                            "quotaValue": "15"}],
+        }]
+        if style == "google-retry-info":
+            details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                            "retryDelay": f"{math.ceil(remaining)}s"})
+        else:
+            stamp = datetime.fromtimestamp(time.time() + remaining, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA_EXHAUSTED",
+                            "domain": "cloudcode-pa.googleapis.com",
+                            "metadata": {"uiMessage": "true", **({"model": model} if model else {}),
+                                         "quotaResetDelay": go_duration(remaining),
+                                         "quotaResetTimeStamp": stamp}})
+        return {"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                          "status": "RESOURCE_EXHAUSTED", "details": details}}
+    if model is not None:
+        return {"error": {"message": f"Rate limit reached for {model} in organization org-loopback on requests "
+                                     "per min (RPM): Limit 3, Used 3, Requested 1.",
+                          "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+    return _error_body(429, "rate limit exceeded")
+
+
+def _window_headers(style: str, remaining: float) -> dict[str, str]:
+    """Reset headers a successful answer carries: when the current quota window ends."""
+    wall = math.ceil(time.time() + remaining)
+    if style == "anthropic-unified":
+        return {"anthropic-ratelimit-unified-status": "allowed", "anthropic-ratelimit-unified-5h-status": "allowed",
+                "anthropic-ratelimit-unified-5h-reset": str(wall)}
+    if style == "anthropic":
+        stamp = datetime.fromtimestamp(wall, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "49",
+                "anthropic-ratelimit-requests-reset": stamp}
+    return {"x-ratelimit-limit-requests": "50", "x-ratelimit-remaining-requests": "49",
+            "x-ratelimit-reset-requests": go_duration(remaining)}
+
+
 def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
@@ -1250,6 +1444,9 @@ def _sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterato
     error = _sse("error", _error_body(429, "rate limit exceeded"))
     if mode == "error-first":
         yield error
+        return
+    if mode == "overloaded-first":
+        yield _sse("error", _error_body(529, "Overloaded"))
         return
     yield _sse(
         "message_start",
@@ -1311,6 +1508,61 @@ def _build_chat_completion(subject: str, seq: int, payload: dict[str, Any]) -> L
             "subject": subject,
         },
     )
+
+
+def _chat_chunks(subject: str, seq: int, model: str, mode: str | None) -> Iterator[bytes]:
+    """OpenAI's chat-completions stream (``data:`` chunks, then ``[DONE]``), optionally broken.
+
+    OpenAI-compatible servers report an error inside a stream as a bare ``data: {"error": …}``
+    chunk: a rate limit as ``type`` "tokens" with ``code`` "rate_limit_exceeded", naming the model.
+    """
+    if mode == "overloaded-first":
+        yield _data({"error": {"message": "The server is overloaded. Please try again later.",
+                               "type": "server_error", "param": None, "code": None}})
+        return
+    error = _data({"error": {"message": f"Rate limit reached for {model} in organization org-loopback on tokens "
+                                        "per min (TPM): Limit 30000, Used 30000, Requested 120.",
+                             "type": "tokens", "param": None, "code": "rate_limit_exceeded"}})
+    if mode == "error-first":
+        yield error
+        return
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return _data({"id": f"chatcmpl-loopback-{seq}", "object": "chat.completion.chunk", "created": created,
+                      "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    yield chunk({"role": "assistant", "content": ""})
+    for i, piece in enumerate(("Hello", " from ", f"{subject}.")):
+        yield chunk({"content": piece})
+        if mode == "error-after-content" and i == 0:
+            yield error
+            return
+    yield chunk({}, "stop")
+    yield b"data: [DONE]\n\n"
+
+
+def _data(doc: Mapping[str, Any]) -> bytes:
+    return f"data: {json.dumps(doc)}\n\n".encode()
+
+
+def _build_generate_content(path: str) -> Callable[[str, int, dict[str, Any]], LoopbackResponse]:
+    """Gemini's ``generateContent`` answer for the model named in ``path``."""
+    m = _GEMINI_PATH.match(path)
+    model = m.group(1) if m else "loopback-model"
+
+    def build(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
+        del payload
+        return LoopbackResponse.json(200, {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": f"Hello from {subject}."}]},
+                            "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 4, "totalTokenCount": 9},
+            "modelVersion": model,
+            "responseId": f"loopback-{seq}",
+            "subject": subject,
+        })
+
+    return build
 
 
 def _build_models(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:

@@ -837,3 +837,205 @@ def test_device_page_lets_a_person_approve_by_url(provider: LoopbackProvider, cl
     assert client.get("/device", params={"user_code": grant["user_code"], "action": "approve"}).status_code == 200
     assert provider.pending_user_codes() == []
     assert client.get("/device", params={"user_code": "NOPE-NOPE", "action": "deny"}).status_code == 404
+
+
+# ---- rate limits as bodies say them, per-model limits, OpenAI streams, slow and broken subjects ----------
+
+
+def chat(client: httpx2.Client, key: str, **body: Any) -> httpx2.Response:
+    return client.post("/v1/chat/completions", json={"model": "gpt-test", **body}, headers=bearer(key))
+
+
+def data_chunks(text: str) -> list[str]:
+    """The ``data:`` payloads of an event stream without event names (OpenAI style)."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = block.splitlines()
+        assert all(line.startswith("data: ") for line in lines), block
+        out.append("\n".join(line[6:] for line in lines))
+    return out
+
+
+@pytest.mark.parametrize("style", ["codex-resets-at", "codex-resets-in", "google-retry-info", "google-quota-reset"])
+def test_body_rate_limit_styles_carry_the_deadline_in_the_body_only(
+    provider: LoopbackProvider, client: httpx2.Client, style: str
+) -> None:
+    """Codex usage limits and Google RESOURCE_EXHAUSTED put the reset in the 429 body, with no reset header."""
+    key = provider.add_api_key("b@example.com")
+    provider.set_rate_limit("b@example.com", after=0, style=style, retry_after=754.5)
+    r = chat(client, key)
+    now = time.time()
+    assert r.status_code == 429
+    assert not {n for n in r.headers if "retry-after" in n.lower() or "ratelimit" in n.lower()}
+    error = r.json()["error"]
+    if style.startswith("codex"):
+        assert (error["type"], error["plan_type"]) == ("usage_limit_reached", "plus")
+        if style == "codex-resets-at":
+            assert "resets_in_seconds" not in error and isinstance(error["resets_at"], int)
+            assert 753 <= error["resets_at"] - now <= 756
+        else:
+            assert "resets_at" not in error and error["resets_in_seconds"] == 755
+        return
+    assert (error["code"], error["status"]) == (429, "RESOURCE_EXHAUSTED")
+    by_type = {d["@type"].rsplit(".", 1)[1]: d for d in error["details"]}
+    assert by_type["QuotaFailure"]["violations"][0]["quotaDimensions"] == {"location": "global"}
+    if style == "google-retry-info":
+        assert set(by_type) == {"QuotaFailure", "RetryInfo"}
+        assert by_type["RetryInfo"]["retryDelay"] == "755s"
+    else:
+        assert set(by_type) == {"QuotaFailure", "ErrorInfo"}
+        assert by_type["ErrorInfo"]["metadata"]["quotaResetDelay"] == "12m34.5s"
+
+
+def test_anthropic_unified_style_sends_both_windows_with_the_rejecting_one_latest(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """Unified limits: epoch-second resets for the 5h window (allowed, sooner) and the 7d window (rejected, later)."""
+    key = provider.add_api_key("u@example.com")
+    provider.set_rate_limit("u@example.com", after=0, style="anthropic-unified", retry_after=800.0)
+    r = message(client, {"x-api-key": key})
+    now = time.time()
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+    h = r.headers
+    assert (h["anthropic-ratelimit-unified-status"], h["anthropic-ratelimit-unified-7d-status"]) == (
+        "rejected", "rejected")
+    assert h["anthropic-ratelimit-unified-5h-status"] == "allowed"
+    assert 199 <= int(h["anthropic-ratelimit-unified-5h-reset"]) - now <= 201
+    assert 799 <= int(h["anthropic-ratelimit-unified-7d-reset"]) - now <= 801
+
+
+def test_a_per_model_limit_refuses_only_that_model_and_names_it(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """set_rate_limit(model=…): that model gets 429 naming it (OpenAI message, Google quotaDimensions); others pass."""
+    key = provider.add_api_key("m@example.com")
+    provider.set_rate_limit("m@example.com", after=1, retry_after=60.0, model="gpt-x")
+    assert chat(client, key, model="gpt-x").status_code == 200
+    limited = chat(client, key, model="gpt-x")
+    assert limited.status_code == 429 and 59 <= int(limited.headers["retry-after"]) <= 60
+    error = limited.json()["error"]
+    assert error["message"].startswith("Rate limit reached for gpt-x in organization org-loopback on requests")
+    assert (error["type"], error["code"]) == ("requests", "rate_limit_exceeded")
+    assert chat(client, key, model="gpt-y").status_code == 200
+
+    provider.set_rate_limit("m@example.com", after=0, style="google-retry-info", retry_after=30.0,
+                            model="gemini-x")
+    r = client.post("/v1beta/models/gemini-x:generateContent", json={"contents": []}, headers=bearer(key))
+    assert r.status_code == 429
+    violation = r.json()["error"]["details"][0]["violations"][0]
+    assert violation["quotaDimensions"] == {"location": "global", "model": "gemini-x"}
+    provider.clear_rate_limit("m@example.com")
+    assert chat(client, key, model="gpt-x").status_code == 200
+
+
+def test_gemini_generate_content_answers_for_the_model_in_the_path(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """POST /v1beta/models/<model>:generateContent answers a candidate naming the subject; other methods are 404."""
+    key = provider.add_api_key("g@example.com")
+    r = client.post("/v1beta/models/gemini-2.5-flash:generateContent", json={"contents": []}, headers=bearer(key))
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["modelVersion"] == "gemini-2.5-flash" and doc["subject"] == "g@example.com"
+    assert doc["candidates"][0]["content"]["parts"][0]["text"] == "Hello from g@example.com."
+    assert provider.snapshot()["calls_by_path"]["/v1beta/models/gemini-2.5-flash:generateContent"] == 1
+    assert client.post("/v1beta/models/x:generateContent", json={}).status_code == 401
+    assert client.get("/v1beta/models/x:generateContent").status_code == 404
+
+
+def test_streamed_chat_completions_send_openai_chunks_and_break_like_openai(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """stream: true on /v1/chat/completions: chunks then [DONE]; errors arrive as bare `data: {"error": …}` chunks."""
+    key = provider.add_api_key("o@example.com")
+    r = chat(client, key, stream=True)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    chunks = data_chunks(r.text)
+    assert chunks[-1] == "[DONE]"
+    docs = [json.loads(c) for c in chunks[:-1]]
+    assert {d["object"] for d in docs} == {"chat.completion.chunk"}
+    assert "".join(d["choices"][0]["delta"].get("content") or "" for d in docs) == "Hello from o@example.com."
+    assert docs[-1]["choices"][0]["finish_reason"] == "stop"
+
+    provider.set_stream_error("o@example.com", "error-first")
+    first = [json.loads(c) for c in data_chunks(chat(client, key, stream=True).text)]
+    assert len(first) == 1 and (first[0]["error"]["type"], first[0]["error"]["code"]) == (
+        "tokens", "rate_limit_exceeded")
+    assert "Rate limit reached for gpt-test in organization" in first[0]["error"]["message"]
+
+    provider.set_stream_error("o@example.com", "error-after-content")
+    after = [json.loads(c) for c in data_chunks(chat(client, key, stream=True).text)]
+    assert [d["choices"][0]["delta"].get("content") for d in after[:-1]] == ["", "Hello"]
+    assert after[-1]["error"]["code"] == "rate_limit_exceeded"
+
+    provider.set_stream_error("o@example.com", "overloaded-first")
+    over = [json.loads(c) for c in data_chunks(chat(client, key, stream=True).text)]
+    assert over == [{"error": {"message": "The server is overloaded. Please try again later.",
+                               "type": "server_error", "param": None, "code": None}}]
+    assert chat(client, key).json()["object"] == "chat.completion"  # unstreamed calls are unaffected
+
+
+def test_overloaded_first_streams_open_with_an_overloaded_error_event(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """overloaded-first on /v1/messages: one `event: error` with overloaded_error inside a 200."""
+    key = provider.add_api_key("v@example.com")
+    provider.set_stream_error("v@example.com", "overloaded-first")
+    r = message(client, {"x-api-key": key}, stream=True)
+    assert r.status_code == 200
+    assert parse_sse(r.text) == [("error", {"type": "error", "error": {"type": "overloaded_error",
+                                                                       "message": "Overloaded"}})]
+
+
+def test_stream_delay_paces_the_events_of_a_stream(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """set_stream_delay: each event after the first waits (so a stream of 8 events takes at least 7 pauses)."""
+    key = provider.add_api_key("p@example.com")
+    provider.set_stream_delay(0.05)
+    started = time.monotonic()
+    with client.stream("POST", "/v1/messages", json={"model": "m", "stream": True},
+                       headers={"x-api-key": key}) as r:
+        text = "".join(r.iter_text())
+    assert time.monotonic() - started >= 7 * 0.05  # a lower bound the server's own pauses guarantee
+    assert len(parse_sse(text)) == 8
+    provider.set_stream_delay(0)
+
+
+def test_an_always_failing_subject_gets_its_status_or_a_dropped_connection(
+    provider: LoopbackProvider, client: httpx2.Client
+) -> None:
+    """set_always_failing: that subject's calls answer the status (0: no answer at all); others are served."""
+    bad, good = provider.add_api_key("bad@example.com"), provider.add_api_key("good@example.com")
+    provider.set_always_failing("bad@example.com", 503)
+    r = chat(client, bad)
+    assert r.status_code == 503 and r.json()["error"]["message"] == "injected failure"
+    assert chat(client, good).status_code == 200
+    provider.set_always_failing("bad@example.com", 0)
+    with pytest.raises(httpx2.RemoteProtocolError):
+        chat(client, bad)
+    assert chat(client, good).status_code == 200
+    provider.set_always_failing("bad@example.com", None)
+    assert chat(client, bad).status_code == 200
+    assert provider.snapshot()["api_calls_by_subject"]["bad@example.com"] == 3
+
+
+@pytest.mark.parametrize("style", ["anthropic-unified", "anthropic", "openai"])
+def test_a_quota_window_puts_its_reset_on_every_successful_answer(
+    provider: LoopbackProvider, client: httpx2.Client, style: str
+) -> None:
+    """set_quota_window: successes carry the current window's end in the style's header; 429s keep their own."""
+    key = provider.add_api_key("w@example.com")
+    provider.set_quota_window("w@example.com", 600, style)
+    r = chat(client, key)
+    now = time.time()
+    assert r.status_code == 200
+    h = r.headers
+    if style == "anthropic-unified":
+        assert 598 <= int(h["anthropic-ratelimit-unified-5h-reset"]) - now <= 601
+    elif style == "anthropic":
+        assert 598 <= datetime.fromisoformat(h["anthropic-ratelimit-requests-reset"]).timestamp() - now <= 601
+    else:
+        assert re.fullmatch(r"(9|10)m\d+(\.\d+)?s", h["x-ratelimit-reset-requests"])
+    provider.set_quota_window("w@example.com", None)
+    assert not {n for n in chat(client, key).headers if "ratelimit" in n.lower()}
+    with pytest.raises(ValueError, match="unknown quota window style"):
+        provider.set_quota_window("w@example.com", 60, "nope")

@@ -81,7 +81,7 @@ def test_serve_with_the_clients_default_environment_reaches_the_secret_service(
         async def drive() -> list[str]:
             from mcp.client.stdio import stdio_client
 
-            with open(errlog, "w") as err:
+            with errlog.open("w") as err:  # noqa: ASYNC230 - opened once, before the session starts
                 async with Client(stdio_client(params, errlog=err), mode="legacy") as client:
                     r = await client.call_tool("proxy_request", {"provider": "desk", "method": "POST",
                                                                  "path": "/v1/chat/completions",
