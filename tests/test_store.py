@@ -273,3 +273,22 @@ def test_reads_see_other_processes_writes_immediately(home: Path) -> None:
     assert pool.get("openai/a").enabled
     assert run_cli("accounts", "disable", "openai/a").returncode == 0
     assert pool.get("openai/a").enabled is False
+
+
+@pytest.mark.parametrize("argv", [
+    ["accounts", "list"],
+    ["accounts", "list", "--json"],
+    ["status"],
+    ["doctor"],
+    ["request", "openai", "GET", "http://example.invalid/x"],
+])
+def test_ad_hoc_commands_never_import_the_mcp_sdk(home: Path, argv: list[str]) -> None:
+    """The CLI stays fast: only serve and demo load the (heavy) MCP SDK."""
+    code = (
+        "import sys\n"
+        "from server.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('MCP_LOADED' if any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules) else 'NO_MCP')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.stdout.strip().splitlines()[-1] == "NO_MCP", r.stdout + r.stderr
