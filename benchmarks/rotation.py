@@ -33,37 +33,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import gc
-import inspect
 import multiprocessing as mp
 import os
-import platform
 import pstats
 import statistics
 import sys
 import sysconfig
 import tempfile
 import time
-import types
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
-# benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path.
+# benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path, and reach
+# the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import anyio
 import httpx2
 
-import pool.rotation as rotation_module
+from benchmarks import stats
+from benchmarks.stats import load_note, machine, md_table, pct, table, us
 from pool import Pool, TokenSet
-from pool.rotation import PoolTransport, _Engine
+from pool.rotation import _Engine
+from pool.transport import PoolTransport
 from server.loopback import LoopbackProvider
 
 TARGET_RATIO = 1.10
@@ -87,62 +86,9 @@ FULL = Sizes(warmup=300, pairs=3000, rotate_rounds=300, stampede_rounds=3, profi
 QUICK = Sizes(warmup=100, pairs=800, rotate_rounds=80, stampede_rounds=1, profile_requests=1000, steps=1000)
 
 
-# -- statistics and formatting ---------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
 def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f}"
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:.1f}"
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    head = _row(headers, widths)
-    return "\n".join([head, "-" * len(head), *(_row(r, widths) for r in rows)])
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    align = "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(headers))) + "|"
-    return "\n".join(["| " + " | ".join(headers) + " |", align, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
-def load_note(at_start: float) -> str:
-    """The 1-minute load average at the start and end, with a warning when other work competed for the CPUs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    at_end = os.getloadavg()[0]
-    note = f"load average {at_start:.1f} at the start, {at_end:.1f} at the end ({cpus} CPUs)"
-    if max(at_start, at_end) > cpus:
-        note += ": other work competed for the CPUs, so absolute times are inflated and noisy (ratios less so)"
-    return note
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cpus} CPUs, Python {platform.python_version()} ({platform.system()} {platform.machine()}), "
-        f"httpx2 {version_of('httpx2')}, anyio {version_of('anyio')}, pydantic {version_of('pydantic')}"
-    )
+    """Milliseconds, to this benchmark's precision (3 decimals)."""
+    return stats.ms(seconds, 3)
 
 
 @dataclass
@@ -361,12 +307,7 @@ def step_breakdown(pool: Pool, sizes: Sizes) -> list[tuple[str, float]]:
     engine = _Engine(transport, request)
 
     def timed(fn: Callable[[], Any]) -> float:
-        out = []
-        for _ in range(sizes.steps):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-        return statistics.median(out)
+        return statistics.median(stats.timed(fn, sizes.steps))
 
     def timed_async(fn: Callable[[], Awaitable[Any]]) -> float:
         async def run() -> float:
@@ -396,76 +337,6 @@ def step_breakdown(pool: Pool, sizes: Sizes) -> list[tuple[str, float]]:
     ]
     engine.attempts.clear()
     return steps
-
-
-class _InlineSecretAnyio:
-    """Stands in for ``anyio`` inside ``pool.rotation`` for the what-if run: the secret lookup runs
-    on the event loop instead of in a worker thread; every other thread hop is unchanged."""
-
-    inlined = 0  # secret lookups run inline: 0 means pool.rotation changed and the what-if did not apply
-
-    def __init__(self) -> None:
-        self.to_thread = types.SimpleNamespace(run_sync=self._run_sync)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(anyio, name)
-
-    @staticmethod
-    async def _run_sync(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if "_secret" in getattr(fn, "__qualname__", ""):
-            _InlineSecretAnyio.inlined += 1
-            return fn(*args)
-        return await anyio.to_thread.run_sync(fn, *args, **kwargs)
-
-
-@contextlib.contextmanager
-def secret_lookup_inline() -> Iterator[None]:
-    saved = rotation_module.anyio
-    rotation_module.anyio = _InlineSecretAnyio()  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        rotation_module.anyio = saved
-
-
-async def what_if(setup: Setup, pool: Pool, sizes: Sizes) -> tuple[list[float], list[float], list[float]]:
-    """Pool as is, pool with the secret lookup inline, plain client: three-way interleaved."""
-    token = setup.tokens["acme-1"]["access_token"]
-    got: tuple[list[float], list[float], list[float]] = ([], [], [])
-    async with (
-        pool.client("acme") as pooled,
-        httpx2.AsyncClient(base_url=setup.provider.base_url, headers={"authorization": f"Bearer {token}"}) as plain,
-    ):
-
-        async def send(client: httpx2.AsyncClient, inline: bool) -> float:
-            with secret_lookup_inline() if inline else contextlib.nullcontext():
-                t = time.perf_counter()
-                r = await client.post(PATH, json=BODY)
-                elapsed = time.perf_counter() - t
-            assert r.status_code == 200, r.status_code
-            return elapsed
-
-        arms = [(pooled, False), (pooled, True), (plain, False)]
-        for i in range(sizes.warmup + sizes.pairs):
-            times = [0.0, 0.0, 0.0]
-            for k in ((0, 1, 2), (1, 2, 0), (2, 0, 1))[i % 3]:
-                times[k] = await send(*arms[k])
-            if i >= sizes.warmup:
-                for k in range(3):
-                    got[k].append(times[k])
-    return got
-
-
-def source_line(module: types.ModuleType, needle: str) -> str:
-    """``path:line`` of the first line of ``module``'s source containing ``needle`` (or just the path)."""
-    path = Path(inspect.getsourcefile(module) or "?")
-    try:
-        for i, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if needle in text:
-                return f"{_short(str(path))}:{i}"
-    except OSError:
-        pass
-    return _short(str(path))
 
 
 # -- part 2: 429 then rotate -----------------------------------------------------------------
@@ -694,7 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="authpool-bench-", dir=args.dir) as tmp:
-        env = machine()
+        env = machine(["httpx2", "anyio", "pydantic"])
         print(f"authpool rotation benchmark{flag}")
         print(f"machine: {env}\n")
         setup = make_setup(Path(tmp))
@@ -709,7 +580,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             pairs = [pa, ps]
             profiles: dict[str, tuple[Profile, Profile]] = {}
             steps: list[tuple[str, float]] = []
-            inline: tuple[list[float], list[float], list[float]] | None = None
             for p in pairs:
                 if not p.met or args.profile:
                     print(f"  profiling {sizes.profile_requests} {p.name} requests, pool and plain ...", flush=True)
@@ -717,10 +587,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if profiles:
                 print("  step breakdown ...", flush=True)
                 steps = step_breakdown(pool, sizes)
-            if "async" in profiles:
-                print(f"  what-if (secret lookup without a thread hop): {sizes.pairs} interleaved triples ...",
-                      flush=True)
-                inline = anyio.run(what_if, setup, pool, sizes)
             print(f"  429 then rotate: {sizes.rotate_rounds} rounds ...", flush=True)
             rot = anyio.run(compare_rotate, setup, pool, sizes)
             n = args.procs * max(1, args.stampede // args.procs)
@@ -763,24 +629,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if steps:
         print("\nEach hot-path step timed on its own (median)")
         print(table(["step", "µs"], [[step, us(t)] for step, t in steps]))
-    if inline is not None:
-        cur, inl, pln = (statistics.median(x) for x in inline)
-        print("\nWhat-if, async (interleaved; pool.rotation's thread hop for the secret lookup bypassed in memory, "
-              "no file changed)")
-        print(table(["path", "median ms", "p95 ms", "added ms", "ratio"], [
-            ["pool as is", ms(cur), ms(pct(inline[0], 95)), ms(cur - pln), f"{cur / pln:.2f}x"],
-            ["pool, cached secret read on the loop", ms(inl), ms(pct(inline[1], 95)), ms(inl - pln),
-             f"{inl / pln:.2f}x"],
-            ["plain httpx2", ms(pln), ms(pct(inline[2], 95)), "", ""],
-        ]))
-        if not _InlineSecretAnyio.inlined:
-            print("WARNING: the what-if never applied (no secret lookup went through the shim): pool.rotation changed")
-        hop = source_line(rotation_module, "secret_of(acc)")
-        drive = source_line(rotation_module, "run_sync(effect.fn)")
-        print(f"suggestion: {hop} yields a _Block for every request, and {drive} runs every _Block in a worker "
-              "thread, though the secret is cached by generation almost always. Serve a cache hit on the loop "
-              "(e.g. a SecretStore.cached(account_id, generation) check in _Engine._secret, yielding _Block only "
-              "on a miss), keeping the thread for keyring reads.")
 
     # 2. 429 path
     print("\n2. 429 then rotate: a1 answers 429 (Retry-After: 3600), the pool cools it down and retries on a2")

@@ -37,7 +37,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import random
 import statistics
 import subprocess
@@ -46,19 +45,21 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
-# This file is called server.py: keep its directory off sys.path, so `server` is authpool's package.
+# This file is called server.py: keep its directory off sys.path, so `server` is authpool's package, and reach
+# the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment, stdio_client
 
+from benchmarks.stats import load_note, machine, md_table, ms, pct, table
 from pool import Pool, TokenSet
 from server.loopback import LoopbackProvider
 from server.proxy import ProxyCall, run_proxy
@@ -132,60 +133,6 @@ class Sizes:
 
 FULL = Sizes(cold=12, client_cold=8, calls=400, warmup=30, phases=3, imports=2)
 QUICK = Sizes(cold=10, client_cold=4, calls=150, warmup=15, phases=1, imports=1)
-
-
-# -- statistics and formatting ---------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def ms(seconds: float, digits: int = 1) -> str:
-    return f"{seconds * 1e3:.{digits}f}"
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    head = _row(headers, widths)
-    return "\n".join([head, "-" * len(head), *(_row(r, widths) for r in rows)])
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    align = "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(headers))) + "|"
-    return "\n".join(["| " + " | ".join(headers) + " |", align, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
-def load_note(at_start: float) -> str:
-    """The 1-minute load average at the start and end, with a warning when other work competed for the CPUs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    at_end = os.getloadavg()[0]
-    note = f"load average {at_start:.1f} at the start, {at_end:.1f} at the end ({cpus} CPUs)"
-    if max(at_start, at_end) > cpus:
-        note += ": other work competed for the CPUs, so absolute times are inflated and noisy (ratios less so)"
-    return note
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cpus} CPUs, Python {platform.python_version()} ({platform.system()} {platform.machine()}), "
-        f"mcp {version_of('mcp')}, pydantic {version_of('pydantic')}"
-    )
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -648,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="authpool-bench-", dir=args.dir) as tmp:
-        env_desc = machine()
+        env_desc = machine(["mcp", "pydantic"])
         print(f"authpool server benchmark{flag}")
         print(f"machine: {env_desc}\n")
         setup = make_setup(Path(tmp))

@@ -27,19 +27,24 @@ import gc
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+# benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path, and reach
+# the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import stats
+from benchmarks.stats import machine, md_table, pct, table, timed, us
 from pool.atomicfile import write_atomic
 from pool.home import Home
 from pool.models import Account, PoolFile
@@ -68,31 +73,9 @@ FULL = Sizes(
 QUICK = Sizes(per_process=250, warmup=10, single=300, breakdown=100, cold_reads=15, cached_reads=3000, large_updates=20)
 
 
-# -- statistics ------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
 def ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.2f}"
-
-
-def us(seconds: float) -> str:
-    return f"{seconds * 1e6:.1f}"
-
-
-def timed(fn: Callable[[], Any], repeat: int) -> list[float]:
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    """Milliseconds, to this benchmark's precision (2 decimals)."""
+    return stats.ms(seconds, 2)
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -307,37 +290,6 @@ def fs_type(path: Path) -> str:
     return kind
 
 
-def version_of(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "?"
-
-
-def machine(base: Path) -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"{cpus} CPUs, Python {platform.python_version()} ({platform.system()} {platform.machine()}), "
-        f"pydantic {version_of('pydantic')}, filelock {version_of('filelock')}, "
-        f"temp dir on {fs_type(base.resolve())}"
-    )
-
-
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    head = _row(headers, widths)
-    return "\n".join([head, "-" * len(head), *(_row(r, widths) for r in rows)])
-
-
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    align = "|" + "|".join(":--" if i == 0 else "--:" for i in range(len(headers))) + "|"
-    return "\n".join(["| " + " | ".join(headers) + " |", align, *("| " + " | ".join(r) + " |" for r in rows)])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations (about 7 s instead of 25 s)")
@@ -350,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="authpool-bench-", dir=args.dir) as tmp:
         base = Path(tmp)
         os.environ["AUTHPOOL_HOME"] = str(base / "home")  # inherited by the spawned workers
-        env = machine(base)
+        env = machine(["pydantic", "filelock"], f"temp dir on {fs_type(base.resolve())}")
         print(f"authpool store benchmark{flag}")
         print(f"machine: {env}\n")
         conc = []
