@@ -292,3 +292,16 @@ def test_ad_hoc_commands_never_import_the_mcp_sdk(home: Path, argv: list[str]) -
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.stdout.strip().splitlines()[-1] == "NO_MCP", r.stdout + r.stderr
+
+
+def test_the_library_exports_exactly_what_its_all_lists() -> None:
+    """Every name in pool.__all__ resolves (lazy ones too), and every error class is exported."""
+    import pool
+    import pool.errors
+
+    for name in pool.__all__:
+        assert getattr(pool, name) is not None, name
+    errors = {n for n, v in vars(pool.errors).items() if isinstance(v, type) and issubclass(v, Exception)
+              and v.__module__ == "pool.errors"}
+    assert errors <= set(pool.__all__), errors - set(pool.__all__)
+    assert sorted(pool.errors.__all__) == sorted(errors)
