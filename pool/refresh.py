@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Literal
 
 import anyio
@@ -36,7 +37,7 @@ from .pool import Pool
 from .providers import Provider
 from .secret import Secret, TokenSet
 
-__all__ = ["Contended", "RefreshMode", "Refresher"]
+__all__ = ["Contended", "RefreshMode", "Refresher", "Renewal"]
 
 log = logging.getLogger("authpool")
 
@@ -45,6 +46,19 @@ RefreshMode = Literal["force", "mandatory", "advisory"]
 
 class Contended(Exception):
     """An advisory refresh found the account's lock taken; keep using the current token."""
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A secret fresh enough to use, and whether this call renewed it at the token endpoint.
+
+    ``performed`` is False when another process (or an earlier caller) had already renewed it:
+    a 401 with a token someone else minted proves nothing about the login, while a 401 with the
+    token this call just minted means the login itself is refused.
+    """
+
+    secret: Secret
+    performed: bool
 
 
 class Refresher:
@@ -60,6 +74,10 @@ class Refresher:
         self.calls = 0  # token endpoint calls made by this process (for diagnostics and tests)
 
     def refresh(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Secret:
+        """Return a fresh secret for the account (refreshing only if nobody else just did); see :meth:`renew`."""
+        return self.renew(provider, account_id, seen_generation, mode).secret
+
+    def renew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Renewal:
         """Return a fresh secret for the account (refreshing only if nobody else just did).
 
         Args:
@@ -93,9 +111,13 @@ class Refresher:
             lock.release()
 
     async def arefresh(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Secret:
-        """:meth:`refresh` for async callers: coroutines queue in memory, the work runs in a thread."""
+        """:meth:`refresh` for async callers."""
+        return (await self.arenew(provider, account_id, seen_generation, mode)).secret
+
+    async def arenew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Renewal:
+        """:meth:`renew` for async callers: coroutines queue in memory, the work runs in a thread."""
         async with self._async_lock(account_id):
-            return await anyio.to_thread.run_sync(self.refresh, provider, account_id, seen_generation, mode)
+            return await anyio.to_thread.run_sync(self.renew, provider, account_id, seen_generation, mode)
 
     def _async_lock(self, account_id: str) -> anyio.Lock:
         import asyncio
@@ -107,19 +129,19 @@ class Refresher:
             lock = locks[account_id] = anyio.Lock()
         return lock
 
-    def _refresh_locked(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Secret:
+    def _refresh_locked(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Renewal:
         acc = self.pool.get(account_id)
         secrets = self.pool.secrets
         if acc.secret_generation != seen_generation:
             log.debug("account %s was refreshed by another process; using its token", acc.name)
-            return secrets.load(acc.id, acc.secret_generation)
+            return Renewal(secrets.load(acc.id, acc.secret_generation), performed=False)
         if acc.needs_reauth:
             raise ReauthRequired(_reauth_message(acc.name, acc.id))
         secret = secrets.load_fresh(acc.id)
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
         if mode != "force" and expires_at is not None and expires_at - time.time() > provider.refresh_advisory:
-            return secret
+            return Renewal(secret, performed=False)
         if not secret.refresh_token:
             self._mark_reauth(acc.id, "no refresh token stored")
             raise ReauthRequired(_reauth_message(acc.name, acc.id, "no refresh token is stored"))
@@ -155,7 +177,7 @@ class Refresher:
 
         self.pool.store.update(bump)
         log.info("refreshed the token of %s", acc.name)
-        return new
+        return Renewal(new, performed=True)
 
     def _call(self, provider: Provider, refresh_token: str) -> TokenSet:
         request = refresh_request(provider, refresh_token)

@@ -51,7 +51,7 @@ from .errors import (
 )
 from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
 from .ratelimit import model_of_request, read_body_limit
-from .refresh import Contended, RefreshMode
+from .refresh import Contended, RefreshMode, Renewal
 from .secret import Secret
 from .sse import StreamVerdict
 
@@ -199,7 +199,8 @@ class _Engine:
     def flow(self) -> Flow:  # noqa: PLR0912, PLR0915 - one state machine, read top to bottom
         self._check_request()
         pinned: Account | None = None  # set to retry the same account (after a refresh or a 5xx)
-        refreshed: set[str] = set()
+        refreshes: dict[str, int] = {}  # forced refreshes per account in this request (at most 2)
+        minted: dict[str, bool] = {}  # whether the last one renewed the token itself
         failures: dict[str, int] = {}
         while True:
             if time.monotonic() > self.deadline:
@@ -239,9 +240,14 @@ class _Engine:
                 continue
             if status in (401, 403):
                 yield _Discard(response)
-                if acc.kind == "oauth" and acc.id not in refreshed:
-                    refreshed.add(acc.id)
-                    if (yield from self._refresh(acc, "force", elapsed, status)):
+                # Refresh and retry the same account. Only a refusal of a token this request
+                # minted itself proves the login is refused: a token another process had just
+                # minted may have been revoked since, so it earns one real refresh of its own.
+                if acc.kind == "oauth" and not minted.get(acc.id) and refreshes.get(acc.id, 0) < 2:
+                    refreshes[acc.id] = refreshes.get(acc.id, 0) + 1
+                    renewal = yield from self._refresh(acc, "force", elapsed, status)
+                    if renewal is not None:
+                        minted[acc.id] = renewal.performed
                         pinned = self.t.pool.get(acc.id)
                     else:
                         self.tried.add(acc.id)
@@ -387,8 +393,8 @@ class _Engine:
             return secret
         mode: RefreshMode = "mandatory" if left <= self.provider.refresh_mandatory else "advisory"
         try:
-            renewed: Secret = yield _Refresh(acc, mode)
-            return renewed
+            renewed: Renewal = yield _Refresh(acc, mode)
+            return renewed.secret
         except Contended:
             return secret  # advisory: someone else is renewing; the current token is still valid
         except (RefreshError, ReauthRequired) as e:
@@ -400,19 +406,21 @@ class _Engine:
             self.last_error = e
             return None
 
-    def _refresh(self, acc: Account, mode: RefreshMode, elapsed: float, status: int) -> Generator[Effect, Any, bool]:
+    def _refresh(self, acc: Account, mode: RefreshMode, elapsed: float,
+                 status: int) -> Generator[Effect, Any, Renewal | None]:
         try:
-            yield _Refresh(acc, mode)
+            renewal: Renewal = yield _Refresh(acc, mode)
         except ReauthRequired as e:
             self._note(acc, status, "needs_reauth", elapsed, detail=str(e))
             self.last_error = e
-            return False
+            return None
         except RefreshError as e:
             self._note(acc, status, "refresh_failed", elapsed, detail=str(e))
             self.last_error = e
-            return False
-        self._note(acc, status, "refreshed", elapsed)
-        return True
+            return None
+        self._note(acc, status, "refreshed", elapsed,
+                   detail=None if renewal.performed else "renewed by another process")
+        return renewal
 
     def _with_credentials(self, acc: Account, secret: Secret) -> httpx2.Request:
         name, prefix, extra = self.provider.credential_headers(acc.kind)

@@ -177,8 +177,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                     self._progress_sync(effect)
                     time.sleep(effect.seconds)
                 elif isinstance(effect, _Refresh):
-                    value = self.refresher.refresh(self.provider, effect.account.id,
-                                                   effect.account.secret_generation, effect.mode)
+                    value = self.refresher.renew(self.provider, effect.account.id,
+                                                 effect.account.secret_generation, effect.mode)
             except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
                 error = e
 
@@ -224,8 +224,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                     await self._progress_async(effect)
                     await anyio.sleep(effect.seconds)
                 elif isinstance(effect, _Refresh):
-                    value = await self.refresher.arefresh(self.provider, effect.account.id,
-                                                          effect.account.secret_generation, effect.mode)
+                    value = await self.refresher.arenew(self.provider, effect.account.id,
+                                                        effect.account.secret_generation, effect.mode)
             except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
                 error = e
 

@@ -559,3 +559,47 @@ def test_a_failed_refresh_followed_by_a_wait_never_marks_the_live_login_needs_re
     with acme.pool.sync_client("acme", account="acme/a") as client:
         r2 = client.post(CHAT, json=BODY)
     assert trail(r2) == [("a", 401, "refreshed"), ("a", 200, "ok")]
+
+
+def test_a_token_another_process_minted_and_that_was_revoked_since_earns_a_real_refresh_not_a_reauth(
+    acme: LoopbackPool, tmp_path: Path
+) -> None:
+    """401; another process renews meanwhile; its token is revoked before we use it: we renew ourselves
+    (one real refresh) and succeed, instead of marking a live login needs-reauth."""
+    import threading
+
+    account = acme.add_oauth("a")[0]
+    acme.lp.expire_access_tokens()  # our token (generation 1) is dead
+    go, release = tmp_path / "go", tmp_path / "release"
+    other = start_worker("refresh-holding-lock", account.id, str(go), str(release))
+    result: dict[str, httpx2.Response] = {}
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        before = acme.lp.snapshot()
+
+        def request() -> None:
+            with acme.pool.sync_client("acme") as client:
+                result["r"] = client.post(CHAT, json=BODY)
+
+        t = threading.Thread(target=request)
+        t.start()
+        # Our request got its 401 and now waits for the account's refresh lock, held by the other process.
+        while acme.lp.snapshot()["statuses"].get("401", 0) == before["statuses"].get("401", 0):
+            time.sleep(0.01)
+        go.touch()
+        assert other.stdout.readline().strip() == "refreshed"  # generation 2, minted by the other process
+        acme.lp.expire_access_tokens()  # ... and revoked before we use it
+        calls = acme.lp.snapshot()["refresh_calls"]
+        release.touch()
+        t.join(timeout=60)
+        assert other.wait(timeout=30) == 0
+    finally:
+        _kill([other])
+    response = result["r"]
+    assert response.status_code == 200
+    assert trail(response) == [("a", 401, "refreshed"), ("a", 401, "refreshed"), ("a", 200, "ok")]
+    details = [a.detail for a in response.extensions["authpool"].attempts]
+    assert details[0] == "renewed by another process" and details[1] is None
+    assert acme.lp.snapshot()["refresh_calls"] == calls + 1  # exactly one refresh of our own
+    a = acme.account_json("a")
+    assert (a["needs_reauth"], a["secret_generation"]) == (False, 3)

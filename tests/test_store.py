@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_four_processes_of_250_updates_lose_no_update(home: Path) -> None:
     assert Pool.open(home).get("openai/b").counters.requests == 0
 
 
-def _crash_child(home: str, account_id: str, done: multiprocessing.sharedctypes.Synchronized[int]) -> None:
+def _crash_child(home: str, account_id: str, done: Any) -> None:  # a raw shared c_long
     os.environ["AUTHPOOL_HOME"] = home
     store = Store(Home.open(Path(home)))
     while True:
@@ -70,7 +71,8 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_broken_file(home: Path
     pool = make_pool_with(home, "a")
     account_id = pool.get("openai/a").id
     ctx = multiprocessing.get_context("fork")
-    done = ctx.Value("q", 0)
+    # lock=False: a child killed while holding the Value's lock would leave it locked forever.
+    done = ctx.Value("q", 0, lock=False)
     rng = random.Random(1234)
     for _ in range(200):
         child = ctx.Process(target=_crash_child, args=(str(home), account_id, done))

@@ -118,6 +118,24 @@ def hold_lock(account: str, release_file: str) -> None:
         _wait_for(release_file)
 
 
+def refresh_holding_lock(account: str, go_file: str, release_file: str) -> None:
+    """Another process's refresh, in steps the test controls: take the account's refresh lock
+    ("held"), renew the token when ``go_file`` appears ("refreshed"), release the lock when
+    ``release_file`` appears."""
+    from pool.refresh import Refresher
+
+    pool = Pool.open()
+    acc = pool.get(account)
+    with pool.secret_lock(acc.id):
+        print("held", flush=True)
+        _wait_for(go_file)
+        current = pool.get(acc.id)
+        # The refresh procedure proper (the lock is already ours, as Refresher.renew would take it).
+        Refresher(pool)._refresh_locked(pool.provider(acc.provider), acc.id, current.secret_generation, "force")
+        print("refreshed", flush=True)
+        _wait_for(release_file)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -132,5 +150,7 @@ if __name__ == "__main__":
         loop(rest[0], rest[1], rest[2])
     elif command == "hold-lock":
         hold_lock(rest[0], rest[1])
+    elif command == "refresh-holding-lock":
+        refresh_holding_lock(rest[0], rest[1], rest[2])
     else:
         raise SystemExit(f"unknown worker command {command}")
