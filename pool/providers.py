@@ -19,14 +19,17 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ConfigError, OriginRefused, ProviderNotFound
+from .errors import ConfigError, InvalidInput, OriginRefused, ProviderNotFound
 from .models import AccountKind, validate_provider_id
 
-__all__ = ["BUILTIN_PROVIDERS", "OAuthSettings", "Provider", "Providers", "origin_of"]
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["BUILTIN_PROVIDERS", "OAuthSettings", "Provider", "Providers", "origin_of", "url_origin"]
 
 Strategy = Literal["ordered", "round-robin", "least-used", "drain-soonest-reset", "sticky"]
 
@@ -154,26 +157,48 @@ class Provider(BaseModel):
     def resolve_url(self, path_or_url: str) -> str:
         """Turn a path (relative to base_url) or an absolute URL into a URL on an allowed origin.
 
+        The result is checked with the parser the HTTP client itself uses, so the origin checked
+        here is the origin the request will go to.
+
         Raises:
-            OriginRefused: the URL is on another origin, or no base_url is configured.
+            OriginRefused: the URL is on another origin, has userinfo, or no base_url is configured.
+            InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
         """
+        import httpx2  # loaded with the first request, not at start-up
+
         if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url):
             try:
-                origin = origin_of(path_or_url)
+                origin_of(path_or_url)
             except ValueError as e:
                 raise OriginRefused(str(e)) from None
-            if origin not in self.allowed_origins:
-                raise OriginRefused(
-                    f"{origin} is not an origin of provider {self.id} (allowed: "
-                    f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
-                )
-            return path_or_url
-        if not self.base_url:
-            raise OriginRefused(f"provider {self.id} has no base_url; set one in config.toml")
-        path = path_or_url if path_or_url.startswith("/") else "/" + path_or_url
-        if path.startswith("//"):
-            raise OriginRefused(f"{path_or_url!r} is a network-path reference, not a path")
-        return self.base_url + path
+            url = path_or_url
+        else:
+            if not self.base_url:
+                raise OriginRefused(f"provider {self.id} has no base_url; set one in config.toml")
+            path = path_or_url if path_or_url.startswith("/") else "/" + path_or_url
+            if path.startswith("//"):
+                raise OriginRefused(f"{path_or_url!r} is a network-path reference, not a path")
+            url = self.base_url + path
+        try:
+            parsed = httpx2.URL(url)
+        except httpx2.InvalidURL as e:
+            raise InvalidInput(f"invalid path {path_or_url!r}: {e}") from None
+        if parsed.userinfo:
+            raise OriginRefused(
+                f"refusing {path_or_url!r}: URLs with a user name or password (user@host) are not accepted")
+        origin = url_origin(parsed)
+        if origin not in self.allowed_origins:
+            raise OriginRefused(
+                f"{origin} is not an origin of provider {self.id} (allowed: "
+                f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
+            )
+        return url
+
+
+def url_origin(url: httpx2.URL) -> str:
+    """``scheme://host:port`` of a URL the HTTP client parsed (default port made explicit)."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
 
 _ANTHROPIC_RESETS = [

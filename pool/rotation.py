@@ -50,6 +50,7 @@ from .errors import (
     RequestFailed,
 )
 from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
+from .providers import url_origin
 from .ratelimit import model_of_request, read_body_limit
 from .refresh import Contended, RefreshMode, Renewal
 from .secret import Secret
@@ -282,9 +283,7 @@ class _Engine:
         url = self.request.url
         if url.userinfo:
             raise OriginRefused("refusing a URL with a user name or password (user@host)")
-        # The origin as the HTTP client will connect to it, from its own parsed URL.
-        host = f"[{url.host}]" if ":" in url.host else url.host
-        origin = f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+        origin = url_origin(url)  # as the HTTP client will connect to it, from its own parsed URL
         if origin not in self.provider.allowed_origins:
             # Also the path a cross-origin redirect takes: it arrives here as a new request.
             raise OriginRefused(

@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 import httpx2
 
-from pool import InvalidInput, OriginRefused, Pool, RequestFailed
-from pool.providers import Provider
+from pool import InvalidInput, Pool, RequestFailed
 from pool.rotation import RequestResult
 from pool.sse import assemble_text, parse_events
 
@@ -89,7 +88,7 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     if call.json_body is not None and call.body is not None:
         raise InvalidInput("give either json or body, not both")
     provider = pool.provider(call.provider)
-    url = _checked_url(provider, call.path)
+    url = provider.resolve_url(call.path)
     headers = dict(call.headers or {})
     forbidden = provider.all_credential_header_names()
     for name, value in headers.items():
@@ -184,35 +183,6 @@ def _summarize_stream(raw: bytes, content_type: str) -> StreamSummary | None:
 
 
 BodyFormat = Literal["json", "text", "empty", "binary"]
-
-
-def _checked_url(provider: Provider, path: str) -> str:
-    """``provider.resolve_url(path)``, also checked with the parser the HTTP client itself uses.
-
-    Defence in depth: the provider's origin check and the HTTP client must agree on where a
-    request goes. A URL with userinfo (``https://api.example.com@evil.example/``) is refused
-    outright: its origin is easy to misread, and credentials never belong in a URL.
-
-    Raises:
-        OriginRefused: another origin, or a URL with userinfo.
-        InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
-    """
-    url = provider.resolve_url(path)
-    try:
-        parsed = httpx2.URL(url)
-    except httpx2.InvalidURL as e:
-        raise InvalidInput(f"invalid path {path!r}: {e}") from None
-    if parsed.userinfo:
-        raise OriginRefused(f"refusing {path!r}: URLs with a user name or password (user@host) are not accepted")
-    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    origin = f"{parsed.scheme}://{host}:{port}"
-    if origin not in provider.allowed_origins:
-        raise OriginRefused(
-            f"{origin} is not an origin of provider {provider.id} (allowed: "
-            f"{', '.join(sorted(provider.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
-        )
-    return url
 
 
 def _shape_body(raw: bytes, content_type: str, limit: int) -> tuple[Any, BodyFormat, bool]:

@@ -282,6 +282,18 @@ def test_a_url_outside_the_provider_s_origins_is_refused_before_anything_is_sent
     assert acme.lp.snapshot()["calls_by_path"] == {}
 
 
+def test_the_cli_refuses_an_unparseable_path_or_a_userinfo_url_with_one_clear_line(acme: LoopbackPool) -> None:
+    """A CR/LF in the path or a user@host URL is a one-line error from `authpool request`, nothing sent."""
+    acme.add_oauth_accounts(1)
+    for path, fragment in [("/v1/models\r\nx-injected: 1", "invalid path"),
+                           (acme.lp.base_url.replace("http://", "http://user@") + "/v1/models", "user@host")]:
+        cli = run_cli("request", "acme", "GET", path)
+        assert cli.returncode == 1, cli.stderr
+        assert len(cli.stderr.strip().splitlines()) == 1 and fragment in cli.stderr, cli.stderr
+        assert "internal error" not in cli.stderr
+    assert acme.lp.snapshot()["calls_by_path"] == {}
+
+
 def test_a_same_origin_redirect_is_not_followed_by_the_default_client(
     acme: LoopbackPool, evil: LoopbackProvider
 ) -> None:
