@@ -73,10 +73,6 @@ class Refresher:
         self._async_locks: weakref.WeakKeyDictionary[object, dict[str, anyio.Lock]] = weakref.WeakKeyDictionary()
         self.calls = 0  # token endpoint calls made by this process (for diagnostics and tests)
 
-    def refresh(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Secret:
-        """Return a fresh secret for the account (refreshing only if nobody else just did); see :meth:`renew`."""
-        return self.renew(provider, account_id, seen_generation, mode).secret
-
     def renew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Renewal:
         """Return a fresh secret for the account (refreshing only if nobody else just did).
 
@@ -109,10 +105,6 @@ class Refresher:
             return self._refresh_locked(provider, account_id, seen_generation, mode)
         finally:
             lock.release()
-
-    async def arefresh(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Secret:
-        """:meth:`refresh` for async callers."""
-        return (await self.arenew(provider, account_id, seen_generation, mode)).secret
 
     async def arenew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Renewal:
         """:meth:`renew` for async callers: coroutines queue in memory, the work runs in a thread."""

@@ -144,7 +144,12 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         inner = self._inner or self.pool.http_transport()
         engine = _Engine(self, request)
         try:
-            return self._cooling_answer(lambda: self._run_sync(engine.flow(), inner))
+            try:
+                return self._run_sync(engine.flow(), inner)
+            except AllAccountsCooling as e:
+                if not self.options.cooling_response:
+                    raise
+                return _cooling_response(e)
         finally:
             engine.close()
             if self.usage.due():
@@ -228,14 +233,6 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                                                         effect.account.secret_generation, effect.mode)
             except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
                 error = e
-
-    def _cooling_answer(self, run: Any) -> httpx2.Response:
-        try:
-            return run()  # type: ignore[no-any-return]
-        except AllAccountsCooling as e:
-            if not self.options.cooling_response:
-                raise
-            return _cooling_response(e)
 
     def _progress_sync(self, effect: _Sleep) -> None:
         cb = self.options.on_progress
