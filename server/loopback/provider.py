@@ -84,6 +84,8 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         self._failures: tuple[int, int] = (0, 500)
         self._hang = 0.0
         self._oauth_mode = "ok"
+        self._token_delay = 0.0
+        self._token_calls_changed = threading.Condition(self._lock)
         self._request_seq = 0
         self.stats = LoopbackStats()
         #: OAuth grant types the token endpoint understands; add entries to extend.

@@ -101,6 +101,8 @@ class _TokensMixin:
     _access: dict[str, _AccessToken]
     _refresh: dict[str, _RefreshToken]
     _oauth_mode: str
+    _token_delay: float
+    _token_calls_changed: threading.Condition
     _login_subject: str
     _login_deny: bool
     _login_identity: bool
@@ -142,9 +144,14 @@ class _TokensMixin:
     # ---- OAuth token endpoint --------------------------------------------------------------
 
     def _route_token(self, request: LoopbackRequest) -> LoopbackResponse | None:
-        with self._lock:
+        with self._token_calls_changed:
             self.stats.token_calls += 1
-            mode = self._oauth_mode
+            mode, delay = self._oauth_mode, self._token_delay
+            self._token_calls_changed.notify_all()
+        # A slow endpoint still does its work after the delay, like a real one: the rotation
+        # happens whether or not the client is still there to read the answer.
+        if delay and not self._wait(delay):
+            return None
         if mode == "down":
             return LoopbackResponse.json(500, {"error": "server_error", "error_description": "token service down"})
         if mode == "garbage":
@@ -192,6 +199,20 @@ class _TokensMixin:
                 return 400, {"error": "invalid_grant", "error_description": "refresh token reuse detected"}
             tok.used = True
             return 200, self._issue(tok.subject, tok.family)
+
+    def set_token_delay(self, seconds: float) -> None:
+        """Answer every token request ``seconds`` late (0 to turn off); the grant is done after the delay.
+
+        A slow identity provider: the client may give up, be interrupted or killed meanwhile,
+        while the provider still rotates the refresh token it was sent.
+        """
+        with self._lock:
+            self._token_delay = min(max(0.0, seconds), TOKEN_HANG_SECONDS * 4)
+
+    def wait_for_token_calls(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until the token endpoint has received ``count`` requests (True), or ``timeout`` passes."""
+        with self._token_calls_changed:
+            return self._token_calls_changed.wait_for(lambda: self.stats.token_calls >= count, timeout)
 
     # ---- logins: /authorize + authorization_code (PKCE), /oauth/device + device_code ---------
 
