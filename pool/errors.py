@@ -25,6 +25,9 @@ from metadata (ids, labels, paths, status codes) only.
      │    └── SecretMissing                metadata exists, the secret does not
      ├── AuthError                         a provider refused or could not renew credentials
      │    ├── RefreshError                 the token endpoint failed (down, garbage, timeout)
+     │    │    ├── RefreshUnanswered       sent, but no answer came back: a rotation may be lost
+     │    │    ├── RefreshPending          the caller stopped waiting; the refresh goes on
+     │    │    └── RefreshBackoff          renewing keeps failing; no token call before a deadline
      │    ├── ReauthRequired               the login is dead; the user must log in again
      │    └── LoginError                   a login did not complete; nothing was stored
      │         ├── LoginCancelled          denied at the provider, or cancelled
@@ -62,7 +65,10 @@ __all__ = [
     "PoolError",
     "ProviderNotFound",
     "ReauthRequired",
+    "RefreshBackoff",
     "RefreshError",
+    "RefreshPending",
+    "RefreshUnanswered",
     "RequestFailed",
     "SecretBackendLocked",
     "SecretBackendUnavailable",
@@ -222,9 +228,34 @@ class AuthError(PoolError):
 
 
 class RefreshError(AuthError):
-    """The token endpoint could not renew the token (down, garbage, timeout)."""
+    """The token endpoint could not renew the token (down, garbage, timeout).
+
+    ``reason`` is the short cause shown in an account's state (``HTTP 503``, ``timed out``).
+    """
 
     code = "refresh_failed"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class RefreshUnanswered(RefreshError):
+    """The token request was sent but no answer arrived: the provider may have rotated the login."""
+
+    code = "refresh_unanswered"
+
+
+class RefreshPending(RefreshError):
+    """The request stopped waiting for a token call that goes on (and will be stored) in the background."""
+
+    code = "refresh_pending"
+
+
+class RefreshBackoff(RefreshError):
+    """Renewing this account keeps failing; no token call is made before ``next_try_at``."""
+
+    code = "refresh_backoff"
 
 
 class ReauthRequired(AuthError):

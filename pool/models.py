@@ -27,6 +27,8 @@ __all__ = [
     "Cooldown",
     "Counters",
     "PoolFile",
+    "RefreshFailing",
+    "RefreshJournal",
     "SessionBinding",
     "new_account_id",
     "validate_label",
@@ -90,6 +92,45 @@ class Cooldown(_Model):
     set_at: float = Field(default_factory=time.time)
 
 
+class RefreshJournal(_Model):
+    """A token call this account's refresh has made (or is making) and not yet stored.
+
+    Written before the refresh token leaves for the token endpoint and removed in the same
+    update that records the new generation. Found later, under the account's refresh lock, it
+    means the rotation may be lost: its owner was killed mid-call (SIGKILL, power loss), or the
+    call got no answer (``outcome_unknown``). The record holds no secret.
+    """
+
+    pid: int
+    host: str
+    command: str = ""
+    started_at: float
+    from_generation: int
+    process_start: str | None = None  # tells a reused pid apart from the owner (Linux: start ticks)
+    outcome_unknown: bool = False  # sent, but no answer came back (timed out, connection lost)
+
+
+class RefreshFailing(_Model):
+    """The token endpoint failed (5xx, network, timeout): no token call for this account before ``next_try_at``.
+
+    Shared by every process through the store, so an outage costs a handful of token calls, not
+    one per request. A success clears it; an outage never marks a login needs-reauth.
+    """
+
+    since: float
+    next_try_at: float
+    failures: int = 1
+    reason: str
+    generation: int  # the secret generation that failed to renew; a newer one makes this stale
+    # The current access token was refused (a 401): the account cannot serve until renewed.
+    token_refused: bool = False
+
+    def describe(self) -> str:
+        """``refresh failing since T (HTTP 503), next try at T2``: the state in words."""
+        return (f"refresh failing since {_clock(self.since)} ({self.reason}), "
+                f"next try at {_clock(self.next_try_at)}")
+
+
 class Account(_Model):
     """One account of one provider: everything about it except the secret."""
 
@@ -115,6 +156,10 @@ class Account(_Model):
     probation: bool = False
     # When the provider's current rate-limit window resets (from the last answer's reset headers).
     quota_resets_at: float | None = None
+    # How long the current access token was issued for (proactive refresh windows shrink with it).
+    access_lifetime: float | None = None
+    refresh_journal: RefreshJournal | None = None
+    refresh_failing: RefreshFailing | None = None
 
     @field_validator("provider")
     @classmethod
@@ -142,14 +187,26 @@ class Account(_Model):
         return latest
 
     def state(self, now: float | None = None) -> str:
-        """``disabled`` | ``needs-reauth`` | ``cooling`` | ``ready`` (whole-account view)."""
+        """``disabled`` | ``needs-reauth`` | ``refresh-failing`` | ``cooling`` | ``ready`` (whole-account view)."""
         if not self.enabled:
             return "disabled"
         if self.needs_reauth:
             return "needs-reauth"
+        if self.failing_refresh() is not None:
+            return "refresh-failing"
         if self.cooldown_until(WHOLE_ACCOUNT, now) is not None:
             return "cooling"
         return "ready"
+
+    def failing_refresh(self) -> RefreshFailing | None:
+        """The token endpoint's failure for the current secret, if renewing it is failing."""
+        f = self.refresh_failing
+        return f if f is not None and f.generation == self.secret_generation else None
+
+    def pending_refresh(self) -> RefreshJournal | None:
+        """The journal record of a token call for the current secret that has not been stored."""
+        j = self.refresh_journal
+        return j if j is not None and j.from_generation == self.secret_generation else None
 
 
 class SessionBinding(_Model):
@@ -216,3 +273,7 @@ class PoolFile(_Model):
             candidate = new_account_id()
             if candidate not in taken:
                 return candidate
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))

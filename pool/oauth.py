@@ -14,13 +14,18 @@ from typing import Any
 
 import httpx2
 
-from .errors import ConfigError, ReauthRequired, RefreshError
+from .errors import ConfigError, ReauthRequired, RefreshError, RefreshUnanswered
 from .providers import Provider
 from .secret import TokenSet
 
-__all__ = ["TOKEN_TIMEOUT", "InvalidGrant", "build_token_request", "parse_token_response", "refresh_request"]
+__all__ = ["TOKEN_CALL_LIMIT", "TOKEN_TIMEOUT", "InvalidGrant", "build_token_request", "parse_token_response",
+           "refresh_request"]
 
 TOKEN_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+# A refresh's token call, once sent, may already have rotated the login at the provider: its
+# answer is waited for this long (a slow endpoint that answers is still an answer), whatever the
+# request that started it does meanwhile. Callers stop waiting after the provider's token_timeout.
+TOKEN_CALL_LIMIT = httpx2.Timeout(connect=10.0, read=120.0, write=30.0, pool=10.0)
 
 
 class InvalidGrant(ReauthRequired):
@@ -79,22 +84,36 @@ def parse_token_response(provider: Provider, status: int, content_type: str, bod
         if error == "invalid_grant":
             raise InvalidGrant(f"{where} rejected the refresh token (invalid_grant); log in again")
         if isinstance(error, str) and error.isprintable() and len(error) < 80:
-            raise RefreshError(f"{where} answered HTTP {status} ({error})")
-        raise RefreshError(f"{where} answered HTTP {status}")
+            raise RefreshError(f"{where} answered HTTP {status} ({error})", reason=f"HTTP {status}")
+        raise RefreshError(f"{where} answered HTTP {status}", reason=f"HTTP {status}")
     if not isinstance(doc, dict):
         kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
-        raise RefreshError(f"{where} answered HTTP {status} with a non-JSON body ({kind})")
+        raise RefreshError(f"{where} answered HTTP {status} with a non-JSON body ({kind})",
+                           reason=f"HTTP {status}, not JSON")
     if isinstance(doc.get("error"), str):  # GitHub answers errors with 200
         if doc["error"] == "invalid_grant" or doc["error"] == "bad_refresh_token":
             raise InvalidGrant(f"{where} rejected the refresh token ({doc['error']}); log in again")
-        raise RefreshError(f"{where} answered an error ({doc['error'][:60]})")
+        raise RefreshError(f"{where} answered an error ({doc['error'][:60]})", reason="an error answer")
     try:
         return TokenSet.parse(doc, now=time.time() if now is None else now)
     except Exception as e:  # noqa: BLE001 - any shape problem is the endpoint's fault
-        raise RefreshError(f"{where} answered without a usable token ({type(e).__name__})") from None
+        raise RefreshError(f"{where} answered without a usable token ({type(e).__name__})",
+                           reason="no usable token") from None
+
+
+# Failures that happen before any byte of the request reaches the endpoint: nothing was rotated.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.UnsupportedProtocol)
 
 
 def describe_transport_error(provider: Provider, e: Exception) -> RefreshError:
-    """A RefreshError for a network failure reaching the token endpoint."""
+    """A RefreshError for a network failure reaching the token endpoint.
+
+    :class:`RefreshUnanswered` when the request may have reached the endpoint (it timed out
+    waiting for the answer, or the connection broke): the provider may have rotated the login.
+    """
     kind = "timed out" if isinstance(e, httpx2.TimeoutException) else f"failed ({type(e).__name__})"
-    return RefreshError(f"reaching the token endpoint of {provider.id} {kind}")
+    message = f"reaching the token endpoint of {provider.id} {kind}"
+    reason = "timed out" if isinstance(e, httpx2.TimeoutException) else type(e).__name__
+    if isinstance(e, _NOT_SENT):
+        return RefreshError(message, reason=reason)
+    return RefreshUnanswered(message, reason=reason)

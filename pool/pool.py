@@ -18,7 +18,7 @@ from .home import Home
 from .lock import Lock
 from .models import Account, AccountKind, PoolFile, validate_label, validate_provider_id
 from .providers import Provider, Providers
-from .secret import Secret, TokenSet
+from .secret import Secret, TokenSet, time_left
 from .secretstore import SecretStore
 from .store import Store
 from .usage import UsageLog
@@ -289,7 +289,8 @@ class Pool:
 
     def add_oauth(self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default") -> Account:
         """Add an OAuth account from a token set (as a login or an import produces)."""
-        return self._add(provider, label, "oauth", tokens.to_secret(), namespace, tokens.expires_at)
+        return self._add(provider, label, "oauth", tokens.to_secret(), namespace, tokens.expires_at,
+                         tokens.issued_lifetime())
 
     def _add(
         self,
@@ -299,6 +300,7 @@ class Pool:
         secret: Secret,
         namespace: str,
         expires_at: float | None,
+        lifetime: float | None = None,
     ) -> Account:
         provider = validate_provider_id(provider)
         label = validate_label(label)
@@ -322,6 +324,7 @@ class Pool:
                 kind=kind,
                 order=order,
                 access_expires_at=expires_at,
+                access_lifetime=lifetime,
                 secret_generation=1,
             )
             pool.accounts.append(acc)
@@ -349,7 +352,7 @@ class Pool:
             return self.add_oauth(provider, label, tokens, namespace=namespace), True
         if existing.kind != "oauth":
             raise InvalidInput(f"{existing.name} is an API-key account; pick another label for the login")
-        account = self.set_secret(existing.id, tokens.to_secret())
+        account = self.set_secret(existing.id, tokens.to_secret(), lifetime=tokens.issued_lifetime())
         return account, False
 
     def find_by_secret(self, provider: str, match: Callable[[Secret], bool]) -> Account | None:
@@ -362,8 +365,11 @@ class Pool:
                 continue
         return None
 
-    def set_secret(self, ref: str, secret: Secret) -> Account:
-        """Replace an account's secret and bump its generation (under the account's lock)."""
+    def set_secret(self, ref: str, secret: Secret, *, lifetime: float | None = None) -> Account:
+        """Replace an account's secret and bump its generation (under the account's lock).
+
+        ``lifetime`` is the access token's issued lifetime, if known (else the time it has left).
+        """
         account_id = self.get(ref).id
         with self.secret_lock(account_id):
             current = self.get(account_id)
@@ -375,7 +381,11 @@ class Pool:
                 acc.secret_generation = max(acc.secret_generation, current.secret_generation) + 1
                 if secret.kind == "oauth":
                     acc.access_expires_at = secret.expires_at
+                    acc.access_lifetime = lifetime if lifetime is not None else time_left(secret.expires_at)
                     acc.needs_reauth = False
+                # A new secret: a failing or interrupted renewal of the old one no longer matters.
+                acc.refresh_failing = None
+                acc.refresh_journal = None
                 return acc
 
             return self.store.update(bump)
@@ -410,7 +420,7 @@ class Pool:
         return self.store.update(apply)
 
     def reset(self, ref: str) -> Account:
-        """Clear cooldowns, backoff, needs-reauth and the last error of an account."""
+        """Clear cooldowns, backoff (of requests and of a failing token endpoint), needs-reauth and the last error."""
         account_id = self.get(ref).id
 
         def apply(pool: PoolFile) -> Account:
@@ -418,6 +428,7 @@ class Pool:
             acc.cooldowns.clear()
             acc.backoff_level = 0
             acc.needs_reauth = False
+            acc.refresh_failing = None
             acc.last_error = None
             return acc
 

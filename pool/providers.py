@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BUILTIN_PROVIDERS", "OAuthSettings", "Provider", "Providers", "origin_of", "url_origin"]
 
+# Proactive refresh starts at most this share of a token's issued lifetime before it expires
+# (advisory: renew if nobody else is), and must happen within the mandatory share.
+ADVISORY_SHARE = 1 / 3
+MANDATORY_SHARE = 1 / 10
+
 Strategy = Literal["ordered", "round-robin", "least-used", "drain-soonest-reset", "sticky"]
 
 
@@ -100,6 +105,9 @@ class Provider(BaseModel):
     max_cooldown: float = Field(default=3600.0, gt=0)
     refresh_advisory: float = Field(default=300.0, ge=0)  # seconds before expiry: try to refresh
     refresh_mandatory: float = Field(default=60.0, ge=0)  # seconds before expiry: must refresh
+    # Seconds a request waits for a token call before moving on; the call itself goes on (up to
+    # TOKEN_CALL_LIMIT) and its answer is stored, because the provider may have rotated already.
+    token_timeout: float = Field(default=30.0, gt=0)
     timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
 
     @field_validator("id")
@@ -137,6 +145,19 @@ class Provider(BaseModel):
         if self.base_url:
             out.add(origin_of(self.base_url))
         return frozenset(out)
+
+    def refresh_windows(self, lifetime: float | None) -> tuple[float, float]:
+        """``(advisory, mandatory)`` seconds before expiry for a token issued for ``lifetime`` seconds.
+
+        The configured windows are upper bounds: a token that lives less than them (many identity
+        providers issue 5-minute tokens) would otherwise be renewed on nearly every request. The
+        windows are at most a third and a tenth of the issued lifetime.
+        """
+        advisory, mandatory = self.refresh_advisory, self.refresh_mandatory
+        if lifetime is not None and lifetime > 0:
+            advisory = min(advisory, lifetime * ADVISORY_SHARE)
+            mandatory = min(mandatory, lifetime * MANDATORY_SHARE)
+        return advisory, min(mandatory, advisory)
 
     def credential_headers(self, kind: AccountKind) -> tuple[str, str, dict[str, str]]:
         """``(header name, value prefix, extra headers)`` for an account of ``kind``."""

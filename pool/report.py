@@ -27,6 +27,7 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
         "cooldowns": {scope: {"until": cd.until, "reason": cd.reason}
                       for scope, cd in a.cooldowns.items() if cd.until > now},
         "needs_reauth": a.needs_reauth,
+        "refresh_failing": (failing.describe() if (failing := a.failing_refresh()) is not None else None),
         "token_expires_at": a.access_expires_at,
         "last_used_at": a.last_used_at,
         "last_status": a.last_status,
@@ -51,6 +52,7 @@ def pool_status(pool: Pool, now: float | None = None) -> dict[str, Any]:
             "ready": states.count("ready"),
             "cooling": states.count("cooling"),
             "needs_reauth": states.count("needs-reauth"),
+            "refresh_failing": states.count("refresh-failing"),
             "disabled": states.count("disabled"),
             "next_free_at": min(cooling_until) if cooling_until else None,
         })

@@ -47,6 +47,7 @@ from .errors import (
     PoolError,
     ReauthRequired,
     RefreshError,
+    RefreshPending,
     RequestFailed,
 )
 from .models import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
@@ -78,8 +79,8 @@ class Attempt:
     account_id: str
     account: str  # provider/label
     status: int | None
-    outcome: str  # ok | rate_limited | refreshed | refresh_failed | needs_reauth | forbidden | server_error
-    #              | network_error | secret_error | stream_rate_limited | stream_overloaded
+    outcome: str  # ok | rate_limited | refreshed | refresh_failed | refresh_pending | needs_reauth | forbidden
+    #              | server_error | network_error | secret_error | stream_rate_limited | stream_overloaded
     elapsed_ms: float
     cooldown_until: float | None = None
     detail: str | None = None
@@ -164,6 +165,7 @@ class _Sleep:
 class _Refresh:
     account: Account
     mode: RefreshMode
+    wait: float  # seconds the request waits for it; the refresh itself goes on regardless
 
 
 @dataclass
@@ -353,9 +355,11 @@ class _Engine:
     def _wait_for(self, soonest: float, now: float) -> Generator[Effect, Any, None]:
         wait = max(0.0, soonest - now)
         if wait > self.wait_left or time.monotonic() + wait > self.deadline:
+            renewing = any(a.failing_refresh() is not None for a in self.t.scope(self.t.pool.store.read()))
+            what = "cooling down or failing to renew their tokens" if renewing else "cooling down"
             raise AllAccountsCooling(
                 self._summary(
-                    f"all {self.provider.id} accounts are cooling down; the next frees up at "
+                    f"all {self.provider.id} accounts are {what}; the next frees up at "
                     f"{_clock(soonest)} (in {wait:.0f}s)"
                 ),
                 soonest,
@@ -387,12 +391,21 @@ class _Engine:
                 return None
         if acc.kind != "oauth" or secret.expires_at is None:
             return secret
-        left = secret.expires_at - time.time()
-        if left > self.provider.refresh_advisory:
+        now = time.time()
+        left = secret.expires_at - now
+        advisory, mandatory = self.provider.refresh_windows(acc.access_lifetime)
+        if left > advisory:
             return secret
-        mode: RefreshMode = "mandatory" if left <= self.provider.refresh_mandatory else "advisory"
+        mode: RefreshMode = "mandatory" if left <= mandatory else "advisory"
+        failing = acc.failing_refresh()
+        if failing is not None and failing.next_try_at > now:
+            if mode == "advisory":
+                return secret  # renewing is failing; the current token still works meanwhile
+            self._note(acc, None, "refresh_failed", 0.0, detail=failing.describe())
+            self.last_error = RefreshError(f"renewing {acc.name} is failing: {failing.describe()}")
+            return None
         try:
-            renewed: Renewal = yield _Refresh(acc, mode)
+            renewed: Renewal = yield _Refresh(acc, mode, self._refresh_wait())
             return renewed.secret
         except Contended:
             return secret  # advisory: someone else is renewing; the current token is still valid
@@ -400,21 +413,16 @@ class _Engine:
             if mode == "advisory" and isinstance(e, RefreshError):
                 log.info("advisory refresh of %s failed (%s); using the current token", acc.name, e)
                 return secret
-            self._note(acc, None, "refresh_failed" if isinstance(e, RefreshError) else "needs_reauth", 0.0,
-                       detail=str(e))
+            self._note(acc, None, _refresh_outcome(e), 0.0, detail=str(e))
             self.last_error = e
             return None
 
     def _refresh(self, acc: Account, mode: RefreshMode, elapsed: float,
                  status: int) -> Generator[Effect, Any, Renewal | None]:
         try:
-            renewal: Renewal = yield _Refresh(acc, mode)
-        except ReauthRequired as e:
-            self._note(acc, status, "needs_reauth", elapsed, detail=str(e))
-            self.last_error = e
-            return None
-        except RefreshError as e:
-            self._note(acc, status, "refresh_failed", elapsed, detail=str(e))
+            renewal: Renewal = yield _Refresh(acc, mode, self._refresh_wait())
+        except (ReauthRequired, RefreshError) as e:
+            self._note(acc, status, _refresh_outcome(e), elapsed, detail=str(e))
             self.last_error = e
             return None
         self._note(acc, status, "refreshed", elapsed,
@@ -555,6 +563,10 @@ class _Engine:
         ready, _, _ = self.t.candidates(self.t.pool.store.read(), time.time(), self.tried | {acc.id}, self.model)
         return bool(ready)
 
+    def _refresh_wait(self) -> float:
+        """How long this request waits for a token call: the provider's token timeout, within its deadline."""
+        return max(0.0, min(self.provider.token_timeout, self.deadline - time.monotonic()))
+
     def _backoff(self, n: int) -> float:
         delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (n - 1)) * (0.5 + random.random() / 2)  # noqa: S311
         return float(max(0.0, min(delay, self.deadline - time.monotonic())))
@@ -584,6 +596,8 @@ class _Engine:
                 state = f"cooling for {self.model} until {_clock(until)}"
             elif state == "cooling":
                 state = f"cooling until {_clock(until or now)}"
+            elif state == "refresh-failing" and (failing := a.failing_refresh()) is not None:
+                state = failing.describe()
             elif state == "needs-reauth":
                 state += f" (run `authpool login {a.provider} --label {a.label}`)" if a.kind == "oauth" else \
                     " (replace its key)"
@@ -615,6 +629,12 @@ def _after_success(account_id: str, success: bool, bind: tuple[str, SessionBindi
             pool.sessions[bind[0]] = bind[1]
 
     return apply
+
+
+def _refresh_outcome(e: PoolError) -> str:
+    if isinstance(e, ReauthRequired):
+        return "needs_reauth"
+    return "refresh_pending" if isinstance(e, RefreshPending) else "refresh_failed"
 
 
 def _body_of(request: httpx2.Request) -> bytes | None:

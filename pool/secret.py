@@ -14,7 +14,7 @@ from typing import Any
 from .errors import InvalidInput, SecretError
 from .models import AccountKind
 
-__all__ = ["Secret", "TokenSet"]
+__all__ = ["Secret", "TokenSet", "time_left"]
 
 _FORMAT = 1
 
@@ -104,6 +104,8 @@ class TokenSet:
     refresh_token: str | None
     expires_at: float | None
     extra: dict[str, str] = field(default_factory=dict)
+    # Seconds the access token was issued for (``expires_in``); None when only a deadline is known.
+    lifetime: float | None = None
 
     @classmethod
     def parse(cls, doc: object, *, now: float | None = None) -> TokenSet:
@@ -125,13 +127,20 @@ class TokenSet:
             raise InvalidInput("'refresh_token' must be a string")
         now = time.time() if now is None else now
         expires_at: float | None = None
+        lifetime: float | None = None
         if doc.get("expires_at") is not None:
             expires_at = _number(doc["expires_at"], "expires_at")
             if expires_at > 1e12:
                 expires_at /= 1000.0
         elif doc.get("expires_in") is not None:
-            expires_at = now + _number(doc["expires_in"], "expires_in")
-        return cls(access_token=access.strip(), refresh_token=(refresh or None), expires_at=expires_at)
+            lifetime = _number(doc["expires_in"], "expires_in")
+            expires_at = now + lifetime
+        return cls(access_token=access.strip(), refresh_token=(refresh or None), expires_at=expires_at,
+                   lifetime=lifetime if lifetime is not None and lifetime > 0 else None)
+
+    def issued_lifetime(self, now: float | None = None) -> float | None:
+        """The token's issued lifetime, or (imports give only a deadline) the time it has left."""
+        return self.lifetime if self.lifetime is not None else time_left(self.expires_at, now)
 
     def to_secret(self) -> Secret:
         return Secret(
@@ -144,6 +153,14 @@ class TokenSet:
 
     def __repr__(self) -> str:
         return f"TokenSet(expires_at={self.expires_at!r}, values=<hidden>)"
+
+
+def time_left(expires_at: float | None, now: float | None = None) -> float | None:
+    """Seconds until ``expires_at``, or None if there is no deadline or it has passed."""
+    if expires_at is None:
+        return None
+    left = expires_at - (time.time() if now is None else now)
+    return left if left > 0 else None
 
 
 def _number(value: object, name: str) -> float:

@@ -113,6 +113,10 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                 continue
             if a.id in exclude:
                 continue
+            until = self._renewal_blocked_until(a, now)
+            if until is not None:
+                soonest = until if soonest is None else min(soonest, until)
+                continue
             ready.append(a)
         weights = self.provider.weights
 
@@ -128,6 +132,19 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             )
 
         return order_accounts(self.provider.strategy, ready, usage), soonest, len(scope)
+
+    def _renewal_blocked_until(self, a: Account, now: float) -> float | None:
+        """When an account that cannot serve until renewed, while renewing it fails, may try again.
+
+        Its token was refused, or is inside the mandatory window; the token endpoint failed and
+        its backoff has not ended. Skipped like a cooling account: no token call, no request.
+        """
+        failing = a.failing_refresh()
+        if failing is None or failing.next_try_at <= now:
+            return None
+        _, mandatory = self.provider.refresh_windows(a.access_lifetime)
+        expiring = a.access_expires_at is not None and a.access_expires_at - now <= mandatory
+        return failing.next_try_at if failing.token_refused or expiring else None
 
     def probe_lock(self, account_id: str) -> Lock | None:
         """Take the account's probation lock without waiting; None if another request holds it."""
@@ -183,7 +200,7 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                     time.sleep(effect.seconds)
                 elif isinstance(effect, _Refresh):
                     value = self.refresher.renew(self.provider, effect.account.id,
-                                                 effect.account.secret_generation, effect.mode)
+                                                 effect.account.secret_generation, effect.mode, wait=effect.wait)
             except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
                 error = e
 
@@ -230,7 +247,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                     await anyio.sleep(effect.seconds)
                 elif isinstance(effect, _Refresh):
                     value = await self.refresher.arenew(self.provider, effect.account.id,
-                                                        effect.account.secret_generation, effect.mode)
+                                                        effect.account.secret_generation, effect.mode,
+                                                        wait=effect.wait)
             except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
                 error = e
 

@@ -157,8 +157,13 @@ class LoopbackPool:
         write_config(self.home, self.providers)
 
     def add_oauth(self, *subjects: str, expires_in: float | None = None, provider: str = "acme",
-                  lp: LoopbackProvider | None = None) -> list[Account]:
-        """One OAuth account per subject, from a fresh loopback login (``expires_in`` overrides the stored expiry)."""
+                  lp: LoopbackProvider | None = None, issued_for: float | None = None) -> list[Account]:
+        """One OAuth account per subject, from a fresh loopback login.
+
+        ``expires_in`` overrides the stored expiry; ``issued_for`` says the token was issued for
+        that many seconds (an hour-long token with ``expires_in`` left), else it counts as issued
+        for ``expires_in``.
+        """
         server = lp or self.lp
         out = []
         for subject in subjects:
@@ -166,7 +171,16 @@ class LoopbackPool:
             if expires_in is not None:
                 doc["expires_in"] = expires_in
             self.handed_out += [doc["access_token"], doc["refresh_token"]]
-            out.append(self.pool.add_oauth(provider, subject, TokenSet.parse(doc)))
+            acc = self.pool.add_oauth(provider, subject, TokenSet.parse(doc))
+            if issued_for is not None:
+
+                def issued(pool: Any, account_id: str = acc.id) -> Account:
+                    found: Account = pool.find(account_id)
+                    found.access_lifetime = issued_for
+                    return found
+
+                acc = self.pool.store.update(issued)
+            out.append(acc)
         return out
 
     def add_oauth_accounts(self, n: int, **kw: Any) -> list[Account]:

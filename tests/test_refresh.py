@@ -289,10 +289,15 @@ def test_a_failing_token_endpoint_is_one_clear_line_from_the_cli(acme: LoopbackP
     assert stored(acme, "a")[0] == 1
     assert stored(acme, "a")[1].refresh_token == before[1].refresh_token
     assert acme.account_json("a")["needs_reauth"] is False
-    # And once the endpoint is back, the very same login refreshes fine: nothing was burnt.
+    # The failure put a's renewal on a short backoff, recorded in the store for every process.
+    failing = acme.account_json("a")["refresh_failing"]
+    assert (failing["failures"], failing["token_refused"]) == (1, True)
+    # And once the endpoint is back, the very same login refreshes fine: nothing was burnt. (The
+    # request waits for the backoff to end: until then no process calls the token endpoint.)
     acme.lp.set_token_endpoint_mode("ok")
-    again = cli_request()
+    again = cli_request("--wait", "30")
     assert again.returncode == 0, again.stderr
+    assert acme.account_json("a")["refresh_failing"] is None
     assert stored(acme, "a")[0] == 2
     assert acme.lp.snapshot()["invalid_grant_count"] == 0
     assert_no_secrets([cli.stdout, cli.stderr, again.stdout, again.stderr], acme.secrets())
@@ -376,6 +381,9 @@ def test_a_revoked_login_with_no_other_account_fails_naming_the_login_command(ac
 # -- proactive refresh ------------------------------------------------------------------------------
 
 
+HOUR = 3600.0  # the tokens below were issued for an hour: the configured windows apply in full
+
+
 def _windows(acme: LoopbackPool) -> None:
     # Renew from 600 s before expiry; must renew from 200 s. The defaults (300/60) would not
     # put a 400 s token in the advisory window: these tests also show config.toml is honoured.
@@ -385,7 +393,7 @@ def _windows(acme: LoopbackPool) -> None:
 def test_a_token_inside_the_advisory_window_is_refreshed_before_use(acme: LoopbackPool) -> None:
     """400 s left, advisory 600 s: the token is renewed first and the request goes out with the new one."""
     _windows(acme)
-    acme.add_oauth("a", expires_in=400)
+    acme.add_oauth("a", expires_in=400, issued_for=HOUR)
     acme.lp.expire_access_tokens("a")  # had the old token been sent, the provider would answer 401
     with acme.pool.sync_client("acme") as client:
         r = client.post(CHAT, json=BODY)
@@ -401,7 +409,7 @@ def test_a_token_inside_the_advisory_window_is_refreshed_before_use(acme: Loopba
 def test_a_failed_refresh_in_the_advisory_window_still_sends_the_current_token(acme: LoopbackPool) -> None:
     """Advisory refresh fails (endpoint down): the request goes out with the still-valid token and succeeds."""
     _windows(acme)
-    acme.add_oauth("a", expires_in=400)
+    acme.add_oauth("a", expires_in=400, issued_for=HOUR)
     before = stored(acme, "a")
     acme.lp.set_token_endpoint_mode("down")
     with acme.pool.sync_client("acme") as client:
@@ -419,7 +427,7 @@ def test_an_advisory_refresh_does_not_wait_for_another_process_holding_the_lock(
 ) -> None:
     """Another process holds the account's refresh lock: the advisory refresh is skipped and the current token used."""
     _windows(acme)
-    (acc,) = acme.add_oauth("a", expires_in=400)
+    (acc,) = acme.add_oauth("a", expires_in=400, issued_for=HOUR)
     release = tmp_path / "release"
     holder = start_worker("hold-lock", acc.id, str(release))
     try:
@@ -439,7 +447,7 @@ def test_an_advisory_refresh_does_not_wait_for_another_process_holding_the_lock(
 def test_a_failed_refresh_in_the_mandatory_window_rotates_to_the_next_account(acme: LoopbackPool) -> None:
     """100 s left, mandatory 200 s, endpoint down: the account is skipped (not sent), the next account serves."""
     _windows(acme)
-    acme.add_oauth("a", expires_in=100)
+    acme.add_oauth("a", expires_in=100, issued_for=HOUR)
     acme.add_oauth("b")
     acme.lp.set_token_endpoint_mode("down")
     with acme.pool.sync_client("acme") as client:
@@ -454,7 +462,7 @@ def test_a_failed_refresh_in_the_mandatory_window_rotates_to_the_next_account(ac
 def test_a_failed_refresh_in_the_mandatory_window_with_no_other_account_fails_clearly(acme: LoopbackPool) -> None:
     """Mandatory refresh fails and nobody else can serve: RequestFailed naming the token endpoint's failure."""
     _windows(acme)
-    acme.add_oauth("a", expires_in=100)
+    acme.add_oauth("a", expires_in=100, issued_for=HOUR)
     acme.lp.set_token_endpoint_mode("garbage")
     with acme.pool.sync_client("acme") as client, pytest.raises(RequestFailed) as info:
         client.post(CHAT, json=BODY)
@@ -466,7 +474,7 @@ def test_a_failed_refresh_in_the_mandatory_window_with_no_other_account_fails_cl
 def test_a_mandatory_refresh_succeeds_before_the_request(acme: LoopbackPool) -> None:
     """100 s left, mandatory 200 s: renewed first, exactly one token call, the request succeeds."""
     _windows(acme)
-    acme.add_oauth("a", expires_in=100)
+    acme.add_oauth("a", expires_in=100, issued_for=HOUR)
     with acme.pool.sync_client("acme") as client:
         r = client.post(CHAT, json=BODY)
         r2 = client.post(CHAT, json=BODY)  # the new token is fresh: no second refresh
@@ -554,9 +562,10 @@ def test_a_failed_refresh_followed_by_a_wait_never_marks_the_live_login_needs_re
     a = acme.account_json("a")
     assert a["needs_reauth"] is False
     assert stored(acme, "a")[0] == 1
-    # When the endpoint is back the same login refreshes: it was never dead.
+    # When the endpoint is back the same login refreshes: it was never dead. (The request waits
+    # for the renewal backoff the failure set: before it ends no process calls the endpoint.)
     acme.lp.set_token_endpoint_mode("ok")
-    with acme.pool.sync_client("acme", account="acme/a") as client:
+    with acme.pool.sync_client("acme", account="acme/a", wait_budget=30) as client:
         r2 = client.post(CHAT, json=BODY)
     assert trail(r2) == [("a", 401, "refreshed"), ("a", 200, "ok")]
 
