@@ -27,12 +27,13 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from pool import Pool, PoolError
 from pool.models import Account
+from pool.refresh import Flight, drain
 from pool.report import account_view, pool_status
 from pool.rotation import Attempt, RequestResult
 
 from .proxy import ProxyCall, ProxyOutcome, run_proxy
 
-__all__ = ["build_server"]
+__all__ = ["build_server", "finish_refreshes"]
 
 log = logging.getLogger("authpool")
 
@@ -71,7 +72,8 @@ class AttemptView(BaseModel):
     account: str = Field(description="provider/label of the account tried")
     status: int | None = Field(description="HTTP status the provider answered, null for a network error")
     outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | forbidden | server_error | "
-                                     "network_error | refresh_failed | secret_error | stream_rate_limited "
+                                     "network_error | refresh_failed | refresh_pending (the token endpoint is slow; "
+                                     "the refresh goes on and will be stored) | secret_error | stream_rate_limited "
                                      "(a 200 stream opened with a rate-limit error) | stream_overloaded")
     elapsed_ms: float
     cooldown_until: str | None = Field(None, description="ISO time the account cools down until, after a 429")
@@ -126,7 +128,9 @@ class AccountView(BaseModel):
     name: str = Field(description="provider/label")
     kind: Literal["oauth", "api_key"]
     enabled: bool
-    state: Literal["ready", "cooling", "needs-reauth", "disabled"]
+    state: Literal["ready", "cooling", "needs-reauth", "refresh-failing", "disabled"]
+    refresh_failing: str | None = Field(
+        None, description="when renewing the token fails: since when, why, and when the next try is")
     cooling_until: str | None = Field(description="ISO time the whole account frees up, if cooling")
     cooldowns: dict[str, CooldownView] = Field(description="active cooldowns by scope ('*' = whole account)")
     token_expires_at: str | None = Field(description="ISO expiry of the OAuth access token (renewed automatically)")
@@ -153,6 +157,7 @@ class ProviderSummary(BaseModel):
     ready: int
     cooling: int
     needs_reauth: int
+    refresh_failing: int = Field(0, description="accounts whose token endpoint is failing (backing off)")
     disabled: int
     next_free_at: str | None = Field(description="ISO time the first cooling account frees up")
     accounts: list[AccountView]
@@ -251,6 +256,9 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
                 finally:
                     tg.cancel_scope.cancel()
                     with anyio.CancelScope(shield=True):
+                        # The server may not be the whole process (tests serve in memory): wait for
+                        # sent refreshes without forbidding new ones.
+                        await anyio.to_thread.run_sync(lambda: finish_refreshes(final=False))
                         await anyio.to_thread.run_sync(_flush_quietly, get_pool())
 
     server: MCPServer[Any] = MCPServer(
@@ -420,6 +428,7 @@ def _pool_report(pool: Pool) -> PoolStatus:
         providers=[
             ProviderSummary(
                 provider=p["provider"], ready=p["ready"], cooling=p["cooling"], needs_reauth=p["needs_reauth"],
+                refresh_failing=p["refresh_failing"],
                 disabled=p["disabled"], next_free_at=iso(p["next_free_at"]),
                 accounts=[view(accounts[a["id"]], now) for a in p["accounts"] if a["id"] in accounts],
             )
@@ -447,6 +456,22 @@ async def _flush_periodically(get_pool: Any) -> None:
         pool = get_pool()
         if pool.usage.due():
             await anyio.to_thread.run_sync(_flush_quietly, pool)
+
+
+def finish_refreshes(*, final: bool = True) -> None:
+    """Wait for this process's token refreshes that reached their endpoint (says so if it takes a while).
+
+    Called before the server exits: a refresh that was sent may have rotated the login at the
+    provider already, and leaving before its answer is stored would log the user out. ``final``
+    (the process is exiting) also stops refreshes that have not sent yet.
+    """
+    drain(notify=_say_waiting, final=final)
+
+
+def _say_waiting(pending: list[Flight]) -> None:
+    names = ", ".join(sorted({f.name for f in pending}))
+    log.warning("finishing a token refresh (%s) before exiting: the provider may have rotated the login already",
+                names)
 
 
 def _flush_quietly(pool: Pool) -> None:

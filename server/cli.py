@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pool import Pool, PoolError, TokenSet
 from pool.errors import InvalidInput
@@ -34,10 +35,28 @@ class UsageError(Exception):
     """A command line that cannot be run as given (exit status 2)."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit status per failure kind
-    """Run the CLI; returns the exit status (the console script exits with it)."""
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the command unwinds."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (the console script exits with it).
+
+    Whatever ends a command (success, an error, Ctrl-C, SIGTERM), a token refresh it sent is
+    waited for before the process exits: the provider may have rotated the login already, and
+    leaving before the answer is stored would log the user out.
+    """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _on_sigterm(_raise_terminated)
+    try:
+        status = _run(argv)
+    finally:
+        _on_sigterm(previous)
+    return _after_refreshes(status)
+
+
+def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure kind
     handler: Callable[[argparse.Namespace], int] | None
     if argv == ["serve"]:
         # An MCP client is waiting for `initialize`: skip building every command's parser.
@@ -60,6 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
     except KeyboardInterrupt:
         print("authpool: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("authpool: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return EXIT_ERROR  # stdout closed early (e.g. `| head`): nothing left to say
     except Exception as e:  # a bug: keep the one-line contract, offer the traceback on request
@@ -70,6 +92,49 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one exit 
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM (main thread only); returns the previous one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler) if handler is not None else None
+
+
+def _after_refreshes(status: int) -> int:
+    """Wait for this process's token refreshes that reached their endpoint, then return ``status``.
+
+    A second Ctrl-C or SIGTERM leaves at once: the journal then tells the next process what
+    happened, and the error message names it if the provider revoked the login.
+    """
+    from pool.refresh import drain, in_flight
+
+    if not in_flight():
+        return status
+
+    def say(pending: list[Any]) -> None:
+        names = ", ".join(sorted({f.name for f in pending}))
+        print(f"authpool: finishing a token refresh ({names}) before exiting: the provider may have rotated "
+              "the login already; press Ctrl-C again to leave anyway", file=sys.stderr, flush=True)
+
+    previous = _on_sigterm(_raise_terminated)
+    try:
+        drain(notify=say)
+    except (KeyboardInterrupt, Terminated):
+        print("authpool: left before a token refresh finished; if the provider revoked the login, the next "
+              "request says so", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(status or 130)  # the refresh threads must not hold the exit up any longer
+    finally:
+        _on_sigterm(previous)
+    return status
 
 
 def setup_logging() -> None:
@@ -294,11 +359,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     for prov in report["providers"]:
         nxt = prov["next_free_at"]
         extra = f", next frees up {relative(nxt, now)}" if nxt and not prov["ready"] else ""
+        failing = f", {prov['refresh_failing']} failing to renew" if prov["refresh_failing"] else ""
         print(f"{prov['provider']}: {prov['ready']} ready, {prov['cooling']} cooling, "
-              f"{prov['needs_reauth']} need re-auth, {prov['disabled']} disabled{extra}")
+              f"{prov['needs_reauth']} need re-auth{failing}, {prov['disabled']} disabled{extra}")
         for a in prov["accounts"]:
             until = a["cooling_until"]
             state = f"cooling {relative(until, now)}" if a["state"] == "cooling" and until else a["state"]
+            state = a["refresh_failing"] or state
             c = a["counters"]
             print(f"  {a['name']:<32} {state:<18} requests {c['requests']}, 429s {c['rate_limited']}, "
                   f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}")
@@ -345,6 +412,8 @@ def describe_state(a: Account, now: float) -> str:
     state = a.state(now)
     if state == "cooling":
         return f"cooling {relative(a.cooldown_until(now=now), now)}"
+    if state == "refresh-failing" and (failing := a.failing_refresh()) is not None:
+        return failing.describe()
     return state
 
 
