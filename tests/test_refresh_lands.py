@@ -1,0 +1,381 @@
+"""A refresh that reached the token endpoint always lands: interruptions, slow and failing endpoints.
+
+The loopback provider rotates refresh tokens and revokes the whole login when a used one comes
+back, and its token endpoint can be made slow: each interruption is reproduced by waiting until
+the provider has *received* the token call, then interrupting the process that sent it. After
+each, the refresh must have been stored (the next request succeeds on that account) and the
+provider must have counted no reuse. Only SIGKILL can still lose a rotation; the journal then
+says what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from pool import RequestFailed
+from pool.journal import describe_interrupted, new_record, owner_alive
+from pool.providers import BUILTIN_PROVIDERS
+from pool.refresh import drain, refresh_backoff
+from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
+from tests.mcp_support import RawServer
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "loopback-small", "messages": []}
+DELAY = 3.0  # seconds the token endpoint takes: long enough to interrupt the caller mid-call
+
+
+def trail(response: httpx2.Response) -> list[tuple[str, int | None, str]]:
+    return [(a.account.split("/")[1], a.status, a.outcome) for a in response.extensions["authpool"].attempts]
+
+
+def start_cli(*args: str) -> subprocess.Popen[str]:
+    """`authpool ARGS` as a real process (signals reach it, not the test)."""
+    return subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
+
+
+def cli_request_args(*extra: str) -> list[str]:
+    return ["request", "acme", "POST", CHAT, "--json", json.dumps(BODY), *extra]
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def assert_refresh_landed(acme: LoopbackPool, label: str = "a") -> None:
+    """Generation 2, no journal entry left, and the next request on the account needs no token call."""
+    a = acme.account_json(label)
+    assert (a["secret_generation"], a["refresh_journal"], a["needs_reauth"]) == (2, None, False), a
+    calls = acme.lp.snapshot()["token_calls"]
+    with acme.pool.sync_client("acme", account=f"acme/{label}") as client:
+        r = client.post(CHAT, json=BODY)
+    assert (r.status_code, trail(r)) == (200, [(label, 200, "ok")])
+    stats = acme.lp.snapshot()
+    assert stats["token_calls"] == calls
+    assert (stats["reuse_detected_count"], stats["invalid_grant_count"], stats["handler_errors"]) == (0, 0, 0)
+
+
+# -- interrupting the process that sent the refresh -----------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "status", "said"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated")])
+def test_interrupting_the_cli_mid_refresh_waits_for_the_refresh_to_land(
+    acme: LoopbackPool, sig: signal.Signals, status: int, said: str
+) -> None:
+    """Ctrl-C or SIGTERM while `authpool request` refreshes: it says so, stores the rotation, and exits."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(DELAY)
+    cli = start_cli(*cli_request_args())
+    try:
+        assert acme.lp.wait_for_token_calls(1), cli.communicate()[1]
+        cli.send_signal(sig)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == status, err
+    assert f"authpool: {said}" in err
+    assert "finishing a token refresh (acme/a) before exiting" in err
+    assert "Traceback" not in err
+    assert_refresh_landed(acme)
+    assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
+
+
+@pytest.mark.parametrize("how", ["sigterm", "stdin-eof"])
+def test_ending_serve_mid_refresh_waits_for_the_refresh_to_land(acme: LoopbackPool, how: str) -> None:
+    """SIGTERM (an editor quitting) or stdin closing while proxy_request refreshes: stored, then exit 0."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(DELAY)
+    server = RawServer(acme.home)
+    try:
+        server.initialize()
+        server.send({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "proxy_request", "arguments": {"provider": "acme", "method": "POST", "path": CHAT, "json": BODY}}})
+        assert acme.lp.wait_for_token_calls(1), server.stderr()
+        if how == "sigterm":
+            server.proc.send_signal(signal.SIGTERM)
+        else:
+            assert server.proc.stdin is not None
+            server.proc.stdin.close()
+        assert server.wait(timeout=120) == 0
+    finally:
+        server.kill()
+    err = server.stderr()
+    assert "Traceback" not in err
+    assert "finishing a token refresh (acme/a) before exiting" in err
+    for line in server.stdout_lines():
+        assert json.loads(line)["jsonrpc"] == "2.0"
+    assert_refresh_landed(acme)
+    assert_no_secrets([err, *(line.decode() for line in server.stdout_lines()), *home_texts(acme.home)],
+                      acme.secrets())
+
+
+def test_a_library_request_cancelled_mid_refresh_leaves_the_refresh_running_to_completion(
+    acme: LoopbackPool,
+) -> None:
+    """An asyncio task cancelled while its refresh is at the token endpoint: the refresh still lands."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(DELAY)
+
+    async def go() -> None:
+        async with acme.pool.client("acme") as client:
+            task = asyncio.create_task(client.post(CHAT, json=BODY))
+            assert await asyncio.to_thread(acme.lp.wait_for_token_calls, 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
+    assert acme.account_json("a")["refresh_journal"] is not None  # sent, not answered yet
+    assert drain(timeout=60, final=False)
+    assert_refresh_landed(acme)
+
+
+def test_a_request_that_stops_waiting_moves_on_and_the_refresh_lands_later(acme: LoopbackPool) -> None:
+    """The token endpoint answers after the caller's token timeout: the request rotates to the next
+    account at once, and the late answer is still stored."""
+    acme.configure("acme", token_timeout=1.0)
+    acme.add_oauth("a", expires_in=-60)
+    acme.add_oauth("b")
+    acme.lp.set_token_delay(DELAY)
+    with acme.pool.sync_client("acme") as client:
+        r = client.post(CHAT, json=BODY)
+    assert (r.status_code, r.json()["subject"]) == (200, "b")
+    assert trail(r) == [("a", None, "refresh_pending"), ("b", 200, "ok")]
+    detail = r.extensions["authpool"].attempts[0].detail
+    assert "goes on in the background and its result will be stored" in detail
+    assert drain(timeout=60, final=False)
+    assert_refresh_landed(acme)
+
+
+def test_a_request_whose_deadline_ends_mid_refresh_gives_up_and_the_refresh_lands_later(acme: LoopbackPool) -> None:
+    """The request's own deadline (timeout plus wait budget) passes while its refresh is out: it fails
+    with that reason, and the refresh is stored when the answer comes."""
+    acme.configure("acme", timeout=1.0)
+    acme.add_oauth("a", expires_in=-60)
+    acme.add_oauth("b")
+    acme.lp.set_token_delay(DELAY)
+    with acme.pool.sync_client("acme", wait_budget=0.5) as client, pytest.raises(RequestFailed) as info:
+        client.post(CHAT, json=BODY)
+    assert "the request deadline passed" in str(info.value)
+    assert "goes on in the background" in str(info.value)
+    assert [a.outcome for a in info.value.attempts] == ["refresh_pending"]
+    assert drain(timeout=60, final=False)
+    assert_refresh_landed(acme)
+
+
+def test_a_request_with_no_other_account_fails_clearly_while_its_refresh_lands(acme: LoopbackPool) -> None:
+    """Only one account and a token endpoint slower than the token timeout: one clear error, then it lands."""
+    acme.configure("acme", token_timeout=1.0)
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(DELAY)
+    with acme.pool.sync_client("acme") as client, pytest.raises(RequestFailed) as info:
+        client.post(CHAT, json=BODY)
+    assert "the token endpoint of acme has not answered within 1.0s" in str(info.value)
+    assert [a.outcome for a in info.value.attempts] == ["refresh_pending"]
+    assert drain(timeout=60, final=False)
+    assert_refresh_landed(acme)
+
+
+def test_sigkill_mid_refresh_is_explained_by_the_journal_when_the_provider_revokes_the_login(
+    acme: LoopbackPool,
+) -> None:
+    """SIGKILL while the token call is out loses the rotation: the next refresh is refused, and the
+    account's error names the killed process instead of a bare needs-reauth."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.add_api_key("b")
+    acme.lp.set_token_delay(DELAY)
+    cli = start_cli(*cli_request_args())
+    try:
+        assert acme.lp.wait_for_token_calls(1), cli.communicate()[1]
+        cli.kill()
+        cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    journal = acme.account_json("a")["refresh_journal"]
+    assert (journal["pid"], journal["from_generation"], journal["command"]) == (cli.pid, 1, "authpool request")
+    # The provider finishes the grant it was sent: the login is rotated, and the answer is lost.
+    wait_until(lambda: acme.lp.snapshot()["refresh_calls"] == 1, "the provider to rotate the login")
+    acme.lp.set_token_delay(0)
+    after = run_cli(*cli_request_args())
+    assert after.returncode == 0, after.stderr
+    assert "HTTP 200 from acme/b" in after.stderr
+    a = acme.account_json("a")
+    assert a["needs_reauth"] is True
+    assert f"a refresh was interrupted when process {cli.pid} (authpool request) was killed" in a["last_error"]
+    assert "the provider then revoked the login" in a["last_error"]
+    assert a["refresh_journal"] is None
+    assert f"process {cli.pid} (authpool request) was killed" in after.stderr
+    assert "`authpool login acme --label a`" in after.stderr
+    assert acme.lp.snapshot()["reuse_detected_count"] == 1
+    assert_no_secrets([after.stdout, after.stderr, *home_texts(acme.home)], acme.secrets())
+
+
+def test_a_journal_entry_whose_token_is_still_good_is_renewed_normally(acme: LoopbackPool) -> None:
+    """A process killed before the provider rotated: the stored refresh token still works, nothing is lost."""
+    (acc,) = acme.add_oauth("a", expires_in=-60)
+
+    def leftover(pool: Any) -> None:
+        record = new_record(1)
+        record.pid, record.process_start = 2**22 + 1, None  # a process that is gone
+        pool.find(acc.id).refresh_journal = record
+
+    acme.pool.store.update(leftover)
+    with acme.pool.sync_client("acme") as client:
+        r = client.post(CHAT, json=BODY)
+    assert (r.status_code, trail(r)) == (200, [("a", 200, "ok")])
+    a = acme.account_json("a")
+    assert (a["secret_generation"], a["refresh_journal"], a["needs_reauth"]) == (2, None, False)
+
+
+# -- how often tokens are renewed -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("ttl", "lifetimes"), [(3.0, 5), (30.0, 2)])
+def test_short_lived_tokens_under_load_are_renewed_at_most_about_twice_per_lifetime(
+    acme: LoopbackPool, ttl: float, lifetimes: int
+) -> None:
+    """Tokens living less than the proactive windows (300 s / 60 s): 8 concurrent requesters renew them
+    about once per lifetime, not on every wave of requests."""
+    acme.lp.access_ttl = ttl
+    acme.add_oauth("a")
+    stop = threading.Event()
+    statuses: list[int] = []
+    errors: list[str] = []
+
+    def requester() -> None:
+        with acme.pool.sync_client("acme") as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(client.post(CHAT, json=BODY).status_code)
+                except RequestFailed as e:
+                    errors.append(str(e))
+                time.sleep(0.02)
+
+    threads = [threading.Thread(target=requester) for _ in range(8)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    stop.wait(ttl * lifetimes)
+    stop.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    stats = acme.lp.snapshot()
+    assert errors == []
+    assert len(statuses) > 8 and set(statuses) == {200}
+    assert stats["reuse_detected_count"] == 0
+    assert 1 <= stats["refresh_calls"] <= 2 * (elapsed / ttl) + 1, (stats["refresh_calls"], elapsed)
+
+
+def test_the_proactive_windows_shrink_with_the_issued_lifetime() -> None:
+    """At most a third and a tenth of the lifetime; the configured windows stay the upper bound."""
+    anthropic = BUILTIN_PROVIDERS["anthropic"]
+    assert anthropic.refresh_windows(None) == (300.0, 60.0)
+    assert anthropic.refresh_windows(3600.0) == (300.0, 60.0)
+    assert anthropic.refresh_windows(300.0) == pytest.approx((100.0, 30.0))
+    assert anthropic.refresh_windows(3.0) == pytest.approx((1.0, 0.3))
+
+
+# -- a token endpoint that is down ----------------------------------------------------------------
+
+
+def test_a_failing_token_endpoint_backs_off_between_one_and_about_sixty_seconds() -> None:
+    """The backoff grows from about a second, doubles, is jittered, and stops growing at about a minute."""
+    for failures, low, high in [(1, 0.75, 1.25), (2, 1.5, 2.5), (3, 3.0, 5.0), (7, 45.0, 75.0), (30, 45.0, 75.0)]:
+        values = [refresh_backoff(failures) for _ in range(50)]
+        assert all(low <= v <= high for v in values), (failures, min(values), max(values))
+        assert len(set(values)) > 1  # jittered: processes do not retry in lockstep
+
+
+@pytest.mark.slow
+def test_a_token_endpoint_down_for_ten_seconds_costs_a_handful_of_calls_and_the_account_heals(
+    acme: LoopbackPool,
+) -> None:
+    """40 requests over a 10 s outage: every one served by the healthy account, a few token calls in all,
+    the failing account shown as such (never ready, never needs-reauth), and healed once the endpoint is back."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.add_api_key("b")
+    acme.lp.set_token_endpoint_mode("down")
+    served: list[str] = []
+    outage_end = time.monotonic() + 10.0
+    with acme.pool.sync_client("acme") as client:
+        while len(served) < 40 or time.monotonic() < outage_end:
+            r = client.post(CHAT, json=BODY)
+            assert r.status_code == 200
+            served.append(r.json()["subject"])
+            time.sleep(max(0.0, min(0.25, outage_end - time.monotonic())))
+        calls = acme.lp.snapshot()["token_calls"]
+        listed = run_cli("accounts", "list")
+        status = run_cli("status", "--json")
+        acme.lp.set_token_endpoint_mode("ok")
+        healed = time.monotonic() + 60
+        while served[-1] != "a":
+            assert time.monotonic() < healed, "account a did not heal after the token endpoint came back"
+            time.sleep(0.1)
+            served.append(client.post(CHAT, json=BODY).json()["subject"])
+    assert set(served[:40]) == {"b"}
+    assert 1 <= calls <= 6, calls
+    assert "refresh failing since" in listed.stdout and "(HTTP 500), next try at" in listed.stdout
+    a_view = next(a for p in json.loads(status.stdout)["providers"] for a in p["accounts"] if a["label"] == "a")
+    assert a_view["state"] == "refresh-failing"
+    a = acme.account_json("a")
+    assert (a["needs_reauth"], a["refresh_failing"], a["secret_generation"]) == (False, None, 2)
+    assert acme.lp.snapshot()["invalid_grant_count"] == 0
+
+
+def test_the_backoff_is_shared_by_every_process(acme: LoopbackPool) -> None:
+    """One process's failed refresh keeps another process from calling the token endpoint before the next try."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.add_api_key("b")
+    acme.lp.set_token_endpoint_mode("down")
+    first = run_cli(*cli_request_args())
+    assert first.returncode == 0, first.stderr
+    assert acme.lp.snapshot()["token_calls"] == 1
+    failing = acme.account_json("a")["refresh_failing"]
+    assert failing is not None and failing["failures"] == 1
+    with acme.pool.sync_client("acme") as client:
+        r = client.post(CHAT, json=BODY)
+    assert trail(r) == [("b", 200, "ok")]  # a is skipped: no token call, no request with its dead token
+    assert acme.lp.snapshot()["token_calls"] == 1
+    assert "a" not in acme.lp.snapshot()["api_calls_by_subject"]
+
+
+# -- the journal record -----------------------------------------------------------------------------
+
+
+def test_a_journal_record_names_this_process_and_holds_no_secret(tmp_path: Path) -> None:
+    """pid, host, command and start time; a live owner is alive, a finished process is not."""
+    record = new_record(7)
+    assert (record.pid, record.from_generation, record.outcome_unknown) == (os.getpid(), 7, False)
+    assert owner_alive(record) is True
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    gone = new_record(7)
+    gone.pid = int(done.stdout)
+    assert owner_alive(gone) is False
+    assert f"process {gone.pid}" in describe_interrupted(gone)
+    assert "was killed" in describe_interrupted(gone)
+    gone.outcome_unknown = True
+    record.outcome_unknown = True
+    assert "got no answer from the token endpoint" in describe_interrupted(record)
