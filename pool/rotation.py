@@ -79,8 +79,8 @@ class Attempt:
     account_id: str
     account: str  # provider/label
     status: int | None
-    outcome: str  # ok | rate_limited | refreshed | refresh_failed | refresh_pending | needs_reauth | forbidden
-    #              | server_error | network_error | secret_error | stream_rate_limited | stream_overloaded
+    outcome: str  # ok | rate_limited | refreshed | refresh_failed | refresh_pending | needs_reauth | unauthorized
+    #              | forbidden | server_error | network_error | secret_error | stream_rate_limited | stream_overloaded
     elapsed_ms: float
     cooldown_until: float | None = None
     detail: str | None = None
@@ -197,6 +197,9 @@ class _Engine:
         self.model = model_of_request(request.url.path, _body_of(request))
         self.session_key = f"{self.provider.id}/{self.options.session}" if self.options.session else None
         self.probes: dict[str, Lock] = {}  # probation locks this request holds
+        # 401s not yet confirmed by the provider accepting another account's credentials.
+        self.suspects: list[Attempt] = []
+        self.accepted = False  # the provider accepted some account's credentials in this request
 
     # The flow. Yields effects; receives their results; returns the final response.
     def flow(self) -> Flow:  # noqa: PLR0912, PLR0915 - one state machine, read top to bottom
@@ -237,6 +240,7 @@ class _Engine:
                 continue
             response: httpx2.Response = result
             status = response.status_code
+            yield from self._credentials_accepted(status)
             if status == 429:
                 yield _Discard(response)
                 yield from self._rate_limited(acc, response.headers, response.content, 429, "rate_limited", elapsed)
@@ -512,21 +516,47 @@ class _Engine:
         return None
 
     def _refused(self, acc: Account, status: int, elapsed: float) -> Generator[Effect, Any, None]:
-        reauth = status == 401
-        detail = ("credentials rejected (401); the account needs a new login or key" if reauth
-                  else "forbidden (403)")
+        """A 401 that no renewal can cure, or a 403: rotate; mark a 401 needs-reauth on a second opinion.
+
+        A provider configured with the wrong auth style refuses every account the same way, so
+        one 401 proves nothing about the key itself. The account is marked only once the
+        provider has accepted another account's credentials in this request (any answer but
+        401/403 or a 5xx); until then it is a suspect, and if every account tried is refused,
+        the error points at the provider's configuration instead.
+        """
+        self.tried.add(acc.id)
+        if status != 401:
+            yield _Block(functools.partial(self.t.pool.store.update, _refusal(acc.id, status, dead=False)))
+            self._note(acc, status, "forbidden", elapsed, detail="forbidden (403)")
+            return
+        dead = self.accepted
+        yield _Block(functools.partial(self.t.pool.store.update, _refusal(acc.id, status, dead=dead)))
+        self._note(acc, status, "needs_reauth" if dead else "unauthorized", elapsed, detail=_DEAD if dead else _REFUSED)
+        if not dead:
+            self.suspects.append(self.attempts[-1])
+
+    def _credentials_accepted(self, status: int) -> Generator[Effect, Any, None]:
+        """The provider answered an account without refusing its credentials: refusals of others are real."""
+        if self.accepted or status in (401, 403, 407) or status >= 500:
+            return
+        self.accepted = True
+        yield from self._confirm_refusals()
+
+    def _confirm_refusals(self) -> Generator[Effect, Any, None]:
+        suspects, self.suspects = self.suspects, []
+        if not suspects:
+            return
+        for attempt in suspects:
+            attempt.outcome, attempt.detail = "needs_reauth", _DEAD
+        ids = {attempt.account_id for attempt in suspects}
 
         def mark(pool: PoolFile) -> None:
-            a = pool.find(acc.id)
-            a.last_status = status
-            a.last_error = detail
-            a.counters.unauthorized += 1
-            if reauth:
-                a.needs_reauth = True
+            for a in pool.accounts:  # removed meanwhile: nothing to mark
+                if a.id in ids:
+                    a.needs_reauth = True
+                    a.last_error = _DEAD
 
         yield _Block(functools.partial(self.t.pool.store.update, mark))
-        self._note(acc, status, "needs_reauth" if reauth else "forbidden", elapsed, detail=detail)
-        self.tried.add(acc.id)
 
     def _finish(self, acc: Account, response: httpx2.Response, status: int) -> Generator[Effect, Any, httpx2.Response]:
         now = time.time()
@@ -582,7 +612,23 @@ class _Engine:
             return RequestFailed(str(self.last_error), attempts=self.attempts)
         if self.last_error is not None:
             message = f"{message}; last error: {self.last_error}"
+        if self.suspects and not self.accepted:
+            message += "; " + self._configuration_hint()
         return RequestFailed(message, attempts=self.attempts)
+
+    def _configuration_hint(self) -> str:
+        """Why every account being refused points at the provider's configuration, and what it sends."""
+        pid = self.provider.id
+        kinds = sorted({a.kind for a in self.t.scope(self.t.pool.store.read()) if a.id in
+                        {s.account_id for s in self.suspects}})
+        how = []
+        for kind in kinds:
+            header, prefix, _ = self.provider.credential_headers(kind)
+            what = "API keys" if kind == "api_key" else "OAuth tokens"
+            how.append(f"{what} go in the {header} header" + (" as a Bearer token" if prefix else ""))
+        return (f"every {pid} account tried was refused (401) the same way, so the provider's configuration is "
+                f"the likely cause rather than the credentials ({'; '.join(how)}; check `auth` for "
+                f"[providers.{pid}] in config.toml); the accounts were not marked needs-reauth")
 
     def _summary(self, head: str) -> str:
         """``head`` plus every account's state, so the error says what to do next."""
@@ -596,6 +642,8 @@ class _Engine:
                 state = f"cooling for {self.model} until {_clock(until)}"
             elif state == "cooling":
                 state = f"cooling until {_clock(until or now)}"
+            elif state == "ready" and any(s.account_id == a.id for s in self.suspects):
+                state = "refused (401) in this request"
             elif state == "refresh-failing" and (failing := a.failing_refresh()) is not None:
                 state = failing.describe()
             elif state == "needs-reauth":
@@ -611,6 +659,21 @@ class _Engine:
             f"`authpool accounts add-key {self.provider.id} --label NAME` or `authpool login {self.provider.id}`",
             attempts=self.attempts,
         )
+
+
+_REFUSED = "credentials rejected (401)"
+_DEAD = "credentials rejected (401); the account needs a new login or key"
+
+
+def _refusal(account_id: str, status: int, *, dead: bool) -> Callable[[PoolFile], None]:
+    def note(pool: PoolFile) -> None:
+        a = pool.find(account_id)
+        a.last_status = status
+        a.last_error = "forbidden (403)" if status == 403 else _DEAD if dead else _REFUSED
+        a.counters.unauthorized += 1
+        a.needs_reauth = a.needs_reauth or dead
+
+    return note
 
 
 def _after_success(account_id: str, success: bool, bind: tuple[str, SessionBinding] | None,

@@ -71,7 +71,9 @@ class AttemptView(BaseModel):
     account_id: str
     account: str = Field(description="provider/label of the account tried")
     status: int | None = Field(description="HTTP status the provider answered, null for a network error")
-    outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | forbidden | server_error | "
+    outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | unauthorized (a 401 not yet "
+                                     "confirmed: the provider accepted no other account's credentials in this "
+                                     "call) | forbidden | server_error | "
                                      "network_error | refresh_failed | refresh_pending (the token endpoint is slow; "
                                      "the refresh goes on and will be stored) | secret_error | stream_rate_limited "
                                      "(a 200 stream opened with a rate-limit error) | stream_overloaded")

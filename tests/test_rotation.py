@@ -234,6 +234,45 @@ def test_an_api_key_answered_401_is_marked_needs_reauth_and_the_request_rotates(
     assert_no_secrets(home_texts(acme.home), acme.secrets())
 
 
+def test_a_misconfigured_auth_style_refusing_every_key_brands_none_dead_and_names_the_configuration(
+    acme: LoopbackPool,
+) -> None:
+    """auth = "bearer" where the API wants x-api-key: every key is refused, none is marked needs-reauth,
+    the error says the configuration is the likely cause; fixed, every key works."""
+    acme.configure("acme", auth="bearer")
+    for label in ("k1", "k2", "k3"):
+        acme.add_api_key(label)
+    with acme.pool.sync_client("acme") as client, pytest.raises(RequestFailed) as info:
+        client.post("/v1/messages", json=BODY)
+    message = str(info.value)
+    assert [(a.account, a.status, a.outcome) for a in info.value.attempts] == [
+        (f"acme/{k}", 401, "unauthorized") for k in ("k1", "k2", "k3")]
+    assert "every acme account tried was refused (401) the same way" in message
+    assert "the provider's configuration is the likely cause" in message
+    assert "API keys go in the authorization header as a Bearer token" in message
+    assert "check `auth` for [providers.acme] in config.toml" in message
+    for label in ("k1", "k2", "k3"):
+        k = acme.account_json(label)
+        assert (k["needs_reauth"], k["last_status"], k["counters"]["unauthorized"]) == (False, 401, 1)
+    acme.configure("acme", auth="header:x-api-key")
+    with acme.pool.sync_client("acme") as client:
+        r = client.post("/v1/messages", json=BODY)
+    assert (r.status_code, trail(r)) == (200, [("k1", 200, "ok")])
+    assert_no_secrets([message, *home_texts(acme.home)], acme.secrets())
+
+
+def test_a_refused_key_is_marked_needs_reauth_once_another_key_of_the_provider_is_accepted(
+    acme: LoopbackPool,
+) -> None:
+    """The second opinion: k1 is refused, k2 is accepted in the same request, so k1's key is dead."""
+    acme.add_api_key("k1", key="lpk-not-a-key-the-provider-knows-0123456789abcdef")
+    acme.add_api_key("k2")
+    acme.lp.set_rate_limit("k2", 0, "retry-after-seconds", 30)  # a 429 still means "credentials accepted"
+    with acme.pool.sync_client("acme") as client, pytest.raises(RequestFailed):
+        client.post(CHAT, json=BODY)
+    assert acme.account_json("k1")["needs_reauth"] is True
+
+
 def test_a_403_rotates_without_marking_the_account_for_reauth(acme: LoopbackPool, loopback: LoopbackProvider) -> None:
     """403 from an API-key account: the request moves on, the account is not marked needs-reauth."""
     from server.loopback import LoopbackResponse
