@@ -29,7 +29,7 @@ import anyio
 from pydantic import ValidationError
 
 from .atomicfile import write_atomic
-from .errors import InvalidInput, StoreCorrupt, StoreError, StoreVersionError
+from .errors import InvalidInput, LockLost, StoreCorrupt, StoreError, StoreVersionError
 from .home import Home
 from .lock import DEFAULT_TIMEOUT, Lock
 from .models import SCHEMA_VERSION, PoolFile
@@ -56,6 +56,8 @@ def _v1_to_v2(raw: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
 
 _Signature = tuple[int, int, int, int]
+
+_LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: someone keeps deleting it
 
 
 class Store:
@@ -141,13 +143,31 @@ class Store:
         ``change`` mutates the :class:`PoolFile` it is given (and may return a value, which
         ``update`` returns). If it raises, nothing is written. The result is validated before
         it is written; an invalid result (say, a duplicate label) raises :class:`InvalidInput`.
+        If the lock file is deleted while held, ``change`` is applied again to a fresh read, so
+        it must depend only on the pool it is given.
 
         Raises:
             LockTimeout: another process held the lock too long.
             StoreCorrupt, StoreVersionError: the file cannot be used (left untouched).
             StoreWriteError: the disk refused the write (the old file stays in place).
+            LockLost: the lock file kept being deleted while held (nothing was written).
         """
-        with self.lock:
+        deadline = time.monotonic() + self.lock.timeout
+        for attempt in range(1, _LOCK_LOST_ATTEMPTS + 1):
+            try:
+                return self._update_locked(change, max(0.0, deadline - time.monotonic()))
+            except LockLost as e:
+                # Our lock file was deleted or replaced while we held it: another process may
+                # have written since our read. Nothing was written; redo the change on a fresh
+                # read under the lock file that is there now.
+                if attempt == _LOCK_LOST_ATTEMPTS:
+                    raise
+                log.warning("%s; applying the change again (attempt %d/%d)", e, attempt + 1, _LOCK_LOST_ATTEMPTS)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _update_locked(self, change: Callable[[PoolFile], T], timeout: float) -> T:
+        self.lock.acquire(timeout)
+        try:
             pool, existed = self._read_fresh()
             result = change(pool)
             try:
@@ -157,7 +177,9 @@ class Store:
             data = checked.model_dump_json(indent=1).encode()
             if existed:
                 self._keep_backup()
-            write_atomic(self.path, data)
+            write_atomic(self.path, data, before_replace=self.lock.ensure_held)
+        finally:
+            self.lock.release()
         return result
 
     async def aupdate(self, change: Callable[[PoolFile], T]) -> T:

@@ -1,0 +1,47 @@
+"""The pool file keeps every change: deleted lock files, restores, symlinks, failed writes, hostile content."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pool import Pool
+from tests.conftest import run_cli, start_worker
+
+
+def make_pool_with(home: Path, *labels: str) -> Pool:
+    pool = Pool.open(home)
+    for label in labels:
+        pool.add_api_key("openai", label, f"sk-test-{label}")
+    return pool
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Wait for ``condition`` (the event itself), failing after a generous deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_writer_whose_lock_file_is_deleted_mid_change_does_not_undo_the_next_writer(home: Path,
+                                                                                        tmp_path: Path) -> None:
+    """locks/pool.lock is deleted while a process holds it: the next writer's change survives the holder's write."""
+    make_pool_with(home, "a", "b")
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    holder = start_worker("disable-when", "openai/a", str(ready), str(go))
+    try:
+        wait_until(ready.exists, "the holder to be inside its change, holding the pool lock")
+        (home / "locks" / "pool.lock").unlink()  # a cleaner, or a user's rm -rf
+        second = run_cli("accounts", "disable", "openai/b")
+        assert second.returncode == 0, second.stderr
+        go.touch()
+        out, err = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 0, err
+    assert out.strip() == "done"
+    pool = Pool.open(home)
+    assert pool.get("openai/a").enabled is False  # the holder's change landed ...
+    assert pool.get("openai/b").enabled is False  # ... on top of the second writer's, not over it
