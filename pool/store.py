@@ -204,22 +204,57 @@ class Store:
             # Filesystems without hard links: fall back to a real copy.
             write_atomic(self.backup_path, self.path.read_bytes())
 
-    def restore_backup(self) -> Path:
-        """Replace a corrupt pool file with the last good copy; returns where the bad one went.
+    def restore_backup(self, *, force: bool = False) -> Path:
+        """Replace a corrupt pool file with the last good copy; returns where the replaced one went.
+
+        A pool file that parses is refused unless ``force``: the backup is the version before
+        the last write, so restoring over a healthy file undoes that write.
 
         Raises:
-            StoreError: there is no usable backup.
+            StoreError: there is no usable backup, or the pool file is healthy (and not ``force``).
         """
         with self.lock:
             if not self.backup_path.exists():
                 raise StoreError(f"no backup at {self.backup_path} to restore")
             good = self.backup_path.read_bytes()
             self._parse(good)  # refuse to restore a backup that is itself unusable
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            healthy = self._healthy()
+            if healthy and not force:
+                raise StoreError(
+                    f"pool file {self.path} is healthy; restoring {self.backup_path} would undo the last write "
+                    "(use --force to restore it anyway)"
+                )
+            kind = "replaced" if healthy else "corrupt"
+            aside = _unused(self.path.with_name(f"{self.path.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}"))
             if self.path.exists():
                 os.replace(self.path, aside)
             write_atomic(self.path, good)
             return aside
+
+    def _healthy(self) -> bool:
+        """Whether the pool file exists and is usable (a newer schema counts: it is not damaged)."""
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            self._parse(data)
+        except StoreCorrupt:
+            return False
+        except StoreVersionError:
+            return True
+        return True
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist (never overwrite a kept file)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:

@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaratio
 
     p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
     p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
+    p.add_argument("--force", action="store_true", help="with --restore: restore even over a healthy pool file "
+                                                        "(undoes its last write)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_doctor)
     return parser
@@ -335,7 +337,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
-    return run_doctor(restore=args.restore, as_json=args.json)
+    return run_doctor(restore=args.restore, force=args.force, as_json=args.json)
 
 
 # -- formatting ---------------------------------------------------------------------------

@@ -22,9 +22,9 @@ class Finding:
     detail: str
 
 
-def run_doctor(*, restore: bool = False, as_json: bool = False) -> int:
+def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = False) -> int:
     """Run every check, print the findings, return the exit status."""
-    findings = list(_checks(restore))
+    findings = list(_checks(restore, force))
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
@@ -33,7 +33,7 @@ def run_doctor(*, restore: bool = False, as_json: bool = False) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool) -> list[Finding]:
+def _checks(restore: bool, force: bool = False) -> list[Finding]:
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -46,11 +46,7 @@ def _checks(restore: bool) -> list[Finding]:
 
     store = Store(home)
     if restore:
-        try:
-            aside = store.restore_backup()
-            out.append(Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}"))
-        except PoolError as e:
-            out.append(Finding("restore", "fail", str(e)))
+        out.append(_restore(store, force))
     try:
         pool_file = store.read()
     except StoreCorrupt as e:
@@ -93,3 +89,14 @@ def _checks(restore: bool) -> list[Finding]:
     elif pool_file.accounts:
         out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
     return out
+
+
+def _restore(store: Store, force: bool) -> Finding:
+    try:
+        aside = store.restore_backup(force=force)
+    except PoolError as e:
+        return Finding("restore", "fail", str(e))
+    if aside.name.startswith(f"{store.path.name}.replaced-"):  # it was healthy: --force
+        return Finding("restore", "warn", f"restored {store.backup_path} over a healthy pool file: this undid the "
+                                          f"last write; the replaced file is kept as {aside}")
+    return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")

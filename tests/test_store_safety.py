@@ -45,3 +45,22 @@ def test_a_writer_whose_lock_file_is_deleted_mid_change_does_not_undo_the_next_w
     pool = Pool.open(home)
     assert pool.get("openai/a").enabled is False  # the holder's change landed ...
     assert pool.get("openai/b").enabled is False  # ... on top of the second writer's, not over it
+
+
+def test_doctor_restore_refuses_to_replace_a_healthy_pool_file_unless_forced(home: Path) -> None:
+    """`doctor --restore` on a healthy file refuses (it would undo the last write); --force restores, with a warning."""
+    make_pool_with(home, "a", "b")
+    before = (home / "pool.json").read_bytes()
+    r = run_cli("doctor", "--restore")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "healthy" in r.stdout and "would undo the last write" in r.stdout and "--force" in r.stdout
+    assert (home / "pool.json").read_bytes() == before
+    assert not list(home.glob("pool.json.corrupt-*"))
+    assert [a.label for a in Pool.open(home).accounts()] == ["a", "b"]
+
+    r = run_cli("doctor", "--restore", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "warn" in r.stdout and "undid the last write" in r.stdout
+    assert [a.label for a in Pool.open(home).accounts()] == ["a"]
+    kept = list(home.glob("pool.json.replaced-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == before
