@@ -84,12 +84,9 @@ class Store:
         Raises:
             StoreCorrupt, StoreVersionError: the file cannot be used (it is left untouched).
         """
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
+        fd = self._open()
+        if fd is None:
             return PoolFile()
-        except OSError as e:
-            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
         try:
             st = os.fstat(fd)
             sig = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
@@ -106,13 +103,42 @@ class Store:
 
     def _read_fresh(self) -> tuple[PoolFile, bool]:
         """Parse the file from disk, bypassing the cache; returns (pool, existed)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        if self.path.is_symlink():  # where O_NOFOLLOW does not exist: before a write cuts the link
+            raise self._symlink_refused()
+        fd = self._open()
+        if fd is None:
             return PoolFile(), False
-        except OSError as e:
-            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            data = _read_all(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
         return self._parse(data), True
+
+    def _open(self) -> int | None:
+        """A read-only descriptor of the pool file, or None if there is none.
+
+        Raises:
+            StoreError: unreadable, or a symbolic link (see :meth:`_symlink_refused`).
+        """
+        try:
+            return os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if self.path.is_symlink():  # ELOOP (EMLINK on some BSDs) from O_NOFOLLOW
+                raise self._symlink_refused() from None
+            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+
+    def _symlink_refused(self) -> StoreError:
+        # Refused rather than followed: every write replaces the file (a rename would cut the
+        # link), and the file's lock, backup and vault live in the home, not next to the target.
+        # See docs/design.md, "A symlinked pool file is refused".
+        return StoreError(
+            f"pool file {self.path} is a symbolic link (to {os.path.realpath(self.path)}); authpool does not "
+            "follow it, because every write replaces the file and its lock, backup and vault live in the home: "
+            "move the real file into the home, or point AUTHPOOL_HOME at the directory holding it (a symlinked "
+            "home directory is fine)"
+        )
 
     def _parse(self, data: bytes) -> PoolFile:
         backup = self.backup_path if self.backup_path.exists() else None
@@ -214,6 +240,8 @@ class Store:
             StoreError: there is no usable backup, or the pool file is healthy (and not ``force``).
         """
         with self.lock:
+            if self.path.is_symlink():
+                raise self._symlink_refused()
             if not self.backup_path.exists():
                 raise StoreError(f"no backup at {self.backup_path} to restore")
             good = self.backup_path.read_bytes()
@@ -234,18 +262,11 @@ class Store:
     def _healthy(self) -> bool:
         """Whether the pool file exists and is usable (a newer schema counts: it is not damaged)."""
         try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return False
-        except OSError as e:
-            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
-        try:
-            self._parse(data)
+            return self._read_fresh()[1]
         except StoreCorrupt:
             return False
         except StoreVersionError:
             return True
-        return True
 
 
 def _unused(path: Path) -> Path:

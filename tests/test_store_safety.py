@@ -64,3 +64,23 @@ def test_doctor_restore_refuses_to_replace_a_healthy_pool_file_unless_forced(hom
     assert [a.label for a in Pool.open(home).accounts()] == ["a"]
     kept = list(home.glob("pool.json.replaced-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == before
+
+
+def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(home: Path, tmp_path: Path) -> None:
+    """pool.json as a symbolic link is refused (read and write) naming the fix; the link and its target stay."""
+    make_pool_with(home, "a")
+    elsewhere = tmp_path / "synced"
+    elsewhere.mkdir()
+    target = elsewhere / "pool.json"
+    (home / "pool.json").rename(target)
+    (home / "pool.json").symlink_to(target)
+    before = target.read_bytes()
+    for argv in (["accounts", "disable", "openai/a"], ["accounts", "list"]):
+        r = run_cli(*argv)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+        assert "is a symbolic link" in r.stderr and str(target) in r.stderr and "AUTHPOOL_HOME" in r.stderr
+    r = run_cli("doctor")
+    assert r.returncode == 1 and "is a symbolic link" in r.stdout
+    assert (home / "pool.json").is_symlink() and (home / "pool.json").resolve() == target
+    assert target.read_bytes() == before
