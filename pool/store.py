@@ -229,6 +229,10 @@ class Store:
         except OSError:
             # Filesystems without hard links: fall back to a real copy.
             write_atomic(self.backup_path, self.path.read_bytes())
+        finally:
+            # Gone after a successful rename; after any failure, nothing of ours is left behind.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def restore_backup(self, *, force: bool = False) -> Path:
         """Replace a corrupt pool file with the last good copy; returns where the replaced one went.

@@ -84,3 +84,18 @@ def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(h
     assert r.returncode == 1 and "is a symbolic link" in r.stdout
     assert (home / "pool.json").is_symlink() and (home / "pool.json").resolve() == target
     assert target.read_bytes() == before
+
+
+def test_a_write_whose_backup_step_fails_leaves_no_temporary_file(home: Path) -> None:
+    """When pool.json.bak cannot be replaced, the write fails with one line and no .pool.json.bak.*.tmp is left."""
+    make_pool_with(home, "a")
+    before = (home / "pool.json").read_bytes()
+    (home / "pool.json.bak").unlink()
+    (home / "pool.json.bak").mkdir(mode=0o700)  # something in the way that a rename cannot replace
+    (home / "pool.json.bak" / "keep").touch(mode=0o600)
+    r = run_cli("accounts", "disable", "openai/a")
+    assert r.returncode == 1, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "could not write" in r.stderr and "pool.json.bak" in r.stderr
+    assert (home / "pool.json").read_bytes() == before
+    assert sorted(p.name for p in home.iterdir() if p.name.endswith(".tmp")) == []
