@@ -143,11 +143,20 @@ class Store:
     def _parse(self, data: bytes) -> PoolFile:
         backup = self.backup_path if self.backup_path.exists() else None
         try:
-            raw = json.loads(data)
+            # Decoded here, strictly: json.loads(bytes) would guess UTF-16 or UTF-32 from the
+            # first bytes and then report a syntax error at line 1 column 1.
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise StoreCorrupt(self.path, "not UTF-8 text", backup) from e
+            detail = f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"
+            raise StoreCorrupt(self.path, detail, backup) from None
+        if "\x00" in text:
+            raise StoreCorrupt(self.path, "contains NUL bytes: binary data, not JSON text", backup)
+        try:
+            raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise StoreCorrupt(self.path, f"invalid JSON at line {e.lineno} column {e.colno}", backup) from e
+        except RecursionError:
+            raise StoreCorrupt(self.path, "JSON nested too deeply", backup) from None
         if not isinstance(raw, dict):
             raise StoreCorrupt(self.path, "top level is not a JSON object", backup)
         version = raw.get("schema_version")
@@ -157,9 +166,12 @@ class Store:
             raise StoreVersionError(self.path, version, SCHEMA_VERSION)
         raw = migrate(raw)
         try:
-            return PoolFile.model_validate(raw)
+            pool = PoolFile.model_validate(raw)
         except ValidationError as e:
             raise StoreCorrupt(self.path, _validation_summary(e), backup) from None
+        if _extras_too_deep(pool):
+            raise StoreCorrupt(self.path, "JSON nested too deeply", backup)
+        return pool
 
     # -- writing -------------------------------------------------------------------------
 
@@ -293,6 +305,33 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         version += 1
         raw["schema_version"] = version
     return raw
+
+
+# Unknown fields are kept through a read-modify-write (extra="allow"), so their depth is bounded
+# here: pydantic cannot write back values nested deeper than about 255 levels, and nothing
+# authpool writes comes near this.
+_MAX_EXTRA_DEPTH = 64
+
+
+def _extras_too_deep(pool: PoolFile) -> bool:
+    extras: list[dict[str, Any] | None] = [pool.model_extra]
+    for acc in pool.accounts:
+        extras += [acc.model_extra, acc.counters.model_extra, *(cd.model_extra for cd in acc.cooldowns.values())]
+    extras += [binding.model_extra for binding in pool.sessions.values()]
+    return any(extra and _deeper_than(extra, _MAX_EXTRA_DEPTH) for extra in extras)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _read_all(fd: int, size: int) -> bytes:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from pool import Pool
+import pytest
+
+from pool import Pool, StoreCorrupt
 from tests.conftest import run_cli, start_worker
 
 
@@ -99,3 +103,77 @@ def test_a_write_whose_backup_step_fails_leaves_no_temporary_file(home: Path) ->
     assert "could not write" in r.stderr and "pool.json.bak" in r.stderr
     assert (home / "pool.json").read_bytes() == before
     assert sorted(p.name for p in home.iterdir() if p.name.endswith(".tmp")) == []
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000,
+    # Parses, but an unknown field this deep could never be written back (pydantic stops at ~255).
+    '{"schema_version": 2, "accounts": [], "future": ' + "[" * 300 + "]" * 300 + "}",
+], ids=["100000-brackets", "deep-unknown-field"])
+def test_a_deeply_nested_pool_file_is_reported_as_corrupt_not_as_an_internal_error(home: Path, text: str) -> None:
+    """Deep nesting: every command says the file is corrupt (one line), doctor included; no RecursionError."""
+    home.mkdir(mode=0o700)
+    (home / "pool.json").write_text(text)
+    with pytest.raises(StoreCorrupt, match="nested too deeply"):
+        Pool.open(home).accounts()
+    for argv in (["accounts", "list"], ["status"], ["accounts", "add-key", "openai", "--label", "x"]):
+        r = run_cli(*argv, input="sk-test-nested")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert r.stderr.count("\n") == 1 and "corrupt" in r.stderr and "nested too deeply" in r.stderr, r.stderr
+        assert "internal error" not in r.stderr and "Recursion" not in r.stderr
+    r = run_cli("doctor")
+    assert r.returncode == 1 and "[ fail] pool file" in r.stdout and "nested too deeply" in r.stdout
+    assert (home / "pool.json").read_text() == text
+
+
+def _tamper(doc: dict[str, Any], where: str, value: Any) -> None:
+    target: Any = doc
+    *path, last = where.split(".")
+    for part in path:
+        target = target[int(part)] if part.isdigit() else target[part]
+    target[last] = value
+
+
+@pytest.mark.parametrize(("where", "raw_value", "named"), [
+    ("accounts.0.secret_generation", "-5", "accounts.0.secret_generation"),
+    ("accounts.0.access_expires_at", "Infinity", "accounts.0.access_expires_at"),
+    ("accounts.0.access_expires_at", "NaN", "accounts.0.access_expires_at"),
+    ("accounts.0.last_used_at", "1e999", "accounts.0.last_used_at"),
+    ("accounts.0.created_at", "-Infinity", "accounts.0.created_at"),
+    ("accounts.0.counters.requests", "-1", "accounts.0.counters.requests"),
+    ("accounts.0.counters.rate_limited", "-3", "accounts.0.counters.rate_limited"),
+    ("accounts.0.backoff_level", "-2", "accounts.0.backoff_level"),
+    ("accounts.0.cooldowns", '{"*": {"until": NaN, "reason": "429"}}', "accounts.0.cooldowns.*.until"),
+])
+def test_impossible_numbers_in_the_pool_file_are_refused_as_corrupt_naming_the_field(
+        home: Path, where: str, raw_value: str, named: str) -> None:
+    """Negative counters or generations, NaN and infinite times: the pool file is corrupt, and the field is named."""
+    make_pool_with(home, "a")
+    doc = json.loads((home / "pool.json").read_text())
+    marker = "__VALUE__"
+    _tamper(doc, where, marker)
+    text = json.dumps(doc).replace(f'"{marker}"', raw_value)
+    (home / "pool.json").write_text(text)
+    with pytest.raises(StoreCorrupt) as e:
+        Pool.open(home).accounts()
+    assert named in str(e.value), str(e.value)
+    r = run_cli("accounts", "list")
+    assert r.returncode == 1 and "corrupt" in r.stderr and named in r.stderr, r.stderr
+    assert r.stderr.count("\n") == 1
+    assert (home / "pool.json").read_text() == text
+
+
+@pytest.mark.parametrize("data", [
+    "{}".encode("utf-16"),                               # a UTF-16 file (with its byte order mark)
+    b'{"schema_version": 2, "accounts": [], "note": "caf\xe9"}',  # Latin-1
+    b"\xff\xfe\x00garbage",
+])
+def test_a_pool_file_that_is_not_utf8_is_reported_as_such(home: Path, data: bytes) -> None:
+    """Bytes that are not UTF-8 are reported as "not UTF-8 text", not as a JSON syntax error at line 1 column 1."""
+    home.mkdir(mode=0o700)
+    (home / "pool.json").write_bytes(data)
+    with pytest.raises(StoreCorrupt, match="not UTF-8 text") as e:
+        Pool.open(home).accounts()
+    assert "line 1 column 1" not in str(e.value)
+    r = run_cli("accounts", "list")
+    assert r.returncode == 1 and "not UTF-8 text" in r.stderr
