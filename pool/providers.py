@@ -16,6 +16,7 @@ from the user's config, and refreshing or logging in without one is a clear erro
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -279,16 +280,18 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
 class Providers:
     """The built-in providers merged with the user's ``config.toml``."""
 
-    def __init__(self, providers: dict[str, Provider]) -> None:
+    def __init__(self, providers: dict[str, Provider], configured: list[str] | None = None) -> None:
         self._providers = providers
+        self.configured = sorted(configured or [])  # ids config.toml defines or overrides
 
     @classmethod
     def load(cls, config_file: Path | None) -> Providers:
         """Built-ins plus ``config_file`` (missing file: built-ins only).
 
         Raises:
-            ConfigError: the file is not valid TOML or a provider entry is invalid; the message
-                names the key and its line.
+            ConfigError: the file is not valid TOML, has an unknown key or table, or a provider
+                entry is invalid; the message names the file, the line and (for a misspelt name)
+                the closest valid one.
         """
         if config_file is None or not config_file.exists():
             return cls(dict(BUILTIN_PROVIDERS))
@@ -297,7 +300,10 @@ class Providers:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{config_file}: {e}") from None
-        return cls(_merge(doc, text, config_file))
+        except RecursionError:
+            raise ConfigError(f"{config_file}: nested too deeply") from None
+        _check_top_level(doc, text, config_file)
+        return cls(_merge(doc, text, config_file), list(doc.get("providers", {})))
 
     def get(self, provider_id: str) -> Provider:
         """The provider with this id.
@@ -331,11 +337,47 @@ def _merge(doc: dict[str, Any], text: str, path: Path) -> dict[str, Provider]:
         try:
             out[pid] = Provider.model_validate(merged)
         except ValidationError as e:
-            err = e.errors()[0]
+            errors = e.errors()
+            err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
             key = ".".join(str(p) for p in ("providers", pid, *err["loc"]))
             line = _line_of(text, key)
+            if err["type"] == "extra_forbidden":
+                *parents, name = (str(p) for p in err["loc"])
+                table = ".".join(("providers", pid, *parents))
+                raise ConfigError(f"{path} line {line}: unknown key '{name}' in [{table}]"
+                                  f"{_suggest(name, _keys_of(parents))}") from None
             raise ConfigError(f"{path} line {line}: {key}: {err['msg']}") from None
     return out
+
+
+_TOP_LEVEL = ("providers",)
+
+
+def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
+    """Refuse what config.toml cannot mean: anything but ``[providers.ID]`` tables at the top."""
+    for key, value in doc.items():
+        if key in _TOP_LEVEL:
+            continue
+        what = f"table [{key}]" if isinstance(value, dict) else f"key '{key}'"
+        close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
+        hint = f" (did you mean [{close[0]}]?)" if close else " (config.toml has only [providers.ID] tables)"
+        raise ConfigError(f"{path} line {_line_of(text, key)}: unknown {what}{hint}")
+
+
+def _keys_of(parents: list[str]) -> list[str]:
+    """The keys valid in the provider table at ``parents`` (``[]`` for the provider itself)."""
+    if not parents:
+        return [k for k in Provider.model_fields if k != "id"]
+    if parents == ["oauth"]:
+        return list(OAuthSettings.model_fields)
+    return []
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(sorted(valid))})" if valid else ""
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -358,7 +400,9 @@ def _line_of(text: str, dotted: str) -> int:
         header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", line)
         if header:
             table = [p.strip().strip('"') for p in header.group(1).split(".")]
-            if table == parts[: len(table)] and len(table) <= len(parts):
+            if table[: len(parts)] == parts:
+                return n  # the table itself, or the first table inside it
+            if table == parts[: len(table)]:
                 best = n
             continue
         key = re.match(r"^([A-Za-z0-9_\-\"']+)\s*=", line)

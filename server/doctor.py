@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from pool import Home, Pool, PoolError, Store
 from pool.errors import StoreCorrupt
+from pool.providers import Providers
 
 __all__ = ["Finding", "run_doctor"]
 
@@ -44,6 +45,7 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:
     else:
         out.append(Finding("modes", "ok", "directory 0700, files 0600"))
 
+    out.append(_config(home))
     store = Store(home)
     if restore:
         out.append(_restore(store, force))
@@ -100,3 +102,15 @@ def _restore(store: Store, force: bool) -> Finding:
         return Finding("restore", "warn", f"restored {store.backup_path} over a healthy pool file: this undid the "
                                           f"last write; the replaced file is kept as {aside}")
     return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")
+
+
+def _config(home: Home) -> Finding:
+    path = home.config_file
+    if not path.exists():
+        return Finding("config", "ok", f"{path} does not exist (built-in providers only)")
+    try:
+        providers = Providers.load(path)
+    except PoolError as e:
+        return Finding("config", "fail", str(e))
+    defined = ", ".join(providers.configured) or "no providers"
+    return Finding("config", "ok", f"{path} ({defined})")

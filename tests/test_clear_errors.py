@@ -29,3 +29,46 @@ def test_adding_an_account_for_an_unknown_provider_is_refused_listing_the_known_
         pool.save_login("nosuchprov", "x", TokenSet.parse(tokens))
     assert pool.accounts() == []
     assert not (home / "vault.json").exists()  # refused before any secret was stored
+
+
+def _write_config(home: Path, text: str) -> Path:
+    home.mkdir(mode=0o700, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(("text", "fragments"), [
+    ('[providers.x]\nbase_url = "http://127.0.0.1:9"\nauht = "bearer"\n',
+     ["line 3", "unknown key 'auht' in [providers.x]", "did you mean 'auth'"]),
+    ('[provider.x]\nbase_url = "http://127.0.0.1:9"\n',
+     ["line 1", "unknown table [provider]", "did you mean [providers]"]),
+    ('[providers.x]\nbase_url = "http://127.0.0.1:9"\n\n[providers.x.oauth]\ntokn_url = "http://127.0.0.1:9/t"\n',
+     ["line 5", "unknown key 'tokn_url' in [providers.x.oauth]", "did you mean 'token_url'"]),
+    ('[providers.x]\nbase_url = "http://127.0.0.1:9"\n[providers.x.oauht]\ntoken_url = "http://127.0.0.1:9/t"\n',
+     ["line 3", "unknown key 'oauht' in [providers.x]", "did you mean 'oauth'"]),
+    ('defaults = 1\n', ["line 1", "unknown key 'defaults'", "config.toml has only [providers.ID] tables"]),
+], ids=["key", "table", "oauth-key", "sub-table", "top-level-key"])
+def test_unknown_keys_and_tables_in_config_toml_are_errors_naming_file_line_and_closest_name(
+        home: Path, text: str, fragments: list[str]) -> None:
+    """A misspelt key or table fails `doctor` and every command that reads providers, naming file, line and the fix."""
+    path = _write_config(home, text)
+    r = run_cli("doctor")
+    assert r.returncode == 1, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("[ fail] config"))
+    assert str(path) in line
+    for fragment in fragments:
+        assert fragment in line, line
+    r = run_cli("accounts", "add-key", "x", "--label", "k", input="sk-test-config")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert str(path) in r.stderr and fragments[0] in r.stderr and fragments[1] in r.stderr
+
+
+def test_doctor_reports_a_good_config_toml_and_its_providers(home: Path) -> None:
+    """`doctor` loads config.toml: a good one is reported ok with the providers it defines."""
+    _write_config(home, '[providers.acme]\nbase_url = "http://127.0.0.1:9"\n'
+                        '[providers.openai.oauth]\nclient_id = "c"\n')
+    r = run_cli("doctor")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert any(x.startswith("[   ok] config") and "acme, openai" in x for x in r.stdout.splitlines()), r.stdout
