@@ -161,13 +161,19 @@ class Provider(BaseModel):
         The result is checked with the parser the HTTP client itself uses, so the origin checked
         here is the origin the request will go to.
 
+        A path stays under the base URL's path: with a base URL ``https://h/v1``, a path that
+        would leave ``/v1`` (``../admin``, also percent-encoded, which a server may decode) is
+        refused, since the provider's credentials are meant for that API only.
+
         Raises:
-            OriginRefused: the URL is on another origin, has userinfo, or no base_url is configured.
+            OriginRefused: the URL is on another origin, has userinfo, leaves the base URL's path,
+                or no base_url is configured.
             InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
         """
         import httpx2  # loaded with the first request, not at start-up
 
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url):
+        relative = not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url)
+        if not relative:
             try:
                 origin_of(path_or_url)
             except ValueError as e:
@@ -193,7 +199,36 @@ class Provider(BaseModel):
                 f"{origin} is not an origin of provider {self.id} (allowed: "
                 f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
             )
+        if relative:
+            self._check_under_base_path(parsed, path_or_url)
         return url
+
+    def _check_under_base_path(self, url: httpx2.URL, given: str) -> None:
+        import httpx2
+
+        base = httpx2.URL(self.base_url or "/").path.rstrip("/")
+        if not base:
+            return  # the whole origin is the provider's
+        # url.path is decoded, with the dot segments httpx2 normalised already applied; dot
+        # segments left in it were percent-encoded on the wire, where a server may resolve them.
+        segments = re.split(r"[/\\]", url.path)
+        if any(_fully_unquoted(seg) in (".", "..") for seg in segments) or not (
+                url.path == base or url.path.startswith(base + "/")):
+            raise OriginRefused(
+                f"path {given!r} leads outside the base path {base} of provider {self.id}; its credentials are only "
+                f"sent under {self.base_url}/"
+            )
+
+
+def _fully_unquoted(segment: str) -> str:
+    import urllib.parse
+
+    for _ in range(3):  # %252e%252e decoded twice by layered servers is still ".."
+        decoded = urllib.parse.unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
 
 
 def url_origin(url: httpx2.URL) -> str:

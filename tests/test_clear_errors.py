@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pool import Pool, ProviderNotFound, TokenSet
-from tests.conftest import run_cli
+from tests.conftest import LoopbackPool, assert_no_secrets, run_cli
 
 
 def test_adding_an_account_for_an_unknown_provider_is_refused_listing_the_known_ones(home: Path) -> None:
@@ -72,3 +72,29 @@ def test_doctor_reports_a_good_config_toml_and_its_providers(home: Path) -> None
     r = run_cli("doctor")
     assert r.returncode == 0, r.stdout + r.stderr
     assert any(x.startswith("[   ok] config") and "acme, openai" in x for x in r.stdout.splitlines()), r.stdout
+
+
+@pytest.mark.parametrize("path", [
+    "../admin/stats", "/../admin/stats", "models/../../admin/stats", "%2e%2e/admin/stats", "%2E%2e/admin/stats",
+    ".%2e/admin/stats", "x/..%2f..%2fadmin/stats", "x%2f..%2f..%2fadmin/stats", "%252e%252e/admin/stats", "..",
+])
+def test_a_path_cannot_leave_the_base_url_path_of_its_provider(acme: LoopbackPool, path: str) -> None:
+    """With base URL .../v1, a path escaping /v1 (dot segments, also percent-encoded) is refused; nothing is sent."""
+    acme.configure("acme", base_url=f"{acme.lp.base_url}/v1")
+    acme.add_api_key("k")
+    r = run_cli("request", "acme", "GET", path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and "outside the base path /v1 of provider acme" in r.stderr, r.stderr
+    assert acme.lp.snapshot()["calls_by_path"] == {}
+    assert_no_secrets([r.stdout, r.stderr], acme.secrets())
+
+
+def test_paths_under_the_base_url_path_still_reach_the_provider_there(acme: LoopbackPool) -> None:
+    """With base URL .../v1, "models", "/models" and a harmless "a/../models" all go to /v1/models."""
+    acme.configure("acme", base_url=f"{acme.lp.base_url}/v1")
+    acme.add_api_key("k")
+    for path in ("models", "/models", "a/../models"):
+        r = run_cli("request", "acme", "GET", path)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["subject"] == "k"
+    assert acme.lp.snapshot()["calls_by_path"] == {"/v1/models": 3}
