@@ -232,8 +232,13 @@ def cmd_add_oauth(args: argparse.Namespace) -> int:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"stdin is not valid JSON (line {e.lineno} column {e.colno})") from None
-    acc = Pool.open().add_oauth(args.provider, args.label, TokenSet.parse(doc), namespace=args.namespace)
+    tokens = TokenSet.parse(doc)
+    acc = Pool.open().add_oauth(args.provider, args.label, tokens, namespace=args.namespace)
     print(f"added {acc.name} (id {acc.id})")
+    if not tokens.refresh_token:
+        print(f"authpool: warning: the token set has no refresh token, so {acc.name} cannot be renewed: when its "
+              f"access token expires it needs a new login (`authpool login {acc.provider} --label {acc.label}`)",
+              file=sys.stderr)
     return 0
 
 

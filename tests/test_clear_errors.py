@@ -98,3 +98,17 @@ def test_paths_under_the_base_url_path_still_reach_the_provider_there(acme: Loop
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["subject"] == "k"
     assert acme.lp.snapshot()["calls_by_path"] == {"/v1/models": 3}
+
+
+def test_add_oauth_warns_that_a_token_set_without_a_refresh_token_cannot_be_renewed(home: Path) -> None:
+    """add-oauth with no refresh_token adds the account but warns on stderr that it will need a new login."""
+    tokens = {"access_token": "at-no-refresh-0123456789", "expires_in": 3600}
+    r = run_cli("accounts", "add-oauth", "openai", "--label", "short", input=json.dumps(tokens))
+    assert r.returncode == 0, r.stderr
+    assert "added openai/short" in r.stdout
+    assert "no refresh token" in r.stderr and "cannot be renewed" in r.stderr
+    assert "authpool login openai --label short" in r.stderr
+    assert_no_secrets([r.stdout, r.stderr], [tokens["access_token"]])
+    with_refresh = {**tokens, "refresh_token": "rt-present-0123456789"}
+    r = run_cli("accounts", "add-oauth", "openai", "--label", "long", input=json.dumps(with_refresh))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
