@@ -27,7 +27,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from pool import Pool, PoolError
 from pool.models import Account
-from pool.report import account_view, pool_status
+from pool.report import account_view, fix_command, pool_status
 from pool.rotation import Attempt, RequestResult
 
 from .proxy import ProxyCall, ProxyOutcome, run_proxy
@@ -354,9 +354,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
         return AccountDetail(
             **_view_fields(a, now),
             cooldown_remaining_s=round(until - now, 1) if until else None,
-            reauth_command=(f"authpool login {a.provider} --label {a.label}" if a.kind == "oauth"
-                            else f"authpool accounts remove {a.id} && authpool accounts add-key {a.provider} "
-                                 f"--label {a.label}") if a.needs_reauth else None,
+            reauth_command=fix_command(a),
             recent_attempts=list(history.get(a.id, [])),
         )
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pool import Pool, PoolError, TokenSet
 from pool.errors import InvalidInput
 from pool.models import Account
-from pool.report import account_view
+from pool.report import account_view, fix_command
 
 __all__ = ["main"]
 
@@ -212,6 +212,11 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
             str(a.counters.rate_limited),
         ])
     print_table(rows)
+    fixes = [(a.name, cmd) for a in accounts if (cmd := fix_command(a))]
+    if fixes:
+        print("\nneeds re-auth; to fix:")
+        for name, cmd in fixes:
+            print(f"  {name}: {cmd}")
     return 0
 
 
