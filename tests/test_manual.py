@@ -6,10 +6,12 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from pool import Pool, PoolFile, TokenSet
-from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, write_config
+from server.loopback import LoopbackRequest, LoopbackResponse
+from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli, write_config
 
 
 def test_accounts_list_shows_the_command_that_fixes_each_dead_login(home: Path) -> None:
@@ -58,3 +60,64 @@ def test_the_loopback_command_mints_api_keys_that_add_key_and_request_accept(hom
         lp.send_signal(signal.SIGTERM)
         lp.communicate(timeout=30)
     assert lp.returncode == 0
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, bytes, str]:
+    """Run `authpool ARGS` with stdout on a real pseudo-terminal; (status, terminal bytes, stderr)."""
+    import os
+    import pty
+    import select
+    import time
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=subprocess.DEVNULL, stdout=terminal,
+                            stderr=subprocess.PIPE, cwd=REPO)
+    os.close(terminal)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([controller], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's last writer has gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.stderr is not None
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(controller)
+        proc.kill()
+    return proc.returncode, out, err.decode()
+
+
+def test_request_ends_the_body_with_a_newline_on_a_terminal(acme: LoopbackPool) -> None:
+    """On a terminal the body ends its line, also when it breaks off (then one clear error); piped, it is byte-exact."""
+    acme.add_api_key("k")
+
+    def broken_off(request: LoopbackRequest) -> LoopbackResponse:
+        def chunks() -> Iterator[bytes]:
+            yield b'{"partial": '
+            raise ConnectionAbortedError("the provider died mid-body")  # the connection is dropped
+
+        return LoopbackResponse(200, headers={"Content-Type": "application/json"}, stream=chunks())
+
+    acme.lp.routes[("GET", "/broken-off")] = broken_off
+    code, out, err = _run_on_a_terminal(["request", "acme", "GET", "/v1/models"])
+    assert code == 0, err
+    assert out.endswith(b"}\r\n"), out[-40:]  # the terminal driver turns "\n" into "\r\n"
+    code, broken, err = _run_on_a_terminal(["request", "acme", "GET", "/broken-off"])
+    assert code == 1
+    assert broken.endswith(b'{"partial": \r\n'), broken[-40:]
+    errors = [x for x in err.splitlines() if "error" in x]
+    assert errors == ["authpool: error: acme answered HTTP 200 via acme/k, but the response body could not be read "
+                      "(RemoteProtocolError)"], err
+    piped = run_cli("request", "acme", "GET", "/v1/models")
+    assert piped.returncode == 0 and piped.stdout.endswith("}"), piped.stdout[-40:]
+    assert_no_secrets([out.decode(), broken.decode(), err, piped.stdout, piped.stderr], acme.secrets())
