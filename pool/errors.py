@@ -306,6 +306,11 @@ class NoAccounts(RequestFailed):
 
     code = "no_accounts"
 
+    def in_home(self, home: Path) -> NoAccounts:
+        """The same error, naming the pool's home: an empty pool is often another home than meant."""
+        return type(self)(f"{self.message} (pool home: {home}; set AUTHPOOL_HOME if your accounts are in "
+                          "another home)", attempts=self.attempts)
+
 
 class AllAccountsCooling(RequestFailed):
     """Every candidate account is cooling down; ``retry_at`` says when the first frees up."""

@@ -162,6 +162,7 @@ class PoolStatus(BaseModel):
     """Per provider: how many accounts can serve requests now, and when the next frees up."""
 
     now: str
+    home: str = Field(description="the pool's home directory (AUTHPOOL_HOME, else the user data dir)")
     providers: list[ProviderSummary]
 
 
@@ -415,6 +416,7 @@ def _pool_report(pool: Pool) -> PoolStatus:
     accounts = {a.id: a for a in pool.accounts()}
     return PoolStatus(
         now=iso(now) or "",
+        home=str(pool.home.path),
         providers=[
             ProviderSummary(
                 provider=p["provider"], ready=p["ready"], cooling=p["cooling"], needs_reauth=p["needs_reauth"],

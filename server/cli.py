@@ -196,7 +196,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
         return 0
     if not accounts:
         print("no accounts" + (f" for {args.provider}" if args.provider else "") +
-              "; add one with `authpool accounts add-key PROVIDER --label NAME`")
+              f" in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
     now = time.time()
     rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
@@ -300,7 +300,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if not report["providers"]:
-        print("no accounts yet; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        print(f"no accounts yet in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
     now = time.time()
     for prov in report["providers"]:

@@ -15,7 +15,7 @@ import time
 
 import httpx2
 
-from pool import InvalidInput, Pool, RequestFailed
+from pool import InvalidInput, NoAccounts, Pool, RequestFailed
 from pool.rotation import Attempt, RequestResult
 
 __all__ = ["parse_headers", "print_trail", "read_body", "run_request"]
@@ -40,7 +40,10 @@ def run_request(args: argparse.Namespace) -> int:
                               wait_budget=args.wait, on_progress=progress, session=args.session) as client:
             request = client.build_request(args.method.upper(), url, content=content, headers=headers)
             # Streamed to stdout as it arrives: an event stream (stream: true) shows tokens live.
-            response = client.send(request, stream=True)
+            try:
+                response = client.send(request, stream=True)
+            except NoAccounts as e:
+                raise e.in_home(pool.home.path) from None
             try:
                 for chunk in response.iter_bytes():
                     out.write(chunk)

@@ -154,7 +154,7 @@ SCHEMAS: dict[str, tuple[set[str], set[str], set[str]]] = {
          "token_expires_at", "last_used_at", "last_status", "last_error", "counters", "cooldown_remaining_s",
          "reauth_command", "recent_attempts"},
     ),
-    "pool_status": (set(), set(), {"now", "providers"}),
+    "pool_status": (set(), set(), {"now", "home", "providers"}),
     "set_account_enabled": (
         {"account", "enabled"}, {"account", "enabled"},
         {"id", "provider", "namespace", "label", "name", "kind", "enabled", "state", "cooling_until", "cooldowns",
