@@ -30,6 +30,7 @@ from pool.models import Account
 from pool.report import account_view, fix_command, pool_status
 from pool.rotation import Attempt, RequestResult
 
+from .boundary import PoolServer
 from .proxy import ProxyCall, ProxyOutcome, run_proxy
 
 __all__ = ["build_server"]
@@ -254,7 +255,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(_flush_quietly, get_pool())
 
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = PoolServer(
         "authpool",
         version=_version(),
         instructions=INSTRUCTIONS,

@@ -8,14 +8,16 @@ reaches stderr.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
 
 from pool.backend import VAULT_BACKEND
 from tests.conftest import REPO, run_cli
-from tests.mcp_support import SERVE_ARGS, assert_no_traceback, assert_tool_error
+from tests.mcp_support import SERVE_ARGS, assert_no_traceback, assert_tool_error, mcp_session
 
 pytestmark = pytest.mark.anyio
 
@@ -48,3 +50,57 @@ async def test_serve_without_authpool_home_names_the_home_it_uses(tmp_path: Path
     cli = run_cli("request", "openai", "GET", "/v1/models",
                   env={"AUTHPOOL_HOME": str(default_home), "PYTHON_KEYRING_BACKEND": VAULT_BACKEND})
     assert cli.returncode == 1 and f"pool home: {default_home}" in cli.stderr, cli.stderr
+
+
+def _home_with(tmp_path: Path, pool_json: str | None = None, config: str | None = None) -> Path:
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    for name, text in (("pool.json", pool_json), ("config.toml", config)):
+        if text is not None:
+            (home / name).write_text(text)
+            (home / name).chmod(0o600)
+    return home
+
+
+@pytest.mark.parametrize(("uri", "pool_json", "config", "reason"), [
+    ("authpool://accounts", '{"schema_version": 2, "accounts": [', None, "is corrupt (invalid JSON at line 1"),
+    ("authpool://providers", None, '[providers.x]\nauht = "bearer"\n', "unknown key 'auht' in [providers.x]"),
+], ids=["corrupt-pool-file", "bad-config"])
+async def test_a_resource_that_cannot_be_read_answers_with_the_one_line_reason(
+        tmp_path: Path, uri: str, pool_json: str | None, config: str | None, reason: str) -> None:
+    """resources/read on a damaged pool file or config.toml: a protocol error carrying the reason, no traceback."""
+    home = _home_with(tmp_path, pool_json, config)
+    errlog = tmp_path / "stderr.log"
+    with errlog.open("w") as f:
+        async with mcp_session(home, errlog=f) as client:
+            with pytest.raises(MCPError) as e:
+                await client.read_resource(uri)
+    message = e.value.error.message
+    assert reason in message and "\n" not in message, message
+    assert_no_traceback(errlog.read_text())
+
+
+BAD_ARGUMENTS: list[tuple[str, dict[str, Any], list[str]]] = [
+    ("proxy_request", {"provider": "p", "method": "GET", "path": "/", "max_body_chars": 10},
+     ["max_body_chars must be at least 1000"]),
+    ("proxy_request", {"provider": "p", "method": "GET", "path": "/", "wait_s": 4000, "query": {"n": 5}},
+     ["query.n must be a string", "wait_s must be at most 3600"]),
+    ("proxy_request", {"method": 5}, ["provider is required", "method must be a string", "path is required"]),
+    ("set_account_enabled", {"account": "a", "enabled": "maybe"}, ["enabled must be true or false"]),
+    ("proxy_request", {"provider": "p", "method": "GET", "path": "/", "headers": "x: 1"},
+     ["headers must be a JSON object"]),
+]
+
+
+async def test_bad_tool_arguments_come_back_as_one_line_per_field(tmp_path: Path) -> None:
+    """A tool call with bad arguments: one readable line per field, no pydantic dump, link or echoed input."""
+    home = _home_with(tmp_path)
+    errlog = tmp_path / "stderr.log"
+    with errlog.open("w") as f:
+        async with mcp_session(home, errlog=f) as client:
+            for tool, arguments, lines in BAD_ARGUMENTS:
+                result = await client.call_tool(tool, arguments)
+                text = assert_tool_error(result, *lines)
+                assert text.splitlines() == [f"invalid arguments for {tool}:", *lines], text
+                assert "pydantic" not in text and "input_value" not in text and "type=" not in text, text
+    assert_no_traceback(errlog.read_text())
