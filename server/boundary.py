@@ -5,7 +5,8 @@ nobody: a resource that raises anything but ``ResourceError`` becomes ``-32603 E
 resource URI`` (the reason withheld) plus a traceback on stderr; and arguments that fail the
 input schema come back as pydantic's multi-line dump with a documentation link and the echoed
 input (``Tool.run`` wraps the ``ValidationError`` in a ``ToolError``). :class:`PoolServer`
-translates both where the SDK raises them, in ``read_resource`` and ``call_tool``.
+translates both where the SDK raises them, in ``read_resource`` and ``call_tool``. Its stdio
+transport also answers the JSON-RPC frames the SDK's would drop (:mod:`server.stdio`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,18 @@ __all__ = ["PoolServer", "describe_argument_errors"]
 
 class PoolServer(MCPServer[Any]):
     """An ``MCPServer`` whose resource and argument errors say what is wrong, in a line each."""
+
+    async def run_stdio_async(self) -> None:
+        """Serve on stdio as ``MCPServer`` does, answering the frames its transport would drop.
+
+        See :mod:`server.stdio`. The low-level server is the one ``MCPServer.run_stdio_async``
+        drives too; only the transport in front of it differs.
+        """
+        from .stdio import guarded_stdio
+
+        lowlevel = self._lowlevel_server
+        async with guarded_stdio() as (read_stream, write_stream):
+            await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
     async def read_resource(self, uri: AnyUrl | str, context: Context[Any, Any] | None = None) -> Any:
         try:

@@ -17,7 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from pool.backend import VAULT_BACKEND
 from tests.conftest import REPO, run_cli
-from tests.mcp_support import SERVE_ARGS, assert_no_traceback, assert_tool_error, mcp_session
+from tests.mcp_support import SERVE_ARGS, RawServer, assert_no_traceback, assert_tool_error, mcp_session
 
 pytestmark = pytest.mark.anyio
 
@@ -104,3 +104,41 @@ async def test_bad_tool_arguments_come_back_as_one_line_per_field(tmp_path: Path
                 assert text.splitlines() == [f"invalid arguments for {tool}:", *lines], text
                 assert "pydantic" not in text and "input_value" not in text and "type=" not in text, text
     assert_no_traceback(errlog.read_text())
+
+
+FRAMES: list[tuple[bytes, int | str | None, int, str]] = [
+    (b'{"jsonrpc": "2.0", "id": 5}', 5, -32600, "missing method"),
+    (b'{"jsonrpc": "1.0", "id": 6, "method": "tools/list"}', 6, -32600, 'jsonrpc must be "2.0"'),
+    (b'{"jsonrpc": "2.0", "id": "seven", "method": "tools/list", "params": "x"}', "seven", -32600,
+     "params must be an object"),
+    (b'{"jsonrpc": "2.0", "id": 8, "method": 42}', 8, -32600, "method must be a string"),
+    (b'{"jsonrpc": "2.0", "id": 9.5, "method": "tools/list"}', None, -32600, "id must be a string or an integer"),
+    (b"{not json", None, -32700, "not valid JSON"),
+    (b"[1, 2]", None, -32600, "a JSON object"),
+    (b'"just a string"', None, -32600, "a JSON object"),
+]
+
+
+def test_json_rpc_frames_the_server_cannot_process_get_an_error_answer(tmp_path: Path) -> None:
+    """Over a real `authpool serve` pipe: -32600 (with the request's id) or -32700 (id null); the server goes on."""
+    home = _home_with(tmp_path)
+    s = RawServer(home)
+    try:
+        s.initialize()
+        assert s.proc.stdin is not None
+        for frame, _, _, _ in FRAMES:
+            s.proc.stdin.write(frame + b"\n")
+        s.proc.stdin.write(b"\n")  # a blank line is no message: no answer
+        s.proc.stdin.flush()
+        answers = [s.recv() for _ in FRAMES]
+        assert s.call(10, "tools/list")["result"]["tools"]  # still serving
+        s.proc.stdin.close()
+        assert s.wait() == 0
+    finally:
+        s.kill()
+    for (frame, request_id, code, reason), answer in zip(FRAMES, answers, strict=True):
+        assert answer["jsonrpc"] == "2.0" and "result" not in answer, (frame, answer)
+        assert answer["id"] == request_id, (frame, answer)
+        assert answer["error"]["code"] == code and reason in answer["error"]["message"], (frame, answer)
+    assert len(s.stdout_lines()) == 1 + len(FRAMES) + 1  # initialize, one answer per frame, tools/list
+    assert_no_traceback(s.stderr())
