@@ -18,8 +18,10 @@ def test_adding_an_account_for_an_unknown_provider_is_refused_listing_the_known_
     assert r.stderr.count("\n") == 1
     assert "unknown provider 'nosuchprov'" in r.stderr and "known providers" in r.stderr and "anthropic" in r.stderr
     tokens = {"access_token": "at-unknown-provider", "refresh_token": "rt-unknown-provider", "expires_in": 600}
-    r = run_cli("accounts", "add-oauth", "nosuchprov", "--label", "x", input=json.dumps(tokens))
-    assert r.returncode == 1 and "unknown provider 'nosuchprov'" in r.stderr, r.stderr
+    r2 = run_cli("accounts", "add-oauth", "nosuchprov", "--label", "x", input=json.dumps(tokens))
+    assert r2.returncode == 1 and "unknown provider 'nosuchprov'" in r2.stderr, r2.stderr
+    assert_no_secrets([r.stdout, r.stderr, r2.stdout, r2.stderr],
+                      ["sk-test-unknown-provider", tokens["access_token"], tokens["refresh_token"]])
     pool = Pool.open(home)
     with pytest.raises(ProviderNotFound, match="known providers"):
         pool.add_api_key("nosuchprov", "x", "sk-test-unknown-provider")
@@ -62,6 +64,7 @@ def test_unknown_keys_and_tables_in_config_toml_are_errors_naming_file_line_and_
         assert fragment in line, line
     r = run_cli("accounts", "add-key", "x", "--label", "k", input="sk-test-config")
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert_no_secrets([r.stdout, r.stderr], ["sk-test-config"])
     assert str(path) in r.stderr and fragments[0] in r.stderr and fragments[1] in r.stderr
 
 

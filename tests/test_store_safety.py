@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,14 +12,24 @@ from typing import Any
 import pytest
 
 from pool import Pool, StoreCorrupt
-from tests.conftest import run_cli, start_worker
+from tests.conftest import assert_no_secrets, home_texts, run_cli, start_worker
+
+KEYS = {label: f"sk-test-safety-{label}-5f0c7e1d9a2b" for label in ("a", "b")}
+PIPED_KEY = "sk-test-safety-piped-3e8d1c0b"  # given on stdin to commands that fail
 
 
 def make_pool_with(home: Path, *labels: str) -> Pool:
     pool = Pool.open(home)
     for label in labels:
-        pool.add_api_key("openai", label, f"sk-test-{label}")
+        pool.add_api_key("openai", label, KEYS[label])
     return pool
+
+
+def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`authpool ARGS` as a real subprocess; no key this module hands out may appear in its output."""
+    r = run_cli(*args, input=input)
+    assert_no_secrets([r.stdout, r.stderr], [*KEYS.values(), PIPED_KEY])
+    return r
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -38,7 +49,7 @@ def test_a_writer_whose_lock_file_is_deleted_mid_change_does_not_undo_the_next_w
     try:
         wait_until(ready.exists, "the holder to be inside its change, holding the pool lock")
         (home / "locks" / "pool.lock").unlink()  # a cleaner, or a user's rm -rf
-        second = run_cli("accounts", "disable", "openai/b")
+        second = cli("accounts", "disable", "openai/b")
         assert second.returncode == 0, second.stderr
         go.touch()
         out, err = holder.communicate(timeout=60)
@@ -49,25 +60,27 @@ def test_a_writer_whose_lock_file_is_deleted_mid_change_does_not_undo_the_next_w
     pool = Pool.open(home)
     assert pool.get("openai/a").enabled is False  # the holder's change landed ...
     assert pool.get("openai/b").enabled is False  # ... on top of the second writer's, not over it
+    assert_no_secrets([out, err, *home_texts(home)], list(KEYS.values()))
 
 
 def test_doctor_restore_refuses_to_replace_a_healthy_pool_file_unless_forced(home: Path) -> None:
     """`doctor --restore` on a healthy file refuses (it would undo the last write); --force restores, with a warning."""
     make_pool_with(home, "a", "b")
     before = (home / "pool.json").read_bytes()
-    r = run_cli("doctor", "--restore")
+    r = cli("doctor", "--restore")
     assert r.returncode == 1, r.stdout + r.stderr
     assert "healthy" in r.stdout and "would undo the last write" in r.stdout and "--force" in r.stdout
     assert (home / "pool.json").read_bytes() == before
     assert not list(home.glob("pool.json.corrupt-*"))
     assert [a.label for a in Pool.open(home).accounts()] == ["a", "b"]
 
-    r = run_cli("doctor", "--restore", "--force")
+    r = cli("doctor", "--restore", "--force")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "warn" in r.stdout and "undid the last write" in r.stdout
     assert [a.label for a in Pool.open(home).accounts()] == ["a"]
     kept = list(home.glob("pool.json.replaced-*"))
     assert len(kept) == 1 and kept[0].read_bytes() == before
+    assert_no_secrets(home_texts(home), list(KEYS.values()))
 
 
 def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(home: Path, tmp_path: Path) -> None:
@@ -80,11 +93,11 @@ def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(h
     (home / "pool.json").symlink_to(target)
     before = target.read_bytes()
     for argv in (["accounts", "disable", "openai/a"], ["accounts", "list"]):
-        r = run_cli(*argv)
+        r = cli(*argv)
         assert r.returncode == 1, r.stdout + r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert "is a symbolic link" in r.stderr and str(target) in r.stderr and "AUTHPOOL_HOME" in r.stderr
-    r = run_cli("doctor")
+    r = cli("doctor")
     assert r.returncode == 1 and "is a symbolic link" in r.stdout
     assert (home / "pool.json").is_symlink() and (home / "pool.json").resolve() == target
     assert target.read_bytes() == before
@@ -97,7 +110,7 @@ def test_a_write_whose_backup_step_fails_leaves_no_temporary_file(home: Path) ->
     (home / "pool.json.bak").unlink()
     (home / "pool.json.bak").mkdir(mode=0o700)  # something in the way that a rename cannot replace
     (home / "pool.json.bak" / "keep").touch(mode=0o600)
-    r = run_cli("accounts", "disable", "openai/a")
+    r = cli("accounts", "disable", "openai/a")
     assert r.returncode == 1, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "could not write" in r.stderr and "pool.json.bak" in r.stderr
@@ -117,11 +130,11 @@ def test_a_deeply_nested_pool_file_is_reported_as_corrupt_not_as_an_internal_err
     with pytest.raises(StoreCorrupt, match="nested too deeply"):
         Pool.open(home).accounts()
     for argv in (["accounts", "list"], ["status"], ["accounts", "add-key", "openai", "--label", "x"]):
-        r = run_cli(*argv, input="sk-test-nested")
+        r = cli(*argv, input=PIPED_KEY)
         assert r.returncode == 1, r.stdout + r.stderr
         assert r.stderr.count("\n") == 1 and "corrupt" in r.stderr and "nested too deeply" in r.stderr, r.stderr
         assert "internal error" not in r.stderr and "Recursion" not in r.stderr
-    r = run_cli("doctor")
+    r = cli("doctor")
     assert r.returncode == 1 and "[ fail] pool file" in r.stdout and "nested too deeply" in r.stdout
     assert (home / "pool.json").read_text() == text
 
@@ -157,7 +170,7 @@ def test_impossible_numbers_in_the_pool_file_are_refused_as_corrupt_naming_the_f
     with pytest.raises(StoreCorrupt) as e:
         Pool.open(home).accounts()
     assert named in str(e.value), str(e.value)
-    r = run_cli("accounts", "list")
+    r = cli("accounts", "list")
     assert r.returncode == 1 and "corrupt" in r.stderr and named in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
     assert (home / "pool.json").read_text() == text
@@ -175,5 +188,5 @@ def test_a_pool_file_that_is_not_utf8_is_reported_as_such(home: Path, data: byte
     with pytest.raises(StoreCorrupt, match="not UTF-8 text") as e:
         Pool.open(home).accounts()
     assert "line 1 column 1" not in str(e.value)
-    r = run_cli("accounts", "list")
+    r = cli("accounts", "list")
     assert r.returncode == 1 and "not UTF-8 text" in r.stderr
