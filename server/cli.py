@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -242,7 +243,8 @@ def cmd_add_oauth(args: argparse.Namespace) -> int:
     print(f"added {acc.name} (id {acc.id})")
     if not tokens.refresh_token:
         print(f"authpool: warning: the token set has no refresh token, so {acc.name} cannot be renewed: when its "
-              f"access token expires it needs a new login (`authpool login {acc.provider} --label {acc.label}`)",
+              f"access token expires it needs a new login (`authpool login {acc.provider} "
+              f"--label {shlex.quote(acc.label)}`)",
               file=sys.stderr)
     return 0
 
@@ -347,6 +349,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
+    if args.force and not args.restore:
+        raise UsageError("--force only goes with --restore")
     return run_doctor(restore=args.restore, force=args.force, as_json=args.json)
 
 
