@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from pool import Home, Pool, PoolError, Store
 from pool.errors import StoreCorrupt
+from pool.models import PoolFile
 from pool.providers import Providers
 
 __all__ = ["Finding", "run_doctor"]
@@ -45,7 +46,8 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:
     else:
         out.append(Finding("modes", "ok", "directory 0700, files 0600"))
 
-    out.append(_config(home))
+    config, providers = _config(home)
+    out.append(config)
     store = Store(home)
     if restore:
         out.append(_restore(store, force))
@@ -64,6 +66,8 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:
         f"{store.path} (schema {pool_file.schema_version}, {len(pool_file.accounts)} accounts)"
         if exists else f"{store.path} does not exist yet (created on first change)",
     ))
+    if providers is not None:
+        out.extend(_unknown_providers(pool_file, providers))
     out.append(Finding(
         "backup",
         "ok" if store.backup_path.exists() or not exists else "warn",
@@ -104,13 +108,23 @@ def _restore(store: Store, force: bool) -> Finding:
     return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")
 
 
-def _config(home: Home) -> Finding:
+def _config(home: Home) -> tuple[Finding, Providers | None]:
     path = home.config_file
     if not path.exists():
-        return Finding("config", "ok", f"{path} does not exist (built-in providers only)")
+        return Finding("config", "ok", f"{path} does not exist (built-in providers only)"), Providers.load(None)
     try:
         providers = Providers.load(path)
     except PoolError as e:
-        return Finding("config", "fail", str(e))
+        return Finding("config", "fail", str(e)), None
     defined = ", ".join(providers.configured) or "no providers"
-    return Finding("config", "ok", f"{path} ({defined})")
+    return Finding("config", "ok", f"{path} ({defined})"), providers
+
+
+def _unknown_providers(pool_file: PoolFile, providers: Providers) -> list[Finding]:
+    """Accounts whose provider is gone (added before such accounts were refused, or config.toml changed)."""
+    known = set(providers.ids())
+    return [
+        Finding("account", "fail", f"{a.name} ({a.id}): unknown provider {a.provider!r}, so it can serve no "
+                                   f"request; define [providers.{a.provider}] in config.toml or remove the account")
+        for a in pool_file.accounts if a.provider not in known
+    ]

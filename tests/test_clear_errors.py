@@ -31,6 +31,15 @@ def test_adding_an_account_for_an_unknown_provider_is_refused_listing_the_known_
         pool.save_login("nosuchprov", "x", TokenSet.parse(tokens))
     assert pool.accounts() == []
     assert not (home / "vault.json").exists()  # refused before any secret was stored
+    # An account whose provider has gone from config.toml (or was added before this check):
+    # doctor does not call it healthy.
+    _write_config(home, '[providers.gone]\nbase_url = "http://127.0.0.1:9"\n')
+    pool.add_api_key("gone", "k", "sk-test-unknown-provider")
+    (home / "config.toml").unlink()
+    r = run_cli("doctor")
+    assert r.returncode == 1, r.stdout
+    assert "[ fail] account: gone/k" in r.stdout and "unknown provider 'gone'" in r.stdout, r.stdout
+    assert_no_secrets([r.stdout, r.stderr], ["sk-test-unknown-provider"])
 
 
 def _write_config(home: Path, text: str) -> Path:
