@@ -270,6 +270,7 @@ class Store:
                 )
             kind = "replaced" if healthy else "corrupt"
             aside = _unused(self.path.with_name(f"{self.path.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}"))
+            self.lock.ensure_held()  # before anything moves: a lost lock leaves the files as they were
             if self.path.exists():
                 os.replace(self.path, aside)
             write_atomic(self.path, good)
