@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import StoreWriteError
@@ -20,8 +21,12 @@ from .home import FILE_MODE
 __all__ = ["fsync_dir", "write_atomic"]
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE,
+                 before_replace: Callable[[], None] | None = None) -> None:
     """Replace ``path`` with ``data`` atomically and durably.
+
+    ``before_replace`` runs after the data is on disk, just before the rename; if it raises,
+    nothing is replaced and the exception propagates (the store checks its lock there).
 
     Raises:
         StoreWriteError: the write failed (disk full, read-only, permissions); ``path`` is unchanged.
@@ -37,10 +42,15 @@ def write_atomic(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
         raise StoreWriteError(_describe(path, e)) from e
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
     fsync_dir(path.parent)
 
 

@@ -18,7 +18,8 @@ from metadata (ids, labels, paths, status codes) only.
      │    ├── StoreCorrupt                 unreadable file; names the last good backup
      │    ├── StoreVersionError            written by a newer authpool
      │    ├── StoreWriteError (OSError)    disk full, read-only, permissions
-     │    └── LockTimeout (TimeoutError)   another process holds a lock too long
+     │    ├── LockTimeout (TimeoutError)   another process holds a lock too long
+     │    └── LockLost                     a held lock file was deleted or replaced
      ├── SecretError                       the credential store
      │    ├── SecretBackendUnavailable     no usable keyring / cannot reach it
      │    ├── SecretBackendLocked          the keyring is locked
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "DuplicateLabel",
     "InvalidInput",
+    "LockLost",
     "LockTimeout",
     "LoginCancelled",
     "LoginError",
@@ -197,6 +199,20 @@ class LockTimeout(StoreError, TimeoutError):
         self.holder = holder
 
 
+class LockLost(StoreError):
+    """The lock file was deleted or replaced while this process held it: another process may
+    have taken a new lock file meanwhile, so the holder must not write what it read."""
+
+    code = "lock_lost"
+
+    def __init__(self, lock_file: Path) -> None:
+        super().__init__(
+            f"{lock_file} was deleted or replaced while this process held it, so another process may have "
+            "written meanwhile; nothing was written (lock files must never be deleted)"
+        )
+        self.lock_file = lock_file
+
+
 class SecretError(PoolError):
     """The credential store failed."""
 
@@ -320,6 +336,11 @@ class NoAccounts(RequestFailed):
     """The provider has no enabled account that can serve requests."""
 
     code = "no_accounts"
+
+    def in_home(self, home: Path) -> NoAccounts:
+        """The same error, naming the pool's home: an empty pool is often another home than meant."""
+        return type(self)(f"{self.message} (pool home: {home}; set AUTHPOOL_HOME if your accounts are in "
+                          "another home)", attempts=self.attempts)
 
 
 class AllAccountsCooling(RequestFailed):

@@ -5,6 +5,13 @@ instead of polling the file) plus an OS file lock (``filelock``, ``flock`` on PO
 processes. Lock files are never deleted: a deleted lock file lets two processes lock two
 different inodes and both believe they hold the lock. Each holder writes its pid and command
 into the lock file, so a timeout can say who is holding it.
+
+Someone else may still delete one (a cleaner, an ``rm -rf``). Two checks keep that from losing
+a change. After locking, the locked file must still be the file at the path (same device and
+inode), else the lock is taken again. And a holder about to commit asks :meth:`Lock.ensure_held`
+first: if its file was deleted or replaced meanwhile, another process may hold the new one, so
+the holder raises :class:`LockLost` instead of writing (the store then redoes its change under a
+fresh lock). What remains is the moment between that check and the commit itself.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Any
 
 import anyio
 
-from .errors import LockTimeout
+from .errors import LockLost, LockTimeout
 
 __all__ = ["DEFAULT_TIMEOUT", "Lock"]
 
@@ -74,6 +81,7 @@ class Lock:
         self.timeout = timeout
         self._thread_lock = _thread_lock(path)
         self._file_lock_obj: Any = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file locked
 
     @property
     def _file_lock(self) -> Any:
@@ -91,24 +99,59 @@ class Lock:
                 mode=0o600,
                 preserve_lock_file=True,
                 fallback_to_soft=False,
-                on_acquired=_record_holder,
+                on_acquired=self._on_acquired,
             )
         return self._file_lock_obj
 
-    def acquire(self) -> None:
-        """Block until held, or raise :class:`LockTimeout`."""
-        deadline = time.monotonic() + self.timeout
-        if not self._thread_lock.acquire(timeout=self.timeout):
-            raise LockTimeout(self.path, self.timeout, f"another thread of this process (pid {os.getpid()})")
+    def _on_acquired(self, fd: int) -> None:
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
+        _record_holder(fd)
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Block until held, or raise :class:`LockTimeout` (``timeout`` defaults to the lock's own)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        if not self._thread_lock.acquire(timeout=timeout):
+            raise LockTimeout(self.path, timeout, f"another thread of this process (pid {os.getpid()})")
         try:
-            remaining = max(0.0, deadline - time.monotonic())
-            self._file_lock.acquire(timeout=remaining)
+            while True:
+                self._identity = None
+                self._file_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                if self._is_current():
+                    return
+                # We locked a file that is no longer the lock file (deleted or replaced while we
+                # waited): others lock the new one, so ours excludes no one. Lock the path again.
+                self._file_lock.release()
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(self.path, timeout, "nobody: the lock file kept being deleted or replaced")
         except TimeoutError as e:  # filelock.Timeout is a TimeoutError
             self._thread_lock.release()
-            raise LockTimeout(self.path, self.timeout, _describe_holder(self.path)) from e
+            if isinstance(e, LockTimeout):
+                raise
+            raise LockTimeout(self.path, timeout, _describe_holder(self.path)) from e
         except BaseException:
             self._thread_lock.release()
             raise
+
+    def _is_current(self) -> bool:
+        """Whether the file we locked is the one at the path (unknown counts as yes)."""
+        if self._identity is None:
+            return True
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
+    def ensure_held(self) -> None:
+        """Check, before committing, that the file this object locked is still the lock file.
+
+        Raises:
+            LockLost: it was deleted or replaced while held; another process may hold the new one.
+        """
+        if not self._is_current():
+            raise LockLost(self.path)
 
     def release(self) -> None:
         try:

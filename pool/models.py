@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,7 @@ SCHEMA_VERSION = 2
 WHOLE_ACCOUNT = "*"  # cooldown scope meaning "every model of the account"
 
 AccountKind = Literal["oauth", "api_key"]
+Count = Annotated[int, Field(ge=0)]  # counters and generations only grow from zero
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o/1/l: ids are read aloud and retyped
@@ -70,18 +71,19 @@ def validate_label(value: str) -> str:
 
 class _Model(BaseModel):
     # extra="allow": fields written by a newer authpool of the same schema version survive our
-    # read-modify-write instead of being silently dropped.
-    model_config = ConfigDict(extra="allow", validate_assignment=False)
+    # read-modify-write instead of being silently dropped. allow_inf_nan=False: a time of NaN or
+    # Infinity (JSON accepts both) would make every comparison lie; such a file is corrupt.
+    model_config = ConfigDict(extra="allow", validate_assignment=False, allow_inf_nan=False)
 
 
 class Counters(_Model):
     """Lifetime counters of one account."""
 
-    requests: int = 0
-    rate_limited: int = 0
-    unauthorized: int = 0
-    refreshes: int = 0
-    failures: int = 0
+    requests: Count = 0
+    rate_limited: Count = 0
+    unauthorized: Count = 0
+    refreshes: Count = 0
+    failures: Count = 0
 
 
 class Cooldown(_Model):
@@ -144,13 +146,13 @@ class Account(_Model):
     created_at: float = Field(default_factory=time.time)
     last_used_at: float | None = None
     cooldowns: dict[str, Cooldown] = Field(default_factory=dict)
-    backoff_level: int = 0
+    backoff_level: Count = 0
     last_status: int | None = None
     last_error: str | None = None
     needs_reauth: bool = False
     access_expires_at: float | None = None
     counters: Counters = Field(default_factory=Counters)
-    secret_generation: int = 0
+    secret_generation: Count = 0
     # After a cooldown ends, one request at a time probes the scopes that cooled (the whole account
     # or a model); a success in a scope removes its ended cooldown, and probation ends with the last.
     probation: bool = False

@@ -283,6 +283,7 @@ class Pool:
         Raises:
             DuplicateLabel: ``provider/label`` exists.
             InvalidInput: bad provider id, label or key.
+            ProviderNotFound: no built-in or configured provider has this id (nothing was added).
             SecretError: the credential store failed (nothing was added).
         """
         return self._add(provider, label, "api_key", Secret.from_api_key(key), namespace, None)
@@ -303,6 +304,7 @@ class Pool:
         lifetime: float | None = None,
     ) -> Account:
         provider = validate_provider_id(provider)
+        self.provider(provider)  # an account of an unknown provider could never serve a request
         label = validate_label(label)
         namespace = validate_label(namespace)
         self.store.read().check_label_free(provider, label)  # fail before touching the keyring
@@ -345,6 +347,7 @@ class Pool:
         needs-reauth flag, keeping its id, order and history. Returns ``(account, created)``.
         """
         provider = validate_provider_id(provider)
+        self.provider(provider)
         label = validate_label(label)
         try:
             existing = self.get(f"{provider}/{label}")

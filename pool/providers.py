@@ -16,6 +16,7 @@ from the user's config, and refreshing or logging in without one is a clear erro
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
 from pathlib import Path
@@ -181,13 +182,19 @@ class Provider(BaseModel):
         The result is checked with the parser the HTTP client itself uses, so the origin checked
         here is the origin the request will go to.
 
+        A path stays under the base URL's path: with a base URL ``https://h/v1``, a path that
+        would leave ``/v1`` (``../admin``, also percent-encoded, which a server may decode) is
+        refused, since the provider's credentials are meant for that API only.
+
         Raises:
-            OriginRefused: the URL is on another origin, has userinfo, or no base_url is configured.
+            OriginRefused: the URL is on another origin, has userinfo, leaves the base URL's path,
+                or no base_url is configured.
             InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
         """
         import httpx2  # loaded with the first request, not at start-up
 
-        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url):
+        relative = not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url)
+        if not relative:
             try:
                 origin_of(path_or_url)
             except ValueError as e:
@@ -213,7 +220,36 @@ class Provider(BaseModel):
                 f"{origin} is not an origin of provider {self.id} (allowed: "
                 f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
             )
+        if relative:
+            self._check_under_base_path(parsed, path_or_url)
         return url
+
+    def _check_under_base_path(self, url: httpx2.URL, given: str) -> None:
+        import httpx2
+
+        base = httpx2.URL(self.base_url or "/").path.rstrip("/")
+        if not base:
+            return  # the whole origin is the provider's
+        # url.path is decoded, with the dot segments httpx2 normalised already applied; dot
+        # segments left in it were percent-encoded on the wire, where a server may resolve them.
+        segments = re.split(r"[/\\]", url.path)
+        if any(_fully_unquoted(seg) in (".", "..") for seg in segments) or not (
+                url.path == base or url.path.startswith(base + "/")):
+            raise OriginRefused(
+                f"path {given!r} leads outside the base path {base} of provider {self.id}; its credentials are only "
+                f"sent under {self.base_url}/"
+            )
+
+
+def _fully_unquoted(segment: str) -> str:
+    import urllib.parse
+
+    for _ in range(3):  # %252e%252e decoded twice by layered servers is still ".."
+        decoded = urllib.parse.unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
 
 
 def url_origin(url: httpx2.URL) -> str:
@@ -300,16 +336,18 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
 class Providers:
     """The built-in providers merged with the user's ``config.toml``."""
 
-    def __init__(self, providers: dict[str, Provider]) -> None:
+    def __init__(self, providers: dict[str, Provider], configured: list[str] | None = None) -> None:
         self._providers = providers
+        self.configured = sorted(configured or [])  # ids config.toml defines or overrides
 
     @classmethod
     def load(cls, config_file: Path | None) -> Providers:
         """Built-ins plus ``config_file`` (missing file: built-ins only).
 
         Raises:
-            ConfigError: the file is not valid TOML or a provider entry is invalid; the message
-                names the key and its line.
+            ConfigError: the file is not valid TOML, has an unknown key or table, or a provider
+                entry is invalid; the message names the file, the line and (for a misspelt name)
+                the closest valid one.
         """
         if config_file is None or not config_file.exists():
             return cls(dict(BUILTIN_PROVIDERS))
@@ -318,7 +356,10 @@ class Providers:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{config_file}: {e}") from None
-        return cls(_merge(doc, text, config_file))
+        except RecursionError:
+            raise ConfigError(f"{config_file}: nested too deeply") from None
+        _check_top_level(doc, text, config_file)
+        return cls(_merge(doc, text, config_file), list(doc.get("providers", {})))
 
     def get(self, provider_id: str) -> Provider:
         """The provider with this id.
@@ -352,11 +393,47 @@ def _merge(doc: dict[str, Any], text: str, path: Path) -> dict[str, Provider]:
         try:
             out[pid] = Provider.model_validate(merged)
         except ValidationError as e:
-            err = e.errors()[0]
+            errors = e.errors()
+            err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
             key = ".".join(str(p) for p in ("providers", pid, *err["loc"]))
             line = _line_of(text, key)
+            if err["type"] == "extra_forbidden":
+                *parents, name = (str(p) for p in err["loc"])
+                table = ".".join(("providers", pid, *parents))
+                raise ConfigError(f"{path} line {line}: unknown key '{name}' in [{table}]"
+                                  f"{_suggest(name, _keys_of(parents))}") from None
             raise ConfigError(f"{path} line {line}: {key}: {err['msg']}") from None
     return out
+
+
+_TOP_LEVEL = ("providers",)
+
+
+def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
+    """Refuse what config.toml cannot mean: anything but ``[providers.ID]`` tables at the top."""
+    for key, value in doc.items():
+        if key in _TOP_LEVEL:
+            continue
+        what = f"table [{key}]" if isinstance(value, dict) else f"key '{key}'"
+        close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
+        hint = f" (did you mean [{close[0]}]?)" if close else " (config.toml has only [providers.ID] tables)"
+        raise ConfigError(f"{path} line {_line_of(text, key)}: unknown {what}{hint}")
+
+
+def _keys_of(parents: list[str]) -> list[str]:
+    """The keys valid in the provider table at ``parents`` (``[]`` for the provider itself)."""
+    if not parents:
+        return [k for k in Provider.model_fields if k != "id"]
+    if parents == ["oauth"]:
+        return list(OAuthSettings.model_fields)
+    return []
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(sorted(valid))})" if valid else ""
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -379,7 +456,9 @@ def _line_of(text: str, dotted: str) -> int:
         header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", line)
         if header:
             table = [p.strip().strip('"') for p in header.group(1).split(".")]
-            if table == parts[: len(table)] and len(table) <= len(parts):
+            if table[: len(parts)] == parts:
+                return n  # the table itself, or the first table inside it
+            if table == parts[: len(table)]:
                 best = n
             continue
         key = re.match(r"^([A-Za-z0-9_\-\"']+)\s*=", line)

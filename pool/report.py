@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from typing import Any
 
 from .models import Account
 from .pool import Pool
 
-__all__ = ["account_view", "pool_status"]
+__all__ = ["account_view", "fix_command", "pool_status"]
 
 
 def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
@@ -57,3 +58,13 @@ def pool_status(pool: Pool, now: float | None = None) -> dict[str, Any]:
             "next_free_at": min(cooling_until) if cooling_until else None,
         })
     return {"now": now, "providers": providers}
+
+
+def fix_command(a: Account) -> str | None:
+    """The command that brings back an account that needs re-auth (None if it does not)."""
+    if not a.needs_reauth:
+        return None
+    label = shlex.quote(a.label)  # labels may hold spaces: the command must paste as is
+    if a.kind == "oauth":
+        return f"authpool login {a.provider} --label {label}"
+    return f"authpool accounts remove {a.id} && authpool accounts add-key {a.provider} --label {label}"

@@ -29,7 +29,7 @@ import anyio
 from pydantic import ValidationError
 
 from .atomicfile import write_atomic
-from .errors import InvalidInput, StoreCorrupt, StoreError, StoreVersionError
+from .errors import InvalidInput, LockLost, StoreCorrupt, StoreError, StoreVersionError
 from .home import Home
 from .lock import DEFAULT_TIMEOUT, Lock
 from .models import SCHEMA_VERSION, PoolFile
@@ -57,6 +57,8 @@ MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v
 
 _Signature = tuple[int, int, int, int]
 
+_LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: someone keeps deleting it
+
 
 class Store:
     """The pool file of one home directory.
@@ -82,12 +84,9 @@ class Store:
         Raises:
             StoreCorrupt, StoreVersionError: the file cannot be used (it is left untouched).
         """
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except FileNotFoundError:
+        fd = self._open()
+        if fd is None:
             return PoolFile()
-        except OSError as e:
-            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
         try:
             st = os.fstat(fd)
             sig = (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
@@ -104,22 +103,60 @@ class Store:
 
     def _read_fresh(self) -> tuple[PoolFile, bool]:
         """Parse the file from disk, bypassing the cache; returns (pool, existed)."""
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
+        if self.path.is_symlink():  # where O_NOFOLLOW does not exist: before a write cuts the link
+            raise self._symlink_refused()
+        fd = self._open()
+        if fd is None:
             return PoolFile(), False
-        except OSError as e:
-            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+        try:
+            data = _read_all(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
         return self._parse(data), True
+
+    def _open(self) -> int | None:
+        """A read-only descriptor of the pool file, or None if there is none.
+
+        Raises:
+            StoreError: unreadable, or a symbolic link (see :meth:`_symlink_refused`).
+        """
+        try:
+            return os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if self.path.is_symlink():  # ELOOP (EMLINK on some BSDs) from O_NOFOLLOW
+                raise self._symlink_refused() from None
+            raise StoreError(f"cannot read {self.path}: {e.strerror}") from e
+
+    def _symlink_refused(self) -> StoreError:
+        # Refused rather than followed: every write replaces the file (a rename would cut the
+        # link), and the file's lock, backup and vault live in the home, not next to the target.
+        # See docs/design.md, "A symlinked pool file is refused".
+        return StoreError(
+            f"pool file {self.path} is a symbolic link (to {os.path.realpath(self.path)}); authpool does not "
+            "follow it, because every write replaces the file and its lock, backup and vault live in the home: "
+            "move the real file into the home, or point AUTHPOOL_HOME at the directory holding it (a symlinked "
+            "home directory is fine)"
+        )
 
     def _parse(self, data: bytes) -> PoolFile:
         backup = self.backup_path if self.backup_path.exists() else None
         try:
-            raw = json.loads(data)
+            # Decoded here, strictly: json.loads(bytes) would guess UTF-16 or UTF-32 from the
+            # first bytes and then report a syntax error at line 1 column 1.
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as e:
-            raise StoreCorrupt(self.path, "not UTF-8 text", backup) from e
+            detail = f"not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"
+            raise StoreCorrupt(self.path, detail, backup) from None
+        if "\x00" in text:
+            raise StoreCorrupt(self.path, "contains NUL bytes: binary data, not JSON text", backup)
+        try:
+            raw = json.loads(text)
         except json.JSONDecodeError as e:
             raise StoreCorrupt(self.path, f"invalid JSON at line {e.lineno} column {e.colno}", backup) from e
+        except RecursionError:
+            raise StoreCorrupt(self.path, "JSON nested too deeply", backup) from None
         if not isinstance(raw, dict):
             raise StoreCorrupt(self.path, "top level is not a JSON object", backup)
         version = raw.get("schema_version")
@@ -129,9 +166,12 @@ class Store:
             raise StoreVersionError(self.path, version, SCHEMA_VERSION)
         raw = migrate(raw)
         try:
-            return PoolFile.model_validate(raw)
+            pool = PoolFile.model_validate(raw)
         except ValidationError as e:
             raise StoreCorrupt(self.path, _validation_summary(e), backup) from None
+        if _extras_too_deep(pool):
+            raise StoreCorrupt(self.path, "JSON nested too deeply", backup)
+        return pool
 
     # -- writing -------------------------------------------------------------------------
 
@@ -141,13 +181,31 @@ class Store:
         ``change`` mutates the :class:`PoolFile` it is given (and may return a value, which
         ``update`` returns). If it raises, nothing is written. The result is validated before
         it is written; an invalid result (say, a duplicate label) raises :class:`InvalidInput`.
+        If the lock file is deleted while held, ``change`` is applied again to a fresh read, so
+        it must depend only on the pool it is given.
 
         Raises:
             LockTimeout: another process held the lock too long.
             StoreCorrupt, StoreVersionError: the file cannot be used (left untouched).
             StoreWriteError: the disk refused the write (the old file stays in place).
+            LockLost: the lock file kept being deleted while held (nothing was written).
         """
-        with self.lock:
+        deadline = time.monotonic() + self.lock.timeout
+        for attempt in range(1, _LOCK_LOST_ATTEMPTS + 1):
+            try:
+                return self._update_locked(change, max(0.0, deadline - time.monotonic()))
+            except LockLost as e:
+                # Our lock file was deleted or replaced while we held it: another process may
+                # have written since our read. Nothing was written; redo the change on a fresh
+                # read under the lock file that is there now.
+                if attempt == _LOCK_LOST_ATTEMPTS:
+                    raise
+                log.warning("%s; applying the change again (attempt %d/%d)", e, attempt + 1, _LOCK_LOST_ATTEMPTS)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _update_locked(self, change: Callable[[PoolFile], T], timeout: float) -> T:
+        self.lock.acquire(timeout)
+        try:
             pool, existed = self._read_fresh()
             result = change(pool)
             try:
@@ -157,7 +215,9 @@ class Store:
             data = checked.model_dump_json(indent=1).encode()
             if existed:
                 self._keep_backup()
-            write_atomic(self.path, data)
+            write_atomic(self.path, data, before_replace=self.lock.ensure_held)
+        finally:
+            self.lock.release()
         return result
 
     async def aupdate(self, change: Callable[[PoolFile], T]) -> T:
@@ -181,23 +241,58 @@ class Store:
         except OSError:
             # Filesystems without hard links: fall back to a real copy.
             write_atomic(self.backup_path, self.path.read_bytes())
+        finally:
+            # Gone after a successful rename; after any failure, nothing of ours is left behind.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
-    def restore_backup(self) -> Path:
-        """Replace a corrupt pool file with the last good copy; returns where the bad one went.
+    def restore_backup(self, *, force: bool = False) -> Path:
+        """Replace a corrupt pool file with the last good copy; returns where the replaced one went.
+
+        A pool file that parses is refused unless ``force``: the backup is the version before
+        the last write, so restoring over a healthy file undoes that write.
 
         Raises:
-            StoreError: there is no usable backup.
+            StoreError: there is no usable backup, or the pool file is healthy (and not ``force``).
         """
         with self.lock:
+            if self.path.is_symlink():
+                raise self._symlink_refused()
             if not self.backup_path.exists():
                 raise StoreError(f"no backup at {self.backup_path} to restore")
             good = self.backup_path.read_bytes()
             self._parse(good)  # refuse to restore a backup that is itself unusable
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            healthy = self._healthy()
+            if healthy and not force:
+                raise StoreError(
+                    f"pool file {self.path} is healthy; restoring {self.backup_path} would undo the last write "
+                    "(use --force to restore it anyway)"
+                )
+            kind = "replaced" if healthy else "corrupt"
+            aside = _unused(self.path.with_name(f"{self.path.name}.{kind}-{time.strftime('%Y%m%d-%H%M%S')}"))
+            self.lock.ensure_held()  # before anything moves: a lost lock leaves the files as they were
             if self.path.exists():
                 os.replace(self.path, aside)
             write_atomic(self.path, good)
             return aside
+
+    def _healthy(self) -> bool:
+        """Whether the pool file exists and is usable (a newer schema counts: it is not damaged)."""
+        try:
+            return self._read_fresh()[1]
+        except StoreCorrupt:
+            return False
+        except StoreVersionError:
+            return True
+
+
+def _unused(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist (never overwrite a kept file)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
 
 
 def migrate(raw: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +306,33 @@ def migrate(raw: dict[str, Any]) -> dict[str, Any]:
         version += 1
         raw["schema_version"] = version
     return raw
+
+
+# Unknown fields are kept through a read-modify-write (extra="allow"), so their depth is bounded
+# here: pydantic cannot write back values nested deeper than about 255 levels, and nothing
+# authpool writes comes near this.
+_MAX_EXTRA_DEPTH = 64
+
+
+def _extras_too_deep(pool: PoolFile) -> bool:
+    extras: list[dict[str, Any] | None] = [pool.model_extra]
+    for acc in pool.accounts:
+        extras += [acc.model_extra, acc.counters.model_extra, *(cd.model_extra for cd in acc.cooldowns.values())]
+    extras += [binding.model_extra for binding in pool.sessions.values()]
+    return any(extra and _deeper_than(extra, _MAX_EXTRA_DEPTH) for extra in extras)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _read_all(fd: int, size: int) -> bytes:

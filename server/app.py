@@ -28,9 +28,10 @@ from pydantic import BaseModel, BeforeValidator, Field
 from pool import Pool, PoolError
 from pool.models import Account
 from pool.refresh import Flight, drain
-from pool.report import account_view, pool_status
+from pool.report import account_view, fix_command, pool_status
 from pool.rotation import Attempt, RequestResult
 
+from .boundary import PoolServer
 from .proxy import ProxyCall, ProxyOutcome, run_proxy
 
 __all__ = ["build_server", "finish_refreshes"]
@@ -169,6 +170,7 @@ class PoolStatus(BaseModel):
     """Per provider: how many accounts can serve requests now, and when the next frees up."""
 
     now: str
+    home: str = Field(description="the pool's home directory (AUTHPOOL_HOME, else the user data dir)")
     providers: list[ProviderSummary]
 
 
@@ -263,7 +265,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
                         await anyio.to_thread.run_sync(lambda: finish_refreshes(final=False))
                         await anyio.to_thread.run_sync(_flush_quietly, get_pool())
 
-    server: MCPServer[Any] = MCPServer(
+    server: MCPServer[Any] = PoolServer(
         "authpool",
         version=_version(),
         instructions=INSTRUCTIONS,
@@ -364,9 +366,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
         return AccountDetail(
             **_view_fields(a, now),
             cooldown_remaining_s=round(until - now, 1) if until else None,
-            reauth_command=(f"authpool login {a.provider} --label {a.label}" if a.kind == "oauth"
-                            else f"authpool accounts remove {a.id} && authpool accounts add-key {a.provider} "
-                                 f"--label {a.label}") if a.needs_reauth else None,
+            reauth_command=fix_command(a),
             recent_attempts=list(history.get(a.id, [])),
         )
 
@@ -427,6 +427,7 @@ def _pool_report(pool: Pool) -> PoolStatus:
     accounts = {a.id: a for a in pool.accounts()}
     return PoolStatus(
         now=iso(now) or "",
+        home=str(pool.home.path),
         providers=[
             ProviderSummary(
                 provider=p["provider"], ready=p["ready"], cooling=p["cooling"], needs_reauth=p["needs_reauth"],

@@ -13,6 +13,7 @@ import getpass
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 from pool import Pool, PoolError, TokenSet
 from pool.errors import InvalidInput
 from pool.models import Account
-from pool.report import account_view
+from pool.report import account_view, fix_command
 
 __all__ = ["main"]
 
@@ -243,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - one declaratio
 
     p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
     p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
+    p.add_argument("--force", action="store_true", help="with --restore: restore even over a healthy pool file "
+                                                        "(undoes its last write)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_doctor)
     return parser
@@ -259,7 +262,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
         return 0
     if not accounts:
         print("no accounts" + (f" for {args.provider}" if args.provider else "") +
-              "; add one with `authpool accounts add-key PROVIDER --label NAME`")
+              f" in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
     now = time.time()
     rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
@@ -275,6 +278,11 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
             str(a.counters.rate_limited),
         ])
     print_table(rows)
+    fixes = [(a.name, cmd) for a in accounts if (cmd := fix_command(a))]
+    if fixes:
+        print("\nneeds re-auth; to fix:")
+        for name, cmd in fixes:
+            print(f"  {name}: {cmd}")
     return 0
 
 
@@ -295,8 +303,14 @@ def cmd_add_oauth(args: argparse.Namespace) -> int:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidInput(f"stdin is not valid JSON (line {e.lineno} column {e.colno})") from None
-    acc = Pool.open().add_oauth(args.provider, args.label, TokenSet.parse(doc), namespace=args.namespace)
+    tokens = TokenSet.parse(doc)
+    acc = Pool.open().add_oauth(args.provider, args.label, tokens, namespace=args.namespace)
     print(f"added {acc.name} (id {acc.id})")
+    if not tokens.refresh_token:
+        print(f"authpool: warning: the token set has no refresh token, so {acc.name} cannot be renewed: when its "
+              f"access token expires it needs a new login (`authpool login {acc.provider} "
+              f"--label {shlex.quote(acc.label)}`)",
+              file=sys.stderr)
     return 0
 
 
@@ -353,7 +367,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     if not report["providers"]:
-        print("no accounts yet; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        print(f"no accounts yet in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
     now = time.time()
     for prov in report["providers"]:
@@ -402,7 +416,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_doctor
 
-    return run_doctor(restore=args.restore, as_json=args.json)
+    if args.force and not args.restore:
+        raise UsageError("--force only goes with --restore")
+    return run_doctor(restore=args.restore, force=args.force, as_json=args.json)
 
 
 # -- formatting ---------------------------------------------------------------------------

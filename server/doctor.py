@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 from pool import Home, Pool, PoolError, Store
 from pool.errors import StoreCorrupt
+from pool.models import PoolFile
+from pool.providers import Providers
 
 __all__ = ["Finding", "run_doctor"]
 
@@ -22,9 +24,9 @@ class Finding:
     detail: str
 
 
-def run_doctor(*, restore: bool = False, as_json: bool = False) -> int:
+def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = False) -> int:
     """Run every check, print the findings, return the exit status."""
-    findings = list(_checks(restore))
+    findings = list(_checks(restore, force))
     if as_json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
@@ -33,7 +35,7 @@ def run_doctor(*, restore: bool = False, as_json: bool = False) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool) -> list[Finding]:
+def _checks(restore: bool, force: bool = False) -> list[Finding]:
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -44,13 +46,11 @@ def _checks(restore: bool) -> list[Finding]:
     else:
         out.append(Finding("modes", "ok", "directory 0700, files 0600"))
 
+    config, providers = _config(home)
+    out.append(config)
     store = Store(home)
     if restore:
-        try:
-            aside = store.restore_backup()
-            out.append(Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}"))
-        except PoolError as e:
-            out.append(Finding("restore", "fail", str(e)))
+        out.append(_restore(store, force))
     try:
         pool_file = store.read()
     except StoreCorrupt as e:
@@ -66,6 +66,8 @@ def _checks(restore: bool) -> list[Finding]:
         f"{store.path} (schema {pool_file.schema_version}, {len(pool_file.accounts)} accounts)"
         if exists else f"{store.path} does not exist yet (created on first change)",
     ))
+    if providers is not None:
+        out.extend(_unknown_providers(pool_file, providers))
     out.append(Finding(
         "backup",
         "ok" if store.backup_path.exists() or not exists else "warn",
@@ -93,3 +95,36 @@ def _checks(restore: bool) -> list[Finding]:
     elif pool_file.accounts:
         out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
     return out
+
+
+def _restore(store: Store, force: bool) -> Finding:
+    try:
+        aside = store.restore_backup(force=force)
+    except PoolError as e:
+        return Finding("restore", "fail", str(e))
+    if aside.name.startswith(f"{store.path.name}.replaced-"):  # it was healthy: --force
+        return Finding("restore", "warn", f"restored {store.backup_path} over a healthy pool file: this undid the "
+                                          f"last write; the replaced file is kept as {aside}")
+    return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")
+
+
+def _config(home: Home) -> tuple[Finding, Providers | None]:
+    path = home.config_file
+    if not path.exists():
+        return Finding("config", "ok", f"{path} does not exist (built-in providers only)"), Providers.load(None)
+    try:
+        providers = Providers.load(path)
+    except PoolError as e:
+        return Finding("config", "fail", str(e)), None
+    defined = ", ".join(providers.configured) or "no providers"
+    return Finding("config", "ok", f"{path} ({defined})"), providers
+
+
+def _unknown_providers(pool_file: PoolFile, providers: Providers) -> list[Finding]:
+    """Accounts whose provider is gone (added before such accounts were refused, or config.toml changed)."""
+    known = set(providers.ids())
+    return [
+        Finding("account", "fail", f"{a.name} ({a.id}): unknown provider {a.provider!r}, so it can serve no "
+                                   f"request; define [providers.{a.provider}] in config.toml or remove the account")
+        for a in pool_file.accounts if a.provider not in known
+    ]

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import httpx2
 
-from pool import InvalidInput, Pool, RequestFailed
+from pool import InvalidInput, NoAccounts, Pool, RequestFailed
 from pool.rotation import RequestResult
 from pool.sse import assemble_text, parse_events
 
@@ -90,27 +90,7 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     provider = pool.provider(call.provider)
     url = provider.resolve_url(call.path)
     headers = dict(call.headers or {})
-    forbidden = provider.all_credential_header_names()
-    for name, value in headers.items():
-        low = name.strip().lower()
-        if low in forbidden:
-            raise InvalidInput(
-                f"header {name!r} carries credentials; authpool attaches the account's credentials itself and "
-                "callers cannot set or override them"
-            )
-        if low in _RESERVED:
-            raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
-        # Checked here because the HTTP client fails late and unhelpfully: a non-ASCII value
-        # raised UnicodeEncodeError (a bare "Error executing tool" plus a traceback on stderr),
-        # and a bad name or a CR/LF in a value failed at send time, where it looked like a
-        # network error and was retried on every account before failing.
-        if not _HEADER_NAME.fullmatch(name):
-            raise InvalidInput(f"header name {name!r} is not a valid HTTP header name")
-        if not _HEADER_VALUE.fullmatch(value):
-            raise InvalidInput(
-                f"the value of header {name!r} contains characters an HTTP header cannot carry "
-                "(only printable ASCII, spaces and tabs)"
-            )
+    _check_headers(headers, provider.all_credential_header_names())
     content: bytes | None = None
     json_body = call.json_body
     if call.stream and isinstance(json_body, dict) and "stream" not in json_body:
@@ -126,7 +106,10 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         # Streamed, then read here: the rotation engine only sees the send, so a body that
         # breaks off or cannot be decoded (bad gzip) used to escape `client.request` as an
         # unexpected exception (a bare "Error executing tool" and a traceback on stderr).
-        response = await client.send(request, stream=True)
+        try:
+            response = await client.send(request, stream=True)
+        except NoAccounts as e:
+            raise e.in_home(pool.home.path) from None
         result: RequestResult = response.extensions["authpool"]
         try:
             raw = await _collect(response, progress)
@@ -150,6 +133,34 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         result=result,
         stream=_summarize_stream(raw, response.headers.get("content-type", "")),
     )
+
+
+def _check_headers(headers: dict[str, str], forbidden: frozenset[str]) -> None:
+    """Refuse credential and transport-owned headers, and names or values HTTP cannot carry.
+
+    Raises:
+        InvalidInput: naming the header (never echoing its value).
+    """
+    for name, value in headers.items():
+        low = name.strip().lower()
+        if low in forbidden:
+            raise InvalidInput(
+                f"header {name!r} carries credentials; authpool attaches the account's credentials itself and "
+                "callers cannot set or override them"
+            )
+        if low in _RESERVED:
+            raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
+        # Checked here because the HTTP client fails late and unhelpfully: a non-ASCII value
+        # raised UnicodeEncodeError (a bare "Error executing tool" plus a traceback on stderr),
+        # and a bad name or a CR/LF in a value failed at send time, where it looked like a
+        # network error and was retried on every account before failing.
+        if not _HEADER_NAME.fullmatch(name):
+            raise InvalidInput(f"header name {name!r} is not a valid HTTP header name")
+        if not _HEADER_VALUE.fullmatch(value):
+            raise InvalidInput(
+                f"the value of header {name!r} contains characters an HTTP header cannot carry "
+                "(only printable ASCII, spaces and tabs)"
+            )
 
 
 async def _collect(response: httpx2.Response, progress: ProgressFn | None) -> bytes:

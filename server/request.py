@@ -8,11 +8,14 @@ the attempt trail to stderr. Exit status: 0 for 2xx/3xx, 4 for a final 4xx, 5 fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 
-from pool import InvalidInput, Pool, RequestFailed
+import httpx2
+
+from pool import InvalidInput, NoAccounts, Pool, RequestFailed
 from pool.rotation import Attempt, RequestResult
 
 __all__ = ["parse_headers", "print_trail", "read_body", "run_request"]
@@ -31,18 +34,29 @@ def run_request(args: argparse.Namespace) -> int:
         print(f"authpool: {message}", file=sys.stderr)
 
     out = sys.stdout.buffer
+    last = b""
     try:
         with pool.sync_client(args.provider, account=args.account, namespace=args.namespace,
                               wait_budget=args.wait, on_progress=progress, session=args.session) as client:
             request = client.build_request(args.method.upper(), url, content=content, headers=headers)
             # Streamed to stdout as it arrives: an event stream (stream: true) shows tokens live.
-            response = client.send(request, stream=True)
-            last = b""
+            try:
+                response = client.send(request, stream=True)
+            except NoAccounts as e:
+                raise e.in_home(pool.home.path) from None
             try:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
                     out.flush()
                     last = chunk or last
+            except httpx2.HTTPError as e:  # the body broke off, or is not the encoding it claims
+                served: RequestResult | None = response.extensions.get("authpool")
+                reason = str(e) if isinstance(e, httpx2.DecodingError) else type(e).__name__
+                raise RequestFailed(
+                    f"{args.provider} answered HTTP {response.status_code}"
+                    f"{f' via {served.account}' if served else ''}, but the response body could not be read "
+                    f"({reason})", attempts=served.attempts if served else None,
+                ) from None
             finally:
                 response.close()
     except RequestFailed as e:
@@ -51,8 +65,12 @@ def run_request(args: argparse.Namespace) -> int:
         raise
     finally:
         pool.close()
-    if last and not last.endswith(b"\n") and sys.stdout.isatty():
-        out.write(b"\n")
+        # Also when the body broke off or Ctrl-C stopped it: the next line (an error, the
+        # trail, the shell prompt) must not start after the body's last character.
+        if last and not last.endswith(b"\n") and sys.stdout.isatty():
+            with contextlib.suppress(OSError):
+                out.write(b"\n")
+                out.flush()
     out.flush()
     result: RequestResult | None = response.extensions.get("authpool")
     if result is not None and not args.quiet:

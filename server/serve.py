@@ -31,6 +31,10 @@ log = logging.getLogger("authpool")
 def serve() -> int:
     """Serve MCP over stdio; returns the exit status."""
     pool = Pool.open()
+    # MCP clients often start servers without AUTHPOOL_HOME: say which pool this is, on stderr
+    # (stdout is the wire), whatever the log level.
+    source = "AUTHPOOL_HOME" if os.environ.get("AUTHPOOL_HOME") else "AUTHPOOL_HOME is not set: the default home"
+    print(f"authpool: serving the pool in {pool.home.path} ({source})", file=sys.stderr, flush=True)
     server = build_server(pool)
 
     async def main() -> None:

@@ -154,7 +154,7 @@ SCHEMAS: dict[str, tuple[set[str], set[str], set[str]]] = {
          "token_expires_at", "last_used_at", "last_status", "last_error", "counters", "cooldown_remaining_s",
          "reauth_command", "recent_attempts"},
     ),
-    "pool_status": (set(), set(), {"now", "providers"}),
+    "pool_status": (set(), set(), {"now", "home", "providers"}),
     "set_account_enabled": (
         {"account", "enabled"}, {"account", "enabled"},
         {"id", "provider", "namespace", "label", "name", "kind", "enabled", "state", "cooling_until", "cooldowns",
@@ -312,30 +312,30 @@ BAD_CALLS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("set_account_enabled", {"account": "nope/x", "enabled": False}, ["no account 'nope/x'"]),
     ("reset_cooldown", {"account": "zzzzzzzz"}, ["no account 'zzzzzzzz'"]),
     # missing required argument
-    ("proxy_request", {"provider": "main", "method": "GET"}, ["path", "Field required"]),
-    ("proxy_request", {}, ["provider", "method", "path", "Field required"]),
-    ("account_status", {}, ["account", "Field required"]),
-    ("set_account_enabled", {"account": "admin/dave"}, ["enabled", "Field required"]),
-    ("reset_cooldown", {}, ["account", "Field required"]),
+    ("proxy_request", {"provider": "main", "method": "GET"}, ["path is required"]),
+    ("proxy_request", {}, ["provider is required", "method is required", "path is required"]),
+    ("account_status", {}, ["account is required"]),
+    ("set_account_enabled", {"account": "admin/dave"}, ["enabled is required"]),
+    ("reset_cooldown", {}, ["account is required"]),
     # wrong type or out of range
-    ("proxy_request", models("main", wait_s="soon"), ["wait_s", "valid number"]),
-    ("proxy_request", models("main", wait_s=-1), ["wait_s", "greater than or equal to 0"]),
-    ("proxy_request", models("main", max_body_chars=10), ["max_body_chars", "greater than or equal to 1000"]),
-    ("proxy_request", models("main", headers="x-trace: 1"), ["headers", "valid dictionary"]),
-    ("proxy_request", models("main", query={"limit": 5}), ["query.limit", "valid string"]),
-    ("list_accounts", {"provider": 5}, ["provider", "valid string"]),
-    ("account_status", {"account": 3}, ["account", "valid string"]),
-    ("set_account_enabled", {"account": "admin/dave", "enabled": "maybe"}, ["enabled", "valid boolean"]),
-    ("reset_cooldown", {"account": ["main/alice"]}, ["account", "valid string"]),
+    ("proxy_request", models("main", wait_s="soon"), ["wait_s must be a number"]),
+    ("proxy_request", models("main", wait_s=-1), ["wait_s must be at least 0"]),
+    ("proxy_request", models("main", max_body_chars=10), ["max_body_chars must be at least 1000"]),
+    ("proxy_request", models("main", headers="x-trace: 1"), ["headers must be a JSON object"]),
+    ("proxy_request", models("main", query={"limit": 5}), ["query.limit must be a string"]),
+    ("list_accounts", {"provider": 5}, ["provider must be a string"]),
+    ("account_status", {"account": 3}, ["account must be a string"]),
+    ("set_account_enabled", {"account": "admin/dave", "enabled": "maybe"}, ["enabled must be true or false"]),
+    ("reset_cooldown", {"account": ["main/alice"]}, ["account must be a string"]),
     # well-typed but meaningless
     ("proxy_request", models("main", method="FETCH"), ["unsupported method 'FETCH'", "GET"]),
     ("proxy_request", {**models("main", method="POST"), "json": {"a": 1}, "body": "b"}, ["either json or body"]),
     ("proxy_request", models("main", namespace="team-x"), ["no accounts in namespace 'team-x'"]),
     # the login tools (unknown provider, unknown login, missing or mistyped arguments)
     ("start_login", {"provider": "nope"}, ["unknown provider 'nope'"]),
-    ("start_login", {}, ["provider", "Field required"]),
+    ("start_login", {}, ["provider is required"]),
     ("finish_login", {"login_id": "no-such-login"}, ["unknown login_id 'no-such-login'", "start_login"]),
-    ("finish_login", {"login_id": "x", "timeout_s": "long"}, ["timeout_s", "valid number"]),
+    ("finish_login", {"login_id": "x", "timeout_s": "long"}, ["timeout_s must be a number"]),
     # what the HTTP client cannot send: refused up front, not retried as a "network error"
     ("proxy_request", models("main", headers={"x-note": "café"}), ["header 'x-note'", "only printable ASCII"]),
     ("proxy_request", models("main", headers={"x-a": "1\r\nx-injected: 1"}), ["header 'x-a'", "printable ASCII"]),
@@ -352,7 +352,7 @@ async def test_bad_arguments_give_a_tool_error_with_a_clear_message(
     """Unknown provider/account, missing or mistyped arguments: isError, a message naming the problem, no traceback."""
     before = mcp.lab.lp.snapshot()["api_calls"]
     text = await mcp.err(tool, args, *fragments)
-    assert text.startswith(f"Error executing tool {tool}: ")
+    assert text.startswith((f"Error executing tool {tool}: ", f"invalid arguments for {tool}:\n"))
     assert mcp.lab.lp.snapshot()["api_calls"] == before  # refused before anything was sent
     assert_no_traceback(mcp.stderr())
 

@@ -136,6 +136,20 @@ def refresh_holding_lock(account: str, go_file: str, release_file: str) -> None:
         _wait_for(release_file)
 
 
+def disable_when(account: str, ready_file: str, go_file: str) -> None:
+    """One store update that stops inside its change (creating ``ready_file``) until ``go_file``
+    exists, then disables ``account``; prints "done"."""
+    pool = Pool.open()
+
+    def change(p: object) -> None:
+        open(ready_file, "a").close()
+        _wait_for(go_file)
+        p.find(account).enabled = False  # type: ignore[attr-defined]
+
+    pool.store.update(change)
+    print("done", flush=True)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -152,5 +166,7 @@ if __name__ == "__main__":
         hold_lock(rest[0], rest[1])
     elif command == "refresh-holding-lock":
         refresh_holding_lock(rest[0], rest[1], rest[2])
+    elif command == "disable-when":
+        disable_when(rest[0], rest[1], rest[2])
     else:
         raise SystemExit(f"unknown worker command {command}")

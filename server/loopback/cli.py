@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--accounts", type=int, default=0, help="create N OAuth accounts and print their tokens")
+    parser.add_argument("--api-keys", type=int, default=0, metavar="N",
+                        help="create N API keys (subjects key1@loopback.test, ...) and print them")
     parser.add_argument("--access-ttl", type=float, default=3600.0)
     parser.add_argument("--rate-limit", type=int, default=None)
     parser.add_argument("--rate-limit-style", choices=sorted(RATE_LIMIT_STYLES), default="retry-after-seconds")
@@ -41,11 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     try:
         accounts = [provider.add_oauth_account(f"user{i}@loopback.test") for i in range(1, max(0, args.accounts) + 1)]
+        api_keys = [{"subject": subject, "api_key": provider.add_api_key(subject)}
+                    for subject in (f"key{i}@loopback.test" for i in range(1, max(0, args.api_keys) + 1))]
         info = {
             "base_url": provider.base_url,
             "token_url": provider.token_url,
             "client_id": provider.client_id,
             "accounts": accounts,
+            "api_keys": api_keys,
         }
         print(json.dumps(info), flush=True)
         while not done.wait(0.5):
