@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
 # benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path, and reach
 # the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
@@ -49,7 +49,7 @@ JOURNAL_TARGET_MS = 2.0
 
 
 def _pool_on(home: Path, lp: Any) -> Any:
-    from pool import Pool
+    from authpool import Pool
 
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ["AUTHPOOL_HOME"] = str(home)
@@ -62,8 +62,8 @@ def _pool_on(home: Path, lp: Any) -> Any:
 
 def lifetime_scenario(ttl: float, lifetimes: int, home: str, results: Any) -> None:
     """8 threads of back-to-back requests on one OAuth account whose tokens live ``ttl`` seconds."""
-    from pool import TokenSet
-    from server.loopback import LoopbackProvider
+    from authpool import TokenSet
+    from authpool.server.loopback import LoopbackProvider
 
     with LoopbackProvider(access_ttl=ttl) as lp:
         pool = _pool_on(Path(home), lp)
@@ -78,7 +78,7 @@ def lifetime_scenario(ttl: float, lifetimes: int, home: str, results: Any) -> No
                 while not stop.is_set():
                     try:
                         ok = client.post(CHAT, json=BODY).status_code == 200
-                    except Exception:  # noqa: BLE001 - counted, not raised: the benchmark reports it
+                    except Exception:
                         ok = False
                     with guard:
                         counts["ok" if ok else "failed"] += 1
@@ -101,8 +101,8 @@ def lifetime_scenario(ttl: float, lifetimes: int, home: str, results: Any) -> No
 
 def outage_scenario(home: str, results: Any) -> None:
     """A 10 s token-endpoint outage with one expired OAuth account and one API key; 40 requests."""
-    from pool import TokenSet
-    from server.loopback import LoopbackProvider
+    from authpool import TokenSet
+    from authpool.server.loopback import LoopbackProvider
 
     with LoopbackProvider() as lp:
         pool = _pool_on(Path(home), lp)
@@ -128,9 +128,9 @@ def outage_scenario(home: str, results: Any) -> None:
 
 def journal_scenario(home: str, rounds: int, results: Any) -> None:
     """Forced refreshes of one account, alternating with and without the journal write."""
-    from pool import TokenSet
-    from pool.refresh import Refresher
-    from server.loopback import LoopbackProvider
+    from authpool import TokenSet
+    from authpool.auth.refresh import Refresher
+    from authpool.server.loopback import LoopbackProvider
 
     with LoopbackProvider() as lp:
         pool = _pool_on(Path(home), lp)

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/rotation.py [--quick] [--dir DIR] [--procs N] [--stampede N]
 
-Measures, in one run, against the loopback provider (``server.loopback``, a real HTTP/1.1
+Measures, in one run, against the loopback provider (``authpool.server.loopback``, a real HTTP/1.1
 server on 127.0.0.1 with keep-alive) and a temporary ``AUTHPOOL_HOME``:
 
 1. The warm path: ``POST /v1/messages`` through ``pool.client("acme")`` (async) and
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
 # benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path, and reach
 # the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
@@ -58,12 +58,12 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 import anyio
 import httpx2
 
+from authpool import Pool, TokenSet
+from authpool.rotation.driver import PoolTransport
+from authpool.rotation.engine import _Engine
+from authpool.server.loopback import LoopbackProvider
 from benchmarks import stats
 from benchmarks.stats import load_note, machine, md_table, pct, table, us
-from pool import Pool, TokenSet
-from pool.rotation import _Engine
-from pool.transport import PoolTransport
-from server.loopback import LoopbackProvider
 
 TARGET_RATIO = 1.10
 TARGET_ADDED_MS = 0.30

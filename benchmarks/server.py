@@ -20,12 +20,12 @@ Measures, in one run:
    (``server.proxy.run_proxy``) called in-process, plus ``tools/call`` of the minimal server's
    tool as the floor of the MCP framing; all interleaved, to the same loopback endpoint.
 3. If the cold-start ratio misses the target (or with ``--imports``): ``-X importtime`` of
-   ``pool``, ``server.cli`` and ``server.app``, and of both real server start-ups, listing the
+   ``authpool``, ``authpool.server.cli`` and ``authpool.server.mcp``, and of both real server start-ups, listing the
    modules ``authpool serve`` loads before answering ``initialize`` that the minimal server does
    not, grouped by the authpool import statement (file:line) that pulls them in.
 
 Everything runs in a temporary ``AUTHPOOL_HOME`` with the file vault as the keyring backend, against
-the loopback provider (``server.loopback``). The markdown printed last, between
+the loopback provider (``authpool.server.loopback``). The markdown printed last, between
 ``<!-- bench:server -->`` markers, is meant for the README.
 """
 
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
 # This file is called server.py: keep its directory off sys.path, so `server` is authpool's package, and reach
 # the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
@@ -59,10 +59,10 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment, stdio_client
 
+from authpool import Pool, TokenSet
+from authpool.server.front import ProxyCall, run_proxy
+from authpool.server.loopback import LoopbackProvider
 from benchmarks.stats import load_note, machine, md_table, ms, pct, table
-from pool import Pool, TokenSet
-from server.loopback import LoopbackProvider
-from server.proxy import ProxyCall, run_proxy
 
 TARGET_RATIO = 1.15
 PATH = "/v1/messages"
@@ -91,20 +91,20 @@ if __name__ == "__main__":
 AUTHPOOL_PHASES = """
 import json, time
 t0 = time.perf_counter()
-import server.cli
+import authpool.server.cli.main
 t1 = time.perf_counter()
-server.cli.setup_logging()
-server.cli.build_parser().parse_args(["serve"])
+authpool.server.cli.main.setup_logging()
+authpool.server.cli.main.build_parser().parse_args(["serve"])
 t2 = time.perf_counter()
-from server import app
+from authpool.server.mcp import server as app
 t3 = time.perf_counter()
-from pool import Pool
+from authpool import Pool
 pool = Pool.open()
 t4 = time.perf_counter()
 srv = app.build_server(pool)
 t5 = time.perf_counter()
-print(json.dumps({"import server.cli (pool, CLI)": t1 - t0, "CLI parser (imports the command modules)": t2 - t1,
-                  "import server.app (MCP SDK, tools)": t3 - t2, "Pool.open()": t4 - t3,
+print(json.dumps({"import authpool.server.cli (library, CLI)": t1 - t0, "CLI parser (imports the command modules)": t2 - t1,
+                  "import authpool.server.mcp (MCP SDK, tools)": t3 - t2, "Pool.open()": t4 - t3,
                   "build_server() (tools, resources)": t5 - t4}))
 """
 MINIMAL_PHASES = """
@@ -177,14 +177,14 @@ def make_setup(base: Path) -> Setup:
     minimal.write_text(MINIMAL_SERVER)
     # What users configure: the console script (falls back to the module if it is not installed).
     script = Path(sys.executable).parent / "authpool"
-    authpool_cmd = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "server.cli", "serve"]
+    authpool_cmd = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "authpool.server.cli", "serve"]
     return Setup(
         base=base,
         home=home,
         provider=provider,
         authpool_cmd=authpool_cmd,
         minimal_cmd=[sys.executable, str(minimal)],
-        extra_env={"AUTHPOOL_HOME": str(home), "PYTHON_KEYRING_BACKEND": "pool.vault.VaultKeyring"},
+        extra_env={"AUTHPOOL_HOME": str(home), "PYTHON_KEYRING_BACKEND": "authpool.storage.vault.VaultKeyring"},
         errlog=(base / "servers-stderr.log").open("w", encoding="utf-8"),
     )
 
@@ -462,7 +462,7 @@ def importtime_of_startup(cmd: list[str], env: dict[str, str], cwd: Path) -> dic
 
 
 def _is_ours(name: str) -> bool:
-    return name in ("pool", "server") or name.startswith(("pool.", "server."))
+    return name == "authpool" or name.startswith("authpool.")
 
 
 def _import_site(importer: str, imported: str) -> str:
@@ -531,7 +531,7 @@ class ImportReport:
 def import_report(setup: Setup, sizes: Sizes) -> ImportReport:
     env = setup.env
     totals = {m: importtime_of(m, env, sizes.imports, setup.base)
-              for m in ("pool", "server.cli", "server.app", "mcp.server.mcpserver")}
+              for m in ("pool", "authpool.server.cli", "server.app", "mcp.server.mcpserver")}
     auth = importtime_of_startup(setup.authpool_cmd, env, setup.base)
     minimal = importtime_of_startup(setup.minimal_cmd, env, setup.base)
     added = {n: line for n, line in auth.items() if n not in minimal}

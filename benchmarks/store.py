@@ -36,19 +36,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
 # benchmarks/server.py would shadow authpool's `server` package: keep this directory off sys.path, and reach
 # the shared helpers as `benchmarks.stats` through the repository root (appended: it shadows nothing).
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 sys.path.append(str(Path(__file__).resolve().parent.parent))
 
+from authpool.accounts.model import Account, PoolFile
+from authpool.home import Home
+from authpool.storage.atomicfile import write_atomic
+from authpool.storage.filestore import Store
 from benchmarks import stats
 from benchmarks.stats import machine, md_table, pct, table, timed, us
-from pool.atomicfile import write_atomic
-from pool.home import Home
-from pool.models import Account, PoolFile
-from pool.store import Store
 
 TARGET_MS = 2.0
 HOT_ID = "hot2acct"

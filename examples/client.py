@@ -23,7 +23,7 @@ from mcp import Client, StdioServerParameters
 def server_params() -> StdioServerParameters:
     # Prefer the installed console script; fall back to this interpreter's module.
     exe = shutil.which("authpool")
-    command, args = (exe, ["serve"]) if exe else (sys.executable, ["-m", "server.cli", "serve"])
+    command, args = (exe, ["serve"]) if exe else (sys.executable, ["-m", "authpool.server.cli", "serve"])
     env = {k: v for k, v in os.environ.items() if k.startswith(("AUTHPOOL_", "PYTHON_KEYRING", "DBUS_"))}
     return StdioServerParameters(command=command, args=args, env=env)
 

@@ -12,7 +12,7 @@ import sys
 
 import anyio
 
-from pool import Pool
+from authpool import Pool
 
 
 async def main(provider: str) -> None:

@@ -5,7 +5,9 @@ No MCP import happens here; the MCP server and CLI in ``server/`` are thin shell
 
 from __future__ import annotations
 
-from .errors import (
+from authpool.accounts.model import Account, Cooldown, Counters, PoolFile
+from authpool.accounts.secret import Secret, TokenSet
+from authpool.errors import (
     AccountNotFound,
     AllAccountsCooling,
     AuthError,
@@ -40,13 +42,11 @@ from .errors import (
     StoreVersionError,
     StoreWriteError,
 )
-from .home import Home, resolve_home
-from .lock import Lock
-from .models import Account, Cooldown, Counters, PoolFile
-from .pool import Pool
-from .secret import Secret, TokenSet
-from .secretstore import SecretStore
-from .store import Store
+from authpool.home import Home, resolve_home
+from authpool.pool import Pool
+from authpool.storage.filestore import Store
+from authpool.storage.lock import Lock
+from authpool.storage.secrets import SecretStore
 
 __all__ = [
     "Account",
@@ -104,18 +104,18 @@ __all__ = [
 # The login flows pull in an HTTP server, PKCE and the device flow: load them on first use so
 # ad-hoc commands and `authpool serve` do not pay for them at start-up.
 _LAZY = {
-    "device_login": ".device",
-    "LoginResult": ".login",
-    "browser_login": ".login",
-    "paste_login": ".login",
-    "store_login": ".login",
+    "device_login": "authpool.auth.device",
+    "LoginResult": "authpool.auth.login",
+    "browser_login": "authpool.auth.login",
+    "paste_login": "authpool.auth.login",
+    "store_login": "authpool.auth.login",
 }
 
 
 def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'pool' has no attribute {name!r}")
+        raise AttributeError(f"module 'authpool' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module, __name__), name)
+    return getattr(importlib.import_module(module), name)

@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import StoreError
+from authpool.errors import StoreError
 
 __all__ = ["DIR_MODE", "FILE_MODE", "Home", "ModeProblem", "resolve_home"]
 

@@ -13,22 +13,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import AccountNotFound, InvalidInput, SecretError
-from .home import Home
-from .lock import Lock
-from .models import Account, AccountKind, PoolFile, validate_label, validate_provider_id
-from .providers import Provider, Providers
-from .secret import Secret, TokenSet, time_left
-from .secretstore import SecretStore
-from .store import Store
-from .usage import UsageLog
+from authpool.accounts.model import Account, AccountKind, PoolFile, validate_label, validate_provider_id
+from authpool.accounts.secret import Secret, TokenSet, time_left
+from authpool.accounts.usage import UsageLog
+from authpool.errors import AccountNotFound, InvalidInput, SecretError
+from authpool.home import Home
+from authpool.providers.provider import Provider, Providers
+from authpool.storage.filestore import Store
+from authpool.storage.lock import Lock
+from authpool.storage.secrets import SecretStore, canonical_backend
 
 if TYPE_CHECKING:
     import httpx2
     from keyring.backend import KeyringBackend
 
-    from .refresh import Refresher
-    from .transport import PoolTransport
+    from authpool.auth.refresh import Refresher
+    from authpool.rotation.driver import PoolTransport
 
 __all__ = ["Pool"]
 
@@ -70,13 +70,17 @@ class Pool:
         """The credential store recorded for this pool (chosen and recorded on first use)."""
         with self._secrets_guard:
             recorded = self.store.read().secret_backend  # cached read: one fstat
-            if self._secrets is None or (recorded is not None and self._secrets.name != recorded):
+            if self._secrets is None or (recorded is not None and self._secrets.name != canonical_backend(recorded)):
                 # First use, or another process moved the secrets (`authpool secrets move`).
                 self._secrets = SecretStore(self._backend())
             return self._secrets
 
     def _backend(self) -> KeyringBackend:
-        from .backend import backend_name, choose_backend, load_backend  # keyring loads only when needed
+        from authpool.storage.keyrings import (  # keyring loads only when needed
+            backend_name,
+            choose_backend,
+            load_backend,
+        )
 
         recorded = self.store.read().secret_backend
         if recorded is not None:
@@ -112,7 +116,7 @@ class Pool:
         last. A crash leaves either the old backend recorded (with copies in the new one) or
         the new one recorded (with leftovers in the old one): never a missing secret.
         """
-        from .backend import backend_name, resolve_target
+        from authpool.storage.keyrings import backend_name, resolve_target
 
         source = self.secrets
         destination = SecretStore(resolve_target(target))
@@ -131,7 +135,7 @@ class Pool:
                     destination.save(account_id, source.load_fresh(account_id), current[account_id].secret_generation)
 
             def record(pool: PoolFile) -> None:
-                if pool.secret_backend != source.name:
+                if canonical_backend(pool.secret_backend or "") != source.name:
                     raise InvalidInput(f"the pool's backend changed to {pool.secret_backend} meanwhile; try again")
                 pool.secret_backend = backend_name(destination.backend)
 
@@ -180,7 +184,7 @@ class Pool:
     @property
     def refresher(self) -> Refresher:
         """This process's single-flight token refresher."""
-        from .refresh import Refresher
+        from authpool.auth.refresh import Refresher
 
         with self._lazy_guard:
             if self._refresher is None:
@@ -215,8 +219,8 @@ class Pool:
         Options: ``account`` (pin one account), ``namespace``, ``wait_budget`` (seconds to wait
         for a cooling pool), ``on_progress`` (called while waiting).
         """
-        from .rotation import RotationOptions
-        from .transport import PoolTransport
+        from authpool.rotation.driver import PoolTransport
+        from authpool.rotation.engine import RotationOptions
 
         return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
 

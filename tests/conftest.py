@@ -19,7 +19,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh AUTHPOOL_HOME whose secrets go to the encrypted-file vault (never the user's keyring)."""
     h = tmp_path / "home"
     monkeypatch.setenv("AUTHPOOL_HOME", str(h))
-    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "pool.vault.VaultKeyring")
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "authpool.storage.vault.VaultKeyring")
     monkeypatch.delenv("AUTHPOOL_VAULT_KEY", raising=False)
     monkeypatch.delenv("AUTHPOOL_LOG", raising=False)
     yield h
@@ -29,7 +29,7 @@ def run_cli(*args: str, input: str | None = None, env: dict[str, str] | None = N
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run `authpool ARGS` as a real subprocess with the current environment."""
     return subprocess.run(
-        [sys.executable, "-m", "server.cli", *args],
+        [sys.executable, "-m", "authpool.server.cli", *args],
         input=input if input is not None else "",
         capture_output=True,
         text=True,
@@ -78,8 +78,8 @@ import json  # noqa: E402 - appended section: its imports stay with it
 import time  # noqa: E402
 from typing import Any  # noqa: E402
 
-from pool import Account, Pool, TokenSet  # noqa: E402
-from server.loopback import LoopbackProvider  # noqa: E402
+from authpool import Account, Pool, TokenSet  # noqa: E402
+from authpool.server.loopback import LoopbackProvider  # noqa: E402
 
 
 @pytest.fixture

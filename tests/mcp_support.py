@@ -1,7 +1,7 @@
 """Helpers for the MCP tests: a home on a loopback provider, `authpool serve` over real stdio.
 
 Everything here drives real processes: the server is spawned exactly as an MCP client spawns
-it (``python -m server.cli serve`` with the client's default environment plus AUTHPOOL_HOME
+it (``python -m authpool.server.cli serve`` with the client's default environment plus AUTHPOOL_HOME
 and the keyring backend), the provider is a real socket server, and the CLI runs as a
 subprocess. Nothing of ours is mocked.
 """
@@ -24,12 +24,12 @@ from typing import Any, TextIO
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from pool import Account, Pool, TokenSet
-from pool.backend import VAULT_BACKEND
-from server.loopback import LoopbackProvider
+from authpool import Account, Pool, TokenSet
+from authpool.server.loopback import LoopbackProvider
+from authpool.storage.keyrings import VAULT_BACKEND
 from tests.conftest import REPO, run_cli
 
-SERVE_ARGS = ["-m", "server.cli", "serve"]
+SERVE_ARGS = ["-m", "authpool.server.cli", "serve"]
 INSPECTOR_VERSION = "0.15.0"
 TOOLS = ("proxy_request", "list_accounts", "account_status", "pool_status", "set_account_enabled",
          "reset_cooldown", "list_providers")

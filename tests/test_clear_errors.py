@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pool import Pool, ProviderNotFound, TokenSet
+from authpool import Pool, ProviderNotFound, TokenSet
 from tests.conftest import LoopbackPool, assert_no_secrets, run_cli
 
 

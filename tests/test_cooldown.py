@@ -17,10 +17,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from pool import AllAccountsCooling
-from pool.cooldown import MAX_HONOURED, decide_cooldown, parse_duration, parse_reset, parse_retry_after
-from pool.providers import BUILTIN_PROVIDERS
-from server.loopback import LoopbackRequest, LoopbackResponse
+from authpool import AllAccountsCooling
+from authpool.providers.cooldown import MAX_HONOURED, decide_cooldown, parse_duration, parse_reset, parse_retry_after
+from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.server.loopback import LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, run_cli
 
 NOW = 1_800_000_000.0  # a fixed "now" for the unit tests: whole seconds, so dates round-trip exactly

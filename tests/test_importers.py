@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from pool import InvalidInput, NotFound, Pool, Secret
-from pool.importers import (
+from authpool import InvalidInput, NotFound, Pool, Secret
+from authpool.importers import (
     Candidate,
     apply_import,
     env_variables,
@@ -318,7 +318,7 @@ def test_a_tool_s_own_environment_override_moves_the_default_file(user: Path, tm
     """CODEX_HOME, CLAUDE_CONFIG_DIR and XDG_DATA_HOME are honoured as the tools honour them."""
     env = {"HOME": str(user), "CODEX_HOME": str(tmp_path / "cx"), "CLAUDE_CONFIG_DIR": str(tmp_path / "cl"),
            "XDG_DATA_HOME": str(tmp_path / "xdg")}
-    from pool.importers import default_path
+    from authpool.importers import default_path
 
     assert default_path("codex", env) == tmp_path / "cx" / "auth.json"
     assert default_path("claude-code", env) == tmp_path / "cl" / ".credentials.json"
@@ -499,7 +499,7 @@ def test_concurrent_imports_of_one_file_add_the_login_once(user: Path, home: Pat
     """Three `authpool import` processes started together end with one account, not three."""
     install(user, "claude-code")
     Pool.open(home)  # the home exists, so the processes race on the pool, not on creating it
-    procs = [subprocess.Popen([sys.executable, "-m", "server.cli", "import", "claude-code"], cwd=REPO,
+    procs = [subprocess.Popen([sys.executable, "-m", "authpool.server.cli", "import", "claude-code"], cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outputs

@@ -26,11 +26,11 @@ import anyio
 import httpx2
 import pytest
 
-from pool import Pool
-from pool.login import read_login_tokens
-from pool.providers import Provider
-from pool.redirect import RedirectListener
-from server.loopback import LoopbackProvider
+from authpool import Pool
+from authpool.auth.login import read_login_tokens
+from authpool.auth.redirect import RedirectListener
+from authpool.providers.provider import Provider
+from authpool.server.loopback import LoopbackProvider
 from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, write_config
 
 URL_RE = r"(http://127\.0\.0\.1:\d+/authorize\?\S+)"
@@ -62,7 +62,7 @@ class Login:
     def __init__(self, *args: str, stdin: bool = False) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "login", *args],
+            [sys.executable, "-m", "authpool.server.cli", "login", *args],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env=env, cwd=REPO,
         )
@@ -402,8 +402,8 @@ def test_a_device_login_through_the_mcp_tools_reports_progress_and_returns_no_to
 
     async def scenario() -> None:
         params = StdioServerParameters(
-            command=sys.executable, args=["-m", "server.cli", "serve"], cwd=str(REPO),
-            env={"AUTHPOOL_HOME": str(acme), "PYTHON_KEYRING_BACKEND": "pool.vault.VaultKeyring"})
+            command=sys.executable, args=["-m", "authpool.server.cli", "serve"], cwd=str(REPO),
+            env={"AUTHPOOL_HOME": str(acme), "PYTHON_KEYRING_BACKEND": "authpool.storage.vault.VaultKeyring"})
         with errlog_path.open("w") as errlog:
             async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=30) as client:
                 names = {t.name for t in (await client.list_tools()).tools}
@@ -492,8 +492,8 @@ def test_the_default_label_is_the_email_or_user_id_the_provider_reports(extra: d
 
 def test_a_login_never_takes_over_an_api_key_account(home: Path) -> None:
     """The user's name taken by an API-key account: the login becomes account-1; an explicit label is refused."""
-    from pool import InvalidInput, TokenSet
-    from pool.login import LoginTokens, store_login
+    from authpool import InvalidInput, TokenSet
+    from authpool.auth.login import LoginTokens, store_login
 
     pool = Pool.open(home)
     try:

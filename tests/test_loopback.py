@@ -20,7 +20,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from server.loopback import LoopbackProvider, go_duration
+from authpool.server.loopback import LoopbackProvider, go_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_RE = re.compile(r"^(lpat|lprt|lpk)-[A-Za-z0-9_-]{32,}$")
@@ -627,9 +627,9 @@ def test_server_binds_loopback_only_and_writes_nothing_to_stdout_or_stderr(
 
 
 def test_cli_prints_connection_details_and_exits_on_sigterm() -> None:
-    """python -m server.loopback prints JSON with base_url and tokens, and stops on SIGTERM."""
+    """python -m authpool.server.loopback prints JSON with base_url and tokens, and stops on SIGTERM."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.loopback", "--port", "0", "--accounts", "2"],
+        [sys.executable, "-m", "authpool.server.loopback", "--port", "0", "--accounts", "2"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

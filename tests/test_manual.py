@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from pool import Pool, PoolFile, TokenSet
-from server.loopback import LoopbackRequest, LoopbackResponse
+from authpool import Pool, PoolFile, TokenSet
+from authpool.server.loopback import LoopbackRequest, LoopbackResponse
 from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli, write_config
 
 
@@ -38,8 +38,8 @@ def test_accounts_list_shows_the_command_that_fixes_each_dead_login(home: Path) 
 
 
 def test_the_loopback_command_mints_api_keys_that_add_key_and_request_accept(home: Path) -> None:
-    """`python -m server.loopback --api-keys 2` prints two keys; add-key stores one and `request` is served with it."""
-    lp = subprocess.Popen([sys.executable, "-m", "server.loopback", "--api-keys", "2"], stdout=subprocess.PIPE,
+    """`python -m authpool.server.loopback --api-keys 2` prints two keys; add-key stores one, `request` uses it."""
+    lp = subprocess.Popen([sys.executable, "-m", "authpool.server.loopback", "--api-keys", "2"], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert lp.stdout is not None
@@ -70,8 +70,8 @@ def _run_on_a_terminal(args: list[str], timeout: float = 60) -> tuple[int, bytes
     import time
 
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=subprocess.DEVNULL, stdout=terminal,
-                            stderr=subprocess.PIPE, cwd=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "authpool.server.cli", *args], stdin=subprocess.DEVNULL,
+                            stdout=terminal, stderr=subprocess.PIPE, cwd=REPO)
     os.close(terminal)
     out = b""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from server.loopback import LoopbackProvider
+from authpool.server.loopback import LoopbackProvider
 from tests.conftest import assert_no_secrets
 from tests.mcp_support import INSPECTOR_VERSION, SERVE_ARGS, TOOLS, Lab, home_env, inspector_command, node_available
 
@@ -62,7 +62,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def run_inspector(inspector: str, lab: Lab, *args: str) -> dict[str, Any]:
-    """`mcp-inspector --cli -e ... python -m server.cli serve ARGS`; the JSON it prints."""
+    """`mcp-inspector --cli -e ... python -m authpool.server.cli serve ARGS`; the JSON it prints."""
     env_args = [a for k, v in home_env(lab.home).items() for a in ("-e", f"{k}={v}")]
     # The Inspector hands its own environment to the server: keep ours (AUTHPOOL_*) out of it.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHPOOL_", "PYTHON_KEYRING"))}

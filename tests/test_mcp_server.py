@@ -1,6 +1,6 @@
 """`authpool serve` as MCP clients see it: the official Python client over real stdio.
 
-The server is spawned the way an MCP client spawns it (``python -m server.cli serve`` with
+The server is spawned the way an MCP client spawns it (``python -m authpool.server.cli serve`` with
 the client's default environment plus AUTHPOOL_HOME and the keyring backend). The provider is
 a real LoopbackProvider; CLI processes are real subprocesses on the same home. Tests that do
 not interfere share one server (each uses its own provider id and accounts); tests about the
@@ -22,8 +22,8 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
-from server.proxy import TRUNCATION_MARKER
+from authpool.server.front import TRUNCATION_MARKER
+from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import assert_no_secrets
 from tests.mcp_support import TOOLS, Lab, RawServer, assert_no_traceback, assert_tool_error, mcp_session, text_of
 

@@ -15,7 +15,7 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
 
-from pool.backend import VAULT_BACKEND
+from authpool.storage.keyrings import VAULT_BACKEND
 from tests.conftest import REPO, run_cli
 from tests.mcp_support import SERVE_ARGS, RawServer, assert_no_traceback, assert_tool_error, mcp_session
 

@@ -20,8 +20,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from pool import Pool, RequestFailed, Secret
-from server.loopback import LoopbackProvider
+from authpool import Pool, RequestFailed, Secret
+from authpool.server.loopback import LoopbackProvider
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli, start_worker
 
 CHAT = "/v1/chat/completions"

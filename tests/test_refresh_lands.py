@@ -24,10 +24,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from pool import RequestFailed
-from pool.journal import describe_interrupted, new_record, owner_alive
-from pool.providers import BUILTIN_PROVIDERS
-from pool.refresh import drain, refresh_backoff
+from authpool import RequestFailed
+from authpool.auth.journal import describe_interrupted, new_record, owner_alive
+from authpool.auth.refresh import drain, refresh_backoff
+from authpool.providers.provider import BUILTIN_PROVIDERS
 from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
 from tests.mcp_support import RawServer
 
@@ -42,7 +42,7 @@ def trail(response: httpx2.Response) -> list[tuple[str, int | None, str]]:
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
     """`authpool ARGS` as a real process (signals reach it, not the test)."""
-    return subprocess.Popen([sys.executable, "-m", "server.cli", *args], stdin=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", "authpool.server.cli", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from pool import (
+from authpool import (
     AllAccountsCooling,
     BodyNotReplayable,
     InvalidInput,
@@ -23,9 +23,9 @@ from pool import (
     Pool,
     RequestFailed,
 )
-from pool.models import Account, Counters
-from pool.strategy import UsageView, order_accounts
-from server.loopback import LoopbackProvider
+from authpool.accounts.model import Account, Counters
+from authpool.rotation.strategy import UsageView, order_accounts
+from authpool.server.loopback import LoopbackProvider
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli
 
 CHAT = "/v1/chat/completions"
@@ -275,7 +275,7 @@ def test_a_refused_key_is_marked_needs_reauth_once_another_key_of_the_provider_i
 
 def test_a_403_rotates_without_marking_the_account_for_reauth(acme: LoopbackPool, loopback: LoopbackProvider) -> None:
     """403 from an API-key account: the request moves on, the account is not marked needs-reauth."""
-    from server.loopback import LoopbackResponse
+    from authpool.server.loopback import LoopbackResponse
 
     def forbidden_for_k1(request: Any) -> Any:
         if request.headers.get("authorization", "").endswith(acme.handed_out[0]):
@@ -656,7 +656,7 @@ def test_max_attempts_of_one_returns_the_first_account_s_final_5xx(acme: Loopbac
 
 def _retry_after_zero_route(acme: LoopbackPool, limited_calls: int) -> list[str]:
     """POST /v1/zero answers 429 with Retry-After: 0 to its first ``limited_calls`` calls, then 200."""
-    from server.loopback import LoopbackResponse
+    from authpool.server.loopback import LoopbackResponse
 
     seen: list[str] = []
 
@@ -731,7 +731,7 @@ def test_least_used_with_weights_gives_proportional_shares_within_one_process(ac
 
 def test_a_namespace_keeps_rotation_inside_its_sub_pool(acme: LoopbackPool) -> None:
     """namespace="team": only that sub-pool's accounts are tried, even when they are all rate-limited."""
-    from pool import TokenSet
+    from authpool import TokenSet
 
     acme.add_oauth_accounts(1)  # acme/a in the default namespace
     for subject in ("t1", "t2"):

@@ -22,7 +22,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-from server.loopback import LoopbackProvider
+from authpool.server.loopback import LoopbackProvider
 from tests.conftest import REPO, assert_no_secrets
 from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
 
@@ -65,7 +65,7 @@ def test_serve_with_the_clients_default_environment_reaches_the_secret_service(
         cli_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AUTHPOOL_HOME": str(home),
                    **desktop_bus.env}
         added = subprocess.run(
-            [sys.executable, "-m", "server.cli", "accounts", "add-oauth", "desk", "--label", "dora"],
+            [sys.executable, "-m", "authpool.server.cli", "accounts", "add-oauth", "desk", "--label", "dora"],
             input=json.dumps(tokens), capture_output=True, text=True, env=cli_env, cwd=REPO, timeout=60,
         )
         assert added.returncode == 0, added.stderr
@@ -73,7 +73,7 @@ def test_serve_with_the_clients_default_environment_reaches_the_secret_service(
         assert pool_file["secret_backend"] == "keyring.backends.SecretService.Keyring"
 
         # Exactly what an MCP client passes: its default environment plus the config's "env".
-        params = StdioServerParameters(command=sys.executable, args=["-m", "server.cli", "serve"],
+        params = StdioServerParameters(command=sys.executable, args=["-m", "authpool.server.cli", "serve"],
                                        env={"AUTHPOOL_HOME": str(home)}, cwd=str(REPO))
         assert "DBUS_SESSION_BUS_ADDRESS" not in (params.env or {})
         errlog = tmp_path / "serve.stderr"

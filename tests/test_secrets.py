@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from keyring.backend import KeyringBackend
 
-from pool import Pool, Secret, SecretBackendLocked, SecretBackendUnavailable, SecretMissing, SecretStore, TokenSet
-from pool.secretstore import SERVICE
-from pool.vault import VaultKeyring
+from authpool import Pool, Secret, SecretBackendLocked, SecretBackendUnavailable, SecretMissing, SecretStore, TokenSet
+from authpool.storage.secrets import SERVICE
+from authpool.storage.vault import VaultKeyring
 from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli
 from tests.keyrings import LimitedKeyring, LockedKeyring
 from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
@@ -133,13 +133,13 @@ def test_a_process_that_cannot_load_the_recorded_backend_fails_instead_of_splitt
     assert run_cli("accounts", "add-key", "openai", "--label", "w", input="sk-test-1").returncode == 0
     r = run_cli("accounts", "add-key", "openai", "--label", "v", input="sk-test-2",
                 env={"PYTHON_KEYRING_BACKEND": "tests.keyrings.LimitedKeyring"})
-    assert r.returncode == 1 and "keeps its secrets in pool.vault.VaultKeyring" in r.stderr
+    assert r.returncode == 1 and "keeps its secrets in authpool.storage.vault.VaultKeyring" in r.stderr
     with pytest.raises(SecretBackendUnavailable):
         os.environ["PYTHON_KEYRING_BACKEND"] = "tests.keyrings.LimitedKeyring"
         try:
             _ = Pool.open(home).secrets
         finally:
-            os.environ["PYTHON_KEYRING_BACKEND"] = "pool.vault.VaultKeyring"
+            os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
 
 
 def test_the_vault_refuses_a_wrong_key_with_a_clear_message(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -217,7 +217,7 @@ def test_the_secret_service_is_chosen_recorded_and_shared_by_every_process(
     env.pop("PYTHON_KEYRING_BACKEND", None)
 
     def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "server.cli", *args], input=stdin, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "authpool.server.cli", *args], input=stdin, capture_output=True,
                               text=True, env=env, cwd=REPO, timeout=60)
 
     big = jwt_like()
@@ -249,11 +249,11 @@ def test_a_server_spawned_without_the_bus_address_fails_clearly(
     env = secret_service.child_env()
     env.update({"AUTHPOOL_HOME": str(tmp_path / "home"), "HOME": str(tmp_path)})
     env.pop("PYTHON_KEYRING_BACKEND", None)
-    r = subprocess.run([sys.executable, "-m", "server.cli", "accounts", "add-key", "openai", "--label", "a"],
+    r = subprocess.run([sys.executable, "-m", "authpool.server.cli", "accounts", "add-key", "openai", "--label", "a"],
                        input="sk-test-a", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     assert r.returncode == 0, r.stderr
     env.pop("DBUS_SESSION_BUS_ADDRESS")
-    r = subprocess.run([sys.executable, "-m", "server.cli", "accounts", "add-key", "openai", "--label", "b"],
+    r = subprocess.run([sys.executable, "-m", "authpool.server.cli", "accounts", "add-key", "openai", "--label", "b"],
                        input="sk-test-b", capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
     if Path(f"/run/user/{os.getuid()}/bus").exists():
         pytest.skip("this machine has a real session bus at /run/user/UID/bus, which authpool would use")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pool import (
+from authpool import (
     AccountNotFound,
     DuplicateLabel,
     Home,
@@ -26,7 +26,7 @@ from pool import (
     StoreVersionError,
     TokenSet,
 )
-from pool.lock import Lock
+from authpool.storage.lock import Lock
 from tests.conftest import REPO, run_cli, run_worker, start_worker
 
 
@@ -188,7 +188,7 @@ def test_a_failed_write_leaves_the_old_file_in_place(home: Path) -> None:
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 200}, {len(before) + 200}))\n"
-        "from server.cli import main\n"
+        "from authpool.server.cli.main import main\n"
         "sys.exit(main(['accounts', 'add-key', 'openai', '--label', 'b' * 90]))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], input="sk-test-" + "k" * 40, capture_output=True,
@@ -222,7 +222,7 @@ def test_a_lock_held_too_long_times_out_naming_the_holder(home: Path) -> None:
     make_pool_with(home, "a")
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from pool.lock import Lock\n"
+         "import sys, time; from pathlib import Path; from authpool.storage.lock import Lock\n"
          f"l = Lock(Path({str(home / 'locks' / 'pool.lock')!r})); l.acquire()\n"
          "print('held', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True, cwd=REPO,
@@ -288,7 +288,7 @@ def test_ad_hoc_commands_never_import_the_mcp_sdk(home: Path, argv: list[str]) -
     """The CLI stays fast: only serve and demo load the (heavy) MCP SDK."""
     code = (
         "import sys\n"
-        "from server.cli import main\n"
+        "from authpool.server.cli.main import main\n"
         f"rc = main({argv!r})\n"
         "print('MCP_LOADED' if any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules) else 'NO_MCP')\n"
     )
@@ -297,13 +297,13 @@ def test_ad_hoc_commands_never_import_the_mcp_sdk(home: Path, argv: list[str]) -
 
 
 def test_the_library_exports_exactly_what_its_all_lists() -> None:
-    """Every name in pool.__all__ resolves (lazy ones too), and every error class is exported."""
-    import pool
-    import pool.errors
+    """Every name in authpool.__all__ resolves (lazy ones too), and every error class is exported."""
+    import authpool
+    import authpool.errors
 
-    for name in pool.__all__:
-        assert getattr(pool, name) is not None, name
-    errors = {n for n, v in vars(pool.errors).items() if isinstance(v, type) and issubclass(v, Exception)
-              and v.__module__ == "pool.errors"}
-    assert errors <= set(pool.__all__), errors - set(pool.__all__)
-    assert sorted(pool.errors.__all__) == sorted(errors)
+    for name in authpool.__all__:
+        assert getattr(authpool, name) is not None, name
+    errors = {n for n, v in vars(authpool.errors).items() if isinstance(v, type) and issubclass(v, Exception)
+              and v.__module__ == "authpool.errors"}
+    assert errors <= set(authpool.__all__), errors - set(authpool.__all__)
+    assert sorted(authpool.errors.__all__) == sorted(errors)

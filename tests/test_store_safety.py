@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pool import Pool, StoreCorrupt
+from authpool import Pool, StoreCorrupt
 from tests.conftest import assert_no_secrets, home_texts, run_cli, start_worker
 
 KEYS = {label: f"sk-test-safety-{label}-5f0c7e1d9a2b" for label in ("a", "b")}

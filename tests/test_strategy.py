@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from pool.models import Account, Counters
-from pool.providers import BUILTIN_PROVIDERS
-from pool.strategy import STRATEGIES, UsageView, order_accounts
+from authpool.accounts.model import Account, Counters
+from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.rotation.strategy import STRATEGIES, UsageView, order_accounts
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli
 
 CHAT = "/v1/chat/completions"
@@ -127,7 +127,7 @@ def test_every_configurable_strategy_has_an_implementation() -> None:
     """Each strategy name config.toml accepts maps to a function."""
     from typing import get_args
 
-    from pool.providers import Strategy
+    from authpool.providers.provider import Strategy
 
     assert set(get_args(Strategy)) == set(STRATEGIES)
 

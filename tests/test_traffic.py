@@ -22,9 +22,9 @@ import httpx2
 import pytest
 from mcp import Client
 
-from pool import Pool
-from pool.providers import BUILTIN_PROVIDERS
-from server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
+from authpool import Pool
+from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli, start_worker
 from tests.mcp_support import Lab, assert_no_traceback, assert_tool_error, mcp_session, pool_env, text_of
 
@@ -501,7 +501,7 @@ def test_expired_session_bindings_are_ignored_and_pruned(acme: LoopbackPool) -> 
 
 V1_POOL: dict[str, Any] = {
     "schema_version": 1,
-    "secret_backend": "pool.vault.VaultKeyring",
+    "secret_backend": "authpool.storage.vault.VaultKeyring",
     "accounts": [
         {
             "id": "k7mq2xpa", "provider": "anthropic", "namespace": "default", "label": "work", "kind": "oauth",

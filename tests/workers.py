@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from pool import Pool, Secret
+from authpool import Pool, Secret
 
 
 def increment(account: str, times: int) -> None:
@@ -63,7 +63,7 @@ def burst(provider: str, path: str, n: int, go_file: str) -> None:
     """Print "ready", wait for ``go_file``, then fire ``n`` concurrent async requests; print a JSON summary."""
     import asyncio
 
-    from pool import PoolError
+    from authpool import PoolError
 
     pool = Pool.open()
 
@@ -89,7 +89,7 @@ def burst(provider: str, path: str, n: int, go_file: str) -> None:
 
 def loop(provider: str, path: str, stop_file: str) -> None:
     """A long-lived process: one request after another until ``stop_file`` exists; print a JSON summary."""
-    from pool import PoolError
+    from authpool import PoolError
 
     pool = Pool.open()
     results: list[tuple[int | None, str | None, list[str], str | None]] = []
@@ -122,7 +122,7 @@ def refresh_holding_lock(account: str, go_file: str, release_file: str) -> None:
     """Another process's refresh, in steps the test controls: take the account's refresh lock
     ("held"), renew the token when ``go_file`` appears ("refreshed"), release the lock when
     ``release_file`` appears."""
-    from pool.refresh import Refresher
+    from authpool.auth.refresh import Refresher
 
     pool = Pool.open()
     acc = pool.get(account)

@@ -31,10 +31,10 @@ The package is split by noun: :mod:`.candidate` (what a source yields), :mod:`.j
 
 from __future__ import annotations
 
-from .candidate import Candidate, Scan, Skipped
-from .jsonfile import jwt_claims, read_json_file
-from .plan import Step, apply_import, import_candidates, plan_import, select
-from .sources import (
+from authpool.importers.candidate import Candidate, Scan, Skipped
+from authpool.importers.jsonfile import jwt_claims, read_json_file
+from authpool.importers.plan import Step, apply_import, import_candidates, plan_import, select
+from authpool.importers.sources import (
     OPENCODE_PROVIDERS,
     SOURCES,
     TOOL_NAMES,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..models import AccountKind
-from ..secret import Secret, TokenSet
+from authpool.accounts.model import AccountKind
+from authpool.accounts.secret import Secret, TokenSet
 
 __all__ = ["Candidate", "Scan", "Skipped"]
 

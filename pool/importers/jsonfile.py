@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInput, NotFound
+from authpool.errors import InvalidInput, NotFound
 
 __all__ = ["MAX_FILE_BYTES", "JsonObject", "json_type", "jwt_claims", "read_file_bytes", "read_json_file"]
 

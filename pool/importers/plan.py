@@ -6,11 +6,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import DuplicateLabel, InvalidInput
-from ..lock import Lock
-from ..models import Account, AccountKind, validate_label
-from ..pool import Pool
-from .candidate import Candidate
+from authpool.accounts.model import Account, AccountKind, validate_label
+from authpool.errors import DuplicateLabel, InvalidInput
+from authpool.importers.candidate import Candidate
+from authpool.pool import Pool
+from authpool.storage.lock import Lock
 
 __all__ = ["Step", "apply_import", "import_candidates", "plan_import", "select"]
 

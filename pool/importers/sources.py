@@ -8,12 +8,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from ..errors import InvalidInput, NotFound
-from ..models import validate_provider_id
-from ..providers import BUILTIN_PROVIDERS
-from ..secret import TokenSet
-from .candidate import Candidate, Scan, Skipped
-from .jsonfile import JsonObject, jwt_claims, read_json_file
+from authpool.accounts.model import validate_provider_id
+from authpool.accounts.secret import TokenSet
+from authpool.errors import InvalidInput, NotFound
+from authpool.importers.candidate import Candidate, Scan, Skipped
+from authpool.importers.jsonfile import JsonObject, jwt_claims, read_json_file
+from authpool.providers.provider import BUILTIN_PROVIDERS
 
 __all__ = [
     "OPENCODE_PROVIDERS",

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from .models import LoopbackRequest, LoopbackResponse, LoopbackStats
-from .ratelimit import _limit_response, _RateLimit, _spend, _window_headers
-from .streams import _chat_chunks, _sse_events
-from .tokens import _AccessToken
+from authpool.server.loopback.models import LoopbackRequest, LoopbackResponse, LoopbackStats
+from authpool.server.loopback.ratelimit import _limit_response, _RateLimit, _spend, _window_headers
+from authpool.server.loopback.streams import _chat_chunks, _sse_events
+from authpool.server.loopback.tokens import _AccessToken
 
 #: Gemini names the model in the path: ``POST /v1beta/models/<model>:generateContent``.
 _GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")

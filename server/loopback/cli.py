@@ -1,4 +1,4 @@
-"""``python -m server.loopback``: serve a fake provider for manual testing."""
+"""``python -m authpool.server.loopback``: serve a fake provider for manual testing."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import signal
 import threading
 import types
 
-from .provider import LoopbackProvider
-from .ratelimit import RATE_LIMIT_STYLES
+from authpool.server.loopback.provider import LoopbackProvider
+from authpool.server.loopback.ratelimit import RATE_LIMIT_STYLES
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m server.loopback``: print connection details as JSON, serve until signalled."""
+    """``python -m authpool.server.loopback``: print connection details as JSON, serve until signalled."""
     parser = argparse.ArgumentParser(
-        prog="python -m server.loopback", description="Serve a fake LLM provider on 127.0.0.1."
+        prog="python -m authpool.server.loopback", description="Serve a fake LLM provider on 127.0.0.1."
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--accounts", type=int, default=0, help="create N OAuth accounts and print their tokens")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Final
 
-from .models import MAX_WAIT_SECONDS, LoopbackRequest, LoopbackResponse
+from authpool.server.loopback.models import MAX_WAIT_SECONDS, LoopbackRequest, LoopbackResponse
 
 #: Upper bound for ``/big`` responses: large enough to exceed any truncation limit, small
 #: enough that a typo cannot exhaust memory.

@@ -7,10 +7,10 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from .models import LoopbackRequest, LoopbackResponse
+from authpool.server.loopback.models import LoopbackRequest, LoopbackResponse
 
 if TYPE_CHECKING:
-    from .provider import LoopbackProvider
+    from authpool.server.loopback.provider import LoopbackProvider
 
 #: Request bodies above this are refused: the provider is for tests, not for bulk uploads.
 MAX_BODY_BYTES: Final = 1 << 20

@@ -15,13 +15,20 @@ import time
 import types
 from typing import Any
 
-from .api import _GEMINI_PATH, _ApiMixin
-from .helpers import _HelperRoutesMixin
-from .http import _Server
-from .models import MAX_WAIT_SECONDS, GrantHandler, LoopbackRequest, LoopbackResponse, LoopbackStats, RouteHandler
-from .ratelimit import QUOTA_WINDOW_STYLES, _check_style, _RateLimit
-from .streams import STREAM_ERROR_MODES
-from .tokens import (
+from authpool.server.loopback.api import _GEMINI_PATH, _ApiMixin
+from authpool.server.loopback.helpers import _HelperRoutesMixin
+from authpool.server.loopback.http import _Server
+from authpool.server.loopback.models import (
+    MAX_WAIT_SECONDS,
+    GrantHandler,
+    LoopbackRequest,
+    LoopbackResponse,
+    LoopbackStats,
+    RouteHandler,
+)
+from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, _check_style, _RateLimit
+from authpool.server.loopback.streams import STREAM_ERROR_MODES
+from authpool.server.loopback.tokens import (
     API_KEY_PREFIX,
     DEFAULT_LOGIN_SUBJECT,
     DEVICE_GRANT,

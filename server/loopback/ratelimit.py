@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from .models import LoopbackResponse, _error_body
+from authpool.server.loopback.models import LoopbackResponse, _error_body
 
 RATE_LIMIT_STYLES: Final = frozenset(
     {"retry-after-seconds", "retry-after-date", "retry-after-ms", "anthropic", "openai", "none",

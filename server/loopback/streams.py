@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from .models import _error_body
+from authpool.server.loopback.models import _error_body
 
 STREAM_ERROR_MODES: Final = frozenset({"error-first", "error-after-content", "overloaded-first"})
 

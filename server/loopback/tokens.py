@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from .models import GrantHandler, LoopbackRequest, LoopbackResponse, LoopbackStats
+from authpool.server.loopback.models import GrantHandler, LoopbackRequest, LoopbackResponse, LoopbackStats
 
 ACCESS_PREFIX: Final = "lpat-"
 REFRESH_PREFIX: Final = "lprt-"

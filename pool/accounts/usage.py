@@ -1,0 +1,128 @@
+"""Hot-path bookkeeping, batched: request counts, last use and last status of served requests.
+
+Writing the pool file on every successful request would cost a lock and two fsyncs per call
+(and serialize every process on the pool lock). Successes are therefore recorded in memory and
+applied in one locked update at most every ``interval`` seconds, on close and at exit. Only
+the caller's deltas are applied, on a fresh read, so batching never overwrites another
+process's change. Everything that must not be lost — tokens, cooldowns, needs-reauth — is
+written at once by the rotation engine, not here.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from authpool.accounts.model import PoolFile
+from authpool.errors import PoolError
+from authpool.storage.filestore import Store
+
+__all__ = ["UsageLog"]
+
+log = logging.getLogger("authpool")
+
+
+@dataclass
+class _Pending:
+    requests: int = 0
+    last_used_at: float = 0.0
+    last_status: int | None = None
+    clear_backoff: bool = False
+    quota_resets_at: float | None = None
+
+
+class UsageLog:
+    """Pending per-account usage of this process."""
+
+    def __init__(self, store: Store, interval: float = 2.0) -> None:
+        self.store = store
+        self.interval = interval
+        self._pending: dict[str, _Pending] = {}
+        self._last_used: dict[str, float] = {}  # this process's view, for least-recently-used ordering
+        self._quota_resets: dict[str, float] = {}
+        self._guard = threading.Lock()
+        self._flushing = threading.Lock()
+        self._last_flush = time.monotonic()
+
+    def record(self, account_id: str, status: int, *, clear_backoff: bool = False,
+               quota_resets_at: float | None = None) -> None:
+        now = time.time()
+        with self._guard:
+            p = self._pending.setdefault(account_id, _Pending())
+            p.requests += 1
+            p.last_used_at = now
+            p.last_status = status
+            p.clear_backoff = p.clear_backoff or clear_backoff
+            if quota_resets_at is not None:
+                p.quota_resets_at = quota_resets_at
+                self._quota_resets[account_id] = quota_resets_at
+            self._last_used[account_id] = now
+
+    def quota_resets_at(self, account_id: str, persisted: float | None) -> float | None:
+        """When the account's current rate-limit window resets, as this process last heard."""
+        with self._guard:
+            return self._quota_resets.get(account_id, persisted)
+
+    def touch(self, account_id: str) -> None:
+        """Note that this process just picked the account (for least-recently-used ordering)."""
+        with self._guard:
+            self._last_used[account_id] = time.time()
+
+    def unrecorded(self, account_id: str) -> int:
+        """Requests served by this process that the pool file does not count yet."""
+        with self._guard:
+            p = self._pending.get(account_id)
+            return p.requests if p is not None else 0
+
+    def last_used(self, account_id: str, persisted: float | None) -> float:
+        return max(self._last_used.get(account_id, 0.0), persisted or 0.0)
+
+    def due(self) -> bool:
+        with self._guard:
+            return bool(self._pending) and time.monotonic() - self._last_flush >= self.interval
+
+    def flush(self) -> None:
+        """Apply pending usage in one locked update (accounts removed meanwhile are skipped).
+
+        One flush at a time: a flush that finds nothing pending must not return while another
+        is still writing, or a shutdown flush could exit before the periodic one has landed.
+        """
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
+        with self._guard:
+            pending, self._pending = self._pending, {}
+            self._last_flush = time.monotonic()
+        if not pending:
+            return
+
+        def apply(pool: PoolFile) -> None:
+            by_id = {a.id: a for a in pool.accounts}
+            for account_id, p in pending.items():
+                acc = by_id.get(account_id)
+                if acc is None:
+                    continue
+                acc.counters.requests += p.requests
+                acc.last_used_at = max(acc.last_used_at or 0.0, p.last_used_at)
+                acc.last_status = p.last_status
+                if p.clear_backoff:
+                    acc.backoff_level = 0
+                if p.quota_resets_at is not None:
+                    acc.quota_resets_at = p.quota_resets_at
+
+        try:
+            self.store.update(apply)
+        except PoolError as e:
+            # Counters are best-effort; put them back so a later flush can try again.
+            log.warning("could not record usage counters: %s", e)
+            with self._guard:
+                for account_id, p in pending.items():
+                    q = self._pending.setdefault(account_id, _Pending())
+                    q.requests += p.requests
+                    q.last_used_at = max(q.last_used_at, p.last_used_at)
+                    q.last_status = q.last_status or p.last_status
+                    q.clear_backoff = q.clear_backoff or p.clear_backoff
+                    q.quota_resets_at = q.quota_resets_at or p.quota_resets_at

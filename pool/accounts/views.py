@@ -1,0 +1,70 @@
+"""Public views of the pool: what the CLI, the MCP tools and resources show. Never a secret."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any
+
+from authpool.accounts.model import Account
+from authpool.pool import Pool
+
+__all__ = ["account_view", "fix_command", "pool_status"]
+
+
+def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
+    """The public view of one account."""
+    now = time.time() if now is None else now
+    return {
+        "id": a.id,
+        "provider": a.provider,
+        "namespace": a.namespace,
+        "label": a.label,
+        "name": a.name,
+        "kind": a.kind,
+        "enabled": a.enabled,
+        "state": a.state(now),
+        "cooling_until": a.cooldown_until(now=now),
+        "cooldowns": {scope: {"until": cd.until, "reason": cd.reason}
+                      for scope, cd in a.cooldowns.items() if cd.until > now},
+        "needs_reauth": a.needs_reauth,
+        "refresh_failing": (failing.describe() if (failing := a.failing_refresh()) is not None else None),
+        "token_expires_at": a.access_expires_at,
+        "last_used_at": a.last_used_at,
+        "last_status": a.last_status,
+        "last_error": a.last_error,
+        "counters": a.counters.model_dump(),
+    }
+
+
+def pool_status(pool: Pool, now: float | None = None) -> dict[str, Any]:
+    """Per provider: how many accounts are ready, cooling, need re-auth, and when the next frees up."""
+    now = time.time() if now is None else now
+    by_provider: dict[str, list[Account]] = {}
+    for a in pool.accounts():
+        by_provider.setdefault(a.provider, []).append(a)
+    providers = []
+    for pid, accounts in sorted(by_provider.items()):
+        states = [a.state(now) for a in accounts]
+        cooling_until = [u for a in accounts if a.state(now) == "cooling" and (u := a.cooldown_until(now=now))]
+        providers.append({
+            "provider": pid,
+            "accounts": [account_view(a, now) for a in accounts],
+            "ready": states.count("ready"),
+            "cooling": states.count("cooling"),
+            "needs_reauth": states.count("needs-reauth"),
+            "refresh_failing": states.count("refresh-failing"),
+            "disabled": states.count("disabled"),
+            "next_free_at": min(cooling_until) if cooling_until else None,
+        })
+    return {"now": now, "providers": providers}
+
+
+def fix_command(a: Account) -> str | None:
+    """The command that brings back an account that needs re-auth (None if it does not)."""
+    if not a.needs_reauth:
+        return None
+    label = shlex.quote(a.label)  # labels may hold spaces: the command must paste as is
+    if a.kind == "oauth":
+        return f"authpool login {a.provider} --label {label}"
+    return f"authpool accounts remove {a.id} && authpool accounts add-key {a.provider} --label {label}"

@@ -1,0 +1,119 @@
+"""Talking to a provider's OAuth token endpoint.
+
+Building the token request and reading the answer are plain functions; sending it is done
+with httpx2, synchronously or asynchronously, by the caller's flavour. Token endpoints get the
+refresh token, so requests to them never follow redirects, and every failure becomes a
+:class:`~pool.errors.RefreshError` or :class:`InvalidGrant` whose message holds no token.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx2
+
+from authpool.accounts.secret import TokenSet
+from authpool.errors import ConfigError, ReauthRequired, RefreshError, RefreshUnanswered
+from authpool.providers.provider import Provider
+
+__all__ = ["TOKEN_CALL_LIMIT", "TOKEN_TIMEOUT", "InvalidGrant", "build_token_request", "parse_token_response",
+           "refresh_request"]
+
+TOKEN_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+# A refresh's token call, once sent, may already have rotated the login at the provider: its
+# answer is waited for this long (a slow endpoint that answers is still an answer), whatever the
+# request that started it does meanwhile. Callers stop waiting after the provider's token_timeout.
+TOKEN_CALL_LIMIT = httpx2.Timeout(connect=10.0, read=120.0, write=30.0, pool=10.0)
+
+
+class InvalidGrant(ReauthRequired):
+    """The token endpoint rejected the refresh token (``invalid_grant``)."""
+
+    code = "invalid_grant"
+
+
+def build_token_request(provider: Provider, params: dict[str, str]) -> httpx2.Request:
+    """A POST to the provider's token endpoint with ``params`` plus client credentials.
+
+    Raises:
+        ConfigError: the provider has no OAuth settings or no client id.
+    """
+    oauth = provider.oauth
+    if oauth is None:
+        raise ConfigError(f"provider {provider.id} has no [providers.{provider.id}.oauth] settings")
+    if not oauth.client_id:
+        raise ConfigError(
+            f"provider {provider.id} has no OAuth client id: set [providers.{provider.id}.oauth] client_id "
+            "in config.toml (authpool ships no other application's client id)"
+        )
+    body = {**params, "client_id": oauth.client_id}
+    if oauth.client_secret:
+        body["client_secret"] = oauth.client_secret
+    headers = {"accept": "application/json"}
+    if oauth.token_request == "json":
+        return httpx2.Request("POST", oauth.token_url, json=body, headers=headers)
+    return httpx2.Request("POST", oauth.token_url, data=body, headers=headers)
+
+
+def refresh_request(provider: Provider, refresh_token: str) -> httpx2.Request:
+    """The refresh-token grant request."""
+    params = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    if provider.oauth and provider.oauth.scopes:
+        params["scope"] = " ".join(provider.oauth.scopes)
+    return build_token_request(provider, params)
+
+
+def parse_token_response(provider: Provider, status: int, content_type: str, body: bytes,
+                         now: float | None = None) -> TokenSet:
+    """Read a token endpoint's answer.
+
+    Raises:
+        InvalidGrant: the grant was rejected (``invalid_grant``): the login is dead or was rotated.
+        RefreshError: any other failure (5xx, non-JSON, missing fields).
+    """
+    where = f"the token endpoint of {provider.id}"
+    doc: Any = None
+    try:
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    if status >= 400:
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if error == "invalid_grant":
+            raise InvalidGrant(f"{where} rejected the refresh token (invalid_grant); log in again")
+        if isinstance(error, str) and error.isprintable() and len(error) < 80:
+            raise RefreshError(f"{where} answered HTTP {status} ({error})", reason=f"HTTP {status}")
+        raise RefreshError(f"{where} answered HTTP {status}", reason=f"HTTP {status}")
+    if not isinstance(doc, dict):
+        kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
+        raise RefreshError(f"{where} answered HTTP {status} with a non-JSON body ({kind})",
+                           reason=f"HTTP {status}, not JSON")
+    if isinstance(doc.get("error"), str):  # GitHub answers errors with 200
+        if doc["error"] == "invalid_grant" or doc["error"] == "bad_refresh_token":
+            raise InvalidGrant(f"{where} rejected the refresh token ({doc['error']}); log in again")
+        raise RefreshError(f"{where} answered an error ({doc['error'][:60]})", reason="an error answer")
+    try:
+        return TokenSet.parse(doc, now=time.time() if now is None else now)
+    except Exception as e:  # noqa: BLE001 - any shape problem is the endpoint's fault
+        raise RefreshError(f"{where} answered without a usable token ({type(e).__name__})",
+                           reason="no usable token") from None
+
+
+# Failures that happen before any byte of the request reaches the endpoint: nothing was rotated.
+_NOT_SENT = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout, httpx2.UnsupportedProtocol)
+
+
+def describe_transport_error(provider: Provider, e: Exception) -> RefreshError:
+    """A RefreshError for a network failure reaching the token endpoint.
+
+    :class:`RefreshUnanswered` when the request may have reached the endpoint (it timed out
+    waiting for the answer, or the connection broke): the provider may have rotated the login.
+    """
+    kind = "timed out" if isinstance(e, httpx2.TimeoutException) else f"failed ({type(e).__name__})"
+    message = f"reaching the token endpoint of {provider.id} {kind}"
+    reason = "timed out" if isinstance(e, httpx2.TimeoutException) else type(e).__name__
+    if isinstance(e, _NOT_SENT):
+        return RefreshError(message, reason=reason)
+    return RefreshUnanswered(message, reason=reason)

@@ -1,0 +1,467 @@
+"""What a provider is: where its credentials may go, how they are applied, how it signals limits.
+
+Built-in providers carry the real public API origins and header conventions. Users add
+providers or override fields of built-in ones in ``config.toml`` in the home directory::
+
+    [providers.acme]
+    base_url = "http://127.0.0.1:8080"
+    auth = "bearer"                      # or "header:x-api-key"
+    [providers.acme.oauth]
+    token_url = "http://127.0.0.1:8080/oauth/token"
+    client_id = "authpool-test"
+
+authpool ships no other application's OAuth client id: a provider's ``oauth.client_id`` comes
+from the user's config, and refreshing or logging in without one is a clear error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from authpool.accounts.model import AccountKind, validate_provider_id
+from authpool.errors import ConfigError, InvalidInput, OriginRefused, ProviderNotFound
+
+if TYPE_CHECKING:
+    import httpx2
+
+__all__ = ["BUILTIN_PROVIDERS", "OAuthSettings", "Provider", "Providers", "origin_of", "url_origin"]
+
+# Proactive refresh starts at most this share of a token's issued lifetime before it expires
+# (advisory: renew if nobody else is), and must happen within the mandatory share.
+ADVISORY_SHARE = 1 / 3
+MANDATORY_SHARE = 1 / 10
+
+Strategy = Literal["ordered", "round-robin", "least-used", "drain-soonest-reset", "sticky"]
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host:port`` of ``url``, with the default port made explicit.
+
+    Raises:
+        ValueError: not an absolute http(s) URL.
+    """
+    m = re.match(r"^(https?)://([^/?#]*)", url.strip(), re.IGNORECASE)
+    if not m or not m.group(2):
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    scheme, hostport = m.group(1).lower(), m.group(2).lower()
+    if "@" in hostport:
+        # "https://api.example.com@evil.example/" goes to evil.example: never guess, refuse.
+        raise ValueError(f"URLs with a user name or password (user@host) are not accepted: {url!r}")
+    if hostport.startswith("["):  # IPv6 literal
+        host, _, port = hostport.partition("]")
+        host += "]"
+        port = port.lstrip(":")
+    else:
+        host, _, port = hostport.partition(":")
+    if not port:
+        port = "443" if scheme == "https" else "80"
+    if not port.isdigit():
+        raise ValueError(f"bad port in {url!r}")
+    return f"{scheme}://{host}:{int(port)}"
+
+
+class OAuthSettings(BaseModel):
+    """How to obtain and renew tokens for a provider."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    token_url: str
+    authorize_url: str | None = None
+    device_authorization_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    scopes: list[str] = Field(default_factory=list)
+    token_request: Literal["form", "json"] = "form"
+    redirect_port: int | None = None  # some providers only accept a registered loopback port
+    redirect_path: str = "/callback"
+    extra_authorize_params: dict[str, str] = Field(default_factory=dict)
+
+
+class Provider(BaseModel):
+    """One provider: origins, auth application, OAuth endpoints, limit headers, rotation policy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    name: str = ""
+    base_url: str | None = None
+    origins: list[str] = Field(default_factory=list)  # extra origins beyond base_url's
+    auth: str = "bearer"  # how API keys are applied: "bearer" | "header:NAME"
+    oauth_auth: str = "bearer"  # how OAuth access tokens are applied
+    headers: dict[str, str] = Field(default_factory=dict)  # fixed headers sent when the caller sets none
+    oauth_headers: dict[str, str] = Field(default_factory=dict)  # extra headers for OAuth accounts only
+    oauth: OAuthSettings | None = None
+    reset_headers: list[str] = Field(default_factory=list)  # response headers carrying limit resets
+    strategy: Strategy = "ordered"
+    weights: dict[str, float] = Field(default_factory=dict)  # account id or label -> weight
+    max_attempts: int = Field(default=6, ge=1, le=50)  # accounts tried within one request
+    server_error_retries: int = Field(default=2, ge=0, le=10)  # per account, for 5xx / network errors
+    default_cooldown: float = Field(default=30.0, gt=0)  # a 429 without reset info, doubled per repeat
+    max_cooldown: float = Field(default=3600.0, gt=0)
+    refresh_advisory: float = Field(default=300.0, ge=0)  # seconds before expiry: try to refresh
+    refresh_mandatory: float = Field(default=60.0, ge=0)  # seconds before expiry: must refresh
+    # Seconds a request waits for a token call before moving on; the call itself goes on (up to
+    # TOKEN_CALL_LIMIT) and its answer is stored, because the provider may have rotated already.
+    token_timeout: float = Field(default=30.0, gt=0)
+    timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
+
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str) -> str:
+        return validate_provider_id(v)
+
+    @field_validator("auth", "oauth_auth")
+    @classmethod
+    def _auth_ok(cls, v: str) -> str:
+        if v == "bearer" or (v.startswith("header:") and re.fullmatch(r"[A-Za-z0-9-]+", v[7:])):
+            return v
+        raise ValueError("must be 'bearer' or 'header:NAME'")
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            origin_of(v)
+        return v.rstrip("/") if v else v
+
+    @field_validator("origins")
+    @classmethod
+    def _origins_ok(cls, v: list[str]) -> list[str]:
+        return [origin_of(o) for o in v]
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.id
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        """The only origins this provider's credentials may be sent to."""
+        out = set(self.origins)
+        if self.base_url:
+            out.add(origin_of(self.base_url))
+        return frozenset(out)
+
+    def refresh_windows(self, lifetime: float | None) -> tuple[float, float]:
+        """``(advisory, mandatory)`` seconds before expiry for a token issued for ``lifetime`` seconds.
+
+        The configured windows are upper bounds: a token that lives less than them (many identity
+        providers issue 5-minute tokens) would otherwise be renewed on nearly every request. The
+        windows are at most a third and a tenth of the issued lifetime.
+        """
+        advisory, mandatory = self.refresh_advisory, self.refresh_mandatory
+        if lifetime is not None and lifetime > 0:
+            advisory = min(advisory, lifetime * ADVISORY_SHARE)
+            mandatory = min(mandatory, lifetime * MANDATORY_SHARE)
+        return advisory, min(mandatory, advisory)
+
+    def credential_headers(self, kind: AccountKind) -> tuple[str, str, dict[str, str]]:
+        """``(header name, value prefix, extra headers)`` for an account of ``kind``."""
+        style = self.auth if kind == "api_key" else self.oauth_auth
+        extra = dict(self.oauth_headers) if kind == "oauth" else {}
+        if style == "bearer":
+            return "authorization", "Bearer ", extra
+        return style[7:].lower(), "", extra
+
+    def all_credential_header_names(self) -> frozenset[str]:
+        """Every header that carries a credential for this provider (callers may not set these)."""
+        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"}
+        for style in (self.auth, self.oauth_auth):
+            if style.startswith("header:"):
+                names.add(style[7:].lower())
+        return frozenset(names)
+
+    def resolve_url(self, path_or_url: str) -> str:
+        """Turn a path (relative to base_url) or an absolute URL into a URL on an allowed origin.
+
+        The result is checked with the parser the HTTP client itself uses, so the origin checked
+        here is the origin the request will go to.
+
+        A path stays under the base URL's path: with a base URL ``https://h/v1``, a path that
+        would leave ``/v1`` (``../admin``, also percent-encoded, which a server may decode) is
+        refused, since the provider's credentials are meant for that API only.
+
+        Raises:
+            OriginRefused: the URL is on another origin, has userinfo, leaves the base URL's path,
+                or no base_url is configured.
+            InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
+        """
+        import httpx2  # loaded with the first request, not at start-up
+
+        relative = not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url)
+        if not relative:
+            try:
+                origin_of(path_or_url)
+            except ValueError as e:
+                raise OriginRefused(str(e)) from None
+            url = path_or_url
+        else:
+            if not self.base_url:
+                raise OriginRefused(f"provider {self.id} has no base_url; set one in config.toml")
+            path = path_or_url if path_or_url.startswith("/") else "/" + path_or_url
+            if path.startswith("//"):
+                raise OriginRefused(f"{path_or_url!r} is a network-path reference, not a path")
+            url = self.base_url + path
+        try:
+            parsed = httpx2.URL(url)
+        except httpx2.InvalidURL as e:
+            raise InvalidInput(f"invalid path {path_or_url!r}: {e}") from None
+        if parsed.userinfo:
+            raise OriginRefused(
+                f"refusing {path_or_url!r}: URLs with a user name or password (user@host) are not accepted")
+        origin = url_origin(parsed)
+        if origin not in self.allowed_origins:
+            raise OriginRefused(
+                f"{origin} is not an origin of provider {self.id} (allowed: "
+                f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
+            )
+        if relative:
+            self._check_under_base_path(parsed, path_or_url)
+        return url
+
+    def _check_under_base_path(self, url: httpx2.URL, given: str) -> None:
+        import httpx2
+
+        base = httpx2.URL(self.base_url or "/").path.rstrip("/")
+        if not base:
+            return  # the whole origin is the provider's
+        # url.path is decoded, with the dot segments httpx2 normalised already applied; dot
+        # segments left in it were percent-encoded on the wire, where a server may resolve them.
+        segments = re.split(r"[/\\]", url.path)
+        if any(_fully_unquoted(seg) in (".", "..") for seg in segments) or not (
+                url.path == base or url.path.startswith(base + "/")):
+            raise OriginRefused(
+                f"path {given!r} leads outside the base path {base} of provider {self.id}; its credentials are only "
+                f"sent under {self.base_url}/"
+            )
+
+
+def _fully_unquoted(segment: str) -> str:
+    import urllib.parse
+
+    for _ in range(3):  # %252e%252e decoded twice by layered servers is still ".."
+        decoded = urllib.parse.unquote(segment)
+        if decoded == segment:
+            break
+        segment = decoded
+    return segment
+
+
+def url_origin(url: httpx2.URL) -> str:
+    """``scheme://host:port`` of a URL the HTTP client parsed (default port made explicit)."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+
+
+_ANTHROPIC_RESETS = [
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-ratelimit-unified-reset",
+    "anthropic-ratelimit-unified-5h-reset",
+    "anthropic-ratelimit-unified-7d-reset",
+]
+_OPENAI_RESETS = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+
+BUILTIN_PROVIDERS: dict[str, Provider] = {
+    p.id: p
+    for p in [
+        Provider(
+            id="anthropic",
+            name="Anthropic",
+            base_url="https://api.anthropic.com",
+            auth="header:x-api-key",
+            oauth_auth="bearer",
+            headers={"anthropic-version": "2023-06-01"},
+            oauth_headers={"anthropic-beta": "oauth-2025-04-20"},
+            oauth=OAuthSettings(
+                token_url="https://console.anthropic.com/v1/oauth/token",
+                authorize_url="https://claude.ai/oauth/authorize",
+                token_request="json",
+            ),
+            reset_headers=_ANTHROPIC_RESETS,
+        ),
+        Provider(
+            id="openai",
+            name="OpenAI",
+            base_url="https://api.openai.com",
+            auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://auth.openai.com/oauth/token",
+                authorize_url="https://auth.openai.com/oauth/authorize",
+            ),
+            reset_headers=_OPENAI_RESETS,
+        ),
+        Provider(
+            id="gemini",
+            name="Google Gemini",
+            base_url="https://generativelanguage.googleapis.com",
+            origins=["https://cloudcode-pa.googleapis.com"],
+            auth="header:x-goog-api-key",
+            oauth_auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://oauth2.googleapis.com/token",
+                authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+                device_authorization_url="https://oauth2.googleapis.com/device/code",
+            ),
+        ),
+        Provider(
+            id="github-copilot",
+            name="GitHub Copilot",
+            base_url="https://api.githubcopilot.com",
+            auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://github.com/login/oauth/access_token",
+                device_authorization_url="https://github.com/login/device/code",
+                scopes=["read:user"],
+            ),
+            reset_headers=["x-ratelimit-reset"],
+        ),
+        Provider(
+            id="openai-compatible",
+            name="OpenAI-compatible (set base_url in config.toml)",
+            auth="bearer",
+            reset_headers=_OPENAI_RESETS,
+        ),
+    ]
+}
+
+
+class Providers:
+    """The built-in providers merged with the user's ``config.toml``."""
+
+    def __init__(self, providers: dict[str, Provider], configured: list[str] | None = None) -> None:
+        self._providers = providers
+        self.configured = sorted(configured or [])  # ids config.toml defines or overrides
+
+    @classmethod
+    def load(cls, config_file: Path | None) -> Providers:
+        """Built-ins plus ``config_file`` (missing file: built-ins only).
+
+        Raises:
+            ConfigError: the file is not valid TOML, has an unknown key or table, or a provider
+                entry is invalid; the message names the file, the line and (for a misspelt name)
+                the closest valid one.
+        """
+        if config_file is None or not config_file.exists():
+            return cls(dict(BUILTIN_PROVIDERS))
+        text = config_file.read_text(encoding="utf-8", errors="replace")
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{config_file}: {e}") from None
+        except RecursionError:
+            raise ConfigError(f"{config_file}: nested too deeply") from None
+        _check_top_level(doc, text, config_file)
+        return cls(_merge(doc, text, config_file), list(doc.get("providers", {})))
+
+    def get(self, provider_id: str) -> Provider:
+        """The provider with this id.
+
+        Raises:
+            ProviderNotFound: unknown id (the message lists the known ones).
+        """
+        try:
+            return self._providers[provider_id]
+        except KeyError:
+            raise ProviderNotFound(provider_id, list(self._providers)) from None
+
+    def __iter__(self) -> Any:
+        return iter(self._providers.values())
+
+    def ids(self) -> list[str]:
+        return sorted(self._providers)
+
+
+def _merge(doc: dict[str, Any], text: str, path: Path) -> dict[str, Provider]:
+    out = dict(BUILTIN_PROVIDERS)
+    section = doc.get("providers", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path} line {_line_of(text, 'providers')}: 'providers' must be a table")
+    for pid, entry in section.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path} line {_line_of(text, f'providers.{pid}')}: providers.{pid} must be a table")
+        base = out[pid].model_dump(exclude_defaults=True) if pid in out else {}
+        merged = _deep_merge(base, entry)
+        merged["id"] = pid
+        try:
+            out[pid] = Provider.model_validate(merged)
+        except ValidationError as e:
+            errors = e.errors()
+            err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+            key = ".".join(str(p) for p in ("providers", pid, *err["loc"]))
+            line = _line_of(text, key)
+            if err["type"] == "extra_forbidden":
+                *parents, name = (str(p) for p in err["loc"])
+                table = ".".join(("providers", pid, *parents))
+                raise ConfigError(f"{path} line {line}: unknown key '{name}' in [{table}]"
+                                  f"{_suggest(name, _keys_of(parents))}") from None
+            raise ConfigError(f"{path} line {line}: {key}: {err['msg']}") from None
+    return out
+
+
+_TOP_LEVEL = ("providers",)
+
+
+def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
+    """Refuse what config.toml cannot mean: anything but ``[providers.ID]`` tables at the top."""
+    for key, value in doc.items():
+        if key in _TOP_LEVEL:
+            continue
+        what = f"table [{key}]" if isinstance(value, dict) else f"key '{key}'"
+        close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
+        hint = f" (did you mean [{close[0]}]?)" if close else " (config.toml has only [providers.ID] tables)"
+        raise ConfigError(f"{path} line {_line_of(text, key)}: unknown {what}{hint}")
+
+
+def _keys_of(parents: list[str]) -> list[str]:
+    """The keys valid in the provider table at ``parents`` (``[]`` for the provider itself)."""
+    if not parents:
+        return [k for k in Provider.model_fields if k != "id"]
+    if parents == ["oauth"]:
+        return list(OAuthSettings.model_fields)
+    return []
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    if close:
+        return f" (did you mean '{close[0]}'?)"
+    return f" (valid keys: {', '.join(sorted(valid))})" if valid else ""
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _line_of(text: str, dotted: str) -> int:
+    """Best-effort line number of ``dotted`` (a.b.c) in TOML text: the key's line or its table's."""
+    parts = dotted.split(".")
+    table: list[str] = []
+    best = 1
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            table = [p.strip().strip('"') for p in header.group(1).split(".")]
+            if table[: len(parts)] == parts:
+                return n  # the table itself, or the first table inside it
+            if table == parts[: len(table)]:
+                best = n
+            continue
+        key = re.match(r"^([A-Za-z0-9_\-\"']+)\s*=", line)
+        if key and [*table, key.group(1).strip("\"'")] == parts[: len(table) + 1] and len(table) + 1 <= len(parts):
+            return n
+    return best

@@ -1,0 +1,130 @@
+"""``authpool doctor``: what is where, and what is wrong with it.
+
+Each check yields one finding (``ok``, ``fixed``, ``warn`` or ``fail``) with a sentence a user
+can act on. The exit status is non-zero when any check fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from authpool import Home, Pool, PoolError, Store
+from authpool.accounts.model import PoolFile
+from authpool.errors import StoreCorrupt
+from authpool.providers.provider import Providers
+
+__all__ = ["Finding", "run_doctor"]
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str  # ok | fixed | warn | fail
+    detail: str
+
+
+def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = False) -> int:
+    """Run every check, print the findings, return the exit status."""
+    findings = list(_checks(restore, force))
+    if as_json:
+        print(json.dumps([asdict(f) for f in findings], indent=2))
+    else:
+        for f in findings:
+            print(f"[{f.status:>5}] {f.check}: {f.detail}")
+    return 1 if any(f.status == "fail" for f in findings) else 0
+
+
+def _checks(restore: bool, force: bool = False) -> list[Finding]:
+    out: list[Finding] = []
+    home = Home.open(repair=False)
+    out.append(Finding("home", "ok", str(home.path)))
+    problems = home.mode_problems()
+    if problems:
+        Home.open(home.path, repair=True)
+        out.extend(Finding("mode", "fixed", str(p)) for p in problems)
+    else:
+        out.append(Finding("modes", "ok", "directory 0700, files 0600"))
+
+    config, providers = _config(home)
+    out.append(config)
+    store = Store(home)
+    if restore:
+        out.append(_restore(store, force))
+    try:
+        pool_file = store.read()
+    except StoreCorrupt as e:
+        out.append(Finding("pool file", "fail", str(e)))
+        return out
+    except PoolError as e:
+        out.append(Finding("pool file", "fail", str(e)))
+        return out
+    exists = store.path.exists()
+    out.append(Finding(
+        "pool file",
+        "ok",
+        f"{store.path} (schema {pool_file.schema_version}, {len(pool_file.accounts)} accounts)"
+        if exists else f"{store.path} does not exist yet (created on first change)",
+    ))
+    if providers is not None:
+        out.extend(_unknown_providers(pool_file, providers))
+    out.append(Finding(
+        "backup",
+        "ok" if store.backup_path.exists() or not exists else "warn",
+        str(store.backup_path) if store.backup_path.exists() else "none yet (kept from the second write on)",
+    ))
+
+    if pool_file.secret_backend is None:
+        out.append(Finding("credential store", "ok", "not chosen yet (chosen when the first secret is stored)"))
+        return out
+    pool = Pool(home, store)
+    try:
+        secrets = pool.secrets
+    except PoolError as e:
+        out.append(Finding("credential store", "fail", str(e)))
+        return out
+    out.append(Finding("credential store", "ok", secrets.name))
+    missing = []
+    for acc in pool_file.accounts:
+        try:
+            secrets.load_fresh(acc.id)
+        except PoolError as e:
+            missing.append(f"{acc.name} ({acc.id}): {e}")
+    if missing:
+        out.extend(Finding("secret", "fail", m) for m in missing)
+    elif pool_file.accounts:
+        out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
+    return out
+
+
+def _restore(store: Store, force: bool) -> Finding:
+    try:
+        aside = store.restore_backup(force=force)
+    except PoolError as e:
+        return Finding("restore", "fail", str(e))
+    if aside.name.startswith(f"{store.path.name}.replaced-"):  # it was healthy: --force
+        return Finding("restore", "warn", f"restored {store.backup_path} over a healthy pool file: this undid the "
+                                          f"last write; the replaced file is kept as {aside}")
+    return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")
+
+
+def _config(home: Home) -> tuple[Finding, Providers | None]:
+    path = home.config_file
+    if not path.exists():
+        return Finding("config", "ok", f"{path} does not exist (built-in providers only)"), Providers.load(None)
+    try:
+        providers = Providers.load(path)
+    except PoolError as e:
+        return Finding("config", "fail", str(e)), None
+    defined = ", ".join(providers.configured) or "no providers"
+    return Finding("config", "ok", f"{path} ({defined})"), providers
+
+
+def _unknown_providers(pool_file: PoolFile, providers: Providers) -> list[Finding]:
+    """Accounts whose provider is gone (added before such accounts were refused, or config.toml changed)."""
+    known = set(providers.ids())
+    return [
+        Finding("account", "fail", f"{a.name} ({a.id}): unknown provider {a.provider!r}, so it can serve no "
+                                   f"request; define [providers.{a.provider}] in config.toml or remove the account")
+        for a in pool_file.accounts if a.provider not in known
+    ]
