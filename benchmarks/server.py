@@ -103,7 +103,8 @@ pool = Pool.open()
 t4 = time.perf_counter()
 srv = app.build_server(pool)
 t5 = time.perf_counter()
-print(json.dumps({"import authpool.server.cli (library, CLI)": t1 - t0, "CLI parser (imports the command modules)": t2 - t1,
+print(json.dumps({"import authpool.server.cli (library, CLI)": t1 - t0,
+                  "CLI parser (imports the command modules)": t2 - t1,
                   "import authpool.server.mcp (MCP SDK, tools)": t3 - t2, "Pool.open()": t4 - t3,
                   "build_server() (tools, resources)": t5 - t4}))
 """

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import httpx2
 
 from authpool import InvalidInput, NoAccounts, Pool, RequestFailed
+from authpool.providers.provider import Provider
 from authpool.rotation.engine import RequestResult
 from authpool.rotation.sse import assemble_text, parse_events
 
@@ -90,7 +91,7 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     provider = pool.provider(call.provider)
     url = provider.resolve_url(call.path)
     headers = dict(call.headers or {})
-    _check_headers(headers, provider.all_credential_header_names())
+    _check_headers(headers, provider)
     content: bytes | None = None
     json_body = call.json_body
     if call.stream and isinstance(json_body, dict) and "stream" not in json_body:
@@ -135,19 +136,15 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     )
 
 
-def _check_headers(headers: dict[str, str], forbidden: frozenset[str]) -> None:
+def _check_headers(headers: dict[str, str], provider: Provider) -> None:
     """Refuse credential and transport-owned headers, and names or values HTTP cannot carry.
 
     Raises:
         InvalidInput: naming the header (never echoing its value).
     """
+    provider.refuse_credential_headers(headers)
     for name, value in headers.items():
         low = name.strip().lower()
-        if low in forbidden:
-            raise InvalidInput(
-                f"header {name!r} carries credentials; authpool attaches the account's credentials itself and "
-                "callers cannot set or override them"
-            )
         if low in _RESERVED:
             raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
         # Checked here because the HTTP client fails late and unhelpfully: a non-ASCII value

@@ -1,1 +1,44 @@
-"""accounts."""
+"""Accounts: the model of every account and its secret, and the public views of them."""
+
+from __future__ import annotations
+
+from authpool.accounts.model import (
+    SCHEMA_VERSION,
+    WHOLE_ACCOUNT,
+    Account,
+    AccountKind,
+    Cooldown,
+    Counters,
+    PoolFile,
+    RefreshFailing,
+    RefreshJournal,
+    SessionBinding,
+    new_account_id,
+    validate_label,
+    validate_provider_id,
+)
+from authpool.accounts.secret import Secret, TokenSet, time_left
+from authpool.accounts.views import account_view, fix_command, pool_status, relogin_command
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "WHOLE_ACCOUNT",
+    "Account",
+    "AccountKind",
+    "Cooldown",
+    "Counters",
+    "PoolFile",
+    "RefreshFailing",
+    "RefreshJournal",
+    "Secret",
+    "SessionBinding",
+    "TokenSet",
+    "account_view",
+    "fix_command",
+    "new_account_id",
+    "pool_status",
+    "relogin_command",
+    "time_left",
+    "validate_label",
+    "validate_provider_id",
+]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from authpool.accounts.model import Account
-from authpool.pool import Pool
 
-__all__ = ["account_view", "fix_command", "pool_status"]
+__all__ = ["account_view", "fix_command", "pool_status", "relogin_command"]
 
 
 def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
@@ -37,19 +37,19 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def pool_status(pool: Pool, now: float | None = None) -> dict[str, Any]:
+def pool_status(accounts: Iterable[Account], now: float | None = None) -> dict[str, Any]:
     """Per provider: how many accounts are ready, cooling, need re-auth, and when the next frees up."""
     now = time.time() if now is None else now
     by_provider: dict[str, list[Account]] = {}
-    for a in pool.accounts():
+    for a in accounts:
         by_provider.setdefault(a.provider, []).append(a)
     providers = []
-    for pid, accounts in sorted(by_provider.items()):
-        states = [a.state(now) for a in accounts]
-        cooling_until = [u for a in accounts if a.state(now) == "cooling" and (u := a.cooldown_until(now=now))]
+    for pid, group in sorted(by_provider.items()):
+        states = [a.state(now) for a in group]
+        cooling_until = [u for a in group if a.state(now) == "cooling" and (u := a.cooldown_until(now=now))]
         providers.append({
             "provider": pid,
-            "accounts": [account_view(a, now) for a in accounts],
+            "accounts": [account_view(a, now) for a in group],
             "ready": states.count("ready"),
             "cooling": states.count("cooling"),
             "needs_reauth": states.count("needs-reauth"),
@@ -62,8 +62,11 @@ def pool_status(pool: Pool, now: float | None = None) -> dict[str, Any]:
 
 def fix_command(a: Account) -> str | None:
     """The command that brings back an account that needs re-auth (None if it does not)."""
-    if not a.needs_reauth:
-        return None
+    return relogin_command(a) if a.needs_reauth else None
+
+
+def relogin_command(a: Account) -> str:
+    """The command that gives the account a new login (OAuth) or a new key: the one place it is written."""
     label = shlex.quote(a.label)  # labels may hold spaces: the command must paste as is
     if a.kind == "oauth":
         return f"authpool login {a.provider} --label {label}"

@@ -49,6 +49,7 @@ import httpx2
 
 from authpool.accounts.model import Account, PoolFile, RefreshFailing, RefreshJournal
 from authpool.accounts.secret import Secret, TokenSet
+from authpool.accounts.views import relogin_command
 from authpool.auth.journal import describe_interrupted, new_record
 from authpool.auth.oauth import (
     TOKEN_CALL_LIMIT,
@@ -316,7 +317,7 @@ class Refresher:
             log.debug("account %s was refreshed by another process; using its token", acc.name)
             return Renewal(secrets.load(acc.id, acc.secret_generation), performed=False)
         if acc.needs_reauth:
-            raise ReauthRequired(_reauth_message(acc.name, acc.id))
+            raise ReauthRequired(_reauth_message(acc))
         secret = secrets.load_fresh(acc.id)
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
@@ -331,7 +332,7 @@ class Refresher:
                                  f"{failing.describe()}", reason=failing.reason)
         if not secret.refresh_token:
             self._mark_reauth(acc.id, "no refresh token stored", None)
-            raise ReauthRequired(_reauth_message(acc.name, acc.id, "no refresh token is stored"))
+            raise ReauthRequired(_reauth_message(acc, "no refresh token is stored"))
         # A record left by a refresh whose answer never landed: the stored refresh token may be
         # dead already. Nothing better exists than trying it; if it was, the record says why.
         interrupted = acc.pending_refresh()
@@ -349,7 +350,7 @@ class Refresher:
         except InvalidGrant:
             why = describe_interrupted(interrupted) if interrupted is not None else None
             self._mark_reauth(acc.id, "refresh token rejected (invalid_grant)", why)
-            raise ReauthRequired(_reauth_message(acc.name, acc.id, interrupted=why)) from None
+            raise ReauthRequired(_reauth_message(acc, interrupted=why)) from None
         except RefreshError as e:
             self._record_failure(acc.id, e, mode, interrupted)
             raise
@@ -474,11 +475,8 @@ def _stored(generation: int, new: Secret, tokens: TokenSet) -> Callable[[Account
     return bump
 
 
-def _reauth_message(name: str, account_id: str, why: str = "its refresh token was rejected", *,
+def _reauth_message(acc: Account, why: str = "its refresh token was rejected", *,
                     interrupted: str | None = None) -> str:
-    provider = name.split("/", 1)[0]
-    label = name.split("/", 1)[1] if "/" in name else name
     if interrupted is not None:
         why = f"{interrupted}, and the provider then revoked the login (the rotated refresh token was lost)"
-    return (f"account {name} ({account_id}) needs a new login: {why}; run "
-            f"`authpool login {provider} --label {label}`")
+    return f"account {acc.name} ({acc.id}) needs a new login: {why}; run `{relogin_command(acc)}`"

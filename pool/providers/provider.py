@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -167,6 +168,20 @@ class Provider(BaseModel):
         if style == "bearer":
             return "authorization", "Bearer ", extra
         return style[7:].lower(), "", extra
+
+    def refuse_credential_headers(self, names: Iterable[str]) -> None:
+        """Raise if a caller's header would carry a credential: the pool attaches those itself.
+
+        Raises:
+            InvalidInput: one of ``names`` is a credential header (``Authorization``, ``x-api-key`` …).
+        """
+        forbidden = self.all_credential_header_names()
+        for name in names:
+            if name.strip().lower() in forbidden:
+                raise InvalidInput(
+                    f"header {name!r} carries credentials (the request already has a {name} header); authpool sets "
+                    "credentials itself and callers cannot set or override them"
+                )
 
     def all_credential_header_names(self) -> frozenset[str]:
         """Every header that carries a credential for this provider (callers may not set these)."""

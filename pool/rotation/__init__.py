@@ -1,1 +1,19 @@
-"""rotation."""
+"""Rotation: one logical request served by whichever account can serve it (decisions and drivers)."""
+
+from __future__ import annotations
+
+from authpool.rotation.driver import PoolTransport
+from authpool.rotation.engine import Attempt, RequestResult, RotationOptions
+from authpool.rotation.sse import SSEEvent, StreamVerdict, assemble_text, judge_prefix, parse_events
+
+__all__ = [
+    "Attempt",
+    "PoolTransport",
+    "RequestResult",
+    "RotationOptions",
+    "SSEEvent",
+    "StreamVerdict",
+    "assemble_text",
+    "judge_prefix",
+    "parse_events",
+]

@@ -39,11 +39,11 @@ import httpx2
 
 from authpool.accounts.model import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
 from authpool.accounts.secret import Secret
+from authpool.accounts.views import relogin_command
 from authpool.auth.refresh import Contended, RefreshMode, Renewal
 from authpool.errors import (
     AllAccountsCooling,
     BodyNotReplayable,
-    InvalidInput,
     NoAccounts,
     OriginRefused,
     PoolError,
@@ -296,13 +296,7 @@ class _Engine:
                 f"refusing to send {self.provider.id} credentials to {origin}: not one of the provider's "
                 f"origins ({', '.join(sorted(self.provider.allowed_origins)) or 'none configured'})"
             )
-        forbidden = self.provider.all_credential_header_names()
-        for name in self.request.headers:
-            if name.lower() in forbidden:
-                raise InvalidInput(
-                    f"the request already has a {name} header; authpool sets credentials itself and "
-                    "does not let callers override them"
-                )
+        self.provider.refuse_credential_headers(self.request.headers.keys())
 
     def _choose(self) -> Generator[Effect, Any, Account]:
         while True:
@@ -647,8 +641,7 @@ class _Engine:
             elif state == "refresh-failing" and (failing := a.failing_refresh()) is not None:
                 state = failing.describe()
             elif state == "needs-reauth":
-                state += f" (run `authpool login {a.provider} --label {a.label}`)" if a.kind == "oauth" else \
-                    " (replace its key)"
+                state += f" (run `{relogin_command(a)}`)" if a.kind == "oauth" else " (replace its key)"
             states.append(f"{a.name}: {state}")
         return head + (f" ({'; '.join(states)})" if states else "")
 

@@ -364,7 +364,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from authpool.accounts.views import pool_status
 
     pool = Pool.open()
-    report = pool_status(pool)
+    report = pool_status(pool.accounts())
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

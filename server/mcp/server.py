@@ -422,7 +422,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:  # noqa: PLR0915 -
 
 def _pool_report(pool: Pool) -> PoolStatus:
     now = time.time()
-    report = pool_status(pool, now)
+    report = pool_status(pool.accounts(), now)
     accounts = {a.id: a for a in pool.accounts()}
     return PoolStatus(
         now=iso(now) or "",
