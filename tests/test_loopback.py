@@ -407,6 +407,34 @@ def test_set_hang_delays_api_requests_until_turned_off(provider: LoopbackProvide
         assert message(c, {"x-api-key": key}).status_code == 200
 
 
+def test_held_api_requests_wait_at_the_gate_until_released_in_arrival_order(provider: LoopbackProvider) -> None:
+    """hold_api_requests: requests wait (counted) until released, the oldest first; releasing all stops holding."""
+    key = provider.add_api_key("a@example.com")
+    provider.hold_api_requests()
+    statuses: list[tuple[int, int]] = []
+
+    def call(n: int) -> None:
+        with new_client(provider.base_url, timeout=60) as c:
+            statuses.append((n, message(c, {"x-api-key": key}).status_code))
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    assert provider.wait_for_held_requests(1)
+    second = threading.Thread(target=call, args=(2,))
+    second.start()
+    assert provider.wait_for_held_requests(2) and provider.wait_for_api_calls(2)
+    assert statuses == [] and provider.held_requests() == 2
+    provider.release_api_requests(1)
+    first.join(timeout=30)
+    assert statuses == [(1, 200)] and provider.held_requests() == 1
+    provider.release_api_requests()
+    second.join(timeout=30)
+    assert statuses == [(1, 200), (2, 200)] and provider.held_requests() == 0
+    with new_client(provider.base_url) as c:
+        assert message(c, {"x-api-key": key}).status_code == 200  # no longer holding
+    assert provider.snapshot()["api_calls"] == 3
+
+
 # ---- helper endpoints --------------------------------------------------------------------------
 
 
