@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from authpool.server.front import TRUNCATION_MARKER
+from authpool.server.mcp.proxy import TRUNCATION_MARKER
 from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import assert_no_secrets
 from tests.mcp_support import TOOLS, Lab, RawServer, assert_no_traceback, assert_tool_error, mcp_session, text_of
