@@ -399,7 +399,7 @@ def test_injected_failures_hit_the_next_n_requests(provider: LoopbackProvider, c
 def test_set_hang_delays_api_requests_until_turned_off(provider: LoopbackProvider) -> None:
     """A hanging provider trips the client's timeout; set_hang(0) restores service."""
     key = provider.add_api_key("a@example.com")
-    provider.set_hang(10)
+    provider.set_hang(100)
     with new_client(provider.base_url, timeout=0.2) as c:
         with pytest.raises(httpx2.ReadTimeout):
             message(c, {"x-api-key": key})
