@@ -129,8 +129,8 @@ def test_add_oauth_warns_that_a_token_set_without_a_refresh_token_cannot_be_rene
 @pytest.mark.parametrize(("args", "fragment"), [
     (["-H", "bad name: 1"], "header name 'bad name' is not a valid HTTP header name"),
     (["-H", "x-note: café"], "the value of header 'x-note' contains characters an HTTP header cannot carry"),
-    (["-H", "Host: elsewhere.example"], "header 'Host' is set by authpool's HTTP client, not by callers"),
-    (["-H", "Content-Length: 5"], "header 'Content-Length' is set by authpool's HTTP client"),
+    (["-H", "Host: elsewhere.example"], "header 'host' is set by authpool's HTTP client, not by callers"),
+    (["-H", "Content-Length: 5"], "header 'content-length' is set by authpool's HTTP client"),
     (["-H", "x-api-key: sk-caller-chosen"], "header 'x-api-key' carries credentials"),
     (["-H", "no colon here"], "bad header 'no colon here': use 'Name: value'"),
     (["--method-instead", "FETCH"], "unsupported method 'FETCH'; use one of DELETE, GET"),

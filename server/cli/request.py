@@ -113,7 +113,8 @@ def print_trail(attempts: list[Attempt]) -> None:
 
 
 def parse_headers(values: list[str]) -> dict[str, str]:
-    """``-H 'K: V'`` options as a dict.
+    """``-H 'K: V'`` options as a dict, names lower-cased (HTTP names are case-insensitive; errors name
+    them as the pool's client sees them).
 
     Raises:
         InvalidInput: a header without a colon.
@@ -123,7 +124,7 @@ def parse_headers(values: list[str]) -> dict[str, str]:
         name, sep, value = raw.partition(":")
         if not sep or not name.strip():
             raise InvalidInput(f"bad header {raw!r}: use 'Name: value'")
-        out[name.strip()] = value.strip()
+        out[name.strip().lower()] = value.strip()
     return out
 
 
