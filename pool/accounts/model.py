@@ -110,6 +110,15 @@ class RefreshJournal(_Model):
     from_generation: int
     process_start: str | None = None  # tells a reused pid apart from the owner (Linux: start ticks)
     outcome_unknown: bool = False  # sent, but no answer came back (timed out, connection lost)
+    # After this the request cannot reach the provider any more (the call's own time limit). A
+    # refresh presenting the same token earlier could be overtaken by it: the login revoked.
+    deadline: float | None = None
+    # An interrupted refresh this one found and superseded: the likelier cause of a lost rotation.
+    earlier: RefreshJournal | None = None
+
+    def settles_at(self) -> float:
+        """When the recorded request can no longer reach the provider (records without one: 3 minutes on)."""
+        return self.deadline if self.deadline is not None else self.started_at + 180.0
 
 
 class RefreshFailing(_Model):

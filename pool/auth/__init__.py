@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import importlib
 
-from authpool.auth.refresh import Flight, Refresher, Renewal, drain, in_flight
+from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, in_flight
+from authpool.auth.refresh import Keeper, Refresher
 
 __all__ = [
     "DeviceEvent",
     "DeviceFlow",
     "Flight",
+    "Keeper",
     "LoginResult",
     "LoginTokens",
+    "RefreshMode",
     "Refresher",
     "Renewal",
     "browser_login",

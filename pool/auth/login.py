@@ -43,7 +43,6 @@ from authpool.accounts.model import Account, validate_label
 from authpool.accounts.secret import TokenSet
 from authpool.auth.oauth import (
     TOKEN_TIMEOUT,
-    InvalidGrant,
     build_token_request,
     describe_transport_error,
     parse_token_response,
@@ -53,6 +52,7 @@ from authpool.auth.redirect import RedirectListener
 from authpool.errors import (
     ConfigError,
     DuplicateLabel,
+    InvalidGrant,
     InvalidInput,
     LoginCancelled,
     LoginError,

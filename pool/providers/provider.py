@@ -108,8 +108,12 @@ class Provider(BaseModel):
     refresh_advisory: float = Field(default=300.0, ge=0)  # seconds before expiry: try to refresh
     refresh_mandatory: float = Field(default=60.0, ge=0)  # seconds before expiry: must refresh
     # Seconds a request waits for a token call before moving on; the call itself goes on (up to
-    # TOKEN_CALL_LIMIT) and its answer is stored, because the provider may have rotated already.
+    # token_call_limit) and its answer is stored, because the provider may have rotated already.
     token_timeout: float = Field(default=30.0, gt=0)
+    # Seconds a token call may take in all, answer included; it is read that long whatever the
+    # request that started it does. Also how long a refresh interrupted mid-call (SIGKILL) keeps
+    # the account's renewal waiting: its request may still reach the provider until then.
+    token_call_limit: float = Field(default=150.0, gt=0, le=3600)
     timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
 
     @field_validator("id")

@@ -40,7 +40,7 @@ import httpx2
 from authpool.accounts.model import WHOLE_ACCOUNT, Account, Cooldown, PoolFile, SessionBinding
 from authpool.accounts.secret import Secret
 from authpool.accounts.views import relogin_command
-from authpool.auth.refresh import Contended, RefreshMode, Renewal
+from authpool.auth.flight import RefreshMode, Renewal
 from authpool.errors import (
     AllAccountsCooling,
     BodyNotReplayable,
@@ -403,10 +403,9 @@ class _Engine:
             self.last_error = RefreshError(f"renewing {acc.name} is failing: {failing.describe()}")
             return None
         try:
-            renewed: Renewal = yield _Refresh(acc, mode, self._refresh_wait())
-            return renewed.secret
-        except Contended:
-            return secret  # advisory: someone else is renewing; the current token is still valid
+            renewed: Renewal | None = yield _Refresh(acc, mode, self._refresh_wait())
+            # None: advisory, and someone else is renewing it; the current token is still valid.
+            return renewed.secret if renewed is not None else secret
         except (RefreshError, ReauthRequired) as e:
             if mode == "advisory" and isinstance(e, RefreshError):
                 log.info("advisory refresh of %s failed (%s); using the current token", acc.name, e)
