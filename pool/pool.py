@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from authpool.accounts.model import Account, AccountKind, PoolFile, validate_label, validate_provider_id
 from authpool.accounts.secret import Secret, TokenSet, time_left
-from authpool.accounts.usage import UsageLog
 from authpool.errors import AccountNotFound, InvalidInput, SecretError
 from authpool.home import Home
 from authpool.providers.provider import Provider, Providers
+from authpool.rotation.usage import UsageLog
 from authpool.storage.filestore import Store
-from authpool.storage.lock import Lock
+from authpool.storage.lock import DEFAULT_TIMEOUT
+from authpool.storage.protocols import HeldLock
 from authpool.storage.secrets import SecretStore, canonical_backend
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class Pool:
             return source.name, destination.name, 0
         ids = sorted(a.id for a in self.accounts())
         locks = [self.secret_lock(i) for i in ids]
-        held: list[Lock] = []
+        held: list[HeldLock] = []
         try:
             for lock in locks:
                 lock.acquire()
@@ -153,9 +154,9 @@ class Pool:
                 lock.release()
         return source.name, destination.name, len(ids)
 
-    def secret_lock(self, account_id: str) -> Lock:
+    def secret_lock(self, account_id: str) -> HeldLock:
         """The per-account lock under which its secret is refreshed or replaced."""
-        return Lock(self.home.lock_file(f"account-{account_id}"))
+        return self.store.named_lock(f"account-{account_id}", DEFAULT_TIMEOUT)
 
     # -- providers and requests --------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class Pool:
         for a cooling pool), ``on_progress`` (called while waiting).
         """
         from authpool.rotation.driver import PoolTransport
-        from authpool.rotation.engine import RotationOptions
+        from authpool.rotation.result import RotationOptions
 
         return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
 

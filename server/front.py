@@ -17,7 +17,7 @@ import httpx2
 
 from authpool import InvalidInput, NoAccounts, Pool, RequestFailed
 from authpool.providers.provider import Provider
-from authpool.rotation.engine import RequestResult
+from authpool.rotation import RequestResult
 from authpool.rotation.sse import assemble_text, parse_events
 
 __all__ = ["ProxyCall", "ProxyOutcome", "run_proxy"]

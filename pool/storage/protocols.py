@@ -9,6 +9,7 @@ contract test suite (``tests/test_storage_contracts.py``) that every implementat
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+from types import TracebackType
 from typing import Protocol, TypeVar
 
 from authpool.accounts.model import PoolFile
@@ -27,6 +28,13 @@ class HeldLock(Protocol):
 
     def release(self) -> None:
         """Let the next waiter in."""
+
+    def __enter__(self) -> HeldLock:
+        """Acquire (``with lock:``)."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Release."""
 
 
 class MetadataStore(Protocol):

@@ -16,7 +16,7 @@ import time
 import httpx2
 
 from authpool import InvalidInput, NoAccounts, Pool, RequestFailed
-from authpool.rotation.engine import Attempt, RequestResult
+from authpool.rotation import Attempt, RequestResult
 
 __all__ = ["parse_headers", "print_trail", "read_body", "run_request"]
 

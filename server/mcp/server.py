@@ -29,7 +29,7 @@ from authpool import Pool, PoolError
 from authpool.accounts.model import Account
 from authpool.accounts.views import account_view, fix_command, pool_status
 from authpool.auth.refresh import Flight, drain
-from authpool.rotation.engine import Attempt, RequestResult
+from authpool.rotation import Attempt, RequestResult
 from authpool.server.front import ProxyCall, ProxyOutcome, run_proxy
 from authpool.server.mcp.boundary import PoolServer
 
