@@ -17,7 +17,8 @@ from authpool.accounts.model import Account, AccountKind, PoolFile, validate_lab
 from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.errors import AccountNotFound, InvalidInput, SecretError
 from authpool.home import Home
-from authpool.providers.provider import Provider, Providers
+from authpool.providers.config import Providers
+from authpool.providers.provider import Provider
 from authpool.rotation.usage import UsageLog
 from authpool.storage.filestore import Store
 from authpool.storage.lock import DEFAULT_TIMEOUT

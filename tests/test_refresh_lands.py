@@ -28,7 +28,7 @@ from authpool import RequestFailed
 from authpool.auth import drain
 from authpool.auth.journal import describe_interrupted, new_record, owner_alive
 from authpool.auth.refresh import refresh_backoff
-from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
 from tests.mcp_support import RawServer
 

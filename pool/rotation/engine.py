@@ -238,13 +238,9 @@ class Engine:
     def _check_request(self) -> None:
         if self.request.has_userinfo:
             raise OriginRefused("refusing a URL with a user name or password (user@host)")
-        origin = self.request.origin  # as the HTTP client will connect to it, from its own parsed URL
-        if origin not in self.provider.allowed_origins:
-            # Also the path a cross-origin redirect takes: it arrives here as a new request.
-            raise OriginRefused(
-                f"refusing to send {self.provider.id} credentials to {origin}: not one of the provider's "
-                f"origins ({', '.join(sorted(self.provider.allowed_origins)) or 'none configured'})"
-            )
+        # The origin as the HTTP client will connect to it, from its own parse of the URL. Also
+        # the path a cross-origin redirect takes: it arrives here as a new request.
+        self.provider.check_destination(self.request.origin, self.request.path, self.request.path)
         self.provider.refuse_credential_headers(self.request.header_names)
 
     def _scope(self, pool: PoolFile) -> list[Account]:

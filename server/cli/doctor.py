@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from authpool import Home, Pool, PoolError, Store
 from authpool.accounts.model import PoolFile
 from authpool.errors import StoreCorrupt
-from authpool.providers.provider import Providers
+from authpool.providers.config import Providers
 
 __all__ = ["Finding", "run_doctor"]
 

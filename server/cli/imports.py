@@ -29,7 +29,7 @@ from authpool.importers import (
     scan_source,
     select,
 )
-from authpool.providers.provider import Providers
+from authpool.providers.config import Providers
 from authpool.server.cli.main import relative
 
 __all__ = ["add_parser", "cmd_import"]
