@@ -24,6 +24,7 @@ __all__ = [
     "WHOLE_ACCOUNT",
     "Account",
     "AccountKind",
+    "AccountState",
     "Cooldown",
     "Counters",
     "PoolFile",
@@ -39,6 +40,8 @@ SCHEMA_VERSION = 2
 WHOLE_ACCOUNT = "*"  # cooldown scope meaning "every model of the account"
 
 AccountKind = Literal["oauth", "api_key"]
+# What an account can do now, as every view shows it (see accounts.transitions for how it moves).
+AccountState = Literal["ready", "cooling", "needs-reauth", "refresh-failing", "disabled"]
 Count = Annotated[int, Field(ge=0)]  # counters and generations only grow from zero
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -197,7 +200,7 @@ class Account(_Model):
                 latest = cd.until
         return latest
 
-    def state(self, now: float | None = None) -> str:
+    def state(self, now: float | None = None) -> AccountState:
         """``disabled`` | ``needs-reauth`` | ``refresh-failing`` | ``cooling`` | ``ready`` (whole-account view)."""
         if not self.enabled:
             return "disabled"

@@ -570,7 +570,7 @@ class Engine:
         now = self.clock.now()
         states = []
         for a in self._scope(pool):
-            state = a.state(now)
+            state: str = a.state(now)
             until = a.cooldown_until(self.model or WHOLE_ACCOUNT, now)
             if state == "ready" and until is not None:
                 state = f"cooling for {self.model} until {_clock(until)}"
