@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from authpool.accounts.model import Account, Cooldown, PoolFile, SessionBinding
+from authpool.accounts.model import Account, Cooldown, PoolFile, Rows, SessionBinding
 from authpool.accounts.secret import Secret
 from authpool.auth.flight import Renewal
 from authpool.errors import AllAccountsCooling, OriginRefused, PoolError, RefreshError, RequestFailed
@@ -129,8 +129,10 @@ class Driver:
             return None
         if isinstance(effect, Write):
             self.writes.append(effect.what)
-            fresh = copy.deepcopy(self.pool)  # a store applies each change to a fresh read
-            result = effect.change(fresh)
+            fresh = copy.deepcopy(self.pool)  # a store applies each change to a fresh read of the rows named
+            rows = Rows({a.id: a for a in fresh.accounts if a.id in effect.ids}, fresh.sessions)
+            result = effect.change(rows)
+            fresh.sessions = rows.sessions
             self.pool = PoolFile.model_validate(fresh.model_dump())
             return result
         if isinstance(effect, Refresh):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from authpool.accounts.model import Account, PoolFile
-from authpool.errors import InvalidInput, LockTimeout
+from authpool.accounts.model import Account, PoolFile, Rows, SessionBinding
+from authpool.errors import AccountNotFound, InvalidInput, LockTimeout
 from authpool.home import Home
 from authpool.storage.filestore import Store
 from authpool.storage.protocols import MetadataStore
@@ -92,6 +92,24 @@ class TestMetadataStoreContract:
         with pytest.raises(InvalidInput, match="duplicate label"):
             store.update(_add("acct0002", "one"))
         assert [x.id for x in open_store().read().accounts] == ["acct0001"]
+
+    def test_an_account_update_sees_only_the_accounts_it_names_and_the_sessions(self, open_store: Opener) -> None:
+        """update_accounts: the named rows (a removed one is absent), fresh; the change lands for every handle."""
+        a, b = open_store(), open_store()
+        a.update(_add("acct0001", "one"))
+        a.update(_add("acct0002", "two"))
+
+        def change(rows: Rows) -> list[str]:
+            rows.get("acct0001").enabled = False
+            rows.sessions["acme/s"] = SessionBinding(account_id="acct0001", expires_at=2e9)
+            return sorted(rows.accounts)
+
+        assert b.update_accounts(("acct0001", "gone0001"), change) == ["acct0001"]
+        pool = a.read()
+        assert [x.enabled for x in pool.accounts] == [False, True]
+        assert pool.sessions["acme/s"].account_id == "acct0001"
+        with pytest.raises(AccountNotFound):
+            a.update_accounts(("gone0001",), lambda rows: rows.get("gone0001"))
 
     def test_the_version_moves_on_every_write_and_only_then(self, open_store: Opener) -> None:
         """version() changes when the metadata does, seen from any handle."""

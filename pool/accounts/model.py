@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,7 @@ __all__ = [
     "PoolFile",
     "RefreshFailing",
     "RefreshJournal",
+    "Rows",
     "SessionBinding",
     "new_account_id",
     "validate_label",
@@ -228,6 +230,30 @@ class SessionBinding(_Model):
 
     account_id: str
     expires_at: float
+
+
+@dataclass
+class Rows:
+    """The part of the pool one update touches: the accounts it named (those that still exist) and
+    the session bindings.
+
+    A store locks and rewrites only these (``MetadataStore.update_accounts``); an update that
+    needs the whole pool (adding or removing accounts) uses ``MetadataStore.update``.
+    """
+
+    accounts: dict[str, Account]
+    sessions: dict[str, SessionBinding]
+
+    def get(self, account_id: str) -> Account:
+        """The account ``account_id``.
+
+        Raises:
+            AccountNotFound: it was removed meanwhile.
+        """
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            raise AccountNotFound(account_id) from None
 
 
 class PoolFile(_Model):

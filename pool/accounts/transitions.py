@@ -19,9 +19,9 @@ from collections.abc import Callable
 from authpool.accounts.model import (
     Account,
     Cooldown,
-    PoolFile,
     RefreshFailing,
     RefreshJournal,
+    Rows,
     SessionBinding,
 )
 
@@ -74,10 +74,10 @@ def confirm_success(a: Account, scopes: tuple[str, ...], now: float) -> None:
     a.probation = a.probation and bool(a.cooldowns)
 
 
-def bind_session(pool: PoolFile, key: str, binding: SessionBinding, now: float) -> None:
+def bind_session(rows: Rows, key: str, binding: SessionBinding, now: float) -> None:
     """Keep session ``key`` on an account; expired bindings of every session are pruned."""
-    pool.sessions = {k: v for k, v in pool.sessions.items() if v.expires_at > now}
-    pool.sessions[key] = binding
+    rows.sessions = {k: v for k, v in rows.sessions.items() if v.expires_at > now}
+    rows.sessions[key] = binding
 
 
 # -- refusals ------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ import anyio
 import httpx2
 
 from authpool.accounts import transitions
-from authpool.accounts.model import Account, PoolFile, RefreshJournal
+from authpool.accounts.model import Account, RefreshJournal, Rows
 from authpool.accounts.secret import TokenSet
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, exiting, in_flight, launch, mark_sending
@@ -350,10 +350,10 @@ class Refresher:
             client.close()
 
     def _update(self, account_id: str, change: Callable[[Account], None]) -> None:
-        def apply(pool: PoolFile) -> None:
-            change(pool.find(account_id))
+        def apply(rows: Rows) -> None:
+            change(rows.get(account_id))
 
-        self.keeper.store.update(apply)
+        self.keeper.store.update_accounts((account_id,), apply)
 
 
 def _pending(provider: Provider, flight: Flight, wait: float | None) -> RefreshPending:

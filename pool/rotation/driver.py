@@ -257,7 +257,7 @@ class _Run:
             time.sleep(effect.seconds)
             return None
         if isinstance(effect, Write):
-            return self.host.store.update(effect.change)
+            return self.host.store.update_accounts(effect.ids, effect.change)
         if isinstance(effect, TryProbe):
             return self._probe(effect.account_id)
         if isinstance(effect, Refresh):
@@ -293,7 +293,7 @@ class _Run:
             await anyio.sleep(effect.seconds)
             return None
         if isinstance(effect, Write):
-            return await anyio.to_thread.run_sync(self.host.store.update, effect.change)
+            return await anyio.to_thread.run_sync(self.host.store.update_accounts, effect.ids, effect.change)
         if isinstance(effect, TryProbe):
             return await anyio.to_thread.run_sync(self._probe, effect.account_id)
         if isinstance(effect, Refresh):

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from authpool.accounts.model import Account, PoolFile
+from authpool.accounts.model import Account, Rows
 from authpool.auth.flight import RefreshMode
 
 __all__ = [
@@ -145,13 +145,14 @@ class Sleep:
 
 @dataclass(frozen=True)
 class Write:
-    """-> whatever ``change`` returns: apply it to a fresh read of the store, under its lock.
+    """-> whatever ``change`` returns: apply it to a fresh read of the accounts ``ids``, under the store's lock.
 
     ``change`` is built from :mod:`authpool.accounts.transitions`; ``what`` names it.
     """
 
     what: str
-    change: Callable[[PoolFile], Any]
+    ids: tuple[str, ...]
+    change: Callable[[Rows], Any]
 
 
 @dataclass(frozen=True)

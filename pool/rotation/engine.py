@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authpool.accounts import transitions
-from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, SessionBinding
+from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, Rows, SessionBinding
 from authpool.accounts.secret import Secret
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import RefreshMode, Renewal
@@ -397,11 +397,11 @@ class Engine:
         error = f"rate limited until {_clock(decision.until)} ({decision.source})" + (
             f" for model {scope}" if scope != WHOLE_ACCOUNT else "")
 
-        def cool(pool: PoolFile) -> None:
-            transitions.cool(pool.find(acc.id), scope=scope, until=decision.until, reason=reason, now=now,
+        def cool(rows: Rows) -> None:
+            transitions.cool(rows.get(acc.id), scope=scope, until=decision.until, reason=reason, now=now,
                              exponential=decision.is_default, status=status, error=error)
 
-        yield Write("cool", cool)
+        yield Write("cool", (acc.id,), cool)
         detail = decision.source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
         self._note(acc, status, outcome, elapsed, cooldown_until=decision.until, detail=detail)
         self.tried.add(acc.id)
@@ -448,10 +448,10 @@ class Engine:
         self.tried.add(acc.id)
         dead = status == 401 and self.accepted
 
-        def refuse(pool: PoolFile) -> None:
-            transitions.refused(pool.find(acc.id), status, dead=dead)
+        def refuse(rows: Rows) -> None:
+            transitions.refused(rows.get(acc.id), status, dead=dead)
 
-        yield Write("refuse", refuse)
+        yield Write("refuse", (acc.id,), refuse)
         if status != 401:
             self._note(acc, status, "forbidden", elapsed, detail=transitions.FORBIDDEN)
             return
@@ -470,14 +470,13 @@ class Engine:
             return
         for attempt in suspects:
             attempt.outcome, attempt.detail = "needs_reauth", transitions.DEAD
-        ids = {attempt.account_id for attempt in suspects}
+        ids = tuple(sorted({attempt.account_id for attempt in suspects}))
 
-        def confirm(pool: PoolFile) -> None:
-            for a in pool.accounts:  # removed meanwhile: nothing to mark
-                if a.id in ids:
-                    transitions.confirm_refusal(a)
+        def confirm(rows: Rows) -> None:
+            for a in rows.accounts.values():  # removed meanwhile: nothing to mark
+                transitions.confirm_refusal(a)
 
-        yield Write("confirm-refusals", confirm)
+        yield Write("confirm-refusals", ids, confirm)
 
     def _finish(self, acc: Account, answer: Answer) -> Generator[Effect, Any, Served]:
         now = self.clock.now()
@@ -490,14 +489,14 @@ class Engine:
             # and a probation would outlive the success that ended it.
             scopes = self._scopes()
 
-            def succeeded(pool: PoolFile) -> None:
-                for a in pool.accounts:  # removed meanwhile: nothing to reset, the response still stands
-                    if a.id == acc.id and success:
-                        transitions.confirm_success(a, scopes, now)
+            def succeeded(rows: Rows) -> None:
+                a = rows.accounts.get(acc.id)  # removed meanwhile: nothing to reset, the response still stands
+                if a is not None and success:
+                    transitions.confirm_success(a, scopes, now)
                 if bind is not None:
-                    transitions.bind_session(pool, bind[0], bind[1], now)
+                    transitions.bind_session(rows, bind[0], bind[1], now)
 
-            yield Write("success", succeeded)
+            yield Write("success", (acc.id,), succeeded)
         reset = latest_reset(answer.headers, self.provider.reset_headers, now) if success else None
         return Served(acc, status, list(self.attempts), reset)
 

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from authpool.accounts import transitions
-from authpool.accounts.model import Account, PoolFile
+from authpool.accounts.model import Account, Rows
 from authpool.errors import PoolError
 from authpool.rotation.strategy import UsageView
 from authpool.storage.protocols import MetadataStore
@@ -111,17 +111,16 @@ class UsageLog:
         if not pending:
             return
 
-        def apply(pool: PoolFile) -> None:
-            by_id = {a.id: a for a in pool.accounts}
+        def apply(rows: Rows) -> None:
             for account_id, p in pending.items():
-                acc = by_id.get(account_id)
-                if acc is None:
+                acc = rows.accounts.get(account_id)
+                if acc is None:  # removed meanwhile
                     continue
                 transitions.record_usage(acc, requests=p.requests, last_used_at=p.last_used_at,
                                          last_status=p.last_status, quota_resets_at=p.quota_resets_at)
 
         try:
-            self.store.update(apply)
+            self.store.update_accounts(tuple(pending), apply)
         except PoolError as e:
             # Counters are best-effort; put them back so a later flush can try again.
             log.warning("could not record usage counters: %s", e)

@@ -21,14 +21,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 from pydantic import ValidationError
 
-from authpool.accounts.model import SCHEMA_VERSION, PoolFile
+from authpool.accounts.model import SCHEMA_VERSION, PoolFile, Rows
 from authpool.errors import InvalidInput, LockLost, StoreCorrupt, StoreError, StoreVersionError
 from authpool.home import Home
 from authpool.storage.atomicfile import write_atomic
@@ -225,6 +225,18 @@ class Store:
         return await anyio.to_thread.run_sync(self.update, change)
 
     # -- the rest of the MetadataStore protocol -------------------------------------------
+
+    def update_accounts(self, ids: Collection[str], change: Callable[[Rows], T]) -> T:
+        """:meth:`update` limited to some accounts and the sessions (the pool file rewrites them all)."""
+        wanted = set(ids)
+
+        def apply(pool: PoolFile) -> T:
+            rows = Rows({a.id: a for a in pool.accounts if a.id in wanted}, pool.sessions)
+            result = change(rows)
+            pool.sessions = rows.sessions
+            return result
+
+        return self.update(apply)
 
     @property
     def location(self) -> str:

@@ -8,11 +8,11 @@ contract test suite (``tests/test_storage_contracts.py``) that every implementat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from authpool.accounts.model import PoolFile
+from authpool.accounts.model import PoolFile, Rows
 from authpool.accounts.secret import Secret
 
 __all__ = ["HeldLock", "MetadataStore", "SecretBackend"]
@@ -56,6 +56,13 @@ class MetadataStore(Protocol):
         """Apply ``change`` to a fresh read under the lock, validate, save; return what it returned.
 
         If ``change`` raises, nothing is written.
+        """
+
+    def update_accounts(self, ids: Collection[str], change: Callable[[Rows], T]) -> T:
+        """Apply ``change`` to the accounts ``ids`` (and the session bindings), fresh, under the lock.
+
+        Only these rows are locked, read and written, so the cost follows the change, not the
+        pool. Accounts removed meanwhile are absent from ``Rows.accounts``.
         """
 
     def version(self) -> Hashable:
