@@ -137,22 +137,21 @@ def journal_scenario(home: str, rounds: int, results: Any) -> None:
         acc = pool.add_oauth("acme", "a", TokenSet.parse(lp.add_oauth_account("a")))
         provider = pool.provider("acme")
         refresher = pool.refresher
-        with_journal = Refresher._journal_begin
+        with_journal = Refresher._journal
 
-        def without_journal(self: Refresher, account: Any, flight: Any) -> None:
-            if flight is not None:
-                flight.sent = True
+        def without_journal(self: Refresher, account: Any, provider: Any, interrupted: Any) -> None:
+            return None
 
         samples: dict[bool, list[float]] = {True: [], False: []}
         for i in range(rounds * 2 + 10):
             journal = i % 2 == 0
-            Refresher._journal_begin = with_journal if journal else without_journal  # type: ignore[method-assign]
+            Refresher._journal = with_journal if journal else without_journal  # type: ignore[method-assign]
             seen = pool.get(acc.id).secret_generation
             t = time.perf_counter()
             refresher.renew(provider, acc.id, seen, "force")
             if i >= 10:  # warm-up
                 samples[journal].append(time.perf_counter() - t)
-        Refresher._journal_begin = with_journal  # type: ignore[method-assign]
+        Refresher._journal = with_journal  # type: ignore[method-assign]
         stats = lp.snapshot()
         pool.close()
     results.put({"with": samples[True], "without": samples[False], "reuse": stats["reuse_detected_count"]})

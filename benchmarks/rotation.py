@@ -59,8 +59,9 @@ import anyio
 import httpx2
 
 from authpool import Pool, TokenSet
-from authpool.rotation.driver import PoolTransport
-from authpool.rotation.engine import _Engine
+from authpool.rotation.candidates import in_scope, select
+from authpool.rotation.driver import PoolTransport, facts_of
+from authpool.rotation.engine import Engine
 from authpool.server.loopback import LoopbackProvider
 from benchmarks import stats
 from benchmarks.stats import load_note, machine, md_table, pct, table, us
@@ -290,7 +291,7 @@ def profile_flavour(setup: Setup, pool: Pool, flavour: str, n: int) -> tuple[Pro
 
 
 def _in_project(where: str) -> bool:
-    return where.startswith(("pool/", "server/"))
+    return where.startswith(("pool/", "server/"))  # repository paths of authpool and authpool.server
 
 
 async def _thread_hop() -> None:
@@ -298,13 +299,19 @@ async def _thread_hop() -> None:
 
 
 def step_breakdown(pool: Pool, sizes: Sizes) -> list[tuple[str, float]]:
-    """Median time of each step the transport adds to a warm request (private helpers: a diagnostic)."""
+    """Median time of each step the transport adds to a warm request (a diagnostic)."""
     transport: PoolTransport = pool.transport("acme")
-    request = httpx2.Request("POST", pool.provider("acme").base_url + PATH, json=BODY)  # type: ignore[operator]
+    provider = pool.provider("acme")
+    request = httpx2.Request("POST", provider.base_url + PATH, json=BODY)  # type: ignore[operator]
     pool_file = pool.store.read()
     acc = pool.get("acme/a1")
-    secret = pool.secret_of(acc)
-    engine = _Engine(transport, request)
+    facts = facts_of(request)
+
+    def usage(a: Any, now: float) -> Any:
+        return transport.usage.view(a, provider.weights, now)
+
+    def engine() -> Engine:
+        return Engine(provider, transport.options, facts, usage=usage)
 
     def timed(fn: Callable[[], Any]) -> float:
         return statistics.median(stats.timed(fn, sizes.steps))
@@ -320,22 +327,23 @@ def step_breakdown(pool: Pool, sizes: Sizes) -> list[tuple[str, float]]:
 
         return anyio.run(run)
 
+    def first_effect() -> Any:
+        return engine().run().send(None)  # the origin and header checks, then ReadPool
+
     steps = [
-        ("anyio.to_thread.run_sync hop (the async _Block effect)", timed_async(_thread_hop)),
-        ("_Engine(...) + _check_request (origin, header scan)",
-         timed(lambda: _Engine(transport, request)._check_request())),
+        ("anyio.to_thread.run_sync hop (an async Write or uncached LoadSecret)", timed_async(_thread_hop)),
+        ("facts_of(request) (the engine's view of it)", timed(lambda: facts_of(request))),
+        ("Engine(...) + its first decisions (origin, base path, headers)", timed(first_effect)),
         ("store.read() (cached: open + fstat + close)", timed(pool.store.read)),
-        ("candidates() (scope, cooldowns, strategy order)",
-         timed(lambda: transport.candidates(pool_file, time.time(), set()))),
+        ("candidates.select() (scope, cooldowns, strategy order)",
+         timed(lambda: select(in_scope(pool_file, "acme", namespace=None, pinned=None), provider, now=time.time(),
+                              exclude=set(), model=None, usage=lambda a: usage(a, time.time())))),
         ("pool.secret_of(acc) (cached by generation)", timed(lambda: pool.secret_of(acc))),
-        ("_with_credentials (copy Headers, new Request)", timed(lambda: engine._with_credentials(acc, secret))),
         ("usage.touch + usage.record + usage.due", timed(lambda: (transport.usage.touch(acc.id),
                                                                    transport.usage.record(acc.id, 200),
                                                                    transport.usage.due()))),
-        ("Attempt + log.info (level WARNING: filtered)", timed(lambda: engine._note(acc, 200, "ok", 0.1))),
         ("pool.provider('acme') (per client, not per request)", timed(lambda: pool.provider("acme"))),
     ]
-    engine.attempts.clear()
     return steps
 
 

@@ -30,6 +30,7 @@ from metadata (ids, labels, paths, status codes) only.
      │    │    ├── RefreshPending          the caller stopped waiting; the refresh goes on
      │    │    └── RefreshBackoff          renewing keeps failing; no token call before a deadline
      │    ├── ReauthRequired               the login is dead; the user must log in again
+     │    │    └── InvalidGrant            the token endpoint rejected the refresh token
      │    └── LoginError                   a login did not complete; nothing was stored
      │         ├── LoginCancelled          denied at the provider, or cancelled
      │         ├── LoginExpired            the device code expired
@@ -54,6 +55,7 @@ __all__ = [
     "BodyNotReplayable",
     "ConfigError",
     "DuplicateLabel",
+    "InvalidGrant",
     "InvalidInput",
     "LockLost",
     "LockTimeout",
@@ -278,6 +280,12 @@ class ReauthRequired(AuthError):
     """The login is no longer valid; the user must log in again."""
 
     code = "needs_reauth"
+
+
+class InvalidGrant(ReauthRequired):
+    """The token endpoint rejected the refresh token (``invalid_grant``)."""
+
+    code = "invalid_grant"
 
 
 class LoginError(AuthError):

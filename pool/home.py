@@ -2,8 +2,8 @@
 
 ``AUTHPOOL_HOME`` wins; otherwise the platform's user data dir for ``authpool``. The directory
 is 0700 and every file in it 0600, because the pool file reveals which accounts exist and the
-vault key file unlocks the encrypted secrets. Wrong modes are repaired on open and the repair is
-reported (``authpool doctor`` lists it), so a permissive umask never leaves secrets readable.
+vault key file unlocks the encrypted secrets. Wrong modes are repaired on open and each repair is
+logged (``authpool doctor`` lists them), so a permissive umask never leaves secrets readable.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from authpool.errors import StoreError
@@ -57,7 +57,6 @@ class Home:
     """
 
     path: Path
-    repaired: list[ModeProblem] = field(default_factory=list)
 
     @classmethod
     def open(cls, path: Path | None = None, *, repair: bool = True) -> Home:
@@ -81,7 +80,6 @@ class Home:
                 except OSError as e:
                     raise StoreError(f"cannot fix the mode of {p.path}: {e.strerror}") from e
                 log.warning("fixed permissions: %s", p)
-            home.repaired = problems
         return home
 
     @property

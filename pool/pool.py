@@ -13,14 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from authpool.accounts.model import Account, AccountKind, PoolFile, validate_label, validate_provider_id
+from authpool.accounts import transitions
+from authpool.accounts.model import Account, AccountKind, PoolFile, Rows, validate_label, validate_provider_id
 from authpool.accounts.secret import Secret, TokenSet, time_left
-from authpool.accounts.usage import UsageLog
 from authpool.errors import AccountNotFound, InvalidInput, SecretError
 from authpool.home import Home
-from authpool.providers.provider import Provider, Providers
+from authpool.providers.config import Providers
+from authpool.providers.provider import Provider
+from authpool.rotation.usage import UsageLog
 from authpool.storage.filestore import Store
-from authpool.storage.lock import Lock
+from authpool.storage.lock import DEFAULT_TIMEOUT
+from authpool.storage.protocols import HeldLock
 from authpool.storage.secrets import SecretStore, canonical_backend
 
 if TYPE_CHECKING:
@@ -124,7 +127,7 @@ class Pool:
             return source.name, destination.name, 0
         ids = sorted(a.id for a in self.accounts())
         locks = [self.secret_lock(i) for i in ids]
-        held: list[Lock] = []
+        held: list[HeldLock] = []
         try:
             for lock in locks:
                 lock.acquire()
@@ -153,9 +156,9 @@ class Pool:
                 lock.release()
         return source.name, destination.name, len(ids)
 
-    def secret_lock(self, account_id: str) -> Lock:
+    def secret_lock(self, account_id: str) -> HeldLock:
         """The per-account lock under which its secret is refreshed or replaced."""
-        return Lock(self.home.lock_file(f"account-{account_id}"))
+        return self.store.named_lock(f"account-{account_id}", DEFAULT_TIMEOUT)
 
     # -- providers and requests --------------------------------------------------------------
 
@@ -220,7 +223,7 @@ class Pool:
         for a cooling pool), ``on_progress`` (called while waiting).
         """
         from authpool.rotation.driver import PoolTransport
-        from authpool.rotation.engine import RotationOptions
+        from authpool.rotation.result import RotationOptions
 
         return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
 
@@ -383,19 +386,13 @@ class Pool:
             generation = current.secret_generation + 1
             self.secrets.save(account_id, secret, generation)
 
-            def bump(pool: PoolFile) -> Account:
-                acc = pool.find(account_id)
-                acc.secret_generation = max(acc.secret_generation, current.secret_generation) + 1
-                if secret.kind == "oauth":
-                    acc.access_expires_at = secret.expires_at
-                    acc.access_lifetime = lifetime if lifetime is not None else time_left(secret.expires_at)
-                    acc.needs_reauth = False
-                # A new secret: a failing or interrupted renewal of the old one no longer matters.
-                acc.refresh_failing = None
-                acc.refresh_journal = None
+            def bump(rows: Rows) -> Account:
+                acc = rows.get(account_id)
+                transitions.new_secret(acc, oauth=secret.kind == "oauth", expires_at=secret.expires_at,
+                                       lifetime=lifetime if lifetime is not None else time_left(secret.expires_at))
                 return acc
 
-            return self.store.update(bump)
+            return self.store.update_accounts((account_id,), bump)
 
     # -- changing --------------------------------------------------------------------------
 
@@ -417,29 +414,22 @@ class Pool:
 
     def set_enabled(self, ref: str, enabled: bool) -> Account:
         """Enable or disable an account (disabled accounts are never picked)."""
-        account_id = self.get(ref).id
-
-        def apply(pool: PoolFile) -> Account:
-            acc = pool.find(account_id)
-            acc.enabled = enabled
-            return acc
-
-        return self.store.update(apply)
+        return self._change(ref, lambda acc: transitions.set_enabled(acc, enabled))
 
     def reset(self, ref: str) -> Account:
-        """Clear cooldowns, backoff (of requests and of a failing token endpoint), needs-reauth and the last error."""
+        """Clear cooldowns (and their probation), backoffs (of requests and of a failing token endpoint),
+        needs-reauth and the last error."""
+        return self._change(ref, transitions.reset)
+
+    def _change(self, ref: str, change: Callable[[Account], None]) -> Account:
         account_id = self.get(ref).id
 
-        def apply(pool: PoolFile) -> Account:
-            acc = pool.find(account_id)
-            acc.cooldowns.clear()
-            acc.backoff_level = 0
-            acc.needs_reauth = False
-            acc.refresh_failing = None
-            acc.last_error = None
+        def apply(rows: Rows) -> Account:
+            acc = rows.get(account_id)
+            change(acc)
             return acc
 
-        return self.store.update(apply)
+        return self.store.update_accounts((account_id,), apply)
 
     def _delete_secret_quietly(self, account_id: str) -> None:
         try:

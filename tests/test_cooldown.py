@@ -18,8 +18,8 @@ import httpx2
 import pytest
 
 from authpool import AllAccountsCooling
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.providers.cooldown import MAX_HONOURED, decide_cooldown, parse_duration, parse_reset, parse_retry_after
-from authpool.providers.provider import BUILTIN_PROVIDERS
 from authpool.server.loopback import LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, run_cli
 

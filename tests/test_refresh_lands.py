@@ -25,9 +25,10 @@ import httpx2
 import pytest
 
 from authpool import RequestFailed
+from authpool.auth import drain
 from authpool.auth.journal import describe_interrupted, new_record, owner_alive
-from authpool.auth.refresh import drain, refresh_backoff
-from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.auth.refresh import refresh_backoff
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
 from tests.mcp_support import RawServer
 
@@ -198,8 +199,10 @@ def test_a_request_with_no_other_account_fails_clearly_while_its_refresh_lands(a
 def test_sigkill_mid_refresh_is_explained_by_the_journal_when_the_provider_revokes_the_login(
     acme: LoopbackPool,
 ) -> None:
-    """SIGKILL while the token call is out loses the rotation: the next refresh is refused, and the
-    account's error names the killed process instead of a bare needs-reauth."""
+    """SIGKILL while the token call is out loses the rotation: once the killed call can no longer reach
+    the provider, the next refresh is refused, and the account's error names the killed process
+    instead of a bare needs-reauth."""
+    acme.configure("acme", token_call_limit=2.0)  # the killed call settles 4 s after it started
     acme.add_oauth("a", expires_in=-60)
     acme.add_api_key("b")
     acme.lp.set_token_delay(DELAY)
@@ -219,32 +222,64 @@ def test_sigkill_mid_refresh_is_explained_by_the_journal_when_the_provider_revok
     after = run_cli(*cli_request_args())
     assert after.returncode == 0, after.stderr
     assert "HTTP 200 from acme/b" in after.stderr
+    # Pinned to a, a request waits out the killed call, then tries the stored token: refused.
+    pinned = run_cli(*cli_request_args("--account", "acme/a", "--wait", "60"))
+    assert pinned.returncode == 1, pinned.stderr
     a = acme.account_json("a")
     assert a["needs_reauth"] is True
     assert f"a refresh was interrupted when process {cli.pid} (authpool request) was killed" in a["last_error"]
     assert "the provider then revoked the login" in a["last_error"]
     assert a["refresh_journal"] is None
-    assert f"process {cli.pid} (authpool request) was killed" in after.stderr
-    assert "`authpool login acme --label a`" in after.stderr
+    said = after.stderr + pinned.stderr
+    assert f"process {cli.pid} (authpool request) was killed" in said
+    assert "`authpool login acme --label a`" in said
     assert acme.lp.snapshot()["reuse_detected_count"] == 1
-    assert_no_secrets([after.stdout, after.stderr, *home_texts(acme.home)], acme.secrets())
+    assert_no_secrets([after.stdout, after.stderr, pinned.stdout, pinned.stderr, *home_texts(acme.home)],
+                      acme.secrets())
+
+
+def _leftover(acme: LoopbackPool, account_id: str, *, settles_in: float) -> None:
+    """A journal record of a process that is gone, whose request settles ``settles_in`` seconds from now."""
+
+    def leave(pool: Any) -> None:
+        record = new_record(1)
+        record.pid, record.process_start = 2**22 + 1, None
+        record.deadline = time.time() + settles_in
+        pool.find(account_id).refresh_journal = record
+
+    acme.pool.store.update(leave)
 
 
 def test_a_journal_entry_whose_token_is_still_good_is_renewed_normally(acme: LoopbackPool) -> None:
-    """A process killed before the provider rotated: the stored refresh token still works, nothing is lost."""
+    """A process killed before the provider rotated: once its call has settled, the stored refresh token
+    still works and nothing is lost."""
     (acc,) = acme.add_oauth("a", expires_in=-60)
-
-    def leftover(pool: Any) -> None:
-        record = new_record(1)
-        record.pid, record.process_start = 2**22 + 1, None  # a process that is gone
-        pool.find(acc.id).refresh_journal = record
-
-    acme.pool.store.update(leftover)
+    _leftover(acme, acc.id, settles_in=-1)
     with acme.pool.sync_client("acme") as client:
         r = client.post(CHAT, json=BODY)
     assert (r.status_code, trail(r)) == (200, [("a", 200, "ok")])
     a = acme.account_json("a")
     assert (a["secret_generation"], a["refresh_journal"], a["needs_reauth"]) == (2, None, False)
+
+
+def test_a_killed_refresh_whose_request_may_still_land_is_waited_out_before_the_token_is_sent_again(
+    acme: LoopbackPool,
+) -> None:
+    """Sent before the killed call settles, the same refresh token could be overtaken by it and the login
+    revoked behind a good rotation: renewal waits (shared backoff, no token call), the next account serves."""
+    (acc,) = acme.add_oauth("a", expires_in=-60)
+    acme.add_api_key("b")
+    _leftover(acme, acc.id, settles_in=600)
+    with acme.pool.sync_client("acme") as client:
+        r = client.post(CHAT, json=BODY)
+        r2 = client.post(CHAT, json=BODY)
+    assert trail(r) == [("a", None, "refresh_failed"), ("b", 200, "ok")]
+    assert "its request may still reach the provider" in r.extensions["authpool"].attempts[0].detail
+    assert trail(r2) == [("b", 200, "ok")]  # skipped up front now, like a cooling account
+    assert acme.lp.snapshot()["token_calls"] == 0
+    failing = acme.account_json("a")["refresh_failing"]
+    assert failing["reason"] == "an interrupted refresh may still reach the provider"
+    assert failing["next_try_at"] > time.time() + 500
 
 
 # -- how often tokens are renewed -----------------------------------------------------------------
@@ -280,12 +315,12 @@ def test_short_lived_tokens_under_load_are_renewed_at_most_about_twice_per_lifet
     stop.set()
     for t in threads:
         t.join()
-    elapsed = time.monotonic() - start
+    lifetimes_passed = (time.monotonic() - start) / ttl
     stats = acme.lp.snapshot()
     assert errors == []
     assert len(statuses) > 8 and set(statuses) == {200}
     assert stats["reuse_detected_count"] == 0
-    assert 1 <= stats["refresh_calls"] <= 2 * (elapsed / ttl) + 1, (stats["refresh_calls"], elapsed)
+    assert 1 <= stats["refresh_calls"] <= 2 * lifetimes_passed + 1, (stats["refresh_calls"], lifetimes_passed)
 
 
 def test_the_proactive_windows_shrink_with_the_issued_lifetime() -> None:
@@ -379,3 +414,26 @@ def test_a_journal_record_names_this_process_and_holds_no_secret(tmp_path: Path)
     gone.outcome_unknown = True
     record.outcome_unknown = True
     assert "got no answer from the token endpoint" in describe_interrupted(record)
+
+
+@pytest.mark.parametrize(("status", "unanswered"), [(500, False), (503, False), (502, True), (504, True)])
+def test_a_gateway_that_gave_up_counts_as_no_answer(status: int, unanswered: bool) -> None:
+    """502 and 504 come from a gateway that stopped waiting: the endpoint may have rotated the login."""
+    from authpool.auth.oauth import parse_token_response
+    from authpool.errors import RefreshError, RefreshUnanswered
+
+    with pytest.raises(RefreshError) as info:
+        parse_token_response(BUILTIN_PROVIDERS["anthropic"], status, "application/json", b'{"error": "x"}')
+    assert isinstance(info.value, RefreshUnanswered) is unanswered
+    assert info.value.reason == f"HTTP {status}"
+
+
+def test_an_explanation_names_the_interrupted_refresh_a_later_one_superseded_first() -> None:
+    """A refresh killed after it replaced an interrupted one's record: both are named, the earlier first."""
+    first = new_record(1)
+    first.pid, first.process_start, first.command = 2**22 + 3, None, "authpool request"
+    second = new_record(1, earlier=first)
+    second.pid, second.process_start, second.command = 2**22 + 5, None, "authpool serve"
+    text = describe_interrupted(second)
+    assert text.index(f"process {first.pid}") < text.index(f"process {second.pid}")
+    assert second.earlier is not None and second.earlier.earlier is None

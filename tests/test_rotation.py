@@ -757,3 +757,15 @@ def test_a_disabled_account_is_never_used(acme: LoopbackPool) -> None:
     cli = cli_request()
     assert cli.returncode == 0, cli.stderr
     assert "a" not in acme.lp.snapshot()["api_calls_by_subject"]
+
+
+@pytest.mark.parametrize("path", ["../admin/stats", "/v1/%2e%2e/admin", "http://127.0.0.1:{port}/admin"])
+def test_a_library_request_cannot_leave_the_provider_s_base_path(acme: LoopbackPool, path: str) -> None:
+    """With a base URL that has a path, a library client's request outside it (a relative ``..``, an
+    encoded one, an absolute URL on the same origin) is refused before anything is sent."""
+    acme.configure("acme", base_url=acme.lp.base_url + "/v1")
+    acme.add_api_key("k")
+    with acme.pool.sync_client("acme") as client, pytest.raises(OriginRefused) as info:
+        client.get(path.format(port=acme.lp.port))
+    assert "leads outside the base path /v1 of provider acme" in str(info.value)
+    assert acme.lp.snapshot()["calls_by_path"] == {}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from authpool.accounts.model import Account, Counters
-from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.rotation.strategy import STRATEGIES, UsageView, order_accounts
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli
 

@@ -23,7 +23,7 @@ import httpx2
 import pytest
 
 from authpool import Pool
-from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli, start_worker
 from tests.mcp_support import Lab, Session, assert_tool_error, lab_session, pool_env

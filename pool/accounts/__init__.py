@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from authpool.accounts import transitions
 from authpool.accounts.model import (
     SCHEMA_VERSION,
     WHOLE_ACCOUNT,
     Account,
     AccountKind,
+    AccountState,
     Cooldown,
     Counters,
     PoolFile,
@@ -25,6 +27,7 @@ __all__ = [
     "WHOLE_ACCOUNT",
     "Account",
     "AccountKind",
+    "AccountState",
     "Cooldown",
     "Counters",
     "PoolFile",
@@ -39,6 +42,7 @@ __all__ = [
     "pool_status",
     "relogin_command",
     "time_left",
+    "transitions",
     "validate_label",
     "validate_provider_id",
 ]

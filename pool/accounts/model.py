@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -24,11 +25,13 @@ __all__ = [
     "WHOLE_ACCOUNT",
     "Account",
     "AccountKind",
+    "AccountState",
     "Cooldown",
     "Counters",
     "PoolFile",
     "RefreshFailing",
     "RefreshJournal",
+    "Rows",
     "SessionBinding",
     "new_account_id",
     "validate_label",
@@ -39,6 +42,8 @@ SCHEMA_VERSION = 2
 WHOLE_ACCOUNT = "*"  # cooldown scope meaning "every model of the account"
 
 AccountKind = Literal["oauth", "api_key"]
+# What an account can do now, as every view shows it (see accounts.transitions for how it moves).
+AccountState = Literal["ready", "cooling", "needs-reauth", "refresh-failing", "disabled"]
 Count = Annotated[int, Field(ge=0)]  # counters and generations only grow from zero
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -110,6 +115,15 @@ class RefreshJournal(_Model):
     from_generation: int
     process_start: str | None = None  # tells a reused pid apart from the owner (Linux: start ticks)
     outcome_unknown: bool = False  # sent, but no answer came back (timed out, connection lost)
+    # After this the request cannot reach the provider any more (the call's own time limit). A
+    # refresh presenting the same token earlier could be overtaken by it: the login revoked.
+    deadline: float | None = None
+    # An interrupted refresh this one found and superseded: the likelier cause of a lost rotation.
+    earlier: RefreshJournal | None = None
+
+    def settles_at(self) -> float:
+        """When the recorded request can no longer reach the provider (records without one: 3 minutes on)."""
+        return self.deadline if self.deadline is not None else self.started_at + 180.0
 
 
 class RefreshFailing(_Model):
@@ -188,7 +202,7 @@ class Account(_Model):
                 latest = cd.until
         return latest
 
-    def state(self, now: float | None = None) -> str:
+    def state(self, now: float | None = None) -> AccountState:
         """``disabled`` | ``needs-reauth`` | ``refresh-failing`` | ``cooling`` | ``ready`` (whole-account view)."""
         if not self.enabled:
             return "disabled"
@@ -216,6 +230,30 @@ class SessionBinding(_Model):
 
     account_id: str
     expires_at: float
+
+
+@dataclass
+class Rows:
+    """The part of the pool one update touches: the accounts it named (those that still exist) and
+    the session bindings.
+
+    A store locks and rewrites only these (``MetadataStore.update_accounts``); an update that
+    needs the whole pool (adding or removing accounts) uses ``MetadataStore.update``.
+    """
+
+    accounts: dict[str, Account]
+    sessions: dict[str, SessionBinding]
+
+    def get(self, account_id: str) -> Account:
+        """The account ``account_id``.
+
+        Raises:
+            AccountNotFound: it was removed meanwhile.
+        """
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            raise AccountNotFound(account_id) from None
 
 
 class PoolFile(_Model):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from authpool.auth.refresh import Flight, Refresher, Renewal, drain, in_flight
+from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, in_flight
+from authpool.auth.refresh import Keeper, Refresher
 
 if TYPE_CHECKING:  # the lazy names below, as type checkers must see them
     from authpool.auth.device import DeviceEvent, DeviceFlow, device_login
@@ -17,8 +18,10 @@ __all__ = [
     "DeviceEvent",
     "DeviceFlow",
     "Flight",
+    "Keeper",
     "LoginResult",
     "LoginTokens",
+    "RefreshMode",
     "Refresher",
     "Renewal",
     "browser_login",

@@ -29,6 +29,7 @@ from authpool.auth.login import (
     LoginCancelled,
     LoginError,
     LoginExpired,
+    LoginHost,
     LoginResult,
     LoginTimeout,
     LoginTokens,
@@ -38,7 +39,6 @@ from authpool.auth.login import (
     token_client,
 )
 from authpool.auth.oauth import build_token_request, describe_transport_error
-from authpool.pool import Pool
 from authpool.providers.provider import Provider
 
 __all__ = ["DEVICE_GRANT", "DeviceAuthorization", "DeviceEvent", "DeviceFlow", "device_login"]
@@ -309,7 +309,7 @@ class DeviceFlow:
 
 
 def device_login(
-    pool: Pool,
+    pool: LoginHost,
     provider_id: str,
     *,
     on_event: Callable[[DeviceEvent], None],

@@ -21,16 +21,28 @@ from authpool.accounts.model import RefreshJournal
 
 __all__ = ["describe_interrupted", "new_record", "owner_alive"]
 
+# Added to a token call's time limit before its request counts as unable to reach the provider.
+_SETTLE_MARGIN = 10.0
 
-def new_record(from_generation: int) -> RefreshJournal:
-    """The journal record of a refresh this process is about to send."""
+
+def new_record(from_generation: int, *, limit: float = 180.0, earlier: RefreshJournal | None = None) -> RefreshJournal:
+    """The journal record of a refresh this process is about to send.
+
+    ``limit`` is how long the token call may take; ``earlier`` an interrupted refresh it
+    supersedes (kept, one level deep, so an explanation names the refresh that lost the rotation).
+    """
+    now = time.time()
+    if earlier is not None:
+        earlier = earlier.model_copy(update={"earlier": None})
     return RefreshJournal(
         pid=os.getpid(),
         host=_host(),
         command=_command(),
-        started_at=time.time(),
+        started_at=now,
         from_generation=from_generation,
         process_start=_process_start(os.getpid()),
+        deadline=now + limit + min(_SETTLE_MARGIN, limit),
+        earlier=earlier,
     )
 
 
@@ -54,7 +66,17 @@ def owner_alive(record: RefreshJournal) -> bool | None:
 
 
 def describe_interrupted(record: RefreshJournal) -> str:
-    """What happened to the refresh the record names, in words for the person who must log in again."""
+    """What happened to the refresh the record names, in words for the person who must log in again.
+
+    A record that superseded an earlier interrupted refresh names that one first: its rotation
+    is the one that can have been lost.
+    """
+    if record.earlier is not None:
+        return f"{_describe(record.earlier)} (and {_describe(record)})"
+    return _describe(record)
+
+
+def _describe(record: RefreshJournal) -> str:
     at = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(record.started_at))
     who = f"process {record.pid}" + (f" ({record.command})" if record.command else "")
     if record.host != _host():

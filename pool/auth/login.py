@@ -35,7 +35,7 @@ import socket
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx2
 
@@ -43,7 +43,6 @@ from authpool.accounts.model import Account, validate_label
 from authpool.accounts.secret import TokenSet
 from authpool.auth.oauth import (
     TOKEN_TIMEOUT,
-    InvalidGrant,
     build_token_request,
     describe_transport_error,
     parse_token_response,
@@ -53,6 +52,7 @@ from authpool.auth.redirect import RedirectListener
 from authpool.errors import (
     ConfigError,
     DuplicateLabel,
+    InvalidGrant,
     InvalidInput,
     LoginCancelled,
     LoginError,
@@ -61,7 +61,6 @@ from authpool.errors import (
     RefreshError,
     StateMismatch,
 )
-from authpool.pool import Pool
 from authpool.providers.provider import OAuthSettings, Provider
 
 __all__ = [
@@ -81,6 +80,19 @@ __all__ = [
     "store_login",
     "token_client",
 ]
+
+
+class LoginHost(Protocol):
+    """What a login needs of a pool: its providers, its accounts, and where a new login goes."""
+
+    def provider(self, provider_id: str) -> Provider: ...
+
+    def accounts(self, provider: str | None = None) -> list[Account]: ...
+
+    def save_login(self, provider: str, label: str, tokens: TokenSet, *,
+                   namespace: str = "default") -> tuple[Account, bool]: ...
+
+    def add_oauth(self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default") -> Account: ...
 
 DEFAULT_TIMEOUT = 300.0
 NOTHING_STORED = "nothing was stored"
@@ -211,7 +223,7 @@ class LoginResult:
         return {"id": self.account.id, "name": self.account.name, "created": self.created}
 
 
-def store_login(pool: Pool, provider_id: str, login: LoginTokens, *, label: str | None = None,
+def store_login(pool: LoginHost, provider_id: str, login: LoginTokens, *, label: str | None = None,
                 namespace: str = "default") -> LoginResult:
     """Store a finished login as ``provider/label``.
 
@@ -371,7 +383,7 @@ def exchange_code(login: AuthorizationCodeLogin, code: str, client: httpx2.Clien
 
 
 def browser_login(
-    pool: Pool,
+    pool: LoginHost,
     provider_id: str,
     *,
     on_url: Callable[[str, str], None],
@@ -415,7 +427,7 @@ def browser_login(
 
 
 def paste_login(
-    pool: Pool,
+    pool: LoginHost,
     provider_id: str,
     *,
     read_pasted: Callable[[str, str], str],

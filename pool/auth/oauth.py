@@ -15,23 +15,22 @@ from typing import Any
 import httpx2
 
 from authpool.accounts.secret import TokenSet
-from authpool.errors import ConfigError, ReauthRequired, RefreshError, RefreshUnanswered
+from authpool.errors import ConfigError, InvalidGrant, RefreshError, RefreshUnanswered
 from authpool.providers.provider import Provider
 
-__all__ = ["TOKEN_CALL_LIMIT", "TOKEN_TIMEOUT", "InvalidGrant", "build_token_request", "parse_token_response",
+__all__ = ["TOKEN_TIMEOUT", "build_token_request", "call_timeouts", "describe_transport_error", "parse_token_response",
            "refresh_request"]
 
 TOKEN_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
-# A refresh's token call, once sent, may already have rotated the login at the provider: its
-# answer is waited for this long (a slow endpoint that answers is still an answer), whatever the
-# request that started it does meanwhile. Callers stop waiting after the provider's token_timeout.
-TOKEN_CALL_LIMIT = httpx2.Timeout(connect=10.0, read=120.0, write=30.0, pool=10.0)
+
+# Gateways answer these when they gave up waiting for the endpoint, which may still have done
+# the work: like a timeout, the refresh's outcome is unknown (the login may have rotated).
+_GATEWAY_GAVE_UP = frozenset({502, 504})
 
 
-class InvalidGrant(ReauthRequired):
-    """The token endpoint rejected the refresh token (``invalid_grant``)."""
-
-    code = "invalid_grant"
+def call_timeouts(limit: float) -> dict[str, float]:
+    """Per-operation timeouts (httpx's request extension) for a token call allowed ``limit`` seconds in all."""
+    return {"connect": min(10.0, limit), "write": min(30.0, limit), "read": limit, "pool": min(10.0, limit)}
 
 
 def build_token_request(provider: Provider, params: dict[str, str]) -> httpx2.Request:
@@ -83,9 +82,10 @@ def parse_token_response(provider: Provider, status: int, content_type: str, bod
         error = doc.get("error") if isinstance(doc, dict) else None
         if error == "invalid_grant":
             raise InvalidGrant(f"{where} rejected the refresh token (invalid_grant); log in again")
+        failure = RefreshUnanswered if status in _GATEWAY_GAVE_UP else RefreshError
         if isinstance(error, str) and error.isprintable() and len(error) < 80:
-            raise RefreshError(f"{where} answered HTTP {status} ({error})", reason=f"HTTP {status}")
-        raise RefreshError(f"{where} answered HTTP {status}", reason=f"HTTP {status}")
+            raise failure(f"{where} answered HTTP {status} ({error})", reason=f"HTTP {status}")
+        raise failure(f"{where} answered HTTP {status}", reason=f"HTTP {status}")
     if not isinstance(doc, dict):
         kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
         raise RefreshError(f"{where} answered HTTP {status} with a non-JSON body ({kind})",

@@ -5,30 +5,25 @@ reused old one is treated as theft (the whole login is revoked). Two processes r
 same account at once, one writing back a token set it read before another's refresh, or one
 that sent a refresh and then dropped the answer, log the user out. So, per account:
 
-1. callers of one process share one *flight*: a refresh running in a thread of its own, which
-   nothing but the process's death can interrupt; threads and other processes queue on the
-   account's file lock;
+1. callers of one process share one flight (:mod:`authpool.auth.flight`): a refresh running in
+   a thread of its own, which nothing but the process's death can interrupt; threads and other
+   processes queue on the account's lock in the metadata store;
 2. holding it, re-read the metadata: if ``secret_generation`` moved since the caller saw it,
    someone else refreshed — use their token, no network call;
-3. otherwise record in the journal (:mod:`pool.journal`) that this process is sending a refresh
-   from generation G, call the token endpoint, store the new secret (new refresh token
-   included) in the credential store, then bump the generation and clear the journal entry in
-   one update;
-4. on ``invalid_grant`` re-read the stored refresh token: if it changed, retry once with it;
-   only if it did not, mark the account needs-reauth, saying why if the journal shows an
-   earlier refresh was interrupted.
+3. if the journal (:mod:`authpool.auth.journal`) holds a refresh whose request may still reach
+   the provider (its owner was killed mid-call, or got no answer), wait until it cannot: sent
+   first, it would revoke the login behind ours (renewal backs off until then);
+4. record in the journal that this process is sending a refresh from generation G, call the
+   token endpoint, store the new secret (new refresh token included) in the secret backend,
+   then bump the generation and clear the journal entry in one update;
+5. on ``invalid_grant`` re-read the stored refresh token: if it changed (a writer outside the
+   lock), retry once with it; only if it did not, mark the account needs-reauth, saying why if
+   the journal shows an earlier refresh was interrupted.
 
-Once a token request is sent, the flight runs to completion and stores its result, whatever
-happens to the request that started it: its task is cancelled, its deadline passes (the caller
-stops waiting after the provider's ``token_timeout``; the call itself may take up to
-:data:`~pool.oauth.TOKEN_CALL_LIMIT`), or its process is asked to exit (``drain`` waits for
-flights that have sent). Only SIGKILL or power loss can lose a rotation, and the journal then
-says what happened.
-
-A failing token endpoint (5xx, network error, timeout) puts the account's refresh on a short,
+A failing token endpoint (5xx, network error, timeout) puts the account's renewal on a short,
 growing, jittered backoff recorded in the store and honoured by every process: no token call
 before it ends. A success clears it; a failure changes no stored token and never marks a login
-needs-reauth.
+needs-reauth. The protocol is model-checked: ``docs/model``.
 """
 
 from __future__ import annotations
@@ -41,24 +36,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Protocol
 
 import anyio
 import httpx2
 
-from authpool.accounts.model import Account, PoolFile, RefreshFailing, RefreshJournal
-from authpool.accounts.secret import Secret, TokenSet
+from authpool.accounts import transitions
+from authpool.accounts.model import Account, RefreshJournal, Rows
+from authpool.accounts.secret import TokenSet
 from authpool.accounts.views import relogin_command
+from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, exiting, in_flight, launch, mark_sending
 from authpool.auth.journal import describe_interrupted, new_record
-from authpool.auth.oauth import (
-    TOKEN_CALL_LIMIT,
-    InvalidGrant,
-    describe_transport_error,
-    parse_token_response,
-    refresh_request,
-)
+from authpool.auth.oauth import call_timeouts, describe_transport_error, parse_token_response, refresh_request
 from authpool.errors import (
+    InvalidGrant,
     LockTimeout,
     PoolError,
     ReauthRequired,
@@ -67,91 +58,27 @@ from authpool.errors import (
     RefreshPending,
     RefreshUnanswered,
 )
-from authpool.pool import Pool
 from authpool.providers.provider import Provider
-from authpool.storage.lock import DEFAULT_TIMEOUT, Lock
+from authpool.storage.lock import DEFAULT_TIMEOUT
+from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend
 
-__all__ = ["Contended", "Flight", "RefreshMode", "Refresher", "Renewal", "drain", "in_flight", "refresh_backoff"]
+__all__ = ["Flight", "Keeper", "Refresher", "drain", "in_flight", "refresh_backoff"]
 
 log = logging.getLogger("authpool")
-
-RefreshMode = Literal["force", "mandatory", "advisory"]
 
 _BACKOFF_FIRST = 1.0  # seconds before the first retry of a failing token endpoint
 _BACKOFF_CAP = 60.0
 _LOCK_SLICE = 0.1  # a flight waiting for another process's refresh looks this often whether to give up
 
 
-class Contended(Exception):
-    """An advisory refresh found the account's refresh taken; keep using the current token."""
+class Keeper(Protocol):
+    """What the refresher needs of a pool: where its metadata and its secrets are."""
 
+    @property
+    def store(self) -> MetadataStore: ...
 
-@dataclass(frozen=True)
-class Renewal:
-    """A secret fresh enough to use, and whether this call renewed it at the token endpoint.
-
-    ``performed`` is False when another process (or an earlier caller) had already renewed it:
-    a 401 with a token someone else minted proves nothing about the login, while a 401 with the
-    token this call just minted means the login itself is refused.
-    """
-
-    secret: Secret
-    performed: bool
-
-
-@dataclass(eq=False)
-class Flight:
-    """One refresh of one account, running in its own thread; callers wait on ``future``."""
-
-    account_id: str
-    name: str  # provider/label, for messages
-    seen_generation: int
-    mode: RefreshMode
-    started: float = field(default_factory=time.monotonic)
-    future: concurrent.futures.Future[Renewal] = field(default_factory=concurrent.futures.Future)
-    sent: bool = False  # the token request may have left: the flight must land before the process exits
-
-
-# Every flight of this process, whatever pool started it: what `drain` waits for at exit.
-_registry_guard = threading.Lock()
-_flights: set[Flight] = set()
-_exiting = threading.Event()
-
-
-def in_flight() -> list[Flight]:
-    """This process's refreshes that have not finished."""
-    with _registry_guard:
-        return [f for f in _flights if not f.future.done()]
-
-
-def drain(timeout: float | None = None, *, notify: Callable[[list[Flight]], None] | None = None,
-          notify_after: float = 1.0, final: bool = True) -> bool:
-    """Wait for this process's refreshes that have sent their token request; True if all landed.
-
-    Called before a process exits: a refresh that reached the token endpoint may already have
-    rotated the login there, so leaving before its answer is stored would log the user out.
-    ``final`` (the default) also stops flights that have not sent yet from sending at all.
-    ``notify`` is called once, with the flights still running, if they take ``notify_after``
-    seconds or more.
-    """
-    if final:
-        _exiting.set()
-    deadline = None if timeout is None else time.monotonic() + timeout
-    notify_at = time.monotonic() + notify_after if notify is not None else None
-    while True:
-        with _registry_guard:
-            pending = [f for f in _flights if f.sent and not f.future.done()]
-        if not pending:
-            return True
-        now = time.monotonic()
-        if notify is not None and notify_at is not None and now >= notify_at:
-            notify_at = None
-            notify(pending)
-        # Short slices: the flight set changes, and a second Ctrl-C must be seen promptly.
-        slice_ = 0.1 if deadline is None else min(0.1, deadline - now)
-        if slice_ <= 0:
-            return False
-        concurrent.futures.wait([f.future for f in pending], timeout=slice_)
+    @property
+    def secrets(self) -> SecretBackend: ...
 
 
 def refresh_backoff(failures: int) -> float:
@@ -163,8 +90,8 @@ def refresh_backoff(failures: int) -> float:
 class Refresher:
     """Single-flight token refresh for the accounts of one pool."""
 
-    def __init__(self, pool: Pool, transport: httpx2.BaseTransport | None = None) -> None:
-        self.pool = pool
+    def __init__(self, keeper: Keeper, transport: httpx2.BaseTransport | None = None) -> None:
+        self.keeper = keeper
         self._transport = transport
         self._client: httpx2.Client | None = None
         self._guard = threading.Lock()
@@ -175,7 +102,7 @@ class Refresher:
     # -- callers -----------------------------------------------------------------------------
 
     def renew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode, *,
-              wait: float | None = None) -> Renewal:
+              wait: float | None = None) -> Renewal | None:
         """Return a fresh secret for the account (refreshing only if nobody else just did).
 
         Args:
@@ -187,8 +114,11 @@ class Refresher:
             wait: seconds to wait for the result (None: until it is there). The refresh itself
                 goes on after the caller stops waiting.
 
+        Returns:
+            The renewal, or None in advisory mode when another thread or process is renewing
+            the account already (keep using the current token).
+
         Raises:
-            Contended: advisory mode and another thread or process is refreshing.
             ReauthRequired: the login is dead (the account is marked needs-reauth).
             RefreshPending: ``wait`` passed first; the refresh goes on and will be stored.
             RefreshBackoff: renewing this account keeps failing; no call before its next try.
@@ -196,18 +126,22 @@ class Refresher:
                 refresh lock past the lock timeout; stored tokens are unchanged.
         """
         flight = self._flight(provider, account_id, seen_generation, mode)
+        if flight is None:
+            return None
         try:
             return flight.future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
-            raise self._pending(provider, flight, wait) from None
+            raise _pending(provider, flight, wait) from None
 
     async def arenew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode, *,
-                     wait: float | None = None) -> Renewal:
+                     wait: float | None = None) -> Renewal | None:
         """:meth:`renew` for async callers: the event loop waits, the refresh runs in its own thread.
 
         Cancelling the caller only stops the waiting: the refresh goes on and is stored.
         """
         flight = self._flight(provider, account_id, seen_generation, mode)
+        if flight is None:
+            return None
         future = flight.future
         if not future.done():
             loop = asyncio.get_running_loop()
@@ -221,98 +155,79 @@ class Refresher:
             with anyio.move_on_after(wait):
                 await done.wait()
         if not future.done():
-            raise self._pending(provider, flight, wait)
+            raise _pending(provider, flight, wait)
         return future.result()
 
-    def _flight(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Flight:
+    def _flight(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode) -> Flight | None:
+        """This process's flight for the account and generation: joined if running, else launched."""
         key = (account_id, seen_generation)
         try:
-            name = self.pool.get(account_id).name
+            name = self.keeper.store.read().find(account_id).name
         except PoolError:
             name = account_id
         with self._guard:
             current = self._flights.get(key)
             if current is not None and not current.future.done():
-                if mode == "advisory":
-                    raise Contended  # this process is renewing it already; the current token still works
-                return current
-            flight = Flight(account_id, name, seen_generation, mode)
-            flight.future.set_running_or_notify_cancel()  # a running flight cannot be cancelled
-            self._flights[key] = flight
-        with _registry_guard:
-            _flights.add(flight)
-        # Not a daemon: an interpreter that exits (a script's last line, Ctrl-C) waits for it.
-        thread = threading.Thread(target=self._fly, args=(flight, provider),
-                                  name=f"authpool-refresh-{account_id}", daemon=False)
-        thread.start()
-        return flight
+                # Advisory: this process is renewing it already; the current token still works.
+                return None if mode == "advisory" else current
+            flight = self._flights[key] = Flight(account_id, name, seen_generation, mode)
 
-    def _pending(self, provider: Provider, flight: Flight, wait: float | None) -> RefreshPending:
-        return RefreshPending(
-            f"the token endpoint of {provider.id} has not answered within {wait or 0:.1f}s; the refresh of "
-            f"{flight.name} goes on in the background and its result will be stored",
-            reason="slow token endpoint",
-        )
-
-    def _fly(self, flight: Flight, provider: Provider) -> None:
-        try:
-            result = self._renew_now(provider, flight.account_id, flight.seen_generation, flight.mode, flight)
-        except BaseException as e:  # noqa: BLE001 - handed to whoever waits, in their thread
-            if not isinstance(e, PoolError | Contended):
-                log.warning("the refresh of account %s failed unexpectedly (%s)", flight.account_id,
-                            type(e).__name__)
-            flight.future.set_exception(e)
-        else:
-            flight.future.set_result(result)
-        finally:
-            with _registry_guard:
-                _flights.discard(flight)
+        def done() -> None:
             with self._guard:
-                key = (flight.account_id, flight.seen_generation)
                 if self._flights.get(key) is flight:
                     del self._flights[key]
                 last = self._closing and not self._flights
             if last:
                 self._close_client()
 
+        launch(flight, lambda: self._renew_now(provider, flight), done)
+        return flight
+
     # -- the procedure -----------------------------------------------------------------------
 
-    def _renew_now(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode,
-                   flight: Flight | None) -> Renewal:
-        lock = self._lock(account_id, mode)
+    def _renew_now(self, provider: Provider, flight: Flight) -> Renewal | None:
+        lock = self._lock(flight.account_id, flight.mode)
+        if lock is None:
+            return None
         try:
-            return self._refresh_locked(provider, account_id, seen_generation, mode, flight)
+            return self._refresh_locked(provider, flight.account_id, flight.seen_generation, flight.mode, flight)
         finally:
             lock.release()
 
-    def _lock(self, account_id: str, mode: RefreshMode) -> Lock:
-        path = self.pool.secret_lock(account_id).path
+    def _lock(self, account_id: str, mode: RefreshMode) -> HeldLock | None:
+        """The account's refresh lock (None: advisory, and someone else holds it)."""
+        name = f"account-{account_id}"
+        store = self.keeper.store
         if mode == "advisory":
+            lock = store.named_lock(name, 0.0)
             try:
-                return _acquired(Lock(path, timeout=0.0))
+                lock.acquire()
             except LockTimeout:
-                raise Contended from None
+                return None
+            return lock
         # Taken in slices, so a process asked to exit stops waiting for another's refresh.
         deadline = time.monotonic() + DEFAULT_TIMEOUT
         while True:
+            lock = store.named_lock(name, DEFAULT_TIMEOUT)
             try:
-                return _acquired(Lock(path, timeout=min(_LOCK_SLICE, max(0.0, deadline - time.monotonic()))))
+                lock.acquire(timeout=min(_LOCK_SLICE, max(0.0, deadline - time.monotonic())))
+                return lock
             except LockTimeout as e:
-                if _exiting.is_set():
+                if exiting():
                     raise RefreshError(f"account {account_id} was not renewed: this process is exiting") from None
                 if time.monotonic() < deadline:
                     continue
                 # Another process held this account's refresh for longer than the lock timeout (a
-                # slow token endpoint holds it up to TOKEN_CALL_LIMIT). For this request that is a
-                # failed refresh of one account, so rotation moves on, not a pool-wide failure.
-                held = LockTimeout(path, DEFAULT_TIMEOUT, e.holder)
+                # slow token endpoint holds it up to token_call_limit). For this request that is
+                # a failed refresh of one account, so rotation moves on, not a pool-wide failure.
+                held = LockTimeout(e.lock_file, DEFAULT_TIMEOUT, e.holder)
                 raise RefreshError(f"gave up waiting for another process to renew account {account_id}: {held}",
                                    reason="another process is renewing it") from e
 
     def _refresh_locked(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode,
                         flight: Flight | None = None) -> Renewal:
-        acc = self.pool.get(account_id)
-        secrets = self.pool.secrets
+        store, secrets = self.keeper.store, self.keeper.secrets
+        acc = store.read().find(account_id)
         if acc.secret_generation != seen_generation:
             log.debug("account %s was refreshed by another process; using its token", acc.name)
             return Renewal(secrets.load(acc.id, acc.secret_generation), performed=False)
@@ -322,21 +237,26 @@ class Refresher:
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
         advisory, _ = provider.refresh_windows(acc.access_lifetime)
-        if mode != "force" and expires_at is not None and expires_at - time.time() > advisory:
+        now = time.time()
+        if mode != "force" and expires_at is not None and expires_at - now > advisory:
             return Renewal(secret, performed=False)
         failing = acc.failing_refresh()
-        if failing is not None and failing.next_try_at > time.time():
+        if failing is not None and failing.next_try_at > now:
             if mode == "force" and not failing.token_refused:
-                self._update(account_id, _refused_meanwhile)
+                self._update(account_id, transitions.token_refused_while_failing)
             raise RefreshBackoff(f"renewing account {acc.name} is failing, so no token call now: "
                                  f"{failing.describe()}", reason=failing.reason)
         if not secret.refresh_token:
-            self._mark_reauth(acc.id, "no refresh token stored", None)
+            self._update(account_id, lambda a: transitions.mark_needs_reauth(a, "no refresh token stored"))
             raise ReauthRequired(_reauth_message(acc, "no refresh token is stored"))
         # A record left by a refresh whose answer never landed: the stored refresh token may be
-        # dead already. Nothing better exists than trying it; if it was, the record says why.
+        # dead already. Nothing better exists than trying it, but not while that refresh's
+        # request may still reach the provider: it would revoke the login behind our rotation.
         interrupted = acc.pending_refresh()
-        self._journal_begin(acc, flight)
+        if interrupted is not None and interrupted.settles_at() > now:
+            self._wait_for_interrupted(acc, interrupted, mode, now)
+        mark_sending(flight, f"account {acc.name}")
+        self._journal(acc, provider, interrupted)
         try:
             try:
                 tokens = self._call(provider, secret.refresh_token)
@@ -349,47 +269,69 @@ class Refresher:
                 tokens = self._call(provider, current.refresh_token)
         except InvalidGrant:
             why = describe_interrupted(interrupted) if interrupted is not None else None
-            self._mark_reauth(acc.id, "refresh token rejected (invalid_grant)", why)
+            mark = f"{why}; the provider then revoked the login" if why else "refresh token rejected (invalid_grant)"
+            self._update(account_id, lambda a: transitions.mark_needs_reauth(a, mark))
             raise ReauthRequired(_reauth_message(acc, interrupted=why)) from None
         except RefreshError as e:
-            self._record_failure(acc.id, e, mode, interrupted)
+            self._failed(acc.id, e, token_refused=mode == "force", journal=interrupted)
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
         generation = acc.secret_generation + 1
         secrets.save(acc.id, new, generation)  # the new refresh token is stored before anyone can use the old
-        self._update(account_id, _stored(generation, new, tokens))
+        self._update(account_id, lambda a: transitions.renewed(
+            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
         log.info("refreshed the token of %s", acc.name)
         return Renewal(new, performed=True)
 
-    def _journal_begin(self, acc: Account, flight: Flight | None) -> None:
-        with _registry_guard:
-            if _exiting.is_set():
-                raise RefreshError(f"account {acc.name} was not renewed: this process is exiting")
-            if flight is not None:
-                flight.sent = True
-        record = new_record(acc.secret_generation)
+    def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
+                journal: RefreshJournal | None) -> None:
+        def note(a: Account) -> None:
+            transitions.refresh_failed(a, now=time.time(), backoff=refresh_backoff, reason=error.reason,
+                                       error=str(error), token_refused=token_refused,
+                                       unanswered=isinstance(error, RefreshUnanswered), journal=journal)
 
-        def begin(a: Account) -> None:
-            a.refresh_journal = record
+        self._update(account_id, note)
 
-        self._update(acc.id, begin)
+    def _journal(self, acc: Account, provider: Provider, interrupted: RefreshJournal | None) -> None:
+        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted)
+        self._update(acc.id, lambda a: transitions.begin_refresh(a, record))
+
+    def _wait_for_interrupted(self, acc: Account, interrupted: RefreshJournal, mode: RefreshMode,
+                              now: float) -> None:
+        until = interrupted.settles_at()
+        reason = "an interrupted refresh may still reach the provider"
+        self._update(acc.id, lambda a: transitions.refresh_waits(
+            a, until=until, reason=reason, token_refused=mode == "force", now=now))
+        raise RefreshBackoff(
+            f"renewing account {acc.name} waits until {time.strftime('%H:%M:%S', time.localtime(until))}: "
+            f"{describe_interrupted(interrupted)}, and its request may still reach the provider", reason=reason)
 
     def _call(self, provider: Provider, refresh_token: str) -> TokenSet:
+        """One token call, read for up to the provider's ``token_call_limit`` in all."""
         request = refresh_request(provider, refresh_token)
+        limit = provider.token_call_limit
+        request.extensions = {**request.extensions, "timeout": call_timeouts(limit)}
+        deadline = time.monotonic() + limit
         self.calls += 1
         try:
-            response = self._http().send(request)
+            response = self._http().send(request, stream=True)
+            try:
+                body = b""
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if time.monotonic() > deadline:  # an answer trickling in forever is no answer
+                        raise httpx2.ReadTimeout("the token call's time limit passed", request=request)
+            finally:
+                response.close()
         except httpx2.TransportError as e:
             raise describe_transport_error(provider, e) from None
-        return parse_token_response(provider, response.status_code, response.headers.get("content-type", ""),
-                                    response.content)
+        return parse_token_response(provider, response.status_code, response.headers.get("content-type", ""), body)
 
     def _http(self) -> httpx2.Client:
         with self._guard:
             if self._client is None:
-                self._client = httpx2.Client(transport=self._transport, timeout=TOKEN_CALL_LIMIT,
-                                             follow_redirects=False)
+                self._client = httpx2.Client(transport=self._transport, follow_redirects=False)
             return self._client
 
     def close(self) -> None:
@@ -407,72 +349,19 @@ class Refresher:
         if client is not None:
             client.close()
 
-    # -- recording outcomes ------------------------------------------------------------------
-
     def _update(self, account_id: str, change: Callable[[Account], None]) -> None:
-        def apply(pool: PoolFile) -> None:
-            change(pool.find(account_id))
+        def apply(rows: Rows) -> None:
+            change(rows.get(account_id))
 
-        self.pool.store.update(apply)
-
-    def _mark_reauth(self, account_id: str, why: str, interrupted: str | None) -> None:
-        def mark(a: Account) -> None:
-            a.needs_reauth = True
-            a.last_error = f"{interrupted}; the provider then revoked the login" if interrupted else why
-            a.counters.failures += 1
-            a.refresh_journal = None
-            a.refresh_failing = None
-
-        self._update(account_id, mark)
-
-    def _record_failure(self, account_id: str, error: RefreshError, mode: RefreshMode,
-                        interrupted: RefreshJournal | None) -> None:
-        now = time.time()
-
-        def note(a: Account) -> None:
-            previous = a.failing_refresh()
-            failures = previous.failures + 1 if previous is not None else 1
-            a.refresh_failing = RefreshFailing(
-                since=previous.since if previous is not None else now,
-                next_try_at=now + refresh_backoff(failures),
-                failures=failures,
-                reason=error.reason,
-                generation=a.secret_generation,
-                token_refused=mode == "force" or (previous is not None and previous.token_refused),
-            )
-            a.last_error = str(error)
-            a.counters.failures += 1
-            record = a.refresh_journal
-            if isinstance(error, RefreshUnanswered) and record is not None:
-                record.outcome_unknown = True  # sent, no answer: the provider may have rotated
-            else:
-                a.refresh_journal = interrupted  # a clear refusal rotated nothing: as before the call
-
-        self._update(account_id, note)
+        self.keeper.store.update_accounts((account_id,), apply)
 
 
-def _acquired(lock: Lock) -> Lock:
-    lock.acquire()
-    return lock
-
-
-def _refused_meanwhile(a: Account) -> None:
-    if a.refresh_failing is not None:
-        a.refresh_failing.token_refused = True  # a 401 while renewing fails: keep it out until renewed
-
-
-def _stored(generation: int, new: Secret, tokens: TokenSet) -> Callable[[Account], None]:
-    def bump(a: Account) -> None:
-        a.secret_generation = max(a.secret_generation + 1, generation)
-        a.access_expires_at = new.expires_at
-        a.access_lifetime = tokens.issued_lifetime()
-        a.needs_reauth = False
-        a.last_error = None
-        a.refresh_journal = None
-        a.refresh_failing = None
-        a.counters.refreshes += 1
-
-    return bump
+def _pending(provider: Provider, flight: Flight, wait: float | None) -> RefreshPending:
+    return RefreshPending(
+        f"the token endpoint of {provider.id} has not answered within {wait or 0:.1f}s; the refresh of "
+        f"{flight.name} goes on in the background and its result will be stored",
+        reason="slow token endpoint",
+    )
 
 
 def _reauth_message(acc: Account, why: str = "its refresh token was rejected", *,
@@ -480,3 +369,4 @@ def _reauth_message(acc: Account, why: str = "its refresh token was rejected", *
     if interrupted is not None:
         why = f"{interrupted}, and the provider then revoked the login (the rotated refresh token was lost)"
     return f"account {acc.name} ({acc.id}) needs a new login: {why}; run `{relogin_command(acc)}`"
+

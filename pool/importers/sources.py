@@ -13,7 +13,7 @@ from authpool.accounts.secret import TokenSet
 from authpool.errors import InvalidInput, NotFound
 from authpool.importers.candidate import Candidate, Scan, Skipped
 from authpool.importers.jsonfile import JsonObject, jwt_claims, read_json_file
-from authpool.providers.provider import BUILTIN_PROVIDERS
+from authpool.providers.builtin import BUILTIN_PROVIDERS
 
 __all__ = [
     "OPENCODE_PROVIDERS",

@@ -1,7 +1,8 @@
 """What a provider is: where its credentials may go, how they are applied, how it signals limits.
 
-Built-in providers carry the real public API origins and header conventions. Users add
-providers or override fields of built-in ones in ``config.toml`` in the home directory::
+Built-in providers (:mod:`authpool.providers.builtin`) carry the real public API origins and
+header conventions. Users add providers or override fields of built-in ones in ``config.toml``
+in the home directory (:mod:`authpool.providers.config`)::
 
     [providers.acme]
     base_url = "http://127.0.0.1:8080"
@@ -16,22 +17,19 @@ from the user's config, and refreshing or logging in without one is a clear erro
 
 from __future__ import annotations
 
-import difflib
 import re
-import tomllib
 from collections.abc import Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from authpool.accounts.model import AccountKind, validate_provider_id
-from authpool.errors import ConfigError, InvalidInput, OriginRefused, ProviderNotFound
+from authpool.errors import InvalidInput, OriginRefused
 
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["BUILTIN_PROVIDERS", "OAuthSettings", "Provider", "Providers", "origin_of", "url_origin"]
+__all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "Strategy", "origin_of", "url_origin"]
 
 # Proactive refresh starts at most this share of a token's issued lifetime before it expires
 # (advisory: renew if nobody else is), and must happen within the mandatory share.
@@ -108,8 +106,12 @@ class Provider(BaseModel):
     refresh_advisory: float = Field(default=300.0, ge=0)  # seconds before expiry: try to refresh
     refresh_mandatory: float = Field(default=60.0, ge=0)  # seconds before expiry: must refresh
     # Seconds a request waits for a token call before moving on; the call itself goes on (up to
-    # TOKEN_CALL_LIMIT) and its answer is stored, because the provider may have rotated already.
+    # token_call_limit) and its answer is stored, because the provider may have rotated already.
     token_timeout: float = Field(default=30.0, gt=0)
+    # Seconds a token call may take in all, answer included; it is read that long whatever the
+    # request that started it does. Also how long a refresh interrupted mid-call (SIGKILL) keeps
+    # the account's renewal waiting: its request may still reach the provider until then.
+    token_call_limit: float = Field(default=150.0, gt=0, le=3600)
     timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
 
     @field_validator("id")
@@ -229,27 +231,38 @@ class Provider(BaseModel):
         if parsed.userinfo:
             raise OriginRefused(
                 f"refusing {path_or_url!r}: URLs with a user name or password (user@host) are not accepted")
-        origin = url_origin(parsed)
+        self.check_destination(url_origin(parsed), parsed.path, path_or_url)
+        return url
+
+    def check_destination(self, origin: str, path: str, given: str) -> None:
+        """Refuse a destination that is not the provider's: another origin, or outside its base path.
+
+        ``path`` is the decoded path as the HTTP client will send it (dot segments it normalised
+        already applied); ``given`` is what the caller wrote, for the message. On the base URL's
+        origin, a path must stay under the base URL's path: with ``https://h/v1``, ``/admin`` and
+        a percent-encoded ``..`` (which a server may decode) are refused, since the provider's
+        credentials are meant for that API only. Other configured origins are the provider's whole.
+
+        Raises:
+            OriginRefused: naming where the credentials may go.
+        """
         if origin not in self.allowed_origins:
             raise OriginRefused(
                 f"{origin} is not an origin of provider {self.id} (allowed: "
                 f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
             )
-        if relative:
-            self._check_under_base_path(parsed, path_or_url)
-        return url
+        if not self.base_url or origin != origin_of(self.base_url):
+            return
+        import urllib.parse
 
-    def _check_under_base_path(self, url: httpx2.URL, given: str) -> None:
-        import httpx2
-
-        base = httpx2.URL(self.base_url or "/").path.rstrip("/")
+        base = urllib.parse.unquote(urllib.parse.urlsplit(self.base_url).path).rstrip("/")
         if not base:
             return  # the whole origin is the provider's
-        # url.path is decoded, with the dot segments httpx2 normalised already applied; dot
-        # segments left in it were percent-encoded on the wire, where a server may resolve them.
-        segments = re.split(r"[/\\]", url.path)
+        # Dot segments left in a decoded path were percent-encoded on the wire, where a server
+        # may resolve them.
+        segments = re.split(r"[/\\]", path)
         if any(_fully_unquoted(seg) in (".", "..") for seg in segments) or not (
-                url.path == base or url.path.startswith(base + "/")):
+                path == base or path.startswith(base + "/")):
             raise OriginRefused(
                 f"path {given!r} leads outside the base path {base} of provider {self.id}; its credentials are only "
                 f"sent under {self.base_url}/"
@@ -271,212 +284,3 @@ def url_origin(url: httpx2.URL) -> str:
     """``scheme://host:port`` of a URL the HTTP client parsed (default port made explicit)."""
     host = f"[{url.host}]" if ":" in url.host else url.host
     return f"{url.scheme}://{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
-
-
-_ANTHROPIC_RESETS = [
-    "anthropic-ratelimit-requests-reset",
-    "anthropic-ratelimit-tokens-reset",
-    "anthropic-ratelimit-input-tokens-reset",
-    "anthropic-ratelimit-output-tokens-reset",
-    "anthropic-ratelimit-unified-reset",
-    "anthropic-ratelimit-unified-5h-reset",
-    "anthropic-ratelimit-unified-7d-reset",
-]
-_OPENAI_RESETS = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-
-BUILTIN_PROVIDERS: dict[str, Provider] = {
-    p.id: p
-    for p in [
-        Provider(
-            id="anthropic",
-            name="Anthropic",
-            base_url="https://api.anthropic.com",
-            auth="header:x-api-key",
-            oauth_auth="bearer",
-            headers={"anthropic-version": "2023-06-01"},
-            oauth_headers={"anthropic-beta": "oauth-2025-04-20"},
-            oauth=OAuthSettings(
-                token_url="https://console.anthropic.com/v1/oauth/token",
-                authorize_url="https://claude.ai/oauth/authorize",
-                token_request="json",
-            ),
-            reset_headers=_ANTHROPIC_RESETS,
-        ),
-        Provider(
-            id="openai",
-            name="OpenAI",
-            base_url="https://api.openai.com",
-            auth="bearer",
-            oauth=OAuthSettings(
-                token_url="https://auth.openai.com/oauth/token",
-                authorize_url="https://auth.openai.com/oauth/authorize",
-            ),
-            reset_headers=_OPENAI_RESETS,
-        ),
-        Provider(
-            id="gemini",
-            name="Google Gemini",
-            base_url="https://generativelanguage.googleapis.com",
-            origins=["https://cloudcode-pa.googleapis.com"],
-            auth="header:x-goog-api-key",
-            oauth_auth="bearer",
-            oauth=OAuthSettings(
-                token_url="https://oauth2.googleapis.com/token",
-                authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
-                device_authorization_url="https://oauth2.googleapis.com/device/code",
-            ),
-        ),
-        Provider(
-            id="github-copilot",
-            name="GitHub Copilot",
-            base_url="https://api.githubcopilot.com",
-            auth="bearer",
-            oauth=OAuthSettings(
-                token_url="https://github.com/login/oauth/access_token",
-                device_authorization_url="https://github.com/login/device/code",
-                scopes=["read:user"],
-            ),
-            reset_headers=["x-ratelimit-reset"],
-        ),
-        Provider(
-            id="openai-compatible",
-            name="OpenAI-compatible (set base_url in config.toml)",
-            auth="bearer",
-            reset_headers=_OPENAI_RESETS,
-        ),
-    ]
-}
-
-
-class Providers:
-    """The built-in providers merged with the user's ``config.toml``."""
-
-    def __init__(self, providers: dict[str, Provider], configured: list[str] | None = None) -> None:
-        self._providers = providers
-        self.configured = sorted(configured or [])  # ids config.toml defines or overrides
-
-    @classmethod
-    def load(cls, config_file: Path | None) -> Providers:
-        """Built-ins plus ``config_file`` (missing file: built-ins only).
-
-        Raises:
-            ConfigError: the file is not valid TOML, has an unknown key or table, or a provider
-                entry is invalid; the message names the file, the line and (for a misspelt name)
-                the closest valid one.
-        """
-        if config_file is None or not config_file.exists():
-            return cls(dict(BUILTIN_PROVIDERS))
-        text = config_file.read_text(encoding="utf-8", errors="replace")
-        try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{config_file}: {e}") from None
-        except RecursionError:
-            raise ConfigError(f"{config_file}: nested too deeply") from None
-        _check_top_level(doc, text, config_file)
-        return cls(_merge(doc, text, config_file), list(doc.get("providers", {})))
-
-    def get(self, provider_id: str) -> Provider:
-        """The provider with this id.
-
-        Raises:
-            ProviderNotFound: unknown id (the message lists the known ones).
-        """
-        try:
-            return self._providers[provider_id]
-        except KeyError:
-            raise ProviderNotFound(provider_id, list(self._providers)) from None
-
-    def __iter__(self) -> Any:
-        return iter(self._providers.values())
-
-    def ids(self) -> list[str]:
-        return sorted(self._providers)
-
-
-def _merge(doc: dict[str, Any], text: str, path: Path) -> dict[str, Provider]:
-    out = dict(BUILTIN_PROVIDERS)
-    section = doc.get("providers", {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path} line {_line_of(text, 'providers')}: 'providers' must be a table")
-    for pid, entry in section.items():
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{path} line {_line_of(text, f'providers.{pid}')}: providers.{pid} must be a table")
-        base = out[pid].model_dump(exclude_defaults=True) if pid in out else {}
-        merged = _deep_merge(base, entry)
-        merged["id"] = pid
-        try:
-            out[pid] = Provider.model_validate(merged)
-        except ValidationError as e:
-            errors = e.errors()
-            err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-            key = ".".join(str(p) for p in ("providers", pid, *err["loc"]))
-            line = _line_of(text, key)
-            if err["type"] == "extra_forbidden":
-                *parents, name = (str(p) for p in err["loc"])
-                table = ".".join(("providers", pid, *parents))
-                raise ConfigError(f"{path} line {line}: unknown key '{name}' in [{table}]"
-                                  f"{_suggest(name, _keys_of(parents))}") from None
-            raise ConfigError(f"{path} line {line}: {key}: {err['msg']}") from None
-    return out
-
-
-_TOP_LEVEL = ("providers",)
-
-
-def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
-    """Refuse what config.toml cannot mean: anything but ``[providers.ID]`` tables at the top."""
-    for key, value in doc.items():
-        if key in _TOP_LEVEL:
-            continue
-        what = f"table [{key}]" if isinstance(value, dict) else f"key '{key}'"
-        close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
-        hint = f" (did you mean [{close[0]}]?)" if close else " (config.toml has only [providers.ID] tables)"
-        raise ConfigError(f"{path} line {_line_of(text, key)}: unknown {what}{hint}")
-
-
-def _keys_of(parents: list[str]) -> list[str]:
-    """The keys valid in the provider table at ``parents`` (``[]`` for the provider itself)."""
-    if not parents:
-        return [k for k in Provider.model_fields if k != "id"]
-    if parents == ["oauth"]:
-        return list(OAuthSettings.model_fields)
-    return []
-
-
-def _suggest(name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=1)
-    if close:
-        return f" (did you mean '{close[0]}'?)"
-    return f" (valid keys: {', '.join(sorted(valid))})" if valid else ""
-
-
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def _line_of(text: str, dotted: str) -> int:
-    """Best-effort line number of ``dotted`` (a.b.c) in TOML text: the key's line or its table's."""
-    parts = dotted.split(".")
-    table: list[str] = []
-    best = 1
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", line)
-        if header:
-            table = [p.strip().strip('"') for p in header.group(1).split(".")]
-            if table[: len(parts)] == parts:
-                return n  # the table itself, or the first table inside it
-            if table == parts[: len(table)]:
-                best = n
-            continue
-        key = re.match(r"^([A-Za-z0-9_\-\"']+)\s*=", line)
-        if key and [*table, key.group(1).strip("\"'")] == parts[: len(table) + 1] and len(table) + 1 <= len(parts):
-            return n
-    return best

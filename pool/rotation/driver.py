@@ -6,42 +6,69 @@ closes the flow when a send raises), so it could not retry on network failures; 
 another origin, so an ``x-api-key`` would leak. A transport sees every hop: it attaches
 credentials only to requests for the provider's origins and refuses anything else.
 
-The decisions live in :mod:`pool.rotation`; this module only performs the effects it asks for
-(send, read, peek at a stream, block, sleep, refresh) and picks candidates from a pool file.
+The decisions live in :mod:`authpool.rotation.engine`; this module performs the effects it asks
+for — read the store, load a secret, send, read or drop a body, peek at a stream, sleep, refresh,
+write a change, take a probation lock — and hands back what came of them. There are two drivers,
+one sync and one async, because each effect is one line of I/O in its own flavour; the loop
+around them is the same few lines, and the decisions are written once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import httpx2
 
-from authpool.accounts.model import WHOLE_ACCOUNT, Account, PoolFile
+from authpool.accounts.model import Account
+from authpool.accounts.secret import Secret
 from authpool.auth.refresh import Refresher
 from authpool.errors import AllAccountsCooling, InvalidInput, LockTimeout
 from authpool.providers.provider import Provider
-from authpool.rotation.engine import (
-    Flow,
-    RotationOptions,
-    _Block,
-    _Discard,
-    _Engine,
-    _Failed,
-    _Peek,
-    _Refresh,
-    _Send,
-    _Sleep,
+from authpool.rotation.effects import (
+    Answer,
+    Drop,
+    Effect,
+    LoadSecret,
+    Peek,
+    Progress,
+    ReadBody,
+    ReadPool,
+    Refresh,
+    RequestFacts,
+    Send,
+    Sleep,
+    Touch,
+    TryProbe,
+    Unreachable,
+    Write,
 )
-from authpool.rotation.sse import StreamVerdict, judge_prefix, parse_events
-from authpool.rotation.strategy import UsageView, order_accounts
-from authpool.storage.lock import Lock
+from authpool.rotation.engine import Clock, Engine, Served
+from authpool.rotation.result import RequestResult, RotationOptions
+from authpool.rotation.streams import is_event_stream, peek_async, peek_sync
+from authpool.rotation.usage import UsageLog
+from authpool.storage.protocols import HeldLock, MetadataStore
 
-__all__ = ["PoolTransport"]
+__all__ = ["PoolTransport", "RotationHost", "facts_of"]
 
-PEEK_LIMIT = 64 * 1024  # bytes of a stream buffered at most while waiting for its first content event
+
+class RotationHost(Protocol):
+    """What a transport needs of a pool: its store, secrets, usage log and connection pools."""
+
+    @property
+    def store(self) -> MetadataStore: ...
+
+    @property
+    def usage(self) -> UsageLog: ...
+
+    def cached_secret(self, account: Account) -> Secret | None: ...
+
+    def secret_of(self, account: Account) -> Secret: ...
+
+    def http_transport(self) -> httpx2.HTTPTransport: ...
+
+    def async_http_transport(self) -> httpx2.AsyncHTTPTransport: ...
 
 
 class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
@@ -57,214 +84,90 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
 
     def __init__(
         self,
-        pool: Any,
+        host: RotationHost,
         provider: Provider,
         refresher: Refresher,
         *,
         options: RotationOptions | None = None,
         inner: httpx2.BaseTransport | None = None,
         ainner: httpx2.AsyncBaseTransport | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        self.pool = pool
+        self.host = host
         self.provider = provider
         self.refresher = refresher
-        self.usage = pool.usage
+        self.usage = host.usage
         self.options = options or RotationOptions()
+        self.clock = clock
         self._inner = inner
         self._ainner = ainner
         self._pinned_id: str | None = None
         if self.options.account:
-            acc = pool.get(self.options.account)
+            acc = host.store.read().find(self.options.account)
             if acc.provider != provider.id:
                 raise InvalidInput(f"account {acc.name} belongs to {acc.provider}, not {provider.id}")
             self._pinned_id = acc.id
 
-    # -- candidate selection (pure over a PoolFile) ----------------------------------------
-
-    def scope(self, pool_file: PoolFile) -> list[Account]:
-        """The accounts this transport may use at all (provider, namespace, pinned account)."""
-        out = []
-        for a in pool_file.accounts:
-            if a.provider != self.provider.id:
-                continue
-            if self._pinned_id is not None and a.id != self._pinned_id:
-                continue
-            if self.options.namespace is not None and a.namespace != self.options.namespace:
-                continue
-            out.append(a)
-        return out
-
-    def candidates(
-        self, pool_file: PoolFile, now: float, exclude: set[str], model: str | None = None
-    ) -> tuple[list[Account], float | None, int]:
-        """(ready accounts in strategy order, soonest cooldown end among cooling ones, how many exist).
-
-        An account cooling only for another model than ``model`` is ready.
-        """
-        scope = self.scope(pool_file)
-        ready: list[Account] = []
-        soonest: float | None = None
-        for a in scope:
-            if not a.enabled or a.needs_reauth:
-                continue
-            until = a.cooldown_until(model or WHOLE_ACCOUNT, now)
-            if until is not None:
-                soonest = until if soonest is None else min(soonest, until)
-                continue
-            if a.id in exclude:
-                continue
-            until = self._renewal_blocked_until(a, now)
-            if until is not None:
-                soonest = until if soonest is None else min(soonest, until)
-                continue
-            ready.append(a)
+    def _engine(self, request: httpx2.Request) -> Engine:
         weights = self.provider.weights
+        return Engine(self.provider, self.options, facts_of(request), pinned=self._pinned_id,
+                      usage=lambda a, now: self.usage.view(a, weights, now), clock=self.clock)
 
-        def usage(a: Account) -> UsageView:
-            reset = self.usage.quota_resets_at(a.id, a.quota_resets_at)
-            return UsageView(
-                self.usage.last_used(a.id, a.last_used_at),
-                weights.get(a.id, weights.get(a.label, 1.0)),
-                self.usage.unrecorded(a.id),
-                # A reset that has passed says nothing about the current window (the account has a
-                # fresh quota, its next reset unknown); kept, it would rank first for draining.
-                reset if reset is not None and reset > now else None,
-            )
-
-        return order_accounts(self.provider.strategy, ready, usage), soonest, len(scope)
-
-    def _renewal_blocked_until(self, a: Account, now: float) -> float | None:
-        """When an account that cannot serve until renewed, while renewing it fails, may try again.
-
-        Its token was refused, or is inside the mandatory window; the token endpoint failed and
-        its backoff has not ended. Skipped like a cooling account: no token call, no request.
-        """
-        failing = a.failing_refresh()
-        if failing is None or failing.next_try_at <= now:
-            return None
-        _, mandatory = self.provider.refresh_windows(a.access_lifetime)
-        expiring = a.access_expires_at is not None and a.access_expires_at - now <= mandatory
-        return failing.next_try_at if failing.token_refused or expiring else None
-
-    def probe_lock(self, account_id: str) -> Lock | None:
-        """Take the account's probation lock without waiting; None if another request holds it."""
-        lock = Lock(self.pool.home.lock_file(f"probe-{account_id}"), timeout=0.0)
-        try:
-            lock.acquire()
-        except LockTimeout:
-            return None
-        return lock
-
-    # -- drivers ---------------------------------------------------------------------------
+    # -- the sync driver -------------------------------------------------------------------
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        inner = self._inner or self.pool.http_transport()
-        engine = _Engine(self, request)
+        run = _Run(self, request)
+        inner = self._inner or self.host.http_transport()
         try:
-            try:
-                return self._run_sync(engine.flow(), inner)
-            except AllAccountsCooling as e:
-                if not self.options.cooling_response:
-                    raise
-                return _cooling_response(e)
+            flow = self._engine(request).run()
+            value: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    return run.deliver(stop.value)
+                value, error = None, None
+                try:
+                    value = run.step(effect, inner)
+                except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
+                    error = e
+        except AllAccountsCooling as e:
+            if not self.options.cooling_response:
+                raise
+            return _cooling_response(e)
         finally:
-            engine.close()
+            run.close()
             if self.usage.due():
                 self.usage.flush()
 
-    def _run_sync(self, flow: Flow, inner: httpx2.BaseTransport) -> httpx2.Response:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                if isinstance(effect, _Send):
-                    try:
-                        value = inner.handle_request(effect.request)
-                    except httpx2.TransportError as e:
-                        value = _Failed(e)
-                elif isinstance(effect, _Discard):
-                    if effect.read:
-                        effect.response.read()
-                    effect.response.close()
-                elif isinstance(effect, _Peek):
-                    value = _peek_sync(effect.response)
-                elif isinstance(effect, _Block):
-                    value = effect.fn()
-                elif isinstance(effect, _Sleep):
-                    self._progress_sync(effect)
-                    time.sleep(effect.seconds)
-                elif isinstance(effect, _Refresh):
-                    value = self.refresher.renew(self.provider, effect.account.id,
-                                                 effect.account.secret_generation, effect.mode, wait=effect.wait)
-            except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
-                error = e
+    # -- the async driver ------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        inner = self._ainner or self.pool.async_http_transport()
-        engine = _Engine(self, request)
+        run = _Run(self, request)
+        inner = self._ainner or self.host.async_http_transport()
         try:
-            try:
-                return await self._run_async(engine.flow(), inner)
-            except AllAccountsCooling as e:
-                if not self.options.cooling_response:
-                    raise
-                return _cooling_response(e)
+            flow = self._engine(request).run()
+            value: Any = None
+            error: BaseException | None = None
+            while True:
+                try:
+                    effect = flow.throw(error) if error is not None else flow.send(value)
+                except StopIteration as stop:
+                    return run.deliver(stop.value)
+                value, error = None, None
+                try:
+                    value = await run.astep(effect, inner)
+                except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
+                    error = e
+        except AllAccountsCooling as e:
+            if not self.options.cooling_response:
+                raise
+            return _cooling_response(e)
         finally:
-            engine.close()
+            await run.aclose()
             if self.usage.due():
                 await anyio.to_thread.run_sync(self.usage.flush)
-
-    async def _run_async(self, flow: Flow, inner: httpx2.AsyncBaseTransport) -> httpx2.Response:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                effect = flow.throw(error) if error is not None else flow.send(value)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            value, error = None, None
-            try:
-                if isinstance(effect, _Send):
-                    try:
-                        value = await inner.handle_async_request(effect.request)
-                    except httpx2.TransportError as e:
-                        value = _Failed(e)
-                elif isinstance(effect, _Discard):
-                    if effect.read:
-                        await effect.response.aread()
-                    await effect.response.aclose()
-                elif isinstance(effect, _Peek):
-                    value = await _peek_async(effect.response)
-                elif isinstance(effect, _Block):
-                    value = await anyio.to_thread.run_sync(effect.fn)
-                elif isinstance(effect, _Sleep):
-                    await self._progress_async(effect)
-                    await anyio.sleep(effect.seconds)
-                elif isinstance(effect, _Refresh):
-                    value = await self.refresher.arenew(self.provider, effect.account.id,
-                                                        effect.account.secret_generation, effect.mode,
-                                                        wait=effect.wait)
-            except Exception as e:  # noqa: BLE001 - delivered into the flow, which decides
-                error = e
-
-    def _progress_sync(self, effect: _Sleep) -> None:
-        cb = self.options.on_progress
-        if cb is not None and effect.message:
-            result = cb(effect.waited, effect.total, effect.message)
-            if result is not None:
-                raise InvalidInput("an async progress callback needs an async client")
-
-    async def _progress_async(self, effect: _Sleep) -> None:
-        cb = self.options.on_progress
-        if cb is not None and effect.message:
-            result = cb(effect.waited, effect.total, effect.message)
-            if result is not None:
-                await result
 
     # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
     # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
@@ -277,6 +180,193 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             await anyio.to_thread.run_sync(self.usage.flush)
 
 
+class _Run:
+    """One request's I/O state: the caller's request, the answer in hand, the probation locks held."""
+
+    def __init__(self, transport: PoolTransport, request: httpx2.Request) -> None:
+        self.t = transport
+        self.host = transport.host
+        self.request = request
+        self.current: httpx2.Response | None = None
+        self.probes: list[HeldLock] = []
+
+    # Effects with no flavour: memory and the (cached) store read.
+    def _plain(self, effect: Effect) -> tuple[bool, Any]:
+        if isinstance(effect, ReadPool):
+            return True, self.host.store.read()
+        if isinstance(effect, LoadSecret):
+            # A cached secret costs no thread hop (the async path's largest per-request cost).
+            cached = self.host.cached_secret(effect.account)
+            return cached is not None, cached
+        if isinstance(effect, Touch):
+            self.t.usage.touch(effect.account_id)
+            return True, None
+        return False, None
+
+    def _credentialed(self, effect: Send) -> httpx2.Request:
+        headers = httpx2.Headers(self.request.headers)
+        for name, value in effect.headers.items():
+            headers[name] = value
+        return httpx2.Request(self.request.method, self.request.url, headers=headers, stream=self.request.stream,
+                              extensions=self.request.extensions)
+
+    def _answer(self, response: httpx2.Response) -> Answer:
+        self.current = response
+        return Answer(response.status_code, response.headers, is_event_stream(response))
+
+    def _probe(self, account_id: str) -> bool:
+        lock = self.host.store.named_lock(f"probe-{account_id}", 0.0)
+        try:
+            lock.acquire()
+        except LockTimeout:
+            return False
+        self.probes.append(lock)
+        return True
+
+    def _taken(self) -> httpx2.Response:
+        response, self.current = self.current, None
+        if response is None:
+            raise RuntimeError("the engine asked for an answer's body before any answer")
+        return response
+
+    def step(self, effect: Effect, inner: httpx2.BaseTransport) -> Any:  # noqa: PLR0911 - one branch per effect
+        done, value = self._plain(effect)
+        if done:
+            return value
+        if isinstance(effect, LoadSecret):
+            return self.host.secret_of(effect.account)
+        if isinstance(effect, Send):
+            try:
+                return self._answer(inner.handle_request(self._credentialed(effect)))
+            except httpx2.TransportError as e:
+                return Unreachable(_describe_error(e))
+        if isinstance(effect, ReadBody):
+            response = self._taken()
+            try:
+                return response.read()
+            finally:
+                response.close()
+        if isinstance(effect, Drop):
+            self._taken().close()
+            return None
+        if isinstance(effect, Peek):
+            verdict, self.current = peek_sync(self._taken())
+            return verdict
+        if isinstance(effect, Sleep):
+            _progress_sync(self.t.options.on_progress, effect.progress)
+            time.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Write):
+            return self.host.store.update_accounts(effect.ids, effect.change)
+        if isinstance(effect, TryProbe):
+            return self._probe(effect.account_id)
+        if isinstance(effect, Refresh):
+            a = effect.account
+            return self.t.refresher.renew(self.t.provider, a.id, a.secret_generation, effect.mode, wait=effect.wait)
+        raise TypeError(f"unknown effect {effect!r}")
+
+    async def astep(self, effect: Effect, inner: httpx2.AsyncBaseTransport) -> Any:  # noqa: PLR0911
+        done, value = self._plain(effect)
+        if done:
+            return value
+        if isinstance(effect, LoadSecret):
+            return await anyio.to_thread.run_sync(self.host.secret_of, effect.account)
+        if isinstance(effect, Send):
+            try:
+                return self._answer(await inner.handle_async_request(self._credentialed(effect)))
+            except httpx2.TransportError as e:
+                return Unreachable(_describe_error(e))
+        if isinstance(effect, ReadBody):
+            response = self._taken()
+            try:
+                return await response.aread()
+            finally:
+                await response.aclose()
+        if isinstance(effect, Drop):
+            await self._taken().aclose()
+            return None
+        if isinstance(effect, Peek):
+            verdict, self.current = await peek_async(self._taken())
+            return verdict
+        if isinstance(effect, Sleep):
+            await _progress_async(self.t.options.on_progress, effect.progress)
+            await anyio.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Write):
+            return await anyio.to_thread.run_sync(self.host.store.update_accounts, effect.ids, effect.change)
+        if isinstance(effect, TryProbe):
+            return await anyio.to_thread.run_sync(self._probe, effect.account_id)
+        if isinstance(effect, Refresh):
+            a = effect.account
+            return await self.t.refresher.arenew(self.t.provider, a.id, a.secret_generation, effect.mode,
+                                                 wait=effect.wait)
+        raise TypeError(f"unknown effect {effect!r}")
+
+    def deliver(self, served: Served) -> httpx2.Response:
+        """The answer in hand is the response: count it, attach the result."""
+        response = self._taken()
+        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at)
+        response.extensions = {**response.extensions,
+                               "authpool": RequestResult(served.account.id, served.account.name, served.attempts)}
+        return response
+
+    def _release(self) -> None:
+        for lock in self.probes:
+            lock.release()
+        self.probes.clear()
+
+    def close(self) -> None:
+        self._release()
+        if self.current is not None:
+            self._taken().close()
+
+    async def aclose(self) -> None:
+        self._release()
+        if self.current is not None:
+            await self._taken().aclose()
+
+
+def facts_of(request: httpx2.Request) -> RequestFacts:
+    """What the engine needs of a request, from the HTTP client's own parse of it."""
+    url = request.url
+    replayable = isinstance(request.stream, httpx2.ByteStream)
+    body: bytes | None = None
+    if replayable:
+        try:
+            body = request.content
+        except httpx2.RequestNotRead:
+            body = None
+    return RequestFacts(
+        method=request.method,
+        scheme=url.scheme,
+        host=url.host,
+        port=url.port or (443 if url.scheme == "https" else 80),
+        path=url.path,
+        has_userinfo=bool(url.userinfo),
+        header_names=frozenset(k.lower() for k in request.headers),
+        body=body,
+        replayable=replayable,
+    )
+
+
+def _progress_sync(callback: Any, progress: Progress | None) -> None:
+    if callback is not None and progress is not None:
+        result = callback(progress.waited, progress.total, progress.message)
+        if result is not None:
+            raise InvalidInput("an async progress callback needs an async client")
+
+
+async def _progress_async(callback: Any, progress: Progress | None) -> None:
+    if callback is not None and progress is not None:
+        result = callback(progress.waited, progress.total, progress.message)
+        if result is not None:
+            await result
+
+
+def _describe_error(e: BaseException) -> str:
+    return "timed out" if isinstance(e, httpx2.TimeoutException) else type(e).__name__
+
+
 def _cooling_response(e: AllAccountsCooling) -> httpx2.Response:
     """A 429 with ``Retry-After`` for HTTP-speaking callers, instead of an exception."""
     retry_after = max(1, int((e.retry_at or time.time()) - time.time() + 0.999))
@@ -285,80 +375,3 @@ def _cooling_response(e: AllAccountsCooling) -> httpx2.Response:
     return httpx2.Response(429, headers={"retry-after": str(retry_after)}, json=body,
                            extensions={"authpool": None})
 
-
-# -- stream peeking ------------------------------------------------------------------------
-
-
-def _peek_sync(response: httpx2.Response) -> tuple[StreamVerdict, httpx2.Response]:
-    stream = response.stream
-    if not isinstance(stream, httpx2.SyncByteStream):
-        raise TypeError("a sync transport returned an async stream")
-    chunks = iter(stream)
-    buffered = b""
-    verdict = StreamVerdict("undecided")
-    while verdict.kind == "undecided" and len(buffered) < PEEK_LIMIT:
-        chunk = next(chunks, None)
-        if chunk is None:
-            verdict = judge_prefix(parse_events(buffered + b"\n\n")[0], finished=True)
-            break
-        buffered += chunk
-        verdict = judge_prefix(parse_events(buffered)[0])
-    if verdict.kind == "undecided":
-        verdict = StreamVerdict("content")
-    return verdict, _replace_stream(response, _SyncReplay(buffered, chunks, stream))
-
-
-async def _peek_async(response: httpx2.Response) -> tuple[StreamVerdict, httpx2.Response]:
-    stream = response.stream
-    if not isinstance(stream, httpx2.AsyncByteStream):
-        raise TypeError("an async transport returned a sync stream")
-    chunks = stream.__aiter__()
-    buffered = b""
-    verdict = StreamVerdict("undecided")
-    while verdict.kind == "undecided" and len(buffered) < PEEK_LIMIT:
-        try:
-            chunk = await chunks.__anext__()
-        except StopAsyncIteration:
-            verdict = judge_prefix(parse_events(buffered + b"\n\n")[0], finished=True)
-            break
-        buffered += chunk
-        verdict = judge_prefix(parse_events(buffered)[0])
-    if verdict.kind == "undecided":
-        verdict = StreamVerdict("content")
-    return verdict, _replace_stream(response, _AsyncReplay(buffered, chunks, stream))
-
-
-def _replace_stream(response: httpx2.Response, stream: Any) -> httpx2.Response:
-    return httpx2.Response(response.status_code, headers=response.headers, stream=stream,
-                           extensions=response.extensions)
-
-
-class _SyncReplay(httpx2.SyncByteStream):
-    """The bytes read while peeking, then the rest of the original stream."""
-
-    def __init__(self, prefix: bytes, rest: Iterator[bytes], original: httpx2.SyncByteStream) -> None:
-        self._prefix, self._rest, self._original = prefix, rest, original
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._prefix:
-            yield self._prefix
-        yield from self._rest
-
-    def close(self) -> None:
-        self._original.close()
-
-
-class _AsyncReplay(httpx2.AsyncByteStream):
-    """The bytes read while peeking, then the rest of the original stream."""
-
-    def __init__(self, prefix: bytes, rest: AsyncIterator[bytes], original: httpx2.AsyncByteStream) -> None:
-        self._prefix, self._rest, self._original = prefix, rest, original
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        if self._prefix:
-            yield self._prefix
-        async for chunk in self._rest:
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._original.aclose()

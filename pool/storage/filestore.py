@@ -21,14 +21,14 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 from pydantic import ValidationError
 
-from authpool.accounts.model import SCHEMA_VERSION, PoolFile
+from authpool.accounts.model import SCHEMA_VERSION, PoolFile, Rows
 from authpool.errors import InvalidInput, LockLost, StoreCorrupt, StoreError, StoreVersionError
 from authpool.home import Home
 from authpool.storage.atomicfile import write_atomic
@@ -224,9 +224,36 @@ class Store:
         """:meth:`update` for async callers: waits for the lock in a worker thread."""
         return await anyio.to_thread.run_sync(self.update, change)
 
-    async def aread(self) -> PoolFile:
-        """:meth:`read` for async callers (a large pool takes milliseconds to parse)."""
-        return await anyio.to_thread.run_sync(self.read)
+    # -- the rest of the MetadataStore protocol -------------------------------------------
+
+    def update_accounts(self, ids: Collection[str], change: Callable[[Rows], T]) -> T:
+        """:meth:`update` limited to some accounts and the sessions (the pool file rewrites them all)."""
+        wanted = set(ids)
+
+        def apply(pool: PoolFile) -> T:
+            rows = Rows({a.id: a for a in pool.accounts if a.id in wanted}, pool.sessions)
+            result = change(rows)
+            pool.sessions = rows.sessions
+            return result
+
+        return self.update(apply)
+
+    @property
+    def location(self) -> str:
+        """The pool file's path."""
+        return str(self.path)
+
+    def version(self) -> Hashable:
+        """The pool file's identity (inode, mtime, size, ctime): every write replaces the file."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+    def named_lock(self, name: str, timeout: float) -> Lock:
+        """The lock file ``locks/NAME.lock`` of the home (never deleted)."""
+        return Lock(self.home.lock_file(name), timeout)
 
     def _keep_backup(self) -> None:
         # Called under the lock after the current file parsed cleanly: it is a good copy.

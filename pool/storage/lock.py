@@ -24,8 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import anyio
-
 from authpool.errors import LockLost, LockTimeout
 
 __all__ = ["DEFAULT_TIMEOUT", "Lock"]
@@ -69,8 +67,8 @@ def _describe_holder(lock_file: Path) -> str | None:
 class Lock:
     """A lock on ``path`` that excludes other threads of this process and other processes.
 
-    Usable as ``with lock:`` and ``async with lock:`` (the async form waits in a worker
-    thread, so the event loop keeps running while another process holds the lock).
+    Usable as ``with lock:``. Async callers take it in a worker thread, so the event loop keeps
+    running while another process holds it.
 
     Raises:
         LockTimeout: not acquired within ``timeout`` seconds; names the holder when known.
@@ -159,25 +157,11 @@ class Lock:
         finally:
             self._thread_lock.release()
 
-    @property
-    def held(self) -> bool:
-        """Whether this object currently holds the lock."""
-        return bool(self._file_lock.is_locked)
-
     def __enter__(self) -> Lock:
         self.acquire()
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
-
-    async def __aenter__(self) -> Lock:
-        await anyio.to_thread.run_sync(self.acquire, abandon_on_cancel=False)
-        return self
-
-    async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()

@@ -15,9 +15,11 @@ import threading
 import time
 from dataclasses import dataclass
 
-from authpool.accounts.model import PoolFile
+from authpool.accounts import transitions
+from authpool.accounts.model import Account, Rows
 from authpool.errors import PoolError
-from authpool.storage.filestore import Store
+from authpool.rotation.strategy import UsageView
+from authpool.storage.protocols import MetadataStore
 
 __all__ = ["UsageLog"]
 
@@ -29,14 +31,13 @@ class _Pending:
     requests: int = 0
     last_used_at: float = 0.0
     last_status: int | None = None
-    clear_backoff: bool = False
     quota_resets_at: float | None = None
 
 
 class UsageLog:
     """Pending per-account usage of this process."""
 
-    def __init__(self, store: Store, interval: float = 2.0) -> None:
+    def __init__(self, store: MetadataStore, interval: float = 2.0) -> None:
         self.store = store
         self.interval = interval
         self._pending: dict[str, _Pending] = {}
@@ -46,15 +47,14 @@ class UsageLog:
         self._flushing = threading.Lock()
         self._last_flush = time.monotonic()
 
-    def record(self, account_id: str, status: int, *, clear_backoff: bool = False,
-               quota_resets_at: float | None = None) -> None:
+    def record(self, account_id: str, status: int, *, quota_resets_at: float | None = None) -> None:
+        """A request this account served (counted in memory; written by the next flush)."""
         now = time.time()
         with self._guard:
             p = self._pending.setdefault(account_id, _Pending())
             p.requests += 1
             p.last_used_at = now
             p.last_status = status
-            p.clear_backoff = p.clear_backoff or clear_backoff
             if quota_resets_at is not None:
                 p.quota_resets_at = quota_resets_at
                 self._quota_resets[account_id] = quota_resets_at
@@ -79,6 +79,18 @@ class UsageLog:
     def last_used(self, account_id: str, persisted: float | None) -> float:
         return max(self._last_used.get(account_id, 0.0), persisted or 0.0)
 
+    def view(self, a: Account, weights: dict[str, float], now: float) -> UsageView:
+        """What a strategy may know of ``a`` beyond its metadata, as this process sees it now."""
+        reset = self.quota_resets_at(a.id, a.quota_resets_at)
+        return UsageView(
+            self.last_used(a.id, a.last_used_at),
+            weights.get(a.id, weights.get(a.label, 1.0)),
+            self.unrecorded(a.id),
+            # A reset that has passed says nothing about the current window (the account has a
+            # fresh quota, its next reset unknown); kept, it would rank first for draining.
+            reset if reset is not None and reset > now else None,
+        )
+
     def due(self) -> bool:
         with self._guard:
             return bool(self._pending) and time.monotonic() - self._last_flush >= self.interval
@@ -99,22 +111,16 @@ class UsageLog:
         if not pending:
             return
 
-        def apply(pool: PoolFile) -> None:
-            by_id = {a.id: a for a in pool.accounts}
+        def apply(rows: Rows) -> None:
             for account_id, p in pending.items():
-                acc = by_id.get(account_id)
-                if acc is None:
+                acc = rows.accounts.get(account_id)
+                if acc is None:  # removed meanwhile
                     continue
-                acc.counters.requests += p.requests
-                acc.last_used_at = max(acc.last_used_at or 0.0, p.last_used_at)
-                acc.last_status = p.last_status
-                if p.clear_backoff:
-                    acc.backoff_level = 0
-                if p.quota_resets_at is not None:
-                    acc.quota_resets_at = p.quota_resets_at
+                transitions.record_usage(acc, requests=p.requests, last_used_at=p.last_used_at,
+                                         last_status=p.last_status, quota_resets_at=p.quota_resets_at)
 
         try:
-            self.store.update(apply)
+            self.store.update_accounts(tuple(pending), apply)
         except PoolError as e:
             # Counters are best-effort; put them back so a later flush can try again.
             log.warning("could not record usage counters: %s", e)
@@ -124,5 +130,4 @@ class UsageLog:
                     q.requests += p.requests
                     q.last_used_at = max(q.last_used_at, p.last_used_at)
                     q.last_status = q.last_status or p.last_status
-                    q.clear_backoff = q.clear_backoff or p.clear_backoff
                     q.quota_resets_at = q.quota_resets_at or p.quota_resets_at

@@ -1,0 +1,136 @@
+"""Flights: refreshes running in threads of their own, and what a process waits for before it exits.
+
+A refresh that has sent its token request may already have rotated the login at the provider:
+losing its answer logs the user out. So a refresh never runs in its caller's thread, where a
+cancelled task, a passed deadline or Ctrl-C could interrupt it. It runs as a *flight*: a
+non-daemon thread that callers only wait on. A process about to exit calls :func:`drain`, which
+waits for the flights that have sent and stops the others from sending at all.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from authpool.accounts.secret import Secret
+from authpool.errors import RefreshError
+
+__all__ = ["Flight", "RefreshMode", "Renewal", "drain", "exiting", "in_flight", "launch", "mark_sending"]
+
+RefreshMode = Literal["force", "mandatory", "advisory"]
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A secret fresh enough to use, and whether this call renewed it at the token endpoint.
+
+    ``performed`` is False when another process (or an earlier caller) had already renewed it:
+    a 401 with a token someone else minted proves nothing about the login, while a 401 with the
+    token this call just minted means the login itself is refused.
+    """
+
+    secret: Secret
+    performed: bool
+
+
+@dataclass(eq=False)
+class Flight:
+    """One refresh of one account, running in its own thread; callers wait on ``future``.
+
+    The result is a :class:`Renewal`, or None when an advisory refresh found another one
+    running (keep using the current token).
+    """
+
+    account_id: str
+    name: str  # provider/label, for messages
+    seen_generation: int
+    mode: RefreshMode
+    started: float = field(default_factory=time.monotonic)
+    future: concurrent.futures.Future[Renewal | None] = field(default_factory=concurrent.futures.Future)
+    sent: bool = False  # the token request may have left: the flight must land before the process exits
+
+
+# Every flight of this process, whatever pool started it: what `drain` waits for at exit.
+_guard = threading.Lock()
+_flights: set[Flight] = set()
+_exiting = threading.Event()
+
+
+def launch(flight: Flight, body: Callable[[], Renewal | None], on_done: Callable[[], None]) -> None:
+    """Run ``body`` as ``flight`` in a thread of its own; its outcome lands in ``flight.future``."""
+    flight.future.set_running_or_notify_cancel()  # a running flight cannot be cancelled
+    with _guard:
+        _flights.add(flight)
+
+    def fly() -> None:
+        try:
+            result = body()
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits, in their thread
+            flight.future.set_exception(e)
+        else:
+            flight.future.set_result(result)
+        finally:
+            with _guard:
+                _flights.discard(flight)
+            on_done()
+
+    # Not a daemon: an interpreter that exits (a script's last line, Ctrl-C) waits for it.
+    threading.Thread(target=fly, name=f"authpool-refresh-{flight.account_id}", daemon=False).start()
+
+
+def mark_sending(flight: Flight | None, what: str) -> None:
+    """Note that ``flight`` is about to send its token request, unless the process is exiting.
+
+    Raises:
+        RefreshError: the process is exiting: nothing may leave that it could not wait for.
+    """
+    with _guard:
+        if _exiting.is_set():
+            raise RefreshError(f"{what} was not renewed: this process is exiting")
+        if flight is not None:
+            flight.sent = True
+
+
+def exiting() -> bool:
+    """Whether :func:`drain` was called for the process's exit (flights waiting for a lock give up)."""
+    return _exiting.is_set()
+
+
+def in_flight() -> list[Flight]:
+    """This process's refreshes that have not finished."""
+    with _guard:
+        return [f for f in _flights if not f.future.done()]
+
+
+def drain(timeout: float | None = None, *, notify: Callable[[list[Flight]], None] | None = None,
+          notify_after: float = 1.0, final: bool = True) -> bool:
+    """Wait for this process's refreshes that have sent their token request; True if all landed.
+
+    Called before a process exits: a refresh that reached the token endpoint may already have
+    rotated the login there, so leaving before its answer is stored would log the user out.
+    ``final`` (the default) also stops flights that have not sent yet from sending at all.
+    ``notify`` is called once, with the flights still running, if they take ``notify_after``
+    seconds or more.
+    """
+    if final:
+        _exiting.set()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    notify_at = time.monotonic() + notify_after if notify is not None else None
+    while True:
+        with _guard:
+            pending = [f for f in _flights if f.sent and not f.future.done()]
+        if not pending:
+            return True
+        now = time.monotonic()
+        if notify is not None and notify_at is not None and now >= notify_at:
+            notify_at = None
+            notify(pending)
+        # Short slices: the flight set changes, and a second Ctrl-C must be seen promptly.
+        slice_ = 0.1 if deadline is None else min(0.1, deadline - now)
+        if slice_ <= 0:
+            return False
+        concurrent.futures.wait([f.future for f in pending], timeout=slice_)

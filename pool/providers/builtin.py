@@ -1,0 +1,85 @@
+"""The providers authpool knows out of the box: their real public origins and header conventions.
+
+authpool ships no other application's OAuth client id: a built-in provider's OAuth settings
+name its endpoints only; the client id comes from the user's ``config.toml``.
+"""
+
+from __future__ import annotations
+
+from authpool.providers.provider import OAuthSettings, Provider
+
+__all__ = ["BUILTIN_PROVIDERS"]
+
+_ANTHROPIC_RESETS = [
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-reset",
+    "anthropic-ratelimit-input-tokens-reset",
+    "anthropic-ratelimit-output-tokens-reset",
+    "anthropic-ratelimit-unified-reset",
+    "anthropic-ratelimit-unified-5h-reset",
+    "anthropic-ratelimit-unified-7d-reset",
+]
+_OPENAI_RESETS = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+
+BUILTIN_PROVIDERS: dict[str, Provider] = {
+    p.id: p
+    for p in [
+        Provider(
+            id="anthropic",
+            name="Anthropic",
+            base_url="https://api.anthropic.com",
+            auth="header:x-api-key",
+            oauth_auth="bearer",
+            headers={"anthropic-version": "2023-06-01"},
+            oauth_headers={"anthropic-beta": "oauth-2025-04-20"},
+            oauth=OAuthSettings(
+                token_url="https://console.anthropic.com/v1/oauth/token",
+                authorize_url="https://claude.ai/oauth/authorize",
+                token_request="json",
+            ),
+            reset_headers=_ANTHROPIC_RESETS,
+        ),
+        Provider(
+            id="openai",
+            name="OpenAI",
+            base_url="https://api.openai.com",
+            auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://auth.openai.com/oauth/token",
+                authorize_url="https://auth.openai.com/oauth/authorize",
+            ),
+            reset_headers=_OPENAI_RESETS,
+        ),
+        Provider(
+            id="gemini",
+            name="Google Gemini",
+            base_url="https://generativelanguage.googleapis.com",
+            origins=["https://cloudcode-pa.googleapis.com"],
+            auth="header:x-goog-api-key",
+            oauth_auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://oauth2.googleapis.com/token",
+                authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+                device_authorization_url="https://oauth2.googleapis.com/device/code",
+            ),
+        ),
+        Provider(
+            id="github-copilot",
+            name="GitHub Copilot",
+            base_url="https://api.githubcopilot.com",
+            auth="bearer",
+            oauth=OAuthSettings(
+                token_url="https://github.com/login/oauth/access_token",
+                device_authorization_url="https://github.com/login/device/code",
+                scopes=["read:user"],
+            ),
+            reset_headers=["x-ratelimit-reset"],
+        ),
+        Provider(
+            id="openai-compatible",
+            name="OpenAI-compatible (set base_url in config.toml)",
+            auth="bearer",
+            reset_headers=_OPENAI_RESETS,
+        ),
+    ]
+}

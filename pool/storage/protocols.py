@@ -1,0 +1,95 @@
+"""The two storage interfaces everything else depends on: metadata, and secrets.
+
+Rotation, refresh, the pool and the server see storage only through these protocols, so a
+store is a choice, not a rewrite: the local pool file with its file locks and the OS keyring or
+the encrypted vault (the embedded default), or a team's shared database. Each protocol has one
+contract test suite (``tests/test_storage_contracts.py``) that every implementation passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable
+from types import TracebackType
+from typing import Protocol, TypeVar
+
+from authpool.accounts.model import PoolFile, Rows
+from authpool.accounts.secret import Secret
+
+__all__ = ["HeldLock", "MetadataStore", "SecretBackend"]
+
+T = TypeVar("T")
+
+
+class HeldLock(Protocol):
+    """A lock shared by every thread and process using the store (a file lock, a lease row)."""
+
+    def acquire(self, timeout: float | None = None) -> None:
+        """Block until held, or raise :class:`~authpool.errors.LockTimeout`."""
+
+    def release(self) -> None:
+        """Let the next waiter in."""
+
+    def __enter__(self) -> HeldLock:
+        """Acquire (``with lock:``)."""
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        """Release."""
+
+
+class MetadataStore(Protocol):
+    """Where the pool's metadata lives: accounts, cooldowns, sessions, journal; never a secret.
+
+    Every change is :meth:`update`: the change function is applied to a fresh read under the
+    store's lock and the result is written atomically, so nobody ever writes a snapshot taken
+    earlier over another process's change.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for messages (a path, a database address without password)."""
+
+    def read(self) -> PoolFile:
+        """The current metadata; treat it as read-only (cached while nothing changed)."""
+
+    def update(self, change: Callable[[PoolFile], T]) -> T:
+        """Apply ``change`` to a fresh read under the lock, validate, save; return what it returned.
+
+        If ``change`` raises, nothing is written.
+        """
+
+    def update_accounts(self, ids: Collection[str], change: Callable[[Rows], T]) -> T:
+        """Apply ``change`` to the accounts ``ids`` (and the session bindings), fresh, under the lock.
+
+        Only these rows are locked, read and written, so the cost follows the change, not the
+        pool. Accounts removed meanwhile are absent from ``Rows.accounts``.
+        """
+
+    def version(self) -> Hashable:
+        """A value that changes whenever the metadata does (in this process or any other)."""
+
+    def named_lock(self, name: str, timeout: float) -> HeldLock:
+        """A lock named ``name`` (``account-ID``: its refresh; ``probe-ID``: its probation)."""
+
+
+class SecretBackend(Protocol):
+    """Where the secrets live: one entry per account, read through a cache keyed by generation."""
+
+    @property
+    def name(self) -> str:
+        """Which backend this is, as recorded in the metadata (every process must use the same)."""
+
+    def load(self, account_id: str, generation: int) -> Secret:
+        """The secret at ``generation`` (cached per generation; a newer generation is read fresh)."""
+
+    def cached(self, account_id: str, generation: int) -> Secret | None:
+        """The cached secret of ``generation`` without touching the backend (None on a miss)."""
+
+    def load_fresh(self, account_id: str) -> Secret:
+        """Read the secret from the backend, bypassing the cache."""
+
+    def save(self, account_id: str, secret: Secret, generation: int) -> None:
+        """Write ``secret``; the caller records ``generation`` in the metadata afterwards."""
+
+    def delete(self, account_id: str) -> None:
+        """Remove the secret (a missing one is not an error)."""
