@@ -17,7 +17,7 @@ Measures, in one run:
    imports, the CLI parser and server construction.
 2. ``tools/call proxy_request`` round trips over one warm session (raw pipe and official client),
    against a direct request through a warm ``pool.client("acme")`` and the tool's body
-   (``server.proxy.run_proxy``) called in-process, plus ``tools/call`` of the minimal server's
+   (``authpool.server.mcp.proxy.run_proxy``) called in-process, plus ``tools/call`` of the minimal server's
    tool as the floor of the MCP framing; all interleaved, to the same loopback endpoint.
 3. If the cold-start ratio misses the target (or with ``--imports``): ``-X importtime`` of
    ``authpool``, ``authpool.server.cli`` and ``authpool.server.mcp``, and of both real server start-ups, listing the
@@ -60,8 +60,8 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import get_default_environment, stdio_client
 
 from authpool import Pool, TokenSet
-from authpool.server.front import ProxyCall, run_proxy
 from authpool.server.loopback import LoopbackProvider
+from authpool.server.mcp.proxy import ProxyCall, run_proxy
 from benchmarks.stats import load_note, machine, md_table, ms, pct, table
 
 TARGET_RATIO = 1.15

@@ -1,35 +1,53 @@
-"""``proxy_request`` as a plain async function: validate, send through the pool, shape the answer.
+"""The request front door: the checks every way into the pool makes before a request is sent.
 
-Kept free of MCP so it can be tested and reused directly; the tool in :mod:`server.app` is a
-thin wrapper around :func:`run_proxy`.
+``authpool request`` (:mod:`authpool.server.cli.request`), the MCP tool ``proxy_request``
+(:mod:`authpool.server.mcp.proxy`) and the coming HTTP gateway each take a request from their
+caller in their own shape and turn it into an :class:`Outgoing` with :func:`prepare`, so one set
+of rules holds everywhere:
+
+- the method is one HTTP method authpool sends (``GET``, ``POST``, ...);
+- the path resolves, through ``Provider.resolve_url``, to a URL on one of the provider's origins;
+- the caller sets no credential header (``Provider.refuse_credential_headers``: the pool attaches
+  credentials), no header the HTTP client owns (``Host``, ``Content-Length``, framing), and only
+  names and values HTTP can carry;
+- the body is JSON or raw bytes, never both, with a content type when it is JSON.
+
+What happens to the answer stays with each door: the CLI streams it to stdout, the MCP tool
+collects and shapes it for a tool result. Both name the pool's home when a provider has no
+accounts (:func:`naming_the_home`) and report a body that breaks off the same way
+(:func:`unreadable_body`).
 """
 
 from __future__ import annotations
 
-import json as jsonlib
+import contextlib
+import json
 import re
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
 
 from authpool import InvalidInput, NoAccounts, Pool, RequestFailed
-from authpool.providers.provider import Provider
+from authpool.providers import Provider
 from authpool.rotation import RequestResult
-from authpool.rotation.sse import assemble_text, parse_events
 
-__all__ = ["ProxyCall", "ProxyOutcome", "run_proxy"]
+__all__ = [
+    "METHODS",
+    "RESERVED_HEADERS",
+    "Outgoing",
+    "check_headers",
+    "check_method",
+    "naming_the_home",
+    "prepare",
+    "unreadable_body",
+]
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-# Headers the transport owns: framing and routing are computed, credentials are the pool's.
-_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
-                       "keep-alive", "proxy-connection"})
-_KEPT_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "retry-after-ms", "openai-model",
-                 "openai-processing-ms")
-_KEPT_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
-TRUNCATION_MARKER = "\n…[truncated by authpool: {shown} of {total} characters shown]"
+#: Headers the transport owns: framing and routing are computed, credentials are the pool's.
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
+                              "keep-alive", "proxy-connection"})
 # RFC 9110 field names are tokens; values are visible ASCII, spaces and tabs (httpx2 encodes
 # header values as ASCII, and CR/LF would split the header).
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -37,106 +55,89 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True)
-class ProxyCall:
-    provider: str
+class Outgoing:
+    """A request that passed the front door: ready for ``client.build_request`` on the pool's client."""
+
+    provider: Provider
     method: str
-    path: str
-    query: dict[str, str] | None = None
-    headers: dict[str, str] | None = None
-    json_body: Any = None
-    body: str | None = None
-    account: str | None = None
-    namespace: str | None = None
-    wait_s: float = 0.0
-    max_body_chars: int = 100_000
-    session: str | None = None
-    stream: bool = False
-
-
-@dataclass
-class ProxyOutcome:
-    status: int
+    url: str
     headers: dict[str, str]
-    body: Any
-    body_format: Literal["json", "text", "empty", "binary"]
-    body_bytes: int
-    truncated: bool
-    result: RequestResult
-    stream: StreamSummary | None = None
+    content: bytes | None
 
 
-@dataclass
-class StreamSummary:
-    """An event stream, collected: how much arrived, the text it generated, an error after content."""
+def prepare(
+    pool: Pool,
+    provider: str,
+    method: str,
+    path: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    json_body: Any = None,
+    body: bytes | str | None = None,
+    content_type: str | None = None,
+    stream: bool = False,
+) -> Outgoing:
+    """Check a caller's request and build what the pool's client sends.
 
-    events: int
-    text: str
-    error: dict[str, Any] | None
+    Args:
+        pool: the pool whose provider serves the request.
+        provider: the provider's id.
+        method: an HTTP method, any case.
+        path: a path relative to the provider's base URL, or an absolute URL on one of its origins.
+        headers: the caller's extra headers (never credentials).
+        json_body: a JSON document to send (``None``: no JSON body).
+        body: raw body bytes or text, instead of ``json_body``.
+        content_type: the body's content type unless ``headers`` name one (``application/json``
+            for ``json_body`` by default).
+        stream: ask for a streamed answer: adds ``"stream": true`` to a JSON object body that does
+            not say otherwise (how Anthropic- and OpenAI-style APIs are asked to stream).
 
-
-ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
-
-
-async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = None) -> ProxyOutcome:
-    """Send ``call`` through the pool and return the provider's answer, shaped for a tool result.
+    Returns:
+        The checked request.
 
     Raises:
-        PoolError: unknown provider or account, refused origin or header, all accounts cooling, …
+        InvalidInput: an unsupported method, both bodies, a refused or malformed header.
+        ProviderNotFound: an unknown provider.
+        OriginRefused: a URL off the provider's origins.
+
+    Example:
+        >>> out = prepare(pool, "anthropic", "post", "/v1/messages", json_body={"model": "m"})
+        >>> out.method, out.url, out.headers["content-type"]
+        ('POST', 'https://api.anthropic.com/v1/messages', 'application/json')
     """
-    method = call.method.strip().upper()
-    if method not in METHODS:
-        raise InvalidInput(f"unsupported method {call.method!r}; use one of {', '.join(sorted(METHODS))}")
-    if call.json_body is not None and call.body is not None:
+    verb = check_method(method)
+    if json_body is not None and body is not None:
         raise InvalidInput("give either json or body, not both")
-    provider = pool.provider(call.provider)
-    url = provider.resolve_url(call.path)
-    headers = dict(call.headers or {})
-    _check_headers(headers, provider)
+    found = pool.provider(provider)
+    url = found.resolve_url(path)
+    out_headers = dict(headers or {})
+    check_headers(out_headers, found)
     content: bytes | None = None
-    json_body = call.json_body
-    if call.stream and isinstance(json_body, dict) and "stream" not in json_body:
-        json_body = {**json_body, "stream": True}  # Anthropic and OpenAI-style APIs stream on this flag
     if json_body is not None:
-        content = jsonlib.dumps(json_body).encode()
-        headers.setdefault("content-type", "application/json")
-    elif call.body is not None:
-        content = call.body.encode()
-    async with pool.client(call.provider, account=call.account, namespace=call.namespace,
-                           wait_budget=call.wait_s, on_progress=progress, session=call.session) as client:
-        request = client.build_request(method, url, params=call.query, headers=headers, content=content)
-        # Streamed, then read here: the rotation engine only sees the send, so a body that
-        # breaks off or cannot be decoded (bad gzip) used to escape `client.request` as an
-        # unexpected exception (a bare "Error executing tool" and a traceback on stderr).
-        try:
-            response = await client.send(request, stream=True)
-        except NoAccounts as e:
-            raise e.in_home(pool.home.path) from None
-        result: RequestResult = response.extensions["authpool"]
-        try:
-            raw = await _collect(response, progress)
-        except httpx2.HTTPError as e:
-            reason = str(e) if isinstance(e, httpx2.DecodingError) else type(e).__name__
-            raise RequestFailed(
-                f"{call.provider} answered HTTP {response.status_code} via {result.account}, but the response body "
-                f"could not be read ({reason})",
-                attempts=result.attempts,
-            ) from None
-        finally:
-            await response.aclose()
-    body, body_format, truncated = _shape_body(raw, response.headers.get("content-type", ""), call.max_body_chars)
-    return ProxyOutcome(
-        status=response.status_code,
-        headers=_select_headers(response.headers),
-        body=_scrub(body, pool, result.account_id),
-        body_format=body_format,
-        body_bytes=len(raw),
-        truncated=truncated,
-        result=result,
-        stream=_summarize_stream(raw, response.headers.get("content-type", "")),
-    )
+        if stream and isinstance(json_body, dict) and "stream" not in json_body:
+            json_body = {**json_body, "stream": True}
+        content = json.dumps(json_body).encode()
+        content_type = content_type or "application/json"
+    elif body is not None:
+        content = body.encode() if isinstance(body, str) else body
+    if content_type and not any(name.strip().lower() == "content-type" for name in out_headers):
+        out_headers["content-type"] = content_type
+    return Outgoing(provider=found, method=verb, url=url, headers=out_headers, content=content)
 
 
-def _check_headers(headers: dict[str, str], provider: Provider) -> None:
+def check_method(method: str) -> str:
+    """``method`` upper-cased, if authpool sends it.
+
+    Raises:
+        InvalidInput: naming the methods it does send.
+    """
+    verb = method.strip().upper()
+    if verb not in METHODS:
+        raise InvalidInput(f"unsupported method {method!r}; use one of {', '.join(sorted(METHODS))}")
+    return verb
+
+
+def check_headers(headers: Mapping[str, str], provider: Provider) -> None:
     """Refuse credential and transport-owned headers, and names or values HTTP cannot carry.
 
     Raises:
@@ -144,8 +145,7 @@ def _check_headers(headers: dict[str, str], provider: Provider) -> None:
     """
     provider.refuse_credential_headers(headers)
     for name, value in headers.items():
-        low = name.strip().lower()
-        if low in _RESERVED:
+        if name.strip().lower() in RESERVED_HEADERS:
             raise InvalidInput(f"header {name!r} is set by authpool's HTTP client, not by callers")
         # Checked here because the HTTP client fails late and unhelpfully: a non-ASCII value
         # raised UnicodeEncodeError (a bare "Error executing tool" plus a traceback on stderr),
@@ -160,80 +160,25 @@ def _check_headers(headers: dict[str, str], provider: Provider) -> None:
             )
 
 
-async def _collect(response: httpx2.Response, progress: ProgressFn | None) -> bytes:
-    """Read the whole body; for an event stream, report bytes and events as they arrive."""
-    is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
-    chunks: list[bytes] = []
-    size = events = 0
-    last_report = time.monotonic()
-    async for chunk in response.aiter_bytes():
-        chunks.append(chunk)
-        size += len(chunk)
-        events += chunk.count(b"\n\n")
-        if is_stream and progress is not None and time.monotonic() - last_report >= 0.5:
-            last_report = time.monotonic()
-            await progress(float(size), None, f"streaming: {size} bytes, {events} events received")
-    return b"".join(chunks)
-
-
-def _summarize_stream(raw: bytes, content_type: str) -> StreamSummary | None:
-    if not content_type.startswith("text/event-stream"):
-        return None
-    events = parse_events(raw + b"\n\n")[0]
-    error: dict[str, Any] | None = None
-    for event in events:
-        doc = event.json()
-        if event.event == "error" or (isinstance(doc, dict) and "error" in doc):
-            inner = doc.get("error", doc) if isinstance(doc, dict) else {"message": event.data[:200]}
-            error = inner if isinstance(inner, dict) else {"message": str(inner)}
-            break
-    return StreamSummary(events=len(events), text=assemble_text(events), error=error)
-
-
-BodyFormat = Literal["json", "text", "empty", "binary"]
-
-
-def _shape_body(raw: bytes, content_type: str, limit: int) -> tuple[Any, BodyFormat, bool]:
-    if not raw:
-        return None, "empty", False
-    ctype = content_type.split(";", maxsplit=1)[0].strip().lower()
+@contextlib.contextmanager
+def naming_the_home(pool: Pool) -> Iterator[None]:
+    """Re-raise ``NoAccounts`` with the pool's home in the message (an empty pool is usually the wrong home)."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        if not ctype.startswith("text/") and "json" not in ctype:
-            return f"<{len(raw)} bytes of {ctype or 'binary data'}; not shown>", "binary", False
-        text = raw.decode("utf-8", errors="replace")
-    if len(text) > limit:
-        shown = text[:limit] + TRUNCATION_MARKER.format(shown=limit, total=len(text))
-        return shown, "text", True
-    if "json" in ctype or text.lstrip()[:1] in ("{", "["):
-        try:
-            return jsonlib.loads(text), "json", False
-        except ValueError:
-            pass
-    return text, "text", False
+        yield
+    except NoAccounts as e:
+        raise e.in_home(pool.home.path) from None
 
 
-def _select_headers(headers: Any) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        low = name.lower()
-        if low in _KEPT_HEADERS or low.startswith(_KEPT_PREFIXES):
-            out[low] = value
-    return out
+def unreadable_body(provider: str, response: httpx2.Response, error: httpx2.HTTPError) -> RequestFailed:
+    """The error for an answer whose body broke off or is not the encoding it claims.
 
-
-def _scrub(body: Any, pool: Pool, account_id: str) -> Any:
-    """Defence in depth: if a provider echoes the credential back, it does not reach the caller."""
-    try:
-        values = pool.secret_of(pool.get(account_id)).values()
-    except Exception:  # noqa: BLE001 - scrubbing must never turn a good answer into an error
-        return body
-    if not values:
-        return body
-    text = jsonlib.dumps(body) if not isinstance(body, str) else body
-    if not any(v in text for v in values):
-        return body
-    for v in values:
-        text = text.replace(v, "<redacted>")
-    return text if isinstance(body, str) else jsonlib.loads(text)
+    The rotation engine only sees the send, so without this the failure escaped as an
+    unexpected exception (an internal error, a traceback on a server's stderr).
+    """
+    served: RequestResult | None = response.extensions.get("authpool")
+    reason = str(error) if isinstance(error, httpx2.DecodingError) else type(error).__name__
+    via = f" via {served.account}" if served else ""
+    return RequestFailed(
+        f"{provider} answered HTTP {response.status_code}{via}, but the response body could not be read ({reason})",
+        attempts=served.attempts if served else None,
+    )

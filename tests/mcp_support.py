@@ -1,15 +1,18 @@
-"""Helpers for the MCP tests: a home on a loopback provider, `authpool serve` over real stdio.
+"""Helpers for the MCP tests: a home on a loopback provider, the server in memory or over real stdio.
 
-Everything here drives real processes: the server is spawned exactly as an MCP client spawns
-it (``python -m authpool.server.cli serve`` with the client's default environment plus AUTHPOOL_HOME
-and the keyring backend), the provider is a real socket server, and the CLI runs as a
-subprocess. Nothing of ours is mocked.
+Tool behaviour is tested in memory: the official client connected to ``build_server(pool)`` in
+this process (:func:`memory_session`), the server's log records captured (:class:`ServerLog`).
+The transport (stdio framing, stdout purity, shutdown) is tested on a real process: the server
+is spawned exactly as an MCP client spawns it (``python -m authpool.server.cli serve`` with the
+client's default environment plus AUTHPOOL_HOME and the keyring backend). The provider is a real
+socket server and the CLI runs as a subprocess either way. Nothing of ours is mocked.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import shutil
@@ -26,8 +29,9 @@ from mcp.client.stdio import stdio_client
 
 from authpool import Account, Pool, TokenSet
 from authpool.server.loopback import LoopbackProvider
-from authpool.storage.keyrings import VAULT_BACKEND
-from tests.conftest import REPO, run_cli
+from authpool.server.mcp.server import build_server
+from authpool.storage import VAULT_BACKEND
+from tests.conftest import REPO, assert_no_secrets, run_cli
 
 SERVE_ARGS = ["-m", "authpool.server.cli", "serve"]
 INSPECTOR_VERSION = "0.15.0"
@@ -123,6 +127,91 @@ class Lab:
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         """`authpool ARGS` as a real subprocess on this home."""
         return run_cli(*args, input=input, env=home_env(self.home))
+
+
+class ServerLog(logging.Handler):
+    """The log records of an in-memory server (the ``authpool`` and ``mcp`` loggers), as its stderr would show them."""
+
+    LOGGERS = ("authpool", "mcp")
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        """Every record formatted, tracebacks included (as a stderr log would carry them)."""
+        return "\n".join(self.format(r) for r in self.records)
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator[ServerLog]:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        try:
+            yield self
+        finally:
+            for name in self.LOGGERS:
+                logging.getLogger(name).removeHandler(self)
+
+
+@contextlib.asynccontextmanager
+async def memory_session(home: Path, log: ServerLog | None = None) -> AsyncIterator[Client]:
+    """The official client connected in memory to ``build_server`` over ``home``'s pool.
+
+    The server gets a pool of its own (as a server process would have), and this process points
+    at ``home`` meanwhile (the secret backend is read from the environment).
+    """
+    with pool_env(home), (log or ServerLog()).capturing():
+        pool = Pool.open(home)
+        try:
+            async with Client(build_server(pool), read_timeout_seconds=60) as client:
+                yield client
+        finally:
+            pool.close()
+
+
+class Session:
+    """A connected client plus the checks every call gets: no secret in any result, nor in the server's log."""
+
+    def __init__(self, client: Client, lab: Lab, log: ServerLog) -> None:
+        self.client = client
+        self.lab = lab
+        self.log = log
+
+    async def call(self, name: str, args: dict[str, Any], **kw: Any) -> Any:
+        result = await self.client.call_tool(name, args, **kw)
+        assert_no_secrets(result.model_dump_json(by_alias=True), self.lab.secrets())
+        return result
+
+    async def ok(self, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        """Call a tool that must succeed; its structured content."""
+        result = await self.call(name, args, **kw)
+        assert result.is_error is False, text_of(result)
+        # The text block mirrors the structured content (for clients that only read text).
+        assert json.loads(text_of(result)) == result.structured_content
+        out: dict[str, Any] = result.structured_content
+        return out
+
+    async def err(self, name: str, args: dict[str, Any], *fragments: str) -> str:
+        """Call a tool that must fail as a tool error naming ``fragments``; its message."""
+        return assert_tool_error(await self.call(name, args), *fragments)
+
+    def stderr(self) -> str:
+        """What the server logged so far, as its stderr would carry it."""
+        return self.log.text()
+
+
+@contextlib.asynccontextmanager
+async def lab_session(lab: Lab) -> AsyncIterator[Session]:
+    """A :class:`Session` in memory on ``lab``'s home; afterwards, no traceback and no secret was logged."""
+    log = ServerLog()
+    async with memory_session(lab.home, log) as client:
+        yield Session(client, lab, log)
+    assert_no_traceback(log.text())
+    assert_no_secrets(log.text(), lab.secrets())
 
 
 def server_params(home: Path, **extra_env: str) -> StdioServerParameters:

@@ -124,3 +124,27 @@ def test_add_oauth_warns_that_a_token_set_without_a_refresh_token_cannot_be_rene
     with_refresh = {**tokens, "refresh_token": "rt-present-0123456789"}
     r = run_cli("accounts", "add-oauth", "openai", "--label", "long", input=json.dumps(with_refresh))
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["-H", "bad name: 1"], "header name 'bad name' is not a valid HTTP header name"),
+    (["-H", "x-note: café"], "the value of header 'x-note' contains characters an HTTP header cannot carry"),
+    (["-H", "Host: elsewhere.example"], "header 'host' is set by authpool's HTTP client, not by callers"),
+    (["-H", "Content-Length: 5"], "header 'content-length' is set by authpool's HTTP client"),
+    (["-H", "x-api-key: sk-caller-chosen"], "header 'x-api-key' carries credentials"),
+    (["-H", "no colon here"], "bad header 'no colon here': use 'Name: value'"),
+    (["--method-instead", "FETCH"], "unsupported method 'FETCH'; use one of DELETE, GET"),
+], ids=["name", "value", "host", "framing", "credential", "syntax", "method"])
+def test_authpool_request_refuses_a_bad_header_or_method_in_one_line_like_proxy_request(
+        acme: LoopbackPool, args: list[str], fragment: str) -> None:
+    """`authpool request` passes the front door MCP uses: a refused header or method is one line; nothing is sent."""
+    acme.add_api_key("k")
+    method = args[1] if args[0] == "--method-instead" else "GET"
+    extra = [] if args[0] == "--method-instead" else args
+    r = run_cli("request", "acme", method, "/v1/models", *extra)
+    assert r.returncode == 1 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("authpool: error: "), r.stderr
+    assert fragment in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and "sk-caller-chosen" not in r.stderr
+    assert acme.lp.snapshot()["calls_by_path"] == {}
+    assert_no_secrets([r.stdout, r.stderr], acme.secrets())

@@ -3,7 +3,7 @@
 Everything runs for real: the provider is a LoopbackProvider socket server, the CLI is a
 subprocess whose stderr the test reads like a person would (the URL, the code), the test plays
 the browser with an HTTP client, and the MCP tools are called through the official client on
-`authpool serve` over stdio. Every test ends by scanning what was printed and written for the
+the server in memory. Every test ends by scanning what was printed and written for the
 tokens, codes and id_tokens the loopback issued.
 """
 
@@ -32,6 +32,7 @@ from authpool.auth.redirect import RedirectListener
 from authpool.providers.provider import Provider
 from authpool.server.loopback import LoopbackProvider
 from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, write_config
+from tests.mcp_support import ServerLog, memory_session
 
 URL_RE = r"(http://127\.0\.0\.1:\d+/authorize\?\S+)"
 CODE_RE = r"code: (\S+)"
@@ -96,6 +97,11 @@ class Login:
                     self.proc.kill()
                     raise AssertionError(f"{pattern!r} never appeared on stderr: {''.join(self._lines)!r}")
                 self._cond.wait(left)
+
+    def stderr_so_far(self) -> str:
+        """What the login printed on stderr up to now."""
+        with self._cond:
+            return "".join(self._lines)
 
     def finish(self, paste: str | None = None, timeout: float = 15) -> tuple[int, str, str]:
         """(exit status, stdout, stderr) once the process ends."""
@@ -344,7 +350,7 @@ def test_a_device_login_honours_slow_down_and_completes(acme: Path, lp: Loopback
     lp.device_min_interval, lp.slow_down_step = 0.3, 0.3
     login = Login("acme", "--device", "--label", "phone")
     code = login.expect(CODE_RE)
-    assert re.search(r"open http://127\.0\.0\.1:\d+/device on any device", "".join(login._lines))
+    assert re.search(r"open http://127\.0\.0\.1:\d+/device on any device", login.stderr_so_far())
     lp.approve_device(code, "frank@example.com")
     rc, out, err = login.finish()
     assert rc == 0, err
@@ -382,71 +388,61 @@ def test_a_device_login_that_is_denied_expires_or_times_out_stores_nothing(
     assert_clean(lp, acme, out, err)
 
 
-# -- MCP: start_login / finish_login over real stdio ------------------------------------------------
+# -- MCP: start_login / finish_login (the server in memory) ----------------------------------------
 
 
 def test_a_device_login_through_the_mcp_tools_reports_progress_and_returns_no_token(
-    acme: Path, lp: LoopbackProvider, tmp_path: Path
+    acme: Path, lp: LoopbackProvider
 ) -> None:
     """start_login gives URL and code; finish_login waits (progress), stores the account and returns its view."""
-    from mcp import Client, StdioServerParameters
-    from mcp.client.stdio import stdio_client
-
     lp.set_login("grace@example.com")
-    errlog_path = tmp_path / "server-stderr.log"
+    log = ServerLog()
     results: list[str] = []
     notes: list[tuple[float, float | None, str | None]] = []
+    user_code: list[str] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         notes.append((progress, total, message))
+        if len(notes) == 2:  # finish_login is polling and has reported it: now the user approves
+            lp.approve_device(user_code[0])
 
     async def scenario() -> None:
-        params = StdioServerParameters(
-            command=sys.executable, args=["-m", "authpool.server.cli", "serve"], cwd=str(REPO),
-            env={"AUTHPOOL_HOME": str(acme), "PYTHON_KEYRING_BACKEND": "authpool.storage.vault.VaultKeyring"})
-        with errlog_path.open("w") as errlog:
-            async with Client(stdio_client(params, errlog=errlog), read_timeout_seconds=30) as client:
-                names = {t.name for t in (await client.list_tools()).tools}
-                assert {"start_login", "finish_login"} <= names
-                started = await client.call_tool("start_login", {"provider": "acme"})
-                assert not started.is_error, started.content
-                s = started.structured_content
-                assert s is not None and set(s) == {"login_id", "provider", "verification_uri",
-                                                    "verification_uri_complete", "user_code", "expires_at",
-                                                    "interval"}
-                assert s["verification_uri"] == lp.base_url + "/device" and s["interval"] == 0.05
-                results.append(json.dumps(started.model_dump(mode="json")))
+        async with memory_session(acme, log) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert {"start_login", "finish_login"} <= names
+            started = await client.call_tool("start_login", {"provider": "acme"})
+            assert not started.is_error, started.content
+            s = started.structured_content
+            assert s is not None and set(s) == {"login_id", "provider", "verification_uri",
+                                                "verification_uri_complete", "user_code", "expires_at",
+                                                "interval"}
+            assert s["verification_uri"] == lp.base_url + "/device" and s["interval"] == 0.05
+            results.append(json.dumps(started.model_dump(mode="json")))
 
-                early = await client.call_tool("finish_login", {"login_id": s["login_id"], "timeout_s": 0.3})
-                assert early.is_error and "still waiting" in early.content[0].text  # type: ignore[union-attr]
-                assert s["user_code"] in early.content[0].text  # type: ignore[union-attr]
+            early = await client.call_tool("finish_login", {"login_id": s["login_id"], "timeout_s": 0.3})
+            assert early.is_error and "still waiting" in early.content[0].text  # type: ignore[union-attr]
+            assert s["user_code"] in early.content[0].text  # type: ignore[union-attr]
 
-                async def approve_soon() -> None:
-                    await anyio.sleep(0.4)
-                    lp.approve_device(s["user_code"])
+            user_code.append(s["user_code"])
+            done = await client.call_tool("finish_login", {"login_id": s["login_id"]}, progress_callback=on_progress)
+            assert not done.is_error, done.content
+            assert done.structured_content is not None
+            view = done.structured_content
+            assert view == {"id": view["id"], "name": "acme/grace@example.com", "created": True}
+            results.append(json.dumps(done.model_dump(mode="json")))
 
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(approve_soon)
-                    done = await client.call_tool("finish_login", {"login_id": s["login_id"]},
-                                                  progress_callback=on_progress)
-                assert not done.is_error, done.content
-                assert done.structured_content is not None
-                view = done.structured_content
-                assert view == {"id": view["id"], "name": "acme/grace@example.com", "created": True}
-                results.append(json.dumps(done.model_dump(mode="json")))
-
-                again = await client.call_tool("finish_login", {"login_id": s["login_id"]})
-                assert again.is_error and "unknown login_id" in again.content[0].text  # type: ignore[union-attr]
-                results.append(json.dumps(again.model_dump(mode="json")))
+            again = await client.call_tool("finish_login", {"login_id": s["login_id"]})
+            assert again.is_error and "unknown login_id" in again.content[0].text  # type: ignore[union-attr]
+            results.append(json.dumps(again.model_dump(mode="json")))
 
     anyio.run(scenario)
     assert len(notes) >= 2
     assert all("waiting for the user to open" in (m or "") for _, _, m in notes)
     assert [p for p, _, _ in notes] == sorted(p for p, _, _ in notes)
     assert request_subject(acme, "grace@example.com") == "grace@example.com"
-    server_stderr = errlog_path.read_text()
-    assert "Traceback" not in server_stderr
-    assert_clean(lp, acme, *results, server_stderr)
+    server_log = log.text()
+    assert "Traceback" not in server_log
+    assert_clean(lp, acme, *results, server_log)
 
 
 # -- labels ---------------------------------------------------------------------------------------

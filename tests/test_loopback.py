@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import re
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from authpool.server.loopback import LoopbackProvider, go_duration
+from authpool.server.loopback import LoopbackProvider, ManualClock
+from authpool.server.loopback.ratelimit import go_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN_RE = re.compile(r"^(lpat|lprt|lpk)-[A-Za-z0-9_-]{32,}$")
@@ -241,12 +243,15 @@ def test_expired_access_tokens_get_401_without_echoing_the_token(
 
 
 def test_access_tokens_expire_after_their_ttl() -> None:
-    """With a short access_ttl the token stops working on its own, as on a real provider."""
-    with LoopbackProvider(access_ttl=0.1) as p, new_client(p.base_url) as c:
+    """Once the provider's clock passes access_ttl the token stops working on its own, as on a real provider."""
+    clock = ManualClock()
+    with LoopbackProvider(access_ttl=0.1, clock=clock) as p, new_client(p.base_url) as c:
         tokens = p.add_oauth_account("a@example.com")
         assert tokens["expires_in"] == 0.1
         assert message(c, bearer(tokens["access_token"])).status_code == 200
-        time.sleep(0.15)
+        clock.advance(0.09)
+        assert message(c, bearer(tokens["access_token"])).status_code == 200
+        clock.advance(0.02)
         assert message(c, bearer(tokens["access_token"])).status_code == 401
 
 
@@ -345,23 +350,23 @@ def test_go_duration_matches_openai_header_format() -> None:
     assert go_duration(0.0001) == "1ms"
 
 
-def test_rate_limit_resets_after_retry_after_and_is_per_subject(
-    provider: LoopbackProvider, client: httpx2.Client
-) -> None:
-    """The window ends retry_after seconds after the first 429; other subjects are untouched."""
-    a = provider.add_api_key("a@example.com")
-    b = provider.add_api_key("b@example.com")
-    provider.set_rate_limit("a@example.com", after=1, retry_after=0.2)
-    assert message(client, {"x-api-key": a}).status_code == 200
-    assert message(client, {"x-api-key": a}).status_code == 429
-    assert message(client, {"x-api-key": b}).status_code == 200
-    time.sleep(0.25)
-    assert message(client, {"x-api-key": a}).status_code == 200
-    assert message(client, {"x-api-key": a}).status_code == 429
-    provider.clear_rate_limit("a@example.com")
-    assert message(client, {"x-api-key": a}).status_code == 200
-    assert provider.stats.api_calls_by_subject == {"a@example.com": 5, "b@example.com": 1}
-    assert provider.stats.statuses[429] == 2
+def test_rate_limit_resets_after_retry_after_and_is_per_subject() -> None:
+    """The window ends retry_after seconds (provider clock) after the first 429; other subjects are untouched."""
+    clock = ManualClock()
+    with LoopbackProvider(clock=clock) as provider, new_client(provider.base_url) as client:
+        a = provider.add_api_key("a@example.com")
+        b = provider.add_api_key("b@example.com")
+        provider.set_rate_limit("a@example.com", after=1, retry_after=0.2)
+        assert message(client, {"x-api-key": a}).status_code == 200
+        assert message(client, {"x-api-key": a}).status_code == 429
+        assert message(client, {"x-api-key": b}).status_code == 200
+        clock.advance(0.25)
+        assert message(client, {"x-api-key": a}).status_code == 200
+        assert message(client, {"x-api-key": a}).status_code == 429
+        provider.clear_rate_limit("a@example.com")
+        assert message(client, {"x-api-key": a}).status_code == 200
+        assert provider.stats.api_calls_by_subject == {"a@example.com": 5, "b@example.com": 1}
+        assert provider.stats.statuses[429] == 2
 
 
 def test_constructor_rate_limit_applies_to_every_subject() -> None:
@@ -394,12 +399,40 @@ def test_injected_failures_hit_the_next_n_requests(provider: LoopbackProvider, c
 def test_set_hang_delays_api_requests_until_turned_off(provider: LoopbackProvider) -> None:
     """A hanging provider trips the client's timeout; set_hang(0) restores service."""
     key = provider.add_api_key("a@example.com")
-    provider.set_hang(10)
+    provider.set_hang(100)
     with new_client(provider.base_url, timeout=0.2) as c:
         with pytest.raises(httpx2.ReadTimeout):
             message(c, {"x-api-key": key})
         provider.set_hang(0)
         assert message(c, {"x-api-key": key}).status_code == 200
+
+
+def test_held_api_requests_wait_at_the_gate_until_released_in_arrival_order(provider: LoopbackProvider) -> None:
+    """hold_api_requests: requests wait (counted) until released, the oldest first; releasing all stops holding."""
+    key = provider.add_api_key("a@example.com")
+    provider.hold_api_requests()
+    statuses: list[tuple[int, int]] = []
+
+    def call(n: int) -> None:
+        with new_client(provider.base_url, timeout=60) as c:
+            statuses.append((n, message(c, {"x-api-key": key}).status_code))
+
+    first = threading.Thread(target=call, args=(1,))
+    first.start()
+    assert provider.wait_for_held_requests(1)
+    second = threading.Thread(target=call, args=(2,))
+    second.start()
+    assert provider.wait_for_held_requests(2) and provider.wait_for_api_calls(2)
+    assert statuses == [] and provider.held_requests() == 2
+    provider.release_api_requests(1)
+    first.join(timeout=30)
+    assert statuses == [(1, 200)] and provider.held_requests() == 1
+    provider.release_api_requests()
+    second.join(timeout=30)
+    assert statuses == [(1, 200), (2, 200)] and provider.held_requests() == 0
+    with new_client(provider.base_url) as c:
+        assert message(c, {"x-api-key": key}).status_code == 200  # no longer holding
+    assert provider.snapshot()["api_calls"] == 3
 
 
 # ---- helper endpoints --------------------------------------------------------------------------
@@ -433,12 +466,12 @@ def test_cross_origin_redirect_lets_tests_see_which_credentials_travel(
         assert other.stats.calls_by_path == {"/echo-auth-present": 1}
 
 
-def test_slow_endpoint_answers_after_the_requested_delay(client: httpx2.Client) -> None:
-    """/slow?seconds=S sleeps S seconds and then answers 200."""
-    started = time.monotonic()
+def test_slow_endpoint_answers_after_the_requested_delay(provider: LoopbackProvider, client: httpx2.Client) -> None:
+    """/slow?seconds=S sleeps S seconds and then answers 200; a client that gives up sooner times out."""
     r = client.get("/slow", params={"seconds": "0.1"})
-    assert r.status_code == 200
-    assert time.monotonic() - started >= 0.1
+    assert r.status_code == 200 and r.json() == {"slept": 0.1}
+    with new_client(provider.base_url, timeout=0.2) as impatient, pytest.raises(httpx2.ReadTimeout):
+        impatient.get("/slow", params={"seconds": "100"})
     assert client.get("/slow", params={"seconds": "nan"}).status_code == 400
 
 
@@ -552,8 +585,17 @@ def test_stream_uses_valid_chunked_framing_and_keeps_the_connection_alive(provid
 # ---- lifecycle, stats, discipline --------------------------------------------------------------
 
 
-def test_stop_is_fast_even_with_hung_requests_and_idle_keepalive(provider: LoopbackProvider) -> None:
-    """stop() interrupts hangs, slow requests and pooled connections in well under a second."""
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll until ``condition()`` holds; fail naming ``what`` if it never does within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_stop_interrupts_hung_requests_and_idle_keepalive(provider: LoopbackProvider) -> None:
+    """stop() cuts a hung token request, a slow request and pooled connections short: they end, without answers."""
     provider.set_token_endpoint_mode("hang")
     idle = new_client(provider.base_url)
     assert idle.get("/echo-auth-present").status_code == 200  # leaves a pooled keep-alive socket
@@ -567,16 +609,16 @@ def test_stop_is_fast_even_with_hung_requests_and_idle_keepalive(provider: Loopb
 
     threads = [
         threading.Thread(target=call, args=("POST", "/oauth/token"), daemon=True),
-        threading.Thread(target=call, args=("GET", "/slow?seconds=20"), daemon=True),
+        threading.Thread(target=call, args=("GET", "/slow?seconds=100"), daemon=True),
     ]
     for t in threads:
         t.start()
-    time.sleep(0.1)
-    started = time.monotonic()
+    wait_for(lambda: {"/oauth/token", "/slow"} <= set(provider.snapshot()["calls_by_path"]), "both requests to arrive")
     provider.stop()
-    assert time.monotonic() - started < 1.0
+    # The hang lasts 30 s and /slow 100 s: threads that end well before that were cut short.
     for t in threads:
-        t.join(timeout=2)
+        t.join(timeout=20)
+        assert not t.is_alive()
     # Interrupted requests are dropped without an answer, like a server going away.
     assert len(outcomes) == 2
     assert all(isinstance(o, httpx2.TransportError) for o in outcomes)
@@ -619,7 +661,9 @@ def test_server_binds_loopback_only_and_writes_nothing_to_stdout_or_stderr(
         with socket.create_connection(("127.0.0.1", p.port)) as sock:
             sock.sendall(b"garbage\r\n\r\n")
             sock.recv(1024)
-        time.sleep(0.05)
+        # Every request has been handled (the cut-off POST too) before the output is checked; the
+        # garbage line was answered by the HTTP plumbing itself (recv above), so it is not counted.
+        wait_for(lambda: sum(p.snapshot()["statuses"].values()) == 3, "three answers")
     out, err = capfd.readouterr()
     assert (out, err) == ("", "")
     with pytest.raises(RuntimeError):
@@ -789,19 +833,20 @@ def device_poll(client: httpx2.Client, device_code: str) -> httpx2.Response:
 
 def test_device_flow_answers_pending_then_tokens_once() -> None:
     """A device code is pending until approved, then yields tokens exactly once."""
-    with LoopbackProvider(device_interval=0.05) as p, new_client(p.base_url) as c:
+    clock = ManualClock()
+    with LoopbackProvider(device_interval=0.05, clock=clock) as p, new_client(p.base_url) as c:
         grant = device_start(c)
         assert grant["verification_uri"] == p.base_url + "/device"
         assert grant["verification_uri_complete"].endswith(grant["user_code"])
         assert grant["interval"] == 0.05 and p.pending_user_codes() == [grant["user_code"]]
-        time.sleep(0.06)
+        clock.advance(0.06)
         assert device_poll(c, grant["device_code"]).json()["error"] == "authorization_pending"
         p.approve_device(grant["user_code"], "erin@example.com")
-        time.sleep(0.06)
+        clock.advance(0.06)
         tokens = device_poll(c, grant["device_code"]).json()
         assert jwt_claims(tokens["id_token"])["sub"] == "erin@example.com"
         assert message(c, bearer(tokens["access_token"])).json()["subject"] == "erin@example.com"
-        time.sleep(0.06)
+        clock.advance(0.06)
         assert device_poll(c, grant["device_code"]).json()["error"] == "invalid_grant"
         assert p.device_answers(grant["user_code"]) == ["authorization_pending", "tokens"]
         assert grant["device_code"] in p.issued_login_secrets()
@@ -809,25 +854,29 @@ def test_device_flow_answers_pending_then_tokens_once() -> None:
 
 def test_device_flow_polled_too_fast_answers_slow_down_with_a_longer_interval() -> None:
     """Polling before the interval has passed gets slow_down, and the interval grows by the step."""
-    with LoopbackProvider(device_interval=0.2) as p, new_client(p.base_url) as c:
+    clock = ManualClock()
+    with LoopbackProvider(device_interval=0.2, clock=clock) as p, new_client(p.base_url) as c:
         p.slow_down_step = 0.5
         grant = device_start(c)
         r = device_poll(c, grant["device_code"])
         assert r.status_code == 400 and r.json() == {"error": "slow_down", "interval": 0.7}
-        time.sleep(0.75)
+        clock.advance(0.6)
+        assert device_poll(c, grant["device_code"]).json() == {"error": "slow_down", "interval": 1.2}
+        clock.advance(1.2)
         assert device_poll(c, grant["device_code"]).json()["error"] == "authorization_pending"
 
 
 def test_device_flow_expires_and_can_be_denied() -> None:
     """An unapproved code expires (expired_token); a denied one answers access_denied."""
-    with LoopbackProvider(device_interval=0.01, device_ttl=0.2) as p, new_client(p.base_url) as c:
+    clock = ManualClock()
+    with LoopbackProvider(device_interval=0.01, device_ttl=0.2, clock=clock) as p, new_client(p.base_url) as c:
         late, denied = device_start(c), device_start(c)
         p.deny_device(denied["user_code"])
-        time.sleep(0.05)
+        clock.advance(0.05)
         assert device_poll(c, denied["device_code"]).json()["error"] == "access_denied"
         with pytest.raises(KeyError):
             p.approve_device(denied["user_code"])
-        time.sleep(0.2)
+        clock.advance(0.2)
         assert device_poll(c, late["device_code"]).json()["error"] == "expired_token"
 
 
@@ -988,16 +1037,26 @@ def test_overloaded_first_streams_open_with_an_overloaded_error_event(
 
 
 def test_stream_delay_paces_the_events_of_a_stream(provider: LoopbackProvider, client: httpx2.Client) -> None:
-    """set_stream_delay: each event after the first waits (so a stream of 8 events takes at least 7 pauses)."""
+    """set_stream_delay: the first event arrives at once and the next waits (stop() breaks it off); short pauses
+    still deliver all 8 events."""
     key = provider.add_api_key("p@example.com")
-    provider.set_stream_delay(0.05)
-    started = time.monotonic()
+    provider.set_stream_delay(0.01)
     with client.stream("POST", "/v1/messages", json={"model": "m", "stream": True},
                        headers={"x-api-key": key}) as r:
         text = "".join(r.iter_text())
-    assert time.monotonic() - started >= 7 * 0.05  # a lower bound the server's own pauses guarantee
     assert len(parse_sse(text)) == 8
-    provider.set_stream_delay(0)
+    provider.set_stream_delay(100)  # a pause no test run outlasts: what arrives came before it
+    with client.stream("POST", "/v1/messages", json={"model": "m", "stream": True},
+                       headers={"x-api-key": key}) as r:
+        chunks = r.iter_raw()
+        received = b""
+        while b"\n\n" not in received:
+            received += next(chunks)
+        provider.stop()  # cuts the pause short: the stream ends there instead of going on
+        with contextlib.suppress(httpx2.RemoteProtocolError, httpx2.ReadError):
+            for chunk in chunks:
+                received += chunk
+    assert [name for name, _ in parse_sse(received.decode())] == ["message_start"]
 
 
 def test_an_always_failing_subject_gets_its_status_or_a_dropped_connection(

@@ -1,8 +1,8 @@
 """Rotation under real traffic: streams, per-model limits, body deadlines, probation, sessions, migration.
 
 Every request is real HTTP to a LoopbackProvider on 127.0.0.1 through the pool's own transport.
-"Another process" is a real one: the ``authpool request`` CLI, a worker from ``tests/workers.py``
-or ``authpool serve`` driven by the official MCP client over stdio. Nothing of ours is patched;
+"Another process" is a real one: the ``authpool request`` CLI or a worker from ``tests/workers.py``;
+the MCP tools run in memory, called by the official MCP client. Nothing of ours is patched;
 waits poll for a state (never assert on elapsed time).
 """
 
@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -20,13 +21,12 @@ from typing import Any
 
 import httpx2
 import pytest
-from mcp import Client
 
 from authpool import Pool
 from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli, start_worker
-from tests.mcp_support import Lab, assert_no_traceback, assert_tool_error, mcp_session, pool_env, text_of
+from tests.mcp_support import Lab, Session, assert_tool_error, lab_session, pool_env
 
 CHAT = "/v1/chat/completions"
 MESSAGES = "/v1/messages"
@@ -97,6 +97,29 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def held_together(lp: LoopbackProvider, n: int) -> Iterator[list[bool]]:
+    """Hold API requests at the provider until ``n`` wait there together, then let them all go.
+
+    Requests that must race (one picks while another is in flight) are then in flight together
+    for sure, however busy the machine. Yields a list that ends up holding whether they met.
+    """
+    met: list[bool] = []
+
+    def release_when_all_arrived() -> None:
+        met.append(lp.wait_for_held_requests(n, 60.0))
+        lp.release_api_requests()
+
+    lp.hold_api_requests()
+    releaser = threading.Thread(target=release_when_all_arrived, daemon=True)
+    releaser.start()
+    try:
+        yield met
+    finally:
+        lp.release_api_requests()
+        releaser.join(timeout=60)
 
 
 def sleep_until(ts: float) -> None:
@@ -336,14 +359,15 @@ def test_after_a_cooldown_one_request_probes_the_account_while_a_racing_one_uses
     assert a["probation"] is True
     acme.lp.clear_rate_limit("a")
     sleep_until(a["cooldowns"]["*"]["until"])
-    acme.lp.set_hang(0.4)  # slow answers: the second request picks while the probe is in flight
 
     async def race() -> list[httpx2.Response]:
         async with acme.pool.client("acme") as client:
             return list(await asyncio.gather(client.post(CHAT, json=BODY), client.post(CHAT, json=BODY)))
 
     before = acme.lp.snapshot()["api_calls_by_subject"]
-    first = asyncio.run(race())
+    with held_together(acme.lp, 2) as met:  # the second request picks while the probe is in flight
+        first = asyncio.run(race())
+    assert met == [True]
     assert sorted(r.json()["subject"] for r in first) == ["a", "b"]
     assert sorted(trail(r)[0] for r in first) == [("a", 200, "ok"), ("b", 200, "ok")]  # nobody queued behind a
     after = acme.lp.snapshot()["api_calls_by_subject"]
@@ -351,7 +375,9 @@ def test_after_a_cooldown_one_request_probes_the_account_while_a_racing_one_uses
     a = acme.account_json("a")
     assert (a["probation"], a["backoff_level"]) == (False, 0)  # cleared in pool.json by the probe's success
 
-    second = asyncio.run(race())
+    with held_together(acme.lp, 2) as met:
+        second = asyncio.run(race())
+    assert met == [True]
     assert [r.json()["subject"] for r in second] == ["a", "a"]
 
 
@@ -364,11 +390,13 @@ def test_a_model_scoped_cooldown_is_probed_for_that_model_only(acme: LoopbackPoo
         assert trail(client.post(CHAT, json=x)) == [("a", 429, "rate_limited"), ("b", 200, "ok")]
     until = acme.account_json("a")["cooldowns"]["model-x"]["until"]
     acme.lp.clear_rate_limit("a")
-    acme.lp.set_hang(0.4)
 
     async def race(body: dict[str, Any]) -> list[str]:
-        async with acme.pool.client("acme") as client:
-            responses = await asyncio.gather(client.post(CHAT, json=body), client.post(CHAT, json=body))
+        # Both requests wait at the provider together: each picks while the other is in flight.
+        with held_together(acme.lp, 2) as met:
+            async with acme.pool.client("acme") as client:
+                responses = await asyncio.gather(client.post(CHAT, json=body), client.post(CHAT, json=body))
+        assert met == [True]
         return sorted(r.json()["subject"] for r in responses)
 
     assert asyncio.run(race(y)) == ["a", "a"]  # model-y never was limited: no probing for it
@@ -554,7 +582,7 @@ def test_a_version_1_pool_file_is_read_and_upgraded_on_the_first_write_keeping_e
     assert pool.store.read().schema_version == 2
 
 
-# -- over MCP: streams, per-model scopes and a cooling pool through `authpool serve` ------------------------------
+# -- over MCP: streams, per-model scopes and a cooling pool through the tools (in memory) -------------------------
 
 # One provider id per scenario on one loopback; subjects are unique across them.
 MCP_ACCOUNTS = {"strm": ["sx", "sy"], "after": ["ax", "ay"], "model": ["mx", "my"], "allc": ["c1", "c2", "c4"]}
@@ -578,33 +606,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lp.stop()
 
 
-class Session:
-    """A connected client; every result is checked for secrets."""
-
-    def __init__(self, client: Client, lab: Lab, errlog: Path) -> None:
-        self.client, self.lab, self.errlog = client, lab, errlog
-
-    async def call(self, name: str, args: dict[str, Any], **kw: Any) -> Any:
-        result = await self.client.call_tool(name, args, **kw)
-        assert_no_secrets(result.model_dump_json(by_alias=True), self.lab.secrets())
-        return result
-
-    async def ok(self, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        result = await self.call(name, args, **kw)
-        assert result.is_error is False, text_of(result)
-        out: dict[str, Any] = result.structured_content
-        return out
-
-
 @pytest.fixture(scope="module")
-async def mcp(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Session]:
-    errlog = tmp_path_factory.mktemp("traffic-log") / "server-stderr.log"
-    tz = {"TZ": os.environ["TZ"]} if "TZ" in os.environ else {}  # the server formats clock times too
-    with errlog.open("w") as f:
-        async with mcp_session(lab.home, errlog=f, **tz) as client:
-            yield Session(client, lab, errlog)
-    assert_no_traceback(errlog.read_text())
-    assert_no_secrets(errlog.read_text(), lab.secrets())
+async def mcp(lab: Lab) -> AsyncIterator[Session]:
+    """The MCP server in memory on the lab's home (its log checked for tracebacks and secrets at the end)."""
+    async with lab_session(lab) as session:
+        yield session
 
 
 def mcp_trail(result: dict[str, Any]) -> list[tuple[str, int | None, str]]:

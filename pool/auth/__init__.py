@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, in_flight
 from authpool.auth.refresh import Keeper, Refresher
 
+if TYPE_CHECKING:  # the lazy names below, as type checkers must see them
+    from authpool.auth.device import DeviceEvent, DeviceFlow, device_login
+    from authpool.auth.login import LoginResult, LoginTokens, browser_login, paste_login, store_login
+    from authpool.auth.oauth import TOKEN_TIMEOUT
+
 __all__ = [
+    "TOKEN_TIMEOUT",
     "DeviceEvent",
     "DeviceFlow",
     "Flight",
@@ -27,6 +34,7 @@ __all__ = [
 
 # The login flows pull in an HTTP server, PKCE and the device flow: load them on first use.
 _LAZY = {
+    "TOKEN_TIMEOUT": "authpool.auth.oauth",
     "DeviceEvent": "authpool.auth.device",
     "DeviceFlow": "authpool.auth.device",
     "device_login": "authpool.auth.device",

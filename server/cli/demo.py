@@ -9,24 +9,42 @@ happened. Nothing outside the temporary home is touched; it is deleted at the en
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from authpool import Pool, TokenSet
-from authpool.server.loopback import LoopbackProvider
 
-__all__ = ["run_demo"]
+if TYPE_CHECKING:
+    from authpool.server.loopback import LoopbackProvider
+
+__all__ = ["add_parser", "cmd_demo", "run_demo"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``demo`` to the CLI's subcommands."""
+    p = sub.add_parser("demo", help="show the pool working end to end against a loopback provider (touches nothing)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary home for inspection")
+    p.set_defaults(handler=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run ``authpool demo``."""
+    return run_demo(keep=args.keep)
 
 
 def run_demo(keep: bool = False) -> int:
     """Run the demo; returns the exit status (non-zero if the pool did not behave)."""
+    # Imported here: every other command builds this parser, and only the demo needs them.
+    import anyio
+
+    from authpool.server.loopback import LoopbackProvider
+
     home = Path(tempfile.mkdtemp(prefix="authpool-demo-"))
     provider = LoopbackProvider(access_ttl=3600).start()
     issued: list[str] = []

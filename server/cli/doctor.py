@@ -6,15 +6,33 @@ can act on. The exit status is non-zero when any check fails.
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from authpool import Home, Pool, PoolError, Store
-from authpool.accounts.model import PoolFile
-from authpool.errors import StoreCorrupt
-from authpool.providers.config import Providers
+from authpool import Home, Pool, PoolError, Store, StoreCorrupt
+from authpool.accounts import PoolFile
+from authpool.providers import Providers
+from authpool.server.cli.errors import UsageError
 
-__all__ = ["Finding", "run_doctor"]
+__all__ = ["Finding", "add_parser", "cmd_doctor", "run_doctor"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``doctor`` to the CLI's subcommands."""
+    p = sub.add_parser("doctor", help="check the home directory, file modes, credential store and pool file")
+    p.add_argument("--restore", action="store_true", help="replace a corrupt pool file with the last good copy")
+    p.add_argument("--force", action="store_true", help="with --restore: restore even over a healthy pool file "
+                                                        "(undoes its last write)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Run ``authpool doctor``; ``--force`` goes only with ``--restore``."""
+    if args.force and not args.restore:
+        raise UsageError("--force only goes with --restore")
+    return run_doctor(restore=args.restore, force=args.force, as_json=args.json)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """``authpool import SOURCE [PATH]``: bring in logins the user already has in other tools.
 
-A thin shell over :mod:`pool.importers`. stdout gets one line per entry of the source
+A thin shell over :mod:`authpool.importers`. stdout gets one line per entry of the source
 (imported, would import, already imported, skipped); stderr gets the warning that an imported
 OAuth login shares its refresh token with the tool it came from. Never a secret, anywhere.
 
@@ -15,9 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from authpool import Home, Pool, Store, resolve_home
-from authpool.accounts.model import validate_provider_id
-from authpool.errors import NotFound
+from authpool import Home, NotFound, Pool, Store, resolve_home
+from authpool.accounts import validate_provider_id
 from authpool.importers import (
     SOURCES,
     TOOL_NAMES,
@@ -29,8 +28,8 @@ from authpool.importers import (
     scan_source,
     select,
 )
-from authpool.providers.config import Providers
-from authpool.server.cli.main import relative
+from authpool.providers import Providers
+from authpool.server.cli.format import relative
 
 __all__ = ["add_parser", "cmd_import"]
 

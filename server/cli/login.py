@@ -22,27 +22,18 @@ import sys
 import threading
 import time
 import webbrowser
-from typing import Any, TextIO
+from typing import TextIO
 
-from authpool import Pool
-from authpool.accounts.model import validate_label
-from authpool.auth.device import DeviceEvent, device_login
-from authpool.auth.login import (
-    DEFAULT_TIMEOUT,
-    NOTHING_STORED,
-    LoginCancelled,
-    LoginTimeout,
-    browser_login,
-    paste_login,
-)
-from authpool.errors import InvalidInput
+from authpool import InvalidInput, LoginCancelled, LoginTimeout, Pool
+from authpool.accounts import validate_label
+from authpool.auth import DeviceEvent, browser_login, device_login, paste_login
+from authpool.auth.login import DEFAULT_TIMEOUT, NOTHING_STORED
+from authpool.server.cli.errors import EXIT_CANCELLED
 
 __all__ = ["add_parser", "browser_available", "cmd_login"]
 
-EXIT_CANCELLED = 130  # as a shell reports a command ended by Ctrl-C
 
-
-def add_parser(sub: Any) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``login`` to the CLI's subcommands."""
     p = sub.add_parser(
         "login",

@@ -2,7 +2,9 @@
 
 The response body goes to stdout (so it pipes into ``jq``), the account that served it and
 the attempt trail to stderr. Exit status: 0 for 2xx/3xx, 4 for a final 4xx, 5 for a final 5xx,
-1 when the pool could not serve the request at all (all cooling, no accounts, refused origin).
+1 when the pool could not serve the request at all (all cooling, no accounts, refused origin,
+a refused header). The request passes the same front door (:mod:`authpool.server.front`) as
+MCP's ``proxy_request``: a bad method, origin or header is one clear line, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,20 +17,41 @@ import time
 
 import httpx2
 
-from authpool import InvalidInput, NoAccounts, Pool, RequestFailed
+from authpool import InvalidInput, Pool, RequestFailed
 from authpool.rotation import Attempt, RequestResult
+from authpool.server.front import naming_the_home, prepare, unreadable_body
 
-__all__ = ["parse_headers", "print_trail", "read_body", "run_request"]
+__all__ = ["add_parser", "parse_headers", "print_trail", "read_body", "run_request"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``request`` to the CLI's subcommands."""
+    p = sub.add_parser(
+        "request",
+        help="send one request through the pool; body to stdout, account and attempt trail to stderr",
+    )
+    p.add_argument("provider")
+    p.add_argument("method", help="GET, POST, ...")
+    p.add_argument("path", help="path relative to the provider's base URL (or a URL on one of its origins)")
+    body = p.add_mutually_exclusive_group()
+    body.add_argument("--json", dest="json_body", metavar="BODY", help="a JSON request body")
+    body.add_argument("--data", metavar="@FILE|-|TEXT", help="raw body: @FILE, - for stdin, or literal text")
+    p.add_argument("-H", "--header", action="append", default=[], metavar="'K: V'", help="extra request header")
+    p.add_argument("--account", help="use only this account (id or provider/label)")
+    p.add_argument("--namespace", help="rotate only within this namespace")
+    p.add_argument("--session", metavar="KEY",
+                   help="keep requests with the same KEY on one account while it is healthy (shared across processes)")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="seconds to wait when every account is cooling (default: fail at once)")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not print the attempt trail")
+    p.set_defaults(handler=run_request)
 
 
 def run_request(args: argparse.Namespace) -> int:
+    """Run ``authpool request``; returns the exit status (errors are raised as PoolError)."""
     headers = parse_headers(args.header)
     content, content_type = read_body(args.json_body, args.data)
-    if content_type and "content-type" not in {k.lower() for k in headers}:
-        headers["content-type"] = content_type
     pool = Pool.open()
-    provider = pool.provider(args.provider)
-    url = provider.resolve_url(args.path)
 
     def progress(waited: float, total: float | None, message: str) -> None:
         print(f"authpool: {message}", file=sys.stderr)
@@ -36,27 +59,23 @@ def run_request(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     last = b""
     try:
+        # The front door MCP's proxy_request uses too: method, origin, header and body checks.
+        outgoing = prepare(pool, args.provider, args.method, args.path, headers=headers, body=content,
+                           content_type=content_type)
         with pool.sync_client(args.provider, account=args.account, namespace=args.namespace,
                               wait_budget=args.wait, on_progress=progress, session=args.session) as client:
-            request = client.build_request(args.method.upper(), url, content=content, headers=headers)
+            request = client.build_request(outgoing.method, outgoing.url, content=outgoing.content,
+                                           headers=outgoing.headers)
             # Streamed to stdout as it arrives: an event stream (stream: true) shows tokens live.
-            try:
+            with naming_the_home(pool):
                 response = client.send(request, stream=True)
-            except NoAccounts as e:
-                raise e.in_home(pool.home.path) from None
             try:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
                     out.flush()
                     last = chunk or last
             except httpx2.HTTPError as e:  # the body broke off, or is not the encoding it claims
-                served: RequestResult | None = response.extensions.get("authpool")
-                reason = str(e) if isinstance(e, httpx2.DecodingError) else type(e).__name__
-                raise RequestFailed(
-                    f"{args.provider} answered HTTP {response.status_code}"
-                    f"{f' via {served.account}' if served else ''}, but the response body could not be read "
-                    f"({reason})", attempts=served.attempts if served else None,
-                ) from None
+                raise unreadable_body(args.provider, response, e) from None
             finally:
                 response.close()
     except RequestFailed as e:
@@ -94,7 +113,8 @@ def print_trail(attempts: list[Attempt]) -> None:
 
 
 def parse_headers(values: list[str]) -> dict[str, str]:
-    """``-H 'K: V'`` options as a dict.
+    """``-H 'K: V'`` options as a dict, names lower-cased (HTTP names are case-insensitive; errors name
+    them as the pool's client sees them).
 
     Raises:
         InvalidInput: a header without a colon.
@@ -104,7 +124,7 @@ def parse_headers(values: list[str]) -> dict[str, str]:
         name, sep, value = raw.partition(":")
         if not sep or not name.strip():
             raise InvalidInput(f"bad header {raw!r}: use 'Name: value'")
-        out[name.strip()] = value.strip()
+        out[name.strip().lower()] = value.strip()
     return out
 
 

@@ -1,7 +1,7 @@
 """The API endpoints: authentication, injected faults, rate limits, and the answers themselves.
 
 ``/v1/messages`` (Anthropic), ``/v1/chat/completions`` and ``/v1/models`` (OpenAI) and
-``/v1beta/models/<model>:generateContent`` (Gemini) live on ``_ApiMixin``, which
+``/v1beta/models/<model>:generateContent`` (Gemini) live on ``ApiRoutes``, which
 ``LoopbackProvider`` inherits.
 """
 
@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
-from authpool.server.loopback.models import LoopbackRequest, LoopbackResponse, LoopbackStats
-from authpool.server.loopback.ratelimit import _limit_response, _RateLimit, _spend, _window_headers
-from authpool.server.loopback.streams import _chat_chunks, _sse_events
-from authpool.server.loopback.tokens import _AccessToken
+from authpool.server.loopback.clock import Clock
+from authpool.server.loopback.models import MAX_WAIT_SECONDS, LoopbackRequest, LoopbackResponse, LoopbackStats
+from authpool.server.loopback.ratelimit import RateLimit, limit_response, spend, window_headers
+from authpool.server.loopback.streams import chat_chunks, sse_events
+from authpool.server.loopback.tokens import AccessToken
 
 #: Gemini names the model in the path: ``POST /v1beta/models/<model>:generateContent``.
-_GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
+GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
 
 
-class _ApiMixin:
+class ApiRoutes:
     """API routes; state lives in ``LoopbackProvider.__init__``."""
 
+    clock: Clock
     stats: LoopbackStats
     _lock: threading.Lock
-    _access: dict[str, _AccessToken]
+    _access: dict[str, AccessToken]
     _api_keys: dict[str, str]
-    _limits: dict[str, _RateLimit]
-    _model_limits: dict[tuple[str, str], _RateLimit]
+    _limits: dict[str, RateLimit]
+    _model_limits: dict[tuple[str, str], RateLimit]
     _default_limit: tuple[int | None, str, float]
     _stream_errors: dict[str, str]
     _stream_delay: float
@@ -40,10 +41,73 @@ class _ApiMixin:
     _failures: tuple[int, int]
     _hang: float
     _request_seq: int
+    _api_calls_changed: threading.Condition
+    _stopping: threading.Event
+    _holding: bool
+    _held: int
+    _tickets: int
+    _released: int
 
     if TYPE_CHECKING:
 
         def _wait(self, seconds: float) -> bool: ...
+
+    # ---- the gate: hold API requests where a test can see them -----------------------------
+
+    def hold_api_requests(self) -> None:
+        """From now on, hold every API request as it arrives (counted in ``api_calls``) until released.
+
+        Tests use it to have requests "in flight" at the provider for exactly as long as they
+        need, instead of slowing every answer down and hoping the timing works out: hold, start
+        the requests, ``wait_for_held_requests(n)``, act, then ``release_api_requests()``.
+        ``stop()`` lets held requests go (their connections are cut).
+        """
+        with self._api_calls_changed:
+            self._holding = True
+
+    def release_api_requests(self, count: int | None = None) -> None:
+        """Let the ``count`` longest-held requests go on (still holding later ones), or, by default,
+        every held request, and stop holding."""
+        with self._api_calls_changed:
+            if count is None:
+                self._holding = False
+                self._released = self._tickets
+            else:
+                self._released += count
+            self._api_calls_changed.notify_all()
+
+    def held_requests(self) -> int:
+        """How many API requests are waiting at the gate right now."""
+        with self._lock:
+            return self._held
+
+    def wait_for_held_requests(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``count`` API requests wait at the gate together (True), or ``timeout`` passes."""
+        with self._api_calls_changed:
+            return self._api_calls_changed.wait_for(lambda: self._held >= count, timeout)
+
+    def wait_for_api_calls(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``count`` API requests have arrived in all (True), or ``timeout`` passes."""
+        with self._api_calls_changed:
+            return self._api_calls_changed.wait_for(lambda: self.stats.api_calls >= count, timeout)
+
+    def _pass_gate(self) -> bool:
+        """Count an arriving API request and hold it while the gate says so; False if stop() came first."""
+        with self._api_calls_changed:
+            self.stats.api_calls += 1
+            if self._holding:
+                self._tickets += 1
+                ticket = self._tickets
+                self._held += 1
+                self._api_calls_changed.notify_all()
+                # Bounded like every other wait here, so a forgotten release cannot wedge a run.
+                self._api_calls_changed.wait_for(
+                    lambda: not self._holding or self._released >= ticket or self._stopping.is_set(),
+                    MAX_WAIT_SECONDS)
+                self._held -= 1
+            else:
+                self._api_calls_changed.notify_all()
+            return not self._stopping.is_set()
 
     def _authenticate(self, request: LoopbackRequest, *, bearer_api_keys: bool) -> str | None:
         """Return the subject behind the request's credential, or ``None``.
@@ -54,7 +118,7 @@ class _ApiMixin:
         """
         auth = request.headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             if auth:
                 if scheme.lower() != "bearer":
@@ -71,28 +135,29 @@ class _ApiMixin:
 
         Caller holds the lock.
         """
+        now = self.clock()
         scoped = self._model_limits.get((subject, model)) if model is not None else None
-        if scoped is not None and (left := _spend(scoped)) is not None:
-            return _limit_response(scoped.style, left, model)
+        if scoped is not None and (left := spend(scoped, now)) is not None:
+            return limit_response(scoped.style, left, model, now)
         limit = self._limits.get(subject)
         if limit is None:
             after, style, retry_after = self._default_limit
-            limit = self._limits[subject] = _RateLimit(after, style, retry_after)
-        remaining = _spend(limit)
-        return None if remaining is None else _limit_response(limit.style, remaining, None)
+            limit = self._limits[subject] = RateLimit(after, style, retry_after)
+        remaining = spend(limit, now)
+        return None if remaining is None else limit_response(limit.style, remaining, None, now)
 
     def _api_preamble(
         self, request: LoopbackRequest, *, bearer_api_keys: bool
     ) -> tuple[str, int] | LoopbackResponse | None:
-        """Shared front half of every API call: hang, injected failure, auth, rate limit.
+        """Shared front half of every API call: the gate, hang, injected failure, auth, rate limit.
 
         Returns ``(subject, request_number)``, or the response to send instead, or ``None``
-        to drop the connection (stop() during a hang).
+        to drop the connection (stop() during a hang or while held at the gate).
         """
+        passed = self._pass_gate()
         with self._lock:
-            self.stats.api_calls += 1
             hang = self._hang
-        if hang and not self._wait(hang):
+        if not passed or (hang and not self._wait(hang)):
             return None
         with self._lock:
             remaining, status = self._failures
@@ -142,7 +207,8 @@ class _ApiMixin:
             window = self._quota_windows.get(subject)
         if window is not None and response.status < 400:
             style, length, start = window
-            response.headers.update(_window_headers(style, length - (time.time() - start) % length))
+            now = self.clock()
+            response.headers.update(window_headers(style, length - (now - start) % length, now))
         return response
 
     def _route_messages(self, request: LoopbackRequest) -> LoopbackResponse | None:
@@ -157,12 +223,13 @@ class _ApiMixin:
     def _build_chat(self, subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
         """OpenAI chat completions; ``"stream": true`` streams ``chat.completion.chunk`` events."""
         if payload.get("stream") is not True:
-            return _build_chat_completion(subject, seq, payload)
+            return _build_chat_completion(subject, seq, payload, int(self.clock()))
         model = str(payload.get("model") or "loopback-model")
         with self._lock:
             mode = self._stream_errors.get(subject)
         headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-        return LoopbackResponse(200, headers=headers, stream=self._paced(_chat_chunks(subject, seq, model, mode)))
+        chunks = chat_chunks(subject, seq, model, mode, int(self.clock()))
+        return LoopbackResponse(200, headers=headers, stream=self._paced(chunks))
 
     def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """``chunks``, with the configured stream delay before each one after the first."""
@@ -182,7 +249,7 @@ class _ApiMixin:
             with self._lock:
                 mode = self._stream_errors.get(subject)
             headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-            return LoopbackResponse(200, headers=headers, stream=self._paced(_sse_events(subject, seq, model, mode)))
+            return LoopbackResponse(200, headers=headers, stream=self._paced(sse_events(subject, seq, model, mode)))
         return LoopbackResponse.json(
             200,
             {
@@ -201,7 +268,7 @@ class _ApiMixin:
 
 def _requested_model(request: LoopbackRequest) -> str | None:
     """The model a request asks for: Gemini's path, else the JSON body's ``model``."""
-    m = _GEMINI_PATH.match(request.path)
+    m = GEMINI_PATH.match(request.path)
     if m:
         return m.group(1)
     try:
@@ -213,14 +280,14 @@ def _requested_model(request: LoopbackRequest) -> str | None:
 
 
 
-def _build_chat_completion(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
+def _build_chat_completion(subject: str, seq: int, payload: dict[str, Any], created: int) -> LoopbackResponse:
     model = str(payload.get("model") or "loopback-model")
     return LoopbackResponse.json(
         200,
         {
             "id": f"chatcmpl-loopback-{seq}",
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": created,
             "model": model,
             "choices": [
                 {
@@ -237,7 +304,7 @@ def _build_chat_completion(subject: str, seq: int, payload: dict[str, Any]) -> L
 
 def _build_generate_content(path: str) -> Callable[[str, int, dict[str, Any]], LoopbackResponse]:
     """Gemini's ``generateContent`` answer for the model named in ``path``."""
-    m = _GEMINI_PATH.match(path)
+    m = GEMINI_PATH.match(path)
     model = m.group(1) if m else "loopback-model"
 
     def build(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:

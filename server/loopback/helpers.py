@@ -12,7 +12,7 @@ from authpool.server.loopback.models import MAX_WAIT_SECONDS, LoopbackRequest, L
 MAX_BIG_BYTES: Final = 16 << 20
 
 
-class _HelperRoutesMixin:
+class HelperRoutes:
     """Endpoints that exist only to exercise clients; ``LoopbackProvider`` inherits them."""
 
     if TYPE_CHECKING:

@@ -1,16 +1,21 @@
-"""HTTP plumbing: the threaded server and the handler that turns raw HTTP into ``LoopbackRequest``s."""
+"""HTTP plumbing: the threaded server and the handler that turns raw HTTP into ``LoopbackRequest``s.
+
+The plumbing knows nothing of providers: it hands each request to a :class:`Site` (what
+``LoopbackProvider`` is, as far as HTTP goes) and reports connections, paths, statuses and
+handler failures back to it.
+"""
 
 from __future__ import annotations
 
+import socket
 import sys
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from authpool.server.loopback.models import LoopbackRequest, LoopbackResponse
 
-if TYPE_CHECKING:
-    from authpool.server.loopback.provider import LoopbackProvider
+__all__ = ["IDLE_CONNECTION_TIMEOUT", "MAX_BODY_BYTES", "LoopbackServer", "Site"]
 
 #: Request bodies above this are refused: the provider is for tests, not for bulk uploads.
 MAX_BODY_BYTES: Final = 1 << 20
@@ -18,12 +23,30 @@ MAX_BODY_BYTES: Final = 1 << 20
 IDLE_CONNECTION_TIMEOUT: Final = 15.0
 
 
-# --------------------------------------------------------------------------------------------
-# HTTP plumbing
+class Site(Protocol):
+    """What the HTTP plumbing needs from the provider behind it."""
+
+    def dispatch(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """The answer to ``request``; ``None`` drops the connection without one."""
+
+    def connection_opened(self, conn: socket.socket) -> None:
+        """A client connected (counted, and cut by ``stop()``)."""
+
+    def connection_closed(self, conn: socket.socket) -> None:
+        """A client's connection ended."""
+
+    def path_requested(self, path: str) -> None:
+        """A request for ``path`` arrived (counted before it is handled)."""
+
+    def status_sent(self, status: int) -> None:
+        """A response with ``status`` is being sent."""
+
+    def handler_failed(self) -> None:
+        """Handling a request raised (counted instead of printed: stderr belongs to the product)."""
 
 
-class _Server(ThreadingHTTPServer):
-    """Threaded server that knows its provider and keeps failures off stderr."""
+class LoopbackServer(ThreadingHTTPServer):
+    """Threaded server that knows its site and keeps failures off stderr."""
 
     daemon_threads = True
     allow_reuse_address = False
@@ -31,8 +54,8 @@ class _Server(ThreadingHTTPServer):
     # requests, and the kernel retries them only after a full second.
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], provider: LoopbackProvider) -> None:
-        self.provider = provider
+    def __init__(self, address: tuple[str, int], site: Site) -> None:
+        self.site = site
         super().__init__(address, _Handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -40,7 +63,7 @@ class _Server(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         if isinstance(exc, OSError):
             return  # clients hanging up, or stop() shutting sockets: routine, not a bug
-        self.provider._note_handler_error()
+        self.site.handler_failed()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -56,18 +79,18 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     @property
-    def provider(self) -> LoopbackProvider:
-        return cast(_Server, self.server).provider
+    def site(self) -> Site:
+        return cast(LoopbackServer, self.server).site
 
     def setup(self) -> None:
         super().setup()
-        self.provider._track_connection(self.connection, add=True)
+        self.site.connection_opened(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
         finally:
-            self.provider._track_connection(self.connection, add=False)
+            self.site.connection_closed(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silence the default per-request stderr line: the product owns stdout and stderr."""
@@ -116,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         split = urllib.parse.urlsplit(self.path)
-        self.provider._count_path(split.path)
+        self.site.path_requested(split.path)
         response: LoopbackResponse | None
         try:
             body = self._read_body()
@@ -134,7 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=body,
                 )
-                response = self.provider._dispatch(request)
+                response = self.site.dispatch(request)
         if response is None:
             self.close_connection = True  # interrupted by stop(): vanish like a dying server
             return
@@ -142,7 +165,7 @@ class _Handler(BaseHTTPRequestHandler):
             # The rest of the body is still on the wire, so this connection cannot be reused.
             self.close_connection = True
             response.headers["Connection"] = "close"
-        self.provider._count_status(response.status)
+        self.site.status_sent(response.status)
         self._send(response)
 
     def _send(self, response: LoopbackResponse) -> None:

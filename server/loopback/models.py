@@ -11,7 +11,7 @@ from typing import Any, Final
 #: Upper bound for ``/slow`` and ``set_hang`` so a typo cannot wedge a test run for hours.
 MAX_WAIT_SECONDS: Final = 120.0
 
-_ERROR_TYPES: Final[Mapping[int, str]] = {
+ERROR_TYPES: Final[Mapping[int, str]] = {
     400: "invalid_request_error",
     401: "authentication_error",
     403: "permission_error",
@@ -24,9 +24,9 @@ _ERROR_TYPES: Final[Mapping[int, str]] = {
 }
 
 
-def _error_body(status: int, message: str) -> dict[str, Any]:
+def error_body(status: int, message: str) -> dict[str, Any]:
     """Build an Anthropic-shaped error body; messages never contain credentials."""
-    return {"type": "error", "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}}
+    return {"type": "error", "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message}}
 
 
 
@@ -91,7 +91,7 @@ class LoopbackResponse:
     @classmethod
     def error(cls, status: int, message: str, headers: Mapping[str, str] | None = None) -> LoopbackResponse:
         """Build an Anthropic-shaped JSON error response."""
-        return cls.json(status, _error_body(status, message), headers)
+        return cls.json(status, error_body(status, message), headers)
 
 
 #: A route handler; returning ``None`` drops the connection without an answer (used when a

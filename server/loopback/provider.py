@@ -1,7 +1,8 @@
 """``LoopbackProvider``: lifecycle, accounts, fault-injection knobs, stats and dispatch.
 
 The token endpoint and logins (``tokens``), the API endpoints (``api``) and the test-helper
-endpoints (``helpers``) are mixins this class inherits; the HTTP plumbing is in ``http``.
+endpoints (``helpers``) are mixins this class inherits; the HTTP plumbing is in ``http``, which
+sees the provider only as a :class:`~authpool.server.loopback.http.Site`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import socket
 import threading
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
-from authpool.server.loopback.api import _GEMINI_PATH, _ApiMixin
-from authpool.server.loopback.helpers import _HelperRoutesMixin
-from authpool.server.loopback.http import _Server
+from authpool.server.loopback.api import GEMINI_PATH, ApiRoutes
+from authpool.server.loopback.clock import Clock
+from authpool.server.loopback.helpers import HelperRoutes
+from authpool.server.loopback.http import LoopbackServer
 from authpool.server.loopback.models import (
     MAX_WAIT_SECONDS,
     GrantHandler,
@@ -26,23 +29,25 @@ from authpool.server.loopback.models import (
     LoopbackStats,
     RouteHandler,
 )
-from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, _check_style, _RateLimit
+from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, RateLimit, check_style
 from authpool.server.loopback.streams import STREAM_ERROR_MODES
 from authpool.server.loopback.tokens import (
     API_KEY_PREFIX,
     DEFAULT_LOGIN_SUBJECT,
     DEVICE_GRANT,
     TOKEN_ENDPOINT_MODES,
-    _AccessToken,
-    _AuthCode,
-    _DeviceGrant,
-    _RefreshToken,
-    _token,
-    _TokensMixin,
+    AccessToken,
+    AuthCode,
+    DeviceGrant,
+    RefreshToken,
+    TokenRoutes,
+    mint_token,
 )
 
+__all__ = ["LoopbackProvider"]
 
-class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
+
+class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
     """An in-process fake LLM provider with a real socket, real OAuth and real rate limits.
 
     Thread-safe: tests reconfigure it (expire tokens, set rate limits, inject failures) while
@@ -61,6 +66,7 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         port: int = 0,
         device_interval: float = 5.0,
         device_ttl: float = 600.0,
+        clock: Clock = time.time,
     ) -> None:
         """Configure; nothing listens until ``start()``.
 
@@ -68,23 +74,28 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         subject without its own ``set_rate_limit``.  ``port`` 0 picks a free port, which is
         what tests want: parallel runs never collide.  ``device_interval`` and ``device_ttl``
         are the polling interval and lifetime of device codes (small values make tests fast).
+        ``clock`` is what the provider takes for "now" (seconds since the epoch): give it a
+        :class:`~authpool.server.loopback.clock.ManualClock` to expire tokens, end rate-limit
+        windows or age device codes by moving time instead of sleeping.
         """
-        _check_style(rate_limit_style)
+        check_style(rate_limit_style)
+        #: The provider's "now"; see ``authpool.server.loopback.clock``.
+        self.clock: Callable[[], float] = clock
         self.access_ttl = access_ttl
         self._port = port
         self._default_limit = (rate_limit, rate_limit_style, retry_after)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server: _Server | None = None
+        self._server: LoopbackServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
-        self._access: dict[str, _AccessToken] = {}
-        self._refresh: dict[str, _RefreshToken] = {}
+        self._access: dict[str, AccessToken] = {}
+        self._refresh: dict[str, RefreshToken] = {}
         self._api_keys: dict[str, str] = {}
-        self._limits: dict[str, _RateLimit] = {}
+        self._limits: dict[str, RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
         self._stream_delay = 0.0
-        self._model_limits: dict[tuple[str, str], _RateLimit] = {}
+        self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
         self._always_unauthorized: set[str] = set()
@@ -93,6 +104,13 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         self._oauth_mode = "ok"
         self._token_delay = 0.0
         self._token_calls_changed = threading.Condition(self._lock)
+        # API requests held at the gate (hold_api_requests): each takes a ticket and goes on
+        # once `_released` reaches it, or when holding stops.
+        self._api_calls_changed = threading.Condition(self._lock)
+        self._holding = False
+        self._held = 0
+        self._tickets = 0
+        self._released = 0
         self._request_seq = 0
         self.stats = LoopbackStats()
         #: OAuth grant types the token endpoint understands; add entries to extend.
@@ -118,8 +136,8 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         #: How much ``slow_down`` adds to a device code's interval (RFC 8628 says 5 s).
         self.slow_down_step = 5.0
         self._login_subject, self._login_deny, self._login_identity = DEFAULT_LOGIN_SUBJECT, False, True
-        self._auth_codes: dict[str, _AuthCode] = {}
-        self._devices: dict[str, _DeviceGrant] = {}
+        self._auth_codes: dict[str, AuthCode] = {}
+        self._devices: dict[str, DeviceGrant] = {}
         self._id_tokens: list[str] = []
         self.grant_handlers.update({
             "authorization_code": self._grant_authorization_code,
@@ -137,7 +155,7 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         """Bind 127.0.0.1 on a free port and serve from a daemon thread."""
         if self._server is not None or self._stopping.is_set():
             raise RuntimeError("a LoopbackProvider can be started once; create a new one")
-        self._server = _Server(("127.0.0.1", self._port), self)
+        self._server = LoopbackServer(("127.0.0.1", self._port), self)
         self._port = int(self._server.server_address[1])
         # A short poll interval is what makes stop() return quickly (shutdown() waits for the
         # serve loop to notice); 10 ms of idle select() wake-ups cost nothing measurable.
@@ -157,6 +175,8 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         "stopped" provider over an old socket and a test of outage handling would lie.
         """
         self._stopping.set()
+        with self._api_calls_changed:
+            self._api_calls_changed.notify_all()  # held API requests give up
         server, self._server = self._server, None
         if server is None:
             return
@@ -210,14 +230,14 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
 
     def add_api_key(self, subject: str) -> str:
         """Create an API key for ``subject`` (a subject may have several, and OAuth too)."""
-        key = _token(API_KEY_PREFIX)
+        key = mint_token(API_KEY_PREFIX)
         with self._lock:
             self._api_keys[key] = subject
         return key
 
     def expire_access_tokens(self, subject: str | None = None) -> None:
         """Make current access tokens of ``subject`` (or everyone) answer 401; refresh still works."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             for tok in self._access.values():
                 if subject is None or tok.subject == subject:
@@ -250,17 +270,17 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         (OpenAI's "Rate limit reached for MODEL in organization …", or Google's
         ``quotaDimensions.model``). Other models of the subject are unaffected.
         """
-        _check_style(style)
+        check_style(style)
         with self._lock:
             if model is None:
-                self._limits[subject] = _RateLimit(after, style, retry_after)
+                self._limits[subject] = RateLimit(after, style, retry_after)
             else:
-                self._model_limits[(subject, model)] = _RateLimit(after, style, retry_after)
+                self._model_limits[(subject, model)] = RateLimit(after, style, retry_after)
 
     def clear_rate_limit(self, subject: str) -> None:
         """Lift any limit on ``subject`` (per-model ones and the constructor default too) and reset its count."""
         with self._lock:
-            self._limits[subject] = _RateLimit(None, "none", 0.0)
+            self._limits[subject] = RateLimit(None, "none", 0.0)
             for key in [k for k in self._model_limits if k[0] == subject]:
                 del self._model_limits[key]
 
@@ -348,7 +368,7 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
             if seconds is None:
                 self._quota_windows.pop(subject, None)
             else:
-                self._quota_windows[subject] = (style, max(1.0, seconds), time.time())
+                self._quota_windows[subject] = (style, max(1.0, seconds), self.clock())
 
     def issued_secrets(self) -> list[str]:
         """Every access token, refresh token and API key minted so far (for leak scans in tests)."""
@@ -369,21 +389,33 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         with self._lock:
             self.stats = LoopbackStats()
 
-    def _count_status(self, status: int) -> None:
+    # ---- what the HTTP plumbing reports (the ``http.Site`` protocol) ----------------------
+
+    def status_sent(self, status: int) -> None:
+        """Count a response by its status."""
         with self._lock:
             self.stats.statuses[status] = self.stats.statuses.get(status, 0) + 1
 
-    def _note_handler_error(self) -> None:
+    def handler_failed(self) -> None:
+        """Count a server-side bug (kept off stderr)."""
         with self._lock:
             self.stats.handler_errors += 1
 
-    def _track_connection(self, conn: socket.socket, *, add: bool) -> None:
+    def connection_opened(self, conn: socket.socket) -> None:
+        """Count a new connection and remember it, so ``stop()`` can cut it."""
         with self._lock:
-            if add:
-                self._connections.add(conn)
-                self.stats.connections += 1
-            else:
-                self._connections.discard(conn)
+            self._connections.add(conn)
+            self.stats.connections += 1
+
+    def connection_closed(self, conn: socket.socket) -> None:
+        """Forget a connection that ended."""
+        with self._lock:
+            self._connections.discard(conn)
+
+    def path_requested(self, path: str) -> None:
+        """Count a request by its path, before it is handled."""
+        with self._lock:
+            self.stats.calls_by_path[path] = self.stats.calls_by_path.get(path, 0) + 1
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; ``False`` if ``stop()`` interrupted the wait."""
@@ -391,13 +423,10 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
 
     # ---- dispatch -------------------------------------------------------------------------
 
-    def _count_path(self, path: str) -> None:
-        with self._lock:
-            self.stats.calls_by_path[path] = self.stats.calls_by_path.get(path, 0) + 1
-
-    def _dispatch(self, request: LoopbackRequest) -> LoopbackResponse | None:
+    def dispatch(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """Route ``request`` to its handler; ``None`` drops the connection without an answer."""
         handler = self.routes.get((request.method, request.path))
-        if handler is None and request.method == "POST" and _GEMINI_PATH.match(request.path):
+        if handler is None and request.method == "POST" and GEMINI_PATH.match(request.path):
             handler = self._route_generate_content  # the one route whose path embeds a parameter
         if handler is None:
             if any(path == request.path for _, path in self.routes):
@@ -406,5 +435,5 @@ class LoopbackProvider(_TokensMixin, _ApiMixin, _HelperRoutesMixin):
         try:
             return handler(request)
         except Exception:  # noqa: BLE001 - a handler bug must become a 500, not a traceback
-            self._note_handler_error()
+            self.handler_failed()
             return LoopbackResponse.error(500, "loopback handler failed")

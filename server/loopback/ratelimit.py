@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import email.utils
 import math
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from authpool.server.loopback.models import LoopbackResponse, _error_body
+from authpool.server.loopback.models import LoopbackResponse, error_body
 
 RATE_LIMIT_STYLES: Final = frozenset(
     {"retry-after-seconds", "retry-after-date", "retry-after-ms", "anthropic", "openai", "none",
-     # Deadlines carried elsewhere than Retry-After, each shape on its own (see _limit_body):
+     # Deadlines carried elsewhere than Retry-After, each shape on its own (see limit_body):
      "codex-resets-at", "codex-resets-in", "google-retry-info", "google-quota-reset", "anthropic-unified"}
 )
 #: Styles of the reset headers a subject's *successful* answers can carry (``set_quota_window``).
@@ -43,7 +42,7 @@ def go_duration(seconds: float) -> str:
 
 
 @dataclass
-class _RateLimit:
+class RateLimit:
     """Per-subject limit: ``after`` successes, then 429 for ``retry_after`` seconds."""
 
     after: int | None
@@ -54,19 +53,19 @@ class _RateLimit:
 
 
 
-def _check_style(style: str) -> None:
+def check_style(style: str) -> None:
     if style not in RATE_LIMIT_STYLES:
         raise ValueError(f"unknown rate_limit_style {style!r}; expected one of {sorted(RATE_LIMIT_STYLES)}")
 
 
-def _reset_headers(style: str, remaining: float) -> dict[str, str]:  # noqa: PLR0911 - one per dialect
-    """Rate-limit reset information in each dialect the product must parse.
+def reset_headers(style: str, remaining: float, now: float) -> dict[str, str]:  # noqa: PLR0911 - one per dialect
+    """Rate-limit reset information in each dialect the product must parse, ``remaining`` s after ``now``.
 
     All values are rounded *up*, so a client honouring them never comes back too early
     (after shaving float noise: 90.00000000001 s must read as 90, not 91).
     """
     remaining = round(remaining, 6)
-    wall = round(time.time() + remaining, 6)
+    wall = round(now + remaining, 6)
     if style == "retry-after-seconds":
         return {"Retry-After": str(math.ceil(remaining))}
     if style == "retry-after-date":
@@ -87,7 +86,7 @@ def _reset_headers(style: str, remaining: float) -> dict[str, str]:  # noqa: PLR
         return {
             "anthropic-ratelimit-unified-status": "rejected",
             "anthropic-ratelimit-unified-5h-status": "allowed",
-            "anthropic-ratelimit-unified-5h-reset": str(math.ceil(time.time() + remaining / 4)),
+            "anthropic-ratelimit-unified-5h-reset": str(math.ceil(now + remaining / 4)),
             "anthropic-ratelimit-unified-7d-status": "rejected",
             "anthropic-ratelimit-unified-7d-reset": str(math.ceil(wall)),
             "anthropic-ratelimit-unified-representative-claim": "seven_day",
@@ -103,11 +102,10 @@ def _reset_headers(style: str, remaining: float) -> dict[str, str]:  # noqa: PLR
     return {}
 
 
-def _spend(limit: _RateLimit) -> float | None:
-    """Count one request against ``limit``: None if allowed, else the seconds until it resets."""
+def spend(limit: RateLimit, now: float) -> float | None:
+    """Count one request at ``now`` against ``limit``: None if allowed, else the seconds until it resets."""
     if limit.after is None:
         return None
-    now = time.monotonic()
     if limit.limited_since is not None and now - limit.limited_since >= limit.retry_after:
         limit.successes, limit.limited_since = 0, None
     if limit.successes < limit.after:
@@ -119,11 +117,12 @@ def _spend(limit: _RateLimit) -> float | None:
 
 
 
-def _limit_response(style: str, remaining: float, model: str | None) -> LoopbackResponse:
-    return LoopbackResponse.json(429, _limit_body(style, remaining, model), _reset_headers(style, remaining))
+def limit_response(style: str, remaining: float, model: str | None, now: float) -> LoopbackResponse:
+    """The 429 for ``style``, resetting ``remaining`` seconds after ``now``."""
+    return LoopbackResponse.json(429, limit_body(style, remaining, model, now), reset_headers(style, remaining, now))
 
 
-def _limit_body(style: str, remaining: float, model: str | None) -> dict[str, Any]:
+def limit_body(style: str, remaining: float, model: str | None, now: float) -> dict[str, Any]:
     """A 429 body as each provider writes it.
 
     ``codex-*``: ChatGPT/Codex usage limits (``usage_limit_reached`` with ``resets_at`` epoch
@@ -137,7 +136,7 @@ def _limit_body(style: str, remaining: float, model: str | None) -> dict[str, An
         error: dict[str, Any] = {"type": "usage_limit_reached", "message": "The usage limit has been reached",
                                  "plan_type": "plus"}
         if style == "codex-resets-at":
-            error["resets_at"] = math.ceil(time.time() + remaining)
+            error["resets_at"] = math.ceil(now + remaining)
         else:
             error["resets_in_seconds"] = math.ceil(remaining)
         return {"error": error}
@@ -153,7 +152,7 @@ def _limit_body(style: str, remaining: float, model: str | None) -> dict[str, An
             details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo",
                             "retryDelay": f"{math.ceil(remaining)}s"})
         else:
-            stamp = datetime.fromtimestamp(time.time() + remaining, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            stamp = datetime.fromtimestamp(now + remaining, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             details.append({"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "QUOTA_EXHAUSTED",
                             "domain": "cloudcode-pa.googleapis.com",
                             "metadata": {"uiMessage": "true", **({"model": model} if model else {}),
@@ -165,12 +164,12 @@ def _limit_body(style: str, remaining: float, model: str | None) -> dict[str, An
         return {"error": {"message": f"Rate limit reached for {model} in organization org-loopback on requests "
                                      "per min (RPM): Limit 3, Used 3, Requested 1.",
                           "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
-    return _error_body(429, "rate limit exceeded")
+    return error_body(429, "rate limit exceeded")
 
 
-def _window_headers(style: str, remaining: float) -> dict[str, str]:
-    """Reset headers a successful answer carries: when the current quota window ends."""
-    wall = math.ceil(time.time() + remaining)
+def window_headers(style: str, remaining: float, now: float) -> dict[str, str]:
+    """Reset headers a successful answer carries: the current quota window ends ``remaining`` s after ``now``."""
+    wall = math.ceil(now + remaining)
     if style == "anthropic-unified":
         return {"anthropic-ratelimit-unified-status": "allowed", "anthropic-ratelimit-unified-5h-status": "allowed",
                 "anthropic-ratelimit-unified-5h-reset": str(wall)}

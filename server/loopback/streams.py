@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
-from authpool.server.loopback.models import _error_body
+from authpool.server.loopback.models import error_body
 
 STREAM_ERROR_MODES: Final = frozenset({"error-first", "error-after-content", "overloaded-first"})
 
@@ -16,14 +15,14 @@ def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterator[bytes]:
+def sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterator[bytes]:
     """Anthropic's streaming event sequence, optionally broken by an ``error`` event."""
-    error = _sse("error", _error_body(429, "rate limit exceeded"))
+    error = _sse("error", error_body(429, "rate limit exceeded"))
     if mode == "error-first":
         yield error
         return
     if mode == "overloaded-first":
-        yield _sse("error", _error_body(529, "Overloaded"))
+        yield _sse("error", error_body(529, "Overloaded"))
         return
     yield _sse(
         "message_start",
@@ -65,7 +64,7 @@ def _sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterato
     yield _sse("message_stop", {"type": "message_stop"})
 
 
-def _chat_chunks(subject: str, seq: int, model: str, mode: str | None) -> Iterator[bytes]:
+def chat_chunks(subject: str, seq: int, model: str, mode: str | None, created: int) -> Iterator[bytes]:
     """OpenAI's chat-completions stream (``data:`` chunks, then ``[DONE]``), optionally broken.
 
     OpenAI-compatible servers report an error inside a stream as a bare ``data: {"error": …}``
@@ -81,8 +80,6 @@ def _chat_chunks(subject: str, seq: int, model: str, mode: str | None) -> Iterat
     if mode == "error-first":
         yield error
         return
-    created = int(time.time())
-
     def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
         return _data({"id": f"chatcmpl-loopback-{seq}", "object": "chat.completion.chunk", "created": created,
                       "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})

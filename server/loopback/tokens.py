@@ -3,7 +3,7 @@
 The grants are ``refresh_token`` (rotation: a refresh token is good exactly once, a second
 use revokes the whole family), ``authorization_code`` with PKCE (behind ``/authorize``) and
 the device-code grant (behind ``/oauth/device`` and ``/device``).  They live on
-``_TokensMixin``, which ``LoopbackProvider`` inherits.
+``TokenRoutes``, which ``LoopbackProvider`` inherits.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ import hashlib
 import json
 import secrets
 import threading
-import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from authpool.server.loopback.clock import Clock
 from authpool.server.loopback.models import GrantHandler, LoopbackRequest, LoopbackResponse, LoopbackStats
 
 ACCESS_PREFIX: Final = "lpat-"
@@ -37,13 +37,13 @@ AUTH_CODE_TTL: Final = 60.0
 _USER_CODE_ALPHABET: Final = "BCDFGHJKLMNPQRSTVWXZ"
 
 
-def _token(prefix: str) -> str:
+def mint_token(prefix: str) -> str:
     """Mint an opaque secret with a recognisable prefix, so tests can grep output for leaks."""
     return prefix + secrets.token_urlsafe(32)
 
 
 @dataclass
-class _AccessToken:
+class AccessToken:
     subject: str
     family: str
     expires_at: float
@@ -51,7 +51,7 @@ class _AccessToken:
 
 
 @dataclass
-class _RefreshToken:
+class RefreshToken:
     subject: str
     family: str
     used: bool = False
@@ -60,7 +60,7 @@ class _RefreshToken:
 
 
 @dataclass
-class _AuthCode:
+class AuthCode:
     """An authorization code handed out by ``/authorize``: one use, bound to PKCE and redirect_uri."""
 
     subject: str
@@ -73,7 +73,7 @@ class _AuthCode:
 
 
 @dataclass
-class _DeviceGrant:
+class DeviceGrant:
     """A device code and its user code (RFC 8628), with the answers each poll got."""
 
     user_code: str
@@ -86,10 +86,11 @@ class _DeviceGrant:
     answers: list[str] = field(default_factory=list)
 
 
-class _TokensMixin:
+class TokenRoutes:
     """Token issuing, the token endpoint and logins; state lives in ``LoopbackProvider.__init__``."""
 
     client_id: str
+    clock: Clock
     access_ttl: float
     device_interval: float
     device_ttl: float
@@ -98,16 +99,16 @@ class _TokensMixin:
     stats: LoopbackStats
     grant_handlers: dict[str, GrantHandler]
     _lock: threading.Lock
-    _access: dict[str, _AccessToken]
-    _refresh: dict[str, _RefreshToken]
+    _access: dict[str, AccessToken]
+    _refresh: dict[str, RefreshToken]
     _oauth_mode: str
     _token_delay: float
     _token_calls_changed: threading.Condition
     _login_subject: str
     _login_deny: bool
     _login_identity: bool
-    _auth_codes: dict[str, _AuthCode]
-    _devices: dict[str, _DeviceGrant]
+    _auth_codes: dict[str, AuthCode]
+    _devices: dict[str, DeviceGrant]
     _id_tokens: list[str]
 
     if TYPE_CHECKING:
@@ -119,9 +120,9 @@ class _TokensMixin:
 
     def _issue(self, subject: str, family: str) -> dict[str, Any]:
         """Mint an access+refresh pair in ``family``; caller holds the lock."""
-        access, refresh = _token(ACCESS_PREFIX), _token(REFRESH_PREFIX)
-        self._access[access] = _AccessToken(subject, family, time.monotonic() + self.access_ttl)
-        self._refresh[refresh] = _RefreshToken(subject, family)
+        access, refresh = mint_token(ACCESS_PREFIX), mint_token(REFRESH_PREFIX)
+        self._access[access] = AccessToken(subject, family, self.clock() + self.access_ttl)
+        self._refresh[refresh] = RefreshToken(subject, family)
         ttl = self.access_ttl
         return {
             "access_token": access,
@@ -259,7 +260,7 @@ class _TokensMixin:
         with self._lock:
             return [*self._auth_codes, *self._devices, *self._id_tokens]
 
-    def _pending_device(self, user_code: str) -> _DeviceGrant:
+    def _pending_device(self, user_code: str) -> DeviceGrant:
         wanted = user_code.strip().upper().replace("-", "")
         for grant in self._devices.values():
             if grant.status == "pending" and grant.user_code.replace("-", "") == wanted:
@@ -272,8 +273,9 @@ class _TokensMixin:
         if not identity:
             doc.pop("subject", None)
             return doc
+        now = self.clock()
         claims: dict[str, Any] = {"iss": self.base_url, "aud": self.client_id, "sub": subject,
-                                  "iat": int(time.time()), "exp": int(time.time() + self.access_ttl)}
+                                  "iat": int(now), "exp": int(now + self.access_ttl)}
         if "@" in subject:
             claims["email"], claims["email_verified"] = subject, True
 
@@ -314,9 +316,9 @@ class _TokensMixin:
         with self._lock:
             if self._login_deny:
                 return back(error="access_denied", error_description="the user denied access", state=state)
-            code = _token("lpac-")
-            self._auth_codes[code] = _AuthCode(self._login_subject, self._login_identity, redirect_uri, challenge,
-                                               time.monotonic() + AUTH_CODE_TTL)
+            code = mint_token("lpac-")
+            self._auth_codes[code] = AuthCode(self._login_subject, self._login_identity, redirect_uri, challenge,
+                                               self.clock() + AUTH_CODE_TTL)
         return back(code=code, state=state)
 
     def _grant_authorization_code(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
@@ -329,7 +331,7 @@ class _TokensMixin:
             return 401, {"error": "invalid_client", "error_description": "client_id is required"}
         with self._lock:
             entry = self._auth_codes.get(params.get("code", ""))
-            if entry is None or entry.expires_at <= time.monotonic():
+            if entry is None or entry.expires_at <= self.clock():
                 return refuse("authorization code is invalid or expired")
             if entry.used:  # a replayed code: revoke what it issued (RFC 6749 section 4.1.2)
                 if entry.family:
@@ -354,12 +356,12 @@ class _TokensMixin:
             return LoopbackResponse.json(400, {"error": "invalid_request", "error_description": "malformed body"})
         if params.get("client_id") != self.client_id:
             return LoopbackResponse.json(401, {"error": "invalid_client", "error_description": "unknown client"})
-        device_code = _token("lpdc-")
+        device_code = mint_token("lpdc-")
         raw = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(8))
         user_code = f"{raw[:4]}-{raw[4:]}"
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
-            self._devices[device_code] = _DeviceGrant(user_code, now + self.device_ttl, self.device_interval, now)
+            self._devices[device_code] = DeviceGrant(user_code, now + self.device_ttl, self.device_interval, now)
         uri = self.base_url + "/device"
         return LoopbackResponse.json(200, {
             "device_code": device_code,
@@ -386,7 +388,7 @@ class _TokensMixin:
 
     def _grant_device_code(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         """RFC 8628 section 3.5: pending, slow_down (polled too fast), expired, denied, or tokens once."""
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             grant = self._devices.get(params.get("device_code", ""))
             if grant is None or grant.status == "done":

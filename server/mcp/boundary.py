@@ -6,11 +6,14 @@ resource URI`` (the reason withheld) plus a traceback on stderr; and arguments t
 input schema come back as pydantic's multi-line dump with a documentation link and the echoed
 input (``Tool.run`` wraps the ``ValidationError`` in a ``ToolError``). :class:`PoolServer`
 translates both where the SDK raises them, in ``read_resource`` and ``call_tool``. Its stdio
-transport also answers the JSON-RPC frames the SDK's would drop (:mod:`server.stdio`).
+transport also answers the JSON-RPC frames the SDK's would drop (:mod:`authpool.server.mcp.stdio`).
+Inside a tool, :func:`tool_errors` turns the library's expected errors into tool errors.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -20,7 +23,7 @@ from pydantic_core import ErrorDetails
 
 from authpool import PoolError
 
-__all__ = ["PoolServer", "describe_argument_errors"]
+__all__ = ["PoolServer", "describe_argument_errors", "tool_errors"]
 
 
 class PoolServer(MCPServer[Any]):
@@ -29,7 +32,7 @@ class PoolServer(MCPServer[Any]):
     async def run_stdio_async(self) -> None:
         """Serve on stdio as ``MCPServer`` does, answering the frames its transport would drop.
 
-        See :mod:`server.stdio`. The low-level server is the one ``MCPServer.run_stdio_async``
+        See :mod:`authpool.server.mcp.stdio`. The low-level server is the one ``MCPServer.run_stdio_async``
         drives too; only the transport in front of it differs.
         """
         from authpool.server.mcp.stdio import guarded_stdio
@@ -57,6 +60,15 @@ class PoolServer(MCPServer[Any]):
             if isinstance(e.__cause__, ValidationError) and not isinstance(e, UnexpectedToolError):
                 raise ToolError(describe_argument_errors(name, e.__cause__)) from None
             raise
+
+
+@contextlib.contextmanager
+def tool_errors() -> Iterator[None]:
+    """Turn the library's expected errors (``PoolError``) into tool errors carrying their message."""
+    try:
+        yield
+    except PoolError as e:
+        raise ToolError(str(e)) from None
 
 
 def describe_argument_errors(tool: str, error: ValidationError) -> str:

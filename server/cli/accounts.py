@@ -1,0 +1,167 @@
+"""``authpool accounts``: list, add, remove, enable, disable and reset the pool's accounts.
+
+Secrets are read from stdin or a hidden prompt, never from argv, where every user of the
+machine can see them. Nothing printed here is ever a secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import shlex
+import sys
+import time
+
+from authpool import InvalidInput, Pool, TokenSet
+from authpool.accounts import account_view, fix_command
+from authpool.server.cli.errors import UsageError
+from authpool.server.cli.format import describe_state, print_table, relative
+
+__all__ = [
+    "add_parser",
+    "cmd_accounts_list",
+    "cmd_add_key",
+    "cmd_add_oauth",
+    "cmd_disable",
+    "cmd_enable",
+    "cmd_remove",
+    "cmd_reset",
+    "read_secret_input",
+]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``accounts`` and its actions to the CLI's subcommands."""
+    accounts = sub.add_parser("accounts", help="list, add, remove, enable, disable, reset accounts")
+    acc_sub = accounts.add_subparsers(title="accounts commands", metavar="ACTION")
+
+    p = acc_sub.add_parser("list", help="list accounts (no secrets)")
+    p.add_argument("--provider", help="only this provider")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(handler=cmd_accounts_list)
+
+    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt)")
+    p.add_argument("provider")
+    p.add_argument("--label", required=True, help="a name unique within the provider, e.g. 'work'")
+    p.add_argument("--namespace", default="default", help="sub-pool within the provider (default: default)")
+    p.set_defaults(handler=cmd_add_key)
+
+    p = acc_sub.add_parser(
+        "add-oauth",
+        help="add an OAuth account from a JSON token set on stdin "
+        "({access_token, refresh_token, expires_in|expires_at})",
+    )
+    p.add_argument("provider")
+    p.add_argument("--label", required=True)
+    p.add_argument("--namespace", default="default")
+    p.set_defaults(handler=cmd_add_oauth)
+
+    for name, fn, text in (
+        ("remove", cmd_remove, "remove an account and its secret"),
+        ("enable", cmd_enable, "let rotation use the account again"),
+        ("disable", cmd_disable, "keep the account but never use it"),
+        ("reset", cmd_reset, "clear cooldowns, needs-reauth and the last error"),
+    ):
+        p = acc_sub.add_parser(name, help=text)
+        p.add_argument("account", help="account id or provider/label")
+        p.set_defaults(handler=fn)
+
+
+def cmd_accounts_list(args: argparse.Namespace) -> int:
+    """``accounts list``: a table (or ``--json``) of every account, and the commands that fix dead logins."""
+    pool = Pool.open()
+    accounts = pool.accounts(args.provider)
+    if args.json:
+        print(json.dumps([account_view(a) for a in accounts], indent=2))
+        return 0
+    if not accounts:
+        print("no accounts" + (f" for {args.provider}" if args.provider else "") +
+              f" in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        return 0
+    now = time.time()
+    rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
+    for a in accounts:
+        rows.append([
+            a.id,
+            a.name if a.namespace == "default" else f"{a.name} [{a.namespace}]",
+            a.kind,
+            describe_state(a, now),
+            relative(a.access_expires_at, now) if a.kind == "oauth" else "-",
+            relative(a.last_used_at, now),
+            str(a.counters.requests),
+            str(a.counters.rate_limited),
+        ])
+    print_table(rows)
+    fixes = [(a.name, cmd) for a in accounts if (cmd := fix_command(a))]
+    if fixes:
+        print("\nneeds re-auth; to fix:")
+        for name, cmd in fixes:
+            print(f"  {name}: {cmd}")
+    return 0
+
+
+def cmd_add_key(args: argparse.Namespace) -> int:
+    """``accounts add-key``: an API key from stdin or a hidden prompt."""
+    key = read_secret_input(f"API key for {args.provider}/{args.label}: ")
+    acc = Pool.open().add_api_key(args.provider, args.label, key, namespace=args.namespace)
+    print(f"added {acc.name} (id {acc.id})")
+    return 0
+
+
+def cmd_add_oauth(args: argparse.Namespace) -> int:
+    """``accounts add-oauth``: a JSON token set on stdin."""
+    if sys.stdin.isatty():
+        raise UsageError(
+            "add-oauth reads a JSON token set on stdin, e.g. `authpool accounts add-oauth P --label L < tokens.json`"
+        )
+    text = sys.stdin.read()
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"stdin is not valid JSON (line {e.lineno} column {e.colno})") from None
+    tokens = TokenSet.parse(doc)
+    acc = Pool.open().add_oauth(args.provider, args.label, tokens, namespace=args.namespace)
+    print(f"added {acc.name} (id {acc.id})")
+    if not tokens.refresh_token:
+        print(f"authpool: warning: the token set has no refresh token, so {acc.name} cannot be renewed: when its "
+              f"access token expires it needs a new login (`authpool login {acc.provider} "
+              f"--label {shlex.quote(acc.label)}`)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    """``accounts remove``: the account and its secret."""
+    acc = Pool.open().remove(args.account)
+    print(f"removed {acc.name} (id {acc.id}) and its secret")
+    return 0
+
+
+def cmd_enable(args: argparse.Namespace) -> int:
+    """``accounts enable``: back into rotation."""
+    acc = Pool.open().set_enabled(args.account, True)
+    print(f"enabled {acc.name}")
+    return 0
+
+
+def cmd_disable(args: argparse.Namespace) -> int:
+    """``accounts disable``: kept, never used."""
+    acc = Pool.open().set_enabled(args.account, False)
+    print(f"disabled {acc.name}")
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    """``accounts reset``: cooldowns, needs-reauth and the last error cleared."""
+    acc = Pool.open().reset(args.account)
+    print(f"reset {acc.name}: cooldowns, needs-reauth and last error cleared")
+    return 0
+
+
+def read_secret_input(prompt: str) -> str:
+    """A secret from stdin (piped) or a hidden prompt on the terminal — never from argv."""
+    value = getpass.getpass(prompt) if sys.stdin.isatty() else sys.stdin.read()
+    if not value.strip():
+        raise InvalidInput("no secret given on stdin")
+    return value.strip()

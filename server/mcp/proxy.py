@@ -1,0 +1,189 @@
+"""What ``proxy_request`` does, as a plain async function: front door, send, collect, shape.
+
+Kept free of MCP so it can be read and tested on its own; the tool in
+:mod:`authpool.server.mcp.tools` is a thin wrapper around :func:`run_proxy`. The checks before
+sending are the front door's (:mod:`authpool.server.front`), shared with the CLI; what is
+particular to a tool result is here: the body is read whole (with progress for an event stream),
+parsed when it is JSON, cut at ``max_body_chars`` with a marker, an event stream is summarised
+(its text, its events, an error after content), and a credential the provider echoed is scrubbed.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx2
+
+from authpool import Pool
+from authpool.rotation import RequestResult, assemble_text, parse_events
+from authpool.server.front import naming_the_home, prepare, unreadable_body
+
+__all__ = ["TRUNCATION_MARKER", "BodyFormat", "ProgressFn", "ProxyCall", "ProxyOutcome", "StreamSummary", "run_proxy"]
+
+_KEPT_HEADERS = ("content-type", "request-id", "x-request-id", "retry-after", "retry-after-ms", "openai-model",
+                 "openai-processing-ms")
+_KEPT_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
+TRUNCATION_MARKER = "\n…[truncated by authpool: {shown} of {total} characters shown]"
+#: Seconds between progress notifications while an event stream arrives.
+STREAM_PROGRESS_EVERY = 0.5
+
+BodyFormat = Literal["json", "text", "empty", "binary"]
+ProgressFn = Callable[[float, float | None, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ProxyCall:
+    """One ``proxy_request``, as the tool received it."""
+
+    provider: str
+    method: str
+    path: str
+    query: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    json_body: Any = None
+    body: str | None = None
+    account: str | None = None
+    namespace: str | None = None
+    wait_s: float = 0.0
+    max_body_chars: int = 100_000
+    session: str | None = None
+    stream: bool = False
+
+
+@dataclass
+class StreamSummary:
+    """An event stream, collected: how much arrived, the text it generated, an error after content."""
+
+    events: int
+    text: str
+    error: dict[str, Any] | None
+
+
+@dataclass
+class ProxyOutcome:
+    """The provider's answer, shaped for a tool result, and the pool's account of how it was served."""
+
+    status: int
+    headers: dict[str, str]
+    body: Any
+    body_format: BodyFormat
+    body_bytes: int
+    truncated: bool
+    result: RequestResult
+    stream: StreamSummary | None = None
+
+
+async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = None) -> ProxyOutcome:
+    """Send ``call`` through the pool and return the provider's answer, shaped for a tool result.
+
+    Raises:
+        PoolError: unknown provider or account, refused origin or header, all accounts cooling, …
+    """
+    out = prepare(pool, call.provider, call.method, call.path, headers=call.headers, json_body=call.json_body,
+                  body=call.body, stream=call.stream)
+    async with pool.client(call.provider, account=call.account, namespace=call.namespace,
+                           wait_budget=call.wait_s, on_progress=progress, session=call.session) as client:
+        request = client.build_request(out.method, out.url, params=call.query, headers=out.headers,
+                                       content=out.content)
+        # Streamed, then read here, so a body that breaks off or cannot be decoded is one clear error.
+        with naming_the_home(pool):
+            response = await client.send(request, stream=True)
+        result: RequestResult = response.extensions["authpool"]
+        try:
+            raw = await _collect(response, progress)
+        except httpx2.HTTPError as e:
+            raise unreadable_body(call.provider, response, e) from None
+        finally:
+            await response.aclose()
+    content_type = response.headers.get("content-type", "")
+    body, body_format, truncated = _shape_body(raw, content_type, call.max_body_chars)
+    return ProxyOutcome(
+        status=response.status_code,
+        headers=_select_headers(response.headers),
+        body=_scrub(body, pool, result.account_id),
+        body_format=body_format,
+        body_bytes=len(raw),
+        truncated=truncated,
+        result=result,
+        stream=_summarize_stream(raw, content_type),
+    )
+
+
+async def _collect(response: httpx2.Response, progress: ProgressFn | None) -> bytes:
+    """Read the whole body; for an event stream, report bytes and events as they arrive."""
+    is_stream = response.headers.get("content-type", "").startswith("text/event-stream")
+    chunks: list[bytes] = []
+    size = events = 0
+    last_report = time.monotonic()
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk)
+        size += len(chunk)
+        events += chunk.count(b"\n\n")
+        if is_stream and progress is not None and time.monotonic() - last_report >= STREAM_PROGRESS_EVERY:
+            last_report = time.monotonic()
+            await progress(float(size), None, f"streaming: {size} bytes, {events} events received")
+    return b"".join(chunks)
+
+
+def _summarize_stream(raw: bytes, content_type: str) -> StreamSummary | None:
+    if not content_type.startswith("text/event-stream"):
+        return None
+    events = parse_events(raw + b"\n\n")[0]
+    error: dict[str, Any] | None = None
+    for event in events:
+        doc = event.json()
+        if event.event == "error" or (isinstance(doc, dict) and "error" in doc):
+            inner = doc.get("error", doc) if isinstance(doc, dict) else {"message": event.data[:200]}
+            error = inner if isinstance(inner, dict) else {"message": str(inner)}
+            break
+    return StreamSummary(events=len(events), text=assemble_text(events), error=error)
+
+
+def _shape_body(raw: bytes, content_type: str, limit: int) -> tuple[Any, BodyFormat, bool]:
+    if not raw:
+        return None, "empty", False
+    ctype = content_type.split(";", maxsplit=1)[0].strip().lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        if not ctype.startswith("text/") and "json" not in ctype:
+            return f"<{len(raw)} bytes of {ctype or 'binary data'}; not shown>", "binary", False
+        text = raw.decode("utf-8", errors="replace")
+    if len(text) > limit:
+        shown = text[:limit] + TRUNCATION_MARKER.format(shown=limit, total=len(text))
+        return shown, "text", True
+    if "json" in ctype or text.lstrip()[:1] in ("{", "["):
+        try:
+            return jsonlib.loads(text), "json", False
+        except ValueError:
+            pass
+    return text, "text", False
+
+
+def _select_headers(headers: httpx2.Headers) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        low = name.lower()
+        if low in _KEPT_HEADERS or low.startswith(_KEPT_PREFIXES):
+            out[low] = value
+    return out
+
+
+def _scrub(body: Any, pool: Pool, account_id: str) -> Any:
+    """Defence in depth: if a provider echoes the credential back, it does not reach the caller."""
+    try:
+        values = pool.secret_of(pool.get(account_id)).values()
+    except Exception:  # noqa: BLE001 - scrubbing must never turn a good answer into an error
+        return body
+    if not values:
+        return body
+    text = jsonlib.dumps(body) if not isinstance(body, str) else body
+    if not any(v in text for v in values):
+        return body
+    for v in values:
+        text = text.replace(v, "<redacted>")
+    return text if isinstance(body, str) else jsonlib.loads(text)

@@ -1,0 +1,294 @@
+"""The MCP tools' output models (their output schemas) and their conversion from the library's views.
+
+Times are ISO strings in UTC (clearer to an LLM than epoch floats). Nothing here ever holds a
+token, refresh token or API key: every model is built from the library's public views.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+from authpool import Pool
+from authpool.accounts import Account, account_view, fix_command, pool_status
+from authpool.rotation import Attempt
+
+__all__ = [
+    "AccountDetail",
+    "AccountList",
+    "AccountRef",
+    "AccountView",
+    "AttemptView",
+    "CooldownView",
+    "Counters",
+    "LoginFinished",
+    "LoginStarted",
+    "OptionalText",
+    "PoolStatus",
+    "ProviderList",
+    "ProviderSummary",
+    "ProviderView",
+    "ProxyResponse",
+    "account_detail",
+    "account_list",
+    "attempt_view",
+    "iso",
+    "pool_report",
+    "provider_list",
+    "view",
+]
+
+
+def _null_to_empty(value: Any) -> Any:
+    return "" if value is None else value
+
+
+# An optional text argument. The SDK json-decodes every string argument whose annotation is
+# not exactly ``str`` (a workaround for clients that send objects as JSON text), so with
+# ``str | None`` a raw body '{"a": 1}' became a dict and was rejected, and the text 'null'
+# became None: a body 'null' was silently dropped and a namespace named 'null' silently
+# widened rotation to every namespace (and a label "123" became a number). Typed ``str``, the
+# text arrives verbatim; an explicit JSON null still means "not given" (as does "", which the
+# tools map to None).
+OptionalText = Annotated[str, BeforeValidator(_null_to_empty)]
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class AttemptView(BaseModel):
+    """One try within a request."""
+
+    account_id: str
+    account: str = Field(description="provider/label of the account tried")
+    status: int | None = Field(description="HTTP status the provider answered, null for a network error")
+    outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | unauthorized (a 401 not yet "
+                                     "confirmed: the provider accepted no other account's credentials in this "
+                                     "call) | forbidden | server_error | "
+                                     "network_error | refresh_failed | refresh_pending (the token endpoint is slow; "
+                                     "the refresh goes on and will be stored) | secret_error | stream_rate_limited "
+                                     "(a 200 stream opened with a rate-limit error) | stream_overloaded")
+    elapsed_ms: float
+    cooldown_until: str | None = Field(None, description="ISO time the account cools down until, after a 429")
+    detail: str | None = None
+    at: str | None = Field(None, description="ISO time of the attempt (account_status history only)")
+
+
+class AccountRef(BaseModel):
+    id: str
+    label: str
+    name: str = Field(description="provider/label")
+
+
+class ProxyResponse(BaseModel):
+    """The provider's answer, and which account served it."""
+
+    status: int = Field(description="the provider's HTTP status")
+    headers: dict[str, str] = Field(description="selected response headers (content type, request id, rate limits)")
+    body: Any = Field(description="the response body: parsed JSON when the response is JSON, else text")
+    body_format: Literal["json", "text", "empty", "binary"]
+    body_bytes: int = Field(description="full size of the response body in bytes")
+    truncated: bool = Field(description="true if body was cut to max_body_chars; the text then ends with a marker")
+    account: AccountRef = Field(description="the account that served the request")
+    attempts: list[AttemptView] = Field(description="every try in order, including rotated-away accounts")
+    stream_events: int | None = Field(None, description="for an event-stream answer: how many events arrived")
+    stream_text: str | None = Field(None, description="for an event-stream answer: the generated text, assembled")
+    stream_error: dict[str, Any] | None = Field(
+        None, description="an error event the stream ended with after content had started (not retried)")
+
+
+class CooldownView(BaseModel):
+    until: str
+    remaining_s: float
+    reason: str
+
+
+class Counters(BaseModel):
+    requests: int
+    rate_limited: int
+    unauthorized: int
+    refreshes: int
+    failures: int
+
+
+class AccountView(BaseModel):
+    """An account's public metadata (never a secret)."""
+
+    id: str = Field(description="stable short id; tools accept it or provider/label")
+    provider: str
+    namespace: str
+    label: str
+    name: str = Field(description="provider/label")
+    kind: Literal["oauth", "api_key"]
+    enabled: bool
+    state: Literal["ready", "cooling", "needs-reauth", "refresh-failing", "disabled"]
+    refresh_failing: str | None = Field(
+        None, description="when renewing the token fails: since when, why, and when the next try is")
+    cooling_until: str | None = Field(description="ISO time the whole account frees up, if cooling")
+    cooldowns: dict[str, CooldownView] = Field(description="active cooldowns by scope ('*' = whole account)")
+    token_expires_at: str | None = Field(description="ISO expiry of the OAuth access token (renewed automatically)")
+    last_used_at: str | None
+    last_status: int | None
+    last_error: str | None
+    counters: Counters
+
+
+class AccountList(BaseModel):
+    accounts: list[AccountView]
+
+
+class AccountDetail(AccountView):
+    """One account in full, with its recent attempts seen by this server."""
+
+    cooldown_remaining_s: float | None = Field(description="seconds until the whole account frees up")
+    reauth_command: str | None = Field(description="the command that fixes a needs-reauth account")
+    recent_attempts: list[AttemptView]
+
+
+class ProviderSummary(BaseModel):
+    provider: str
+    ready: int
+    cooling: int
+    needs_reauth: int
+    refresh_failing: int = Field(0, description="accounts whose token endpoint is failing (backing off)")
+    disabled: int
+    next_free_at: str | None = Field(description="ISO time the first cooling account frees up")
+    accounts: list[AccountView]
+
+
+class PoolStatus(BaseModel):
+    """Per provider: how many accounts can serve requests now, and when the next frees up."""
+
+    now: str
+    home: str = Field(description="the pool's home directory (AUTHPOOL_HOME, else the user data dir)")
+    providers: list[ProviderSummary]
+
+
+class ProviderView(BaseModel):
+    id: str
+    name: str
+    base_url: str | None
+    origins: list[str] = Field(description="the only origins this provider's credentials are ever sent to")
+    api_key_header: str = Field(description="header that carries an API key")
+    oauth_configured: bool = Field(description="true if a token URL and client id are configured (login/refresh)")
+    strategy: str
+    accounts: int
+
+
+class ProviderList(BaseModel):
+    providers: list[ProviderView]
+
+
+class LoginStarted(BaseModel):
+    """A login waiting for the user: show them verification_uri and user_code, then call finish_login."""
+
+    login_id: str = Field(description="pass this to finish_login")
+    provider: str
+    verification_uri: str = Field(description="the page where the user logs in and enters user_code")
+    verification_uri_complete: str | None = Field(description="the same page with the code filled in, if offered")
+    user_code: str = Field(description="the code the user enters at verification_uri")
+    expires_at: str = Field(description="ISO time the code expires; finish the login before it")
+    interval: float = Field(description="seconds between the provider's polls (finish_login handles this)")
+
+
+class LoginFinished(BaseModel):
+    """The account the login added, or whose tokens it replaced (the tokens are never shown)."""
+
+    id: str = Field(description="the account's stable id")
+    name: str = Field(description="provider/label")
+    created: bool = Field(description="true for a new account, false if an existing one got new tokens")
+
+
+# -- conversions -----------------------------------------------------------------------------
+
+
+def iso(ts: float | None) -> str | None:
+    """``ts`` (epoch seconds) as an ISO time in UTC with a ``Z``, or None."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def view(a: Account, now: float) -> AccountView:
+    """An account's public view as of ``now``."""
+    return AccountView(**_view_fields(a, now))
+
+
+def account_list(accounts: Sequence[Account], now: float) -> AccountList:
+    """Every account's public view as of ``now``."""
+    return AccountList(accounts=[view(a, now) for a in accounts])
+
+
+def account_detail(a: Account, now: float, recent: Sequence[tuple[Attempt, float]]) -> AccountDetail:
+    """One account in full as of ``now``, with the attempts a server made with it (and when)."""
+    until = a.cooldown_until(now=now)
+    return AccountDetail(
+        **_view_fields(a, now),
+        cooldown_remaining_s=round(until - now, 1) if until else None,
+        reauth_command=fix_command(a),
+        recent_attempts=[attempt_view(attempt, at) for attempt, at in recent],
+    )
+
+
+def attempt_view(a: Attempt, at: float | None = None) -> AttemptView:
+    """One attempt; ``at`` is when it was made (shown in account_status's history)."""
+    return AttemptView(
+        account_id=a.account_id, account=a.account, status=a.status, outcome=a.outcome,
+        elapsed_ms=round(a.elapsed_ms, 1), cooldown_until=iso(a.cooldown_until), detail=a.detail, at=iso(at),
+    )
+
+
+def pool_report(pool: Pool, now: float) -> PoolStatus:
+    """The pool's home and, per provider, how many accounts are in each state (reads the pool)."""
+    accounts = pool.accounts()
+    report = pool_status(accounts, now)
+    by_id = {a.id: a for a in accounts}
+    return PoolStatus(
+        now=iso(now) or "",
+        home=str(pool.home.path),
+        providers=[
+            ProviderSummary(
+                provider=p["provider"], ready=p["ready"], cooling=p["cooling"], needs_reauth=p["needs_reauth"],
+                refresh_failing=p["refresh_failing"],
+                disabled=p["disabled"], next_free_at=iso(p["next_free_at"]),
+                accounts=[view(by_id[a["id"]], now) for a in p["accounts"] if a["id"] in by_id],
+            )
+            for p in report["providers"]
+        ],
+    )
+
+
+def provider_list(pool: Pool) -> ProviderList:
+    """Every provider the pool knows, with its origins and account count (reads the pool)."""
+    counts = collections.Counter(a.provider for a in pool.accounts())
+    out = []
+    for p in pool.providers:
+        name, _, _ = p.credential_headers("api_key")
+        out.append(ProviderView(
+            id=p.id, name=p.display_name, base_url=p.base_url, origins=sorted(p.allowed_origins),
+            api_key_header=name, oauth_configured=bool(p.oauth and p.oauth.client_id),
+            strategy=p.strategy, accounts=counts.get(p.id, 0),
+        ))
+    return ProviderList(providers=out)
+
+
+def _view_fields(a: Account, now: float) -> dict[str, Any]:
+    """The library's public view with times as ISO strings."""
+    fields = account_view(a, now)
+    fields.update(
+        cooling_until=iso(fields["cooling_until"]),
+        cooldowns={
+            scope: CooldownView(until=iso(cd["until"]) or "", remaining_s=round(cd["until"] - now, 1),
+                                reason=cd["reason"])
+            for scope, cd in fields["cooldowns"].items()
+        },
+        token_expires_at=iso(fields["token_expires_at"]),
+        last_used_at=iso(fields["last_used_at"]),
+        counters=Counters(**fields["counters"]),
+    )
+    fields.pop("needs_reauth")  # shown as the state already; not part of the tool's schema
+    return fields
