@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field
 
 from authpool import Pool
-from authpool.accounts import Account, account_view, fix_command, pool_status
-from authpool.rotation import Attempt
+from authpool.accounts import Account, AccountKind, AccountState, account_view, fix_command, pool_status
+from authpool.rotation import Attempt, Outcome
 
 __all__ = [
     "AccountDetail",
@@ -66,7 +66,7 @@ class AttemptView(BaseModel):
     account_id: str
     account: str = Field(description="provider/label of the account tried")
     status: int | None = Field(description="HTTP status the provider answered, null for a network error")
-    outcome: str = Field(description="ok | rate_limited | refreshed | needs_reauth | unauthorized (a 401 not yet "
+    outcome: Outcome = Field(description="ok | rate_limited | refreshed | needs_reauth | unauthorized (a 401 not yet "
                                      "confirmed: the provider accepted no other account's credentials in this "
                                      "call) | forbidden | server_error | "
                                      "network_error | refresh_failed | refresh_pending (the token endpoint is slow; "
@@ -123,9 +123,9 @@ class AccountView(BaseModel):
     namespace: str
     label: str
     name: str = Field(description="provider/label")
-    kind: Literal["oauth", "api_key"]
+    kind: AccountKind
     enabled: bool
-    state: Literal["ready", "cooling", "needs-reauth", "refresh-failing", "disabled"]
+    state: AccountState
     refresh_failing: str | None = Field(
         None, description="when renewing the token fails: since when, why, and when the next try is")
     cooling_until: str | None = Field(description="ISO time the whole account frees up, if cooling")
