@@ -162,7 +162,9 @@ class Refresher:
         """This process's flight for the account and generation: joined if running, else launched."""
         key = (account_id, seen_generation)
         try:
-            name = self.keeper.store.read().find(account_id).name
+            # peek: no waiting on a server here (async callers are on the event loop).
+            cached = self.keeper.store.peek()
+            name = cached.find(account_id).name if cached is not None else account_id
         except PoolError:
             name = account_id
         with self._guard:
@@ -237,7 +239,7 @@ class Refresher:
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
         advisory, _ = provider.refresh_windows(acc.access_lifetime)
-        now = time.time()
+        now = store.now()
         if mode != "force" and expires_at is not None and expires_at - now > advisory:
             return Renewal(secret, performed=False)
         failing = acc.failing_refresh()
@@ -278,7 +280,15 @@ class Refresher:
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
         generation = acc.secret_generation + 1
-        secrets.save(acc.id, new, generation)  # the new refresh token is stored before anyone can use the old
+        # The new refresh token is stored before anyone can use the old: a compare-and-swap, so a
+        # secret someone else stored meanwhile (a lease that expired under us, a re-login) is kept.
+        stored = secrets.swap(acc.id, secret, new, generation)
+        if stored is not new:
+            log.warning("account %s: another process stored a newer secret while this refresh ran; using theirs",
+                        acc.name)
+            self._update(account_id, lambda a: transitions.adopted(a, generation=generation,
+                                                                   expires_at=stored.expires_at))
+            return Renewal(stored, performed=False)
         self._update(account_id, lambda a: transitions.renewed(
             a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
         log.info("refreshed the token of %s", acc.name)
@@ -287,14 +297,15 @@ class Refresher:
     def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
                 journal: RefreshJournal | None) -> None:
         def note(a: Account) -> None:
-            transitions.refresh_failed(a, now=time.time(), backoff=refresh_backoff, reason=error.reason,
+            transitions.refresh_failed(a, now=self.keeper.store.now(), backoff=refresh_backoff, reason=error.reason,
                                        error=str(error), token_refused=token_refused,
                                        unanswered=isinstance(error, RefreshUnanswered), journal=journal)
 
         self._update(account_id, note)
 
     def _journal(self, acc: Account, provider: Provider, interrupted: RefreshJournal | None) -> None:
-        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted)
+        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted,
+                            now=self.keeper.store.now())
         self._update(acc.id, lambda a: transitions.begin_refresh(a, record))
 
     def _wait_for_interrupted(self, acc: Account, interrupted: RefreshJournal, mode: RefreshMode,
