@@ -14,7 +14,7 @@ optional extra ``authpool[postgres]`` (psycopg 3 with its connection pool).
 from __future__ import annotations
 
 from authpool.storage.postgres.schema import SCHEMA_VERSION, TEAM_BACKEND
-from authpool.storage.postgres.secrets import TeamSecrets, team_sealer
+from authpool.storage.postgres.secrets import TeamSecrets, copy_in, team_sealer
 from authpool.storage.postgres.store import PostgresStore, ServerInfo
 
-__all__ = ["SCHEMA_VERSION", "TEAM_BACKEND", "PostgresStore", "ServerInfo", "TeamSecrets", "team_sealer"]
+__all__ = ["SCHEMA_VERSION", "TEAM_BACKEND", "PostgresStore", "ServerInfo", "TeamSecrets", "copy_in", "team_sealer"]

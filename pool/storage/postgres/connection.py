@@ -25,6 +25,9 @@ from authpool.errors import InvalidInput, StoreUnavailable
 __all__ = ["Address", "Database", "parse_address"]
 
 log = logging.getLogger("authpool")
+# The pool logs every failed connection attempt; unconfigured, Python would print each to stderr
+# with its traceback-like detail. What a user needs is our one line (and the reconnect warning).
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 _CONNECT_TIMEOUT = 5  # seconds for one connection attempt (the pool retries with backoff)
 _POOL_SIZE = 8

@@ -165,9 +165,16 @@ class LeaseKeeper:
         with self._guard:
             self._held.pop(id(lease), None)
 
+    def stop(self) -> None:
+        """Stop extending (the store is closing): leases still held expire after their time to live."""
+        with self._guard:
+            self._held.clear()
+        self._wake.set()
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self.store.lease_ttl / 3)
+            self._wake.clear()
             with self._guard:
                 held = [(lease.name, lease.token) for lease in self._held.values() if lease.token]
                 if not held:

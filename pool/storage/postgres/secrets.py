@@ -19,16 +19,18 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
+from authpool.accounts.model import Account
 from authpool.accounts.secret import Secret
-from authpool.errors import SecretMissing, TeamKeyError
-from authpool.storage.postgres.schema import TEAM_BACKEND
+from authpool.errors import DuplicateLabel, SecretMissing, TeamKeyError
+from authpool.storage.postgres.schema import CHANNEL, TEAM_BACKEND
 from authpool.storage.teamkey import TEAM_KEY_ENV, Sealer, key_from_text, member_key
 
 if TYPE_CHECKING:
     from authpool.storage.postgres.store import PostgresStore
 
-__all__ = ["SWAP_TIMEOUT", "TeamSecrets", "team_sealer"]
+__all__ = ["SWAP_TIMEOUT", "TeamSecrets", "copy_in", "team_sealer"]
 
 # A refreshed token must land: its store waits this long for a database that is down.
 SWAP_TIMEOUT = 300.0
@@ -177,3 +179,38 @@ def _missing(account_id: str, where: str) -> SecretMissing:
     return SecretMissing(f"the secret of account {account_id} is missing from the team store {where}; log in again "
                          f"or re-add it (`authpool accounts remove {account_id}` then add it)")
 
+
+
+def copy_in(secrets: TeamSecrets, accounts: list[Account], values: dict[str, Secret]) -> None:
+    """Insert ``accounts`` and their sealed secrets into the team store in one transaction: all or nothing.
+
+    Raises:
+        DuplicateLabel: an account id or ``provider/label`` exists in the team store already (nothing written).
+    """
+    store = secrets.store
+    sealer = secrets.sealer()
+    sealed = {a.id: sealer.seal(values[a.id].to_json().encode(), a.id.encode()) for a in accounts}
+
+    def body(cur: Cursor) -> None:
+        cur.execute("SELECT 1 FROM authpool_pool WHERE id = 1 FOR UPDATE")
+        taken = {(str(p), str(k)): str(i) for i, p, k in
+                 cur.execute("SELECT id, provider, label_key FROM authpool_accounts")}
+        clash = [a.name for a in accounts
+                 if (a.provider, a.label.casefold()) in taken or a.id in taken.values()]
+        if clash:
+            raise DuplicateLabel(f"the team store {store.location} has these accounts already: {', '.join(clash)}; "
+                                 "nothing was copied")
+        for acc in accounts:
+            cur.execute(
+                "INSERT INTO authpool_accounts (id, provider, label_key, position, doc, changed) "
+                "VALUES (%s, %s, %s, nextval('authpool_changes'), %s, nextval('authpool_changes'))",
+                (acc.id, acc.provider, acc.label.casefold(), Jsonb(acc.model_dump(mode="json"))))
+            cur.execute(
+                "INSERT INTO authpool_secrets (account_id, generation, sealed, key_fingerprint) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (account_id) DO UPDATE SET generation = excluded.generation, sealed = excluded.sealed, "
+                "key_fingerprint = excluded.key_fingerprint",
+                (acc.id, acc.secret_generation, sealed[acc.id], sealer.fingerprint))
+        cur.execute("UPDATE authpool_pool SET changed = nextval('authpool_changes') WHERE id = 1")
+        cur.execute("SELECT pg_notify(%s, 'pool')", (CHANNEL,))
+
+    store.transact(body)

@@ -412,6 +412,7 @@ class PostgresStore:
 
     def close(self) -> None:
         """Stop the change feed and close the connections (leases held are released by their holders)."""
+        self.leases.stop()
         self._listener.stop()
         self.db.close()
 
