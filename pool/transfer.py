@@ -12,6 +12,7 @@ While copying, every source account's refresh lock is held, so no rotation happe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from authpool.accounts import transitions
@@ -62,8 +63,10 @@ def copy_pool(source: Pool, target: Pool) -> CopyReport:
         if target.team:
             from authpool.storage.postgres import TeamSecrets, copy_in
 
-            assert isinstance(target.secrets, TeamSecrets)
-            copy_in(target.secrets, copies, values)
+            team = target.secrets
+            if not isinstance(team, TeamSecrets):  # a team store's pool always has them
+                raise TypeError(f"{target.store.location} has no team secrets")
+            copy_in(team, copies, values)
         else:
             _copy_local(target, copies, values)
         oauth = [a.id for a in current if a.kind == "oauth"]
@@ -109,8 +112,6 @@ def _copy_local(target: Pool, copies: list[Account], values: dict[str, Secret]) 
         target.store.update(insert)
     except BaseException:
         for account_id in written:
-            try:
+            with contextlib.suppress(SecretError):
                 target.secrets.delete(account_id)
-            except SecretError:
-                pass
         raise

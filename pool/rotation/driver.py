@@ -244,7 +244,7 @@ class _Run:
             raise RuntimeError("the engine asked for an answer's body before any answer")
         return response
 
-    def step(self, effect: Effect, inner: httpx2.BaseTransport) -> Any:  # noqa: PLR0911 - one branch per effect
+    def step(self, effect: Effect, inner: httpx2.BaseTransport) -> Any:  # noqa: PLR0911, PLR0912 - one per effect
         done, value = self._plain(effect)
         if done:
             return value
@@ -282,7 +282,7 @@ class _Run:
             return self.t.refresher.renew(self.t.provider, a.id, a.secret_generation, effect.mode, wait=effect.wait)
         raise TypeError(f"unknown effect {effect!r}")
 
-    async def astep(self, effect: Effect, inner: httpx2.AsyncBaseTransport) -> Any:  # noqa: PLR0911
+    async def astep(self, effect: Effect, inner: httpx2.AsyncBaseTransport) -> Any:  # noqa: PLR0911, PLR0912
         done, value = self._plain(effect)
         if done:
             return value

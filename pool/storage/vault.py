@@ -35,7 +35,7 @@ from authpool.errors import InvalidInput, SecretBackendLocked, SecretError
 from authpool.home import Home, resolve_home
 from authpool.storage.atomicfile import write_atomic
 from authpool.storage.lock import Lock
-from authpool.storage.teamkey import decode_key, encode_key, fingerprint
+from authpool.storage.sealing import decode_key, encode_key, fingerprint
 
 __all__ = ["VaultKeyring"]
 

@@ -54,7 +54,7 @@ def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = Fa
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool, force: bool = False) -> list[Finding]:
+def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR0911, PLR0912 - one per check
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -135,7 +135,8 @@ def _team_checks(home: Home, url: str, providers: Providers | None) -> list[Find
     try:
         from authpool.storage.postgres import PostgresStore
 
-        assert isinstance(store, PostgresStore)
+        if not isinstance(store, PostgresStore):
+            return [Finding("store", "fail", f"{store.location} is not a team store")]
         info = store.server_info()
         out.append(Finding("store", "ok", f"team: {store.location} (PostgreSQL {info.server_version}, schema "
                                           f"{info.schema_version}, round trip {info.round_trip_ms:.2f} ms, "

@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from authpool import Pool
 from authpool.errors import InvalidInput, TeamKeyError
 from authpool.server.cli.accounts import read_secret_input
 from authpool.server.cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from authpool.storage.postgres import PostgresStore
+    from authpool.storage.vault import VaultKeyring
 
 __all__ = ["add_parser"]
 
@@ -46,22 +51,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         ).set_defaults(handler=cmd_vault_import)
 
 
-def _team_pool() -> Pool:
+def _team_pool() -> tuple[Pool, PostgresStore]:
+    from authpool.storage.postgres import PostgresStore
+
     pool = Pool.open()
-    if not pool.team:
+    if not isinstance(pool.store, PostgresStore):
         raise UsageError("this home uses the local store; set AUTHPOOL_STORE=postgresql://user@host:port/dbname "
                          '(or [store] url = "..." in config.toml) to use a team store')
-    return pool
+    return pool, pool.store
 
 
 def cmd_team_create(args: argparse.Namespace) -> int:
     """Create a key for a team store that has none yet, keep it here, register its fingerprint in the store."""
-    from authpool.storage.postgres import PostgresStore, team_sealer
-    from authpool.storage.teamkey import encode_key, new_key, save_member_key
+    from authpool.storage.postgres import team_sealer
+    from authpool.storage.sealing import encode_key, new_key
+    from authpool.storage.teamkey import save_member_key
 
-    pool = _team_pool()
-    store = pool.store
-    assert isinstance(store, PostgresStore)
+    pool, store = _team_pool()
     existing = store.team_secrets().fingerprint()
     if existing is not None:
         raise TeamKeyError(f"the team store {store.location} has a key already (fingerprint {existing}); get it from "
@@ -78,19 +84,17 @@ def cmd_team_create(args: argparse.Namespace) -> int:
 
 def cmd_team_export(args: argparse.Namespace) -> int:
     """Print the team key this member holds (checked against the store first)."""
-    from authpool.storage.postgres import PostgresStore, team_sealer
-    from authpool.storage.teamkey import TEAM_KEY_ENV, encode_key, key_from_text, member_key
+    from authpool.storage.postgres import team_sealer
+    from authpool.storage.sealing import encode_key, key_from_text
+    from authpool.storage.teamkey import TEAM_KEY_ENV, member_key
 
-    pool = _team_pool()
-    store = pool.store
-    assert isinstance(store, PostgresStore)
+    pool, store = _team_pool()
     text = os.environ.get(TEAM_KEY_ENV) or member_key(store.location)
     if text is None:
         raise TeamKeyError(f"this machine holds no team key for {store.location}; `authpool team key import` it")
     sealer = team_sealer(store, text, register=False)
     salt = store.run(lambda cur: cur.execute("SELECT salt FROM authpool_team WHERE id = 1").fetchone())
-    assert salt is not None
-    print(encode_key(key_from_text(text, bytes(salt[0]))))
+    print(encode_key(key_from_text(text, bytes(salt[0]) if salt else b"")))
     print(f"team key {sealer.fingerprint} of {store.location}: {_KEEP}", file=sys.stderr)
     pool.close()
     return 0
@@ -98,12 +102,10 @@ def cmd_team_export(args: argparse.Namespace) -> int:
 
 def cmd_team_import(args: argparse.Namespace) -> int:
     """Check a team key against the store, then keep it in this machine's credential store."""
-    from authpool.storage.postgres import PostgresStore, team_sealer
+    from authpool.storage.postgres import team_sealer
     from authpool.storage.teamkey import save_member_key
 
-    pool = _team_pool()
-    store = pool.store
-    assert isinstance(store, PostgresStore)
+    pool, store = _team_pool()
     text = read_secret_input("team key: ").strip()
     if not text:
         raise InvalidInput("no key given (pipe it on stdin or type it at the prompt)")
@@ -114,7 +116,7 @@ def cmd_team_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _vault() -> object:
+def _vault() -> VaultKeyring:
     from authpool.storage.vault import VaultKeyring
 
     return VaultKeyring()
@@ -122,10 +124,7 @@ def _vault() -> object:
 
 def cmd_vault_init(args: argparse.Namespace) -> int:
     """Create the vault key file if there is none; print its fingerprint."""
-    from authpool.storage.vault import VaultKeyring
-
     vault = _vault()
-    assert isinstance(vault, VaultKeyring)
     fp, created = vault.init_key()
     print(f"{'created' if created else 'the vault already has'} the key {fp} ({vault.key_file})"
           if not os.environ.get("AUTHPOOL_VAULT_KEY") else f"the vault key comes from AUTHPOOL_VAULT_KEY ({fp})")
@@ -134,10 +133,7 @@ def cmd_vault_init(args: argparse.Namespace) -> int:
 
 def cmd_vault_export(args: argparse.Namespace) -> int:
     """Print the vault key (base64)."""
-    from authpool.storage.vault import VaultKeyring
-
     vault = _vault()
-    assert isinstance(vault, VaultKeyring)
     text = vault.export_key()
     print(text)
     print(f"vault key {vault.key_fingerprint()}: {_KEEP}", file=sys.stderr)
@@ -146,10 +142,7 @@ def cmd_vault_export(args: argparse.Namespace) -> int:
 
 def cmd_vault_import(args: argparse.Namespace) -> int:
     """Make the key from stdin this home's vault key file (refused if it does not open the vault)."""
-    from authpool.storage.vault import VaultKeyring
-
     vault = _vault()
-    assert isinstance(vault, VaultKeyring)
     fp = vault.import_key(read_secret_input("vault key: "))
     print(f"the vault key is now {fp}")
     return 0

@@ -22,14 +22,9 @@ import sys
 import threading
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-
-import psycopg
 
 from authpool.errors import LockTimeout
-
-if TYPE_CHECKING:
-    from authpool.storage.postgres.store import PostgresStore
+from authpool.storage.postgres.access import Cursor, StoreAccess
 
 __all__ = ["DEFAULT_TTL", "Lease", "LeaseKeeper"]
 
@@ -68,8 +63,9 @@ RETURNING token
 class Lease:
     """The lease ``name`` in one team store (a :class:`~authpool.storage.protocols.HeldLock`)."""
 
-    def __init__(self, store: PostgresStore, name: str, timeout: float) -> None:
+    def __init__(self, store: StoreAccess, keeper: LeaseKeeper, name: str, timeout: float) -> None:
         self.store = store
+        self.keeper = keeper
         self.name = name
         self.timeout = timeout
         self.token: str | None = None
@@ -99,7 +95,7 @@ class Lease:
                 }).fetchone(), deadline=max(deadline, time.monotonic() + 1.0))
                 if row is not None:
                     self.token = token
-                    self.store.leases.hold(self)
+                    self.keeper.hold(self)
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -124,7 +120,7 @@ class Lease:
         token, self.token = self.token, None
         try:
             if token is not None:
-                self.store.leases.drop(self)
+                self.keeper.drop(self)
                 try:
                     self.store.run(lambda cur: cur.execute(
                         "DELETE FROM authpool_leases WHERE name = %s AND token = %s", (self.name, token)),
@@ -147,7 +143,7 @@ class Lease:
 class LeaseKeeper:
     """Extends every lease this process holds, every third of the time to live, until released."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: StoreAccess) -> None:
         self.store = store
         self._held: dict[int, Lease] = {}
         self._guard = threading.Lock()
@@ -176,14 +172,14 @@ class LeaseKeeper:
             self._wake.wait(self.store.lease_ttl / 3)
             self._wake.clear()
             with self._guard:
-                held = [(lease.name, lease.token) for lease in self._held.values() if lease.token]
+                held = [(lease.name, lease.token) for lease in self._held.values() if lease.token is not None]
                 if not held:
                     self._thread = None
                     return
             self._extend(held)
 
-    def _extend(self, held: list[tuple[str, str | None]]) -> None:
-        def extend(cur: psycopg.Cursor[Any]) -> None:
+    def _extend(self, held: list[tuple[str, str]]) -> None:
+        def extend(cur: Cursor) -> None:
             cur.execute(
                 "UPDATE authpool_leases SET expires_at = now() + %s * interval '1 second' "
                 "WHERE (name, token) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",

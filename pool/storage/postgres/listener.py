@@ -13,6 +13,7 @@ it is not, every read goes to the database.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -97,9 +98,11 @@ class Listener(threading.Thread):
 
     def _check(self) -> None:
         """The poll: the version row (a change not heard of drops the cache) and the clock offset."""
-        assert self._conn is not None
+        conn = self._conn
+        if conn is None:
+            return
         sent = time.time()
-        row = self._conn.execute(VERSION_QUERY).fetchone()
+        row = conn.execute(VERSION_QUERY).fetchone()
         received = time.time()
         if row is None:
             return
@@ -115,16 +118,12 @@ class Listener(threading.Thread):
     def _close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail; it is gone either way
                 conn.close()
-            except Exception:  # noqa: BLE001, S110 - closing a broken connection may fail; it is gone either way
-                pass
 
     def stop(self) -> None:
         self._stop.set()
         conn = self._conn
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # best effort: the thread also wakes at its next poll
                 conn.cancel_safe()
-            except Exception:  # noqa: BLE001, S110 - best effort: the thread also wakes at its next poll
-                pass

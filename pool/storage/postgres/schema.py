@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from authpool.errors import StoreVersionError
 
@@ -85,14 +86,14 @@ def ensure_schema(conn: psycopg.Connection[Any], where: str) -> int:
             conn.execute(_V1)
             conn.execute("INSERT INTO authpool_schema (id, version) VALUES (1, 1)")
             conn.execute("INSERT INTO authpool_pool (id, doc) VALUES (1, %s)",
-                         (psycopg.types.json.Jsonb({"secret_backend": TEAM_BACKEND}),))
+                         (Jsonb({"secret_backend": TEAM_BACKEND}),))
             conn.execute("INSERT INTO authpool_team (id, salt) VALUES (1, %s)", (os.urandom(16),))
         found = conn.execute("SELECT version FROM authpool_schema WHERE id = 1").fetchone()
         version = int(found[0]) if found else 1
         if version > SCHEMA_VERSION:
             raise StoreVersionError(where, version, SCHEMA_VERSION, what="the team store")
         while version < SCHEMA_VERSION:
-            conn.execute(MIGRATIONS[version])  # type: ignore[arg-type]  # our own constant SQL
+            conn.execute(MIGRATIONS[version])
             version += 1
             conn.execute("UPDATE authpool_schema SET version = %s WHERE id = 1", (version,))
     return version

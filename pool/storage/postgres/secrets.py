@@ -16,29 +16,24 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from authpool.accounts.model import Account
 from authpool.accounts.secret import Secret
 from authpool.errors import DuplicateLabel, SecretMissing, TeamKeyError
+from authpool.storage.postgres.access import Cursor, StoreAccess
 from authpool.storage.postgres.schema import CHANNEL, TEAM_BACKEND
-from authpool.storage.teamkey import TEAM_KEY_ENV, Sealer, key_from_text, member_key
-
-if TYPE_CHECKING:
-    from authpool.storage.postgres.store import PostgresStore
+from authpool.storage.sealing import Sealer, key_from_text
+from authpool.storage.teamkey import TEAM_KEY_ENV, member_key
 
 __all__ = ["SWAP_TIMEOUT", "TeamSecrets", "copy_in", "team_sealer"]
 
 # A refreshed token must land: its store waits this long for a database that is down.
 SWAP_TIMEOUT = 300.0
 
-Cursor = psycopg.Cursor[Any]
 
-
-def team_sealer(store: PostgresStore, key_text: str | None = None, *, source: str | None = None,
+def team_sealer(store: StoreAccess, key_text: str | None = None, *, source: str | None = None,
                 register: bool = True) -> Sealer:
     """The sealer for ``store``'s team key: ``key_text``, else ``AUTHPOOL_TEAM_KEY``, else the member's copy.
 
@@ -50,7 +45,8 @@ def team_sealer(store: PostgresStore, key_text: str | None = None, *, source: st
     """
     row = store.run(lambda cur: cur.execute(
         "SELECT salt, key_check, key_fingerprint FROM authpool_team WHERE id = 1").fetchone())
-    assert row is not None
+    if row is None:
+        raise TeamKeyError(f"the team store {store.location} is not set up (no key table row)")
     salt, check, expected = bytes(row[0]), row[1], row[2]
     if key_text is None:
         key_text, source = os.environ.get(TEAM_KEY_ENV) or None, TEAM_KEY_ENV
@@ -80,7 +76,7 @@ def team_sealer(store: PostgresStore, key_text: str | None = None, *, source: st
 class TeamSecrets:
     """A :class:`~authpool.storage.protocols.SecretBackend` of sealed rows in the team store."""
 
-    def __init__(self, store: PostgresStore) -> None:
+    def __init__(self, store: StoreAccess) -> None:
         self.store = store
         self.name = TEAM_BACKEND
         self._cache: dict[str, tuple[int, Secret]] = {}
@@ -206,9 +202,9 @@ def copy_in(secrets: TeamSecrets, accounts: list[Account], values: dict[str, Sec
                 "VALUES (%s, %s, %s, nextval('authpool_changes'), %s, nextval('authpool_changes'))",
                 (acc.id, acc.provider, acc.label.casefold(), Jsonb(acc.model_dump(mode="json"))))
             cur.execute(
-                "INSERT INTO authpool_secrets (account_id, generation, sealed, key_fingerprint) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (account_id) DO UPDATE SET generation = excluded.generation, sealed = excluded.sealed, "
-                "key_fingerprint = excluded.key_fingerprint",
+                "INSERT INTO authpool_secrets (account_id, generation, sealed, key_fingerprint) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET generation = excluded.generation, "
+                "sealed = excluded.sealed, key_fingerprint = excluded.key_fingerprint",
                 (acc.id, acc.secret_generation, sealed[acc.id], sealer.fingerprint))
         cur.execute("UPDATE authpool_pool SET changed = nextval('authpool_changes') WHERE id = 1")
         cur.execute("SELECT pg_notify(%s, 'pool')", (CHANNEL,))

@@ -31,9 +31,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
-from authpool.accounts.model import SCHEMA_VERSION as POOL_SCHEMA, Account, PoolFile, Rows, SessionBinding
-from authpool.errors import InvalidInput, LockTimeout, StoreCorrupt, StoreUnavailable, StoreVersionError
+from authpool.accounts.model import SCHEMA_VERSION as POOL_SCHEMA
+from authpool.accounts.model import Account, PoolFile, Rows, SessionBinding
+from authpool.errors import InvalidInput, LockTimeout, StoreCorrupt, StoreError, StoreUnavailable, StoreVersionError
 from authpool.storage.lock import DEFAULT_TIMEOUT
+from authpool.storage.postgres.access import Cursor
 from authpool.storage.postgres.connection import Database, parse_address
 from authpool.storage.postgres.lease import DEFAULT_TTL, Lease, LeaseKeeper
 from authpool.storage.postgres.listener import VERSION_QUERY, Listener
@@ -47,7 +49,6 @@ __all__ = ["PostgresStore", "ServerInfo"]
 log = logging.getLogger("authpool")
 
 T = TypeVar("T")
-Cursor = psycopg.Cursor[Any]
 
 _RETRY_FIRST = 0.05
 _RETRY_CAP = 1.0
@@ -146,7 +147,7 @@ class PostgresStore:
     def named_lock(self, name: str, timeout: float) -> Lease:
         """The lease ``name`` (see :mod:`.lease`)."""
         self._start()
-        return Lease(self, name, timeout)
+        return Lease(self, self.leases, name, timeout)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -155,7 +156,8 @@ class PostgresStore:
             "SELECT (SELECT doc FROM authpool_pool WHERE id = 1),"
             " (SELECT coalesce(json_agg(doc ORDER BY position), '[]'::json) FROM authpool_accounts),"
             " (SELECT coalesce(json_object_agg(key, doc), '{}'::json) FROM authpool_sessions)").fetchone()
-        assert row is not None
+        if row is None:
+            raise StoreError(f"the team store {self.location} is not set up (no pool row)")
         return self._parse(row[0] or {}, row[1], row[2])
 
     def _parse(self, pool_doc: dict[str, Any], accounts: list[Any], sessions: dict[str, Any]) -> PoolFile:
@@ -351,10 +353,9 @@ class PostgresStore:
         if self._started:
             return
         with self._guard:
-            if self._started:
-                return
-            self._started = True
-        self._listener.start()
+            first, self._started = not self._started, True
+        if first:
+            self._listener.start()
 
     def _invalidate(self) -> None:
         with self._guard:
@@ -393,7 +394,8 @@ class PostgresStore:
             row = cur.execute("SELECT current_setting('server_version'), "
                               "(SELECT version FROM authpool_schema WHERE id = 1), "
                               "(SELECT count(*) FROM authpool_accounts)").fetchone()
-            assert row is not None
+            if row is None:
+                raise StoreError(f"the team store {self.location} answered nothing")
             return str(row[0]), int(row[1]), int(row[2])
 
         server, schema, accounts = self.run(probe)
