@@ -562,10 +562,12 @@ def test_store_copy_into_a_team_store_refuses_a_subscription_login_and_copies_no
     assert all(a.enabled for a in Pool.open(home).accounts())
 
 
-def test_a_slow_database_never_stalls_the_event_loop(team: Team) -> None:
-    """While the database holds an update's rows, async requests on a stale cache read in a worker thread:
-    the event loop keeps ticking."""
+def test_a_slow_database_never_stalls_the_event_loop(team: Team, team_url: str) -> None:
+    """While another session holds the accounts table locked (every read waits), an async request on a stale
+    cache waits in a worker thread: the event loop keeps running other tasks, and the request completes once
+    the database answers."""
     import anyio
+    import psycopg
 
     pool = team.pool(0)
     key = team.lp.add_api_key("k")
@@ -573,32 +575,30 @@ def test_a_slow_database_never_stalls_the_event_loop(team: Team) -> None:
     pool.add_api_key("acme", "k", key)
     store = pool.store
     assert isinstance(store, PostgresStore)
+    blocker = psycopg.connect(team_url)
 
-    async def main() -> list[float]:
-        gaps: list[float] = []
-        done = anyio.Event()
+    async def main() -> int:
+        ticks = 0
+        result: list[int] = []
 
-        async def ticker() -> None:
-            last = time.monotonic()
-            while not done.is_set():
-                await anyio.sleep(0.01)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-
-        async def requests() -> None:
+        async def request() -> None:
             async with pool.client("acme") as client:
-                for _ in range(20):
-                    store._invalidate()  # every request finds the cache stale: a database read
-                    r = await client.post(CHAT, json={"model": "m"})
-                    assert r.status_code == 200
-            done.set()
+                r = await client.post(CHAT, json={"model": "m"})
+                result.append(r.status_code)
 
+        blocker.execute("LOCK TABLE authpool_accounts IN ACCESS EXCLUSIVE MODE")  # reads now wait
+        store._invalidate()  # the cache is stale: the request must read the database
         async with anyio.create_task_group() as tg:
-            tg.start_soon(ticker)
-            tg.start_soon(requests)
-        return gaps
+            tg.start_soon(request)
+            while ticks < 50:  # the loop runs other tasks while the read waits
+                await anyio.sleep(0.001)
+                ticks += 1
+                assert not result, "the read should still be waiting for the lock"
+            blocker.rollback()  # the database answers again
+        return result[0]
 
-    with ThreadPoolExecutor(1) as ex:
-        gaps = ex.submit(anyio.run, main).result(timeout=120)
-    assert len(gaps) > 0
+    try:
+        with ThreadPoolExecutor(1) as ex:
+            assert ex.submit(anyio.run, main).result(timeout=120) == 200
+    finally:
+        blocker.close()
