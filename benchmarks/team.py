@@ -54,8 +54,8 @@ def database(url: str | None) -> Iterator[tuple[str, str]]:
         return
     from tests.postgres import postgres_server
 
-    with postgres_server() as server:
-        yield server.database(), f"PostgreSQL on 127.0.0.1 (initdb/pg_ctl, {server.bin_dir})"
+    with postgres_server(durable=True) as server:
+        yield server.database(), f"PostgreSQL {server.bin_dir.parent.name} on 127.0.0.1 (fsync and synchronous commit on)"
 
 
 def _home(root: Path, name: str, lp: Any) -> Path:

@@ -64,7 +64,8 @@ def _server_user() -> str | None:
 class PostgresServer:
     """One running server; :meth:`database` makes a fresh, empty database and returns its URL."""
 
-    def __init__(self, bin_dir: Path, data: Path, port: int, run_as: str | None) -> None:
+    def __init__(self, bin_dir: Path, data: Path, port: int, run_as: str | None, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin_dir = bin_dir
         self.data = data
         self.port = port
@@ -80,8 +81,9 @@ class PostgresServer:
         return subprocess.run(self._as_server_user(argv), capture_output=True, text=True, timeout=120, check=check)
 
     def start(self) -> None:
-        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data.parent} -c max_connections=300 "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data.parent} -c max_connections=300"
+        if not self.durable:  # tests: speed; benchmarks ask for a durable server, as a team would run
+            opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self.pg_ctl("-o", opts, "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:
@@ -112,8 +114,8 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """Start a throw-away server; stopped and deleted afterwards."""
+def postgres_server(*, durable: bool = False) -> Iterator[PostgresServer]:
+    """Start a throw-away server (``durable``: with fsync and synchronous commits); stopped and deleted afterwards."""
     bin_dir = find_bin_dir()
     run_as = _server_user()
     root = Path(tempfile.mkdtemp(prefix="authpool-pg-"))
@@ -129,7 +131,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             raise PostgresUnavailable(f"initdb failed: {r.stderr.strip()[-500:]}")
-        server = PostgresServer(bin_dir, data, _free_port(), run_as)
+        server = PostgresServer(bin_dir, data, _free_port(), run_as, durable=durable)
         server.start()
         try:
             yield server
