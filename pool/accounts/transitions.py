@@ -65,12 +65,14 @@ def cool(a: Account, *, scope: str, until: float, reason: str, now: float, expon
 
 
 def confirm_success(a: Account, scopes: tuple[str, ...], now: float) -> None:
-    """A success in ``scopes`` (``*`` and the model): the exponential default restarts, their ended cooldowns go.
+    """A success in ``scopes`` (``*`` and the model): the exponential default restarts, their cooldowns go.
 
-    Probation lasts while another scope still has a cooldown (running, or ended unconfirmed).
+    A cooldown still running in a scope that just served is stale (the quota reset early, or
+    another process recorded it before a reset): it goes at once. Probation lasts while another
+    scope still has a cooldown (running, or ended unconfirmed).
     """
     a.backoff_level = 0
-    a.cooldowns = {k: v for k, v in a.cooldowns.items() if k not in scopes or v.until > now}
+    a.cooldowns = {k: v for k, v in a.cooldowns.items() if k not in scopes}
     a.probation = a.probation and bool(a.cooldowns)
 
 

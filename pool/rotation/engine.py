@@ -393,8 +393,9 @@ class Engine:
         # A limit reported inside a 200 stream says "stream", not "200": the status was a success.
         what = "stream" if outcome == "stream_rate_limited" or status is None else str(status)
         model = f" for {scope}" if scope != WHOLE_ACCOUNT else ""
-        reason = f"{what} ({decision.source}){model}"
-        error = f"rate limited until {_clock(decision.until)} ({decision.source})" + (
+        source = f"{decision.source}, capped at max_cooldown" if decision.capped else decision.source
+        reason = f"{what} ({source}){model}"
+        error = f"rate limited until {_clock(decision.until)} ({source})" + (
             f" for model {scope}" if scope != WHOLE_ACCOUNT else "")
 
         def cool(rows: Rows) -> None:
@@ -402,7 +403,7 @@ class Engine:
                              exponential=decision.is_default, status=status, error=error)
 
         yield Write("cool", (acc.id,), cool)
-        detail = decision.source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
+        detail = source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
         self._note(acc, status, outcome, elapsed, cooldown_until=decision.until, detail=detail)
         self.tried.add(acc.id)
         self.cooled[acc.id] = decision.until
