@@ -101,7 +101,7 @@ class Driver:
 
     def perform(self, effect: Any) -> Any:  # noqa: PLR0911 - one branch per effect
         if isinstance(effect, ReadPool):
-            return self.pool
+            return copy.deepcopy(self.pool)  # a snapshot, as a store's read is
         if isinstance(effect, LoadSecret):
             return self.secret(effect.account)
         if isinstance(effect, Touch):

@@ -484,7 +484,12 @@ class Engine:
         status = answer.status
         success = status < 400
         bind = (yield from self._session_to_bind(acc, now)) if success else None
-        if (success and (acc.backoff_level > 0 or self._on_probation(acc))) or bind is not None:
+        # The account as it is now: another process may have cooled it while this request was out,
+        # and a success in that scope makes such a cooldown stale (a cached read: one fstat).
+        pool: PoolFile = yield ReadPool()
+        current = next((a for a in pool.accounts if a.id == acc.id), acc)
+        stale = any(scope in current.cooldowns for scope in self._scopes())
+        if (success and (current.backoff_level > 0 or stale or self._on_probation(current))) or bind is not None:
             # Cooldown state is written before the response returns, like a cooldown itself:
             # left to the batched usage flush, a 429 right after this success would still double,
             # and a probation would outlive the success that ended it.
