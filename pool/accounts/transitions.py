@@ -19,6 +19,7 @@ from collections.abc import Callable
 from authpool.accounts.model import (
     Account,
     Cooldown,
+    QuotaWindow,
     RefreshFailing,
     RefreshJournal,
     Rows,
@@ -52,8 +53,11 @@ FORBIDDEN = "forbidden (403)"
 
 
 def cool(a: Account, *, scope: str, until: float, reason: str, now: float, exponential: bool, status: int | None,
-         error: str) -> None:
-    """A rate limit: the scope (a model, or ``*``) rests until ``until``; probation follows it."""
+         error: str, windows: dict[str, QuotaWindow] | None = None) -> None:
+    """A rate limit: the scope (a model, or ``*``) rests until ``until``; probation follows it.
+
+    ``windows``: usage windows the answer reported (kept with the cooldown they explain).
+    """
     a.cooldowns = {k: v for k, v in a.cooldowns.items() if v.until > now}  # ended ones go
     a.cooldowns[scope] = Cooldown(until=until, reason=reason, set_at=now)
     # Only limits without reset information grow the exponential default; any other resets it.
@@ -62,6 +66,8 @@ def cool(a: Account, *, scope: str, until: float, reason: str, now: float, expon
     a.counters.rate_limited += 1
     a.last_status = status
     a.last_error = error
+    if windows:
+        a.windows = {**a.windows, **windows}
 
 
 def confirm_success(a: Account, scopes: tuple[str, ...], now: float) -> None:
@@ -211,11 +217,19 @@ def set_enabled(a: Account, enabled: bool) -> None:
 
 
 def record_usage(a: Account, *, requests: int, last_used_at: float, last_status: int | None,
-                 quota_resets_at: float | None) -> None:
-    """Requests served by one process since its last flush (counted in memory, written in batches)."""
+                 quota_resets_at: float | None, windows: dict[str, QuotaWindow] | None = None) -> None:
+    """Requests served by one process since its last flush (counted in memory, written in batches).
+
+    Usage windows replace older readings of the same window only (another process may have seen
+    a newer one).
+    """
     a.counters.requests += requests
     a.last_used_at = max(a.last_used_at or 0.0, last_used_at)
     a.last_status = last_status
     if quota_resets_at is not None:
         a.quota_resets_at = quota_resets_at
+    for name, window in (windows or {}).items():
+        known = a.windows.get(name)
+        if known is None or known.seen_at <= window.seen_at:
+            a.windows[name] = window
 

@@ -98,6 +98,9 @@ class Provider(BaseModel):
     oauth: OAuthSettings | None = None
     reset_headers: list[str] = Field(default_factory=list)  # response headers carrying limit resets
     strategy: Strategy = "ordered"
+    # Keep an account whose busiest usage window (5h, 7d …) is at or above this percent out of
+    # rotation while another account is below it (None: no reserve).
+    reserve: float | None = Field(default=None, gt=0, le=100)
     weights: dict[str, float] = Field(default_factory=dict)  # account id or label -> weight
     max_attempts: int = Field(default=6, ge=1, le=50)  # accounts tried within one request
     server_error_retries: int = Field(default=2, ge=0, le=10)  # per account, for 5xx / network errors

@@ -305,7 +305,8 @@ class _Run:
     def deliver(self, served: Served) -> httpx2.Response:
         """The answer in hand is the response: count it, attach the result."""
         response = self._taken()
-        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at)
+        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at,
+                            windows=served.windows)
         response.extensions = {**response.extensions,
                                "authpool": RequestResult(served.account.id, served.account.name, served.attempts)}
         return response

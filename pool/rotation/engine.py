@@ -36,11 +36,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from authpool.accounts import transitions
-from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, Rows, SessionBinding
+from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, QuotaWindow, Rows, SessionBinding
 from authpool.accounts.secret import Secret
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import RefreshMode, Renewal
@@ -58,6 +58,7 @@ from authpool.errors import (
 from authpool.providers.cooldown import decide_cooldown, latest_reset
 from authpool.providers.provider import Provider
 from authpool.providers.ratelimit import model_of_request, read_body_limit
+from authpool.providers.windows import read_windows
 from authpool.rotation.candidates import in_scope, select
 from authpool.rotation.effects import (
     Answer,
@@ -116,6 +117,7 @@ class Served:
     status: int
     attempts: list[Attempt]
     quota_resets_at: float | None  # from the answer's reset headers, for strategies
+    windows: dict[str, QuotaWindow] = field(default_factory=dict)  # the usage windows the answer reported
 
 
 Flow = Generator[Effect, Any, Served]
@@ -398,9 +400,11 @@ class Engine:
         error = f"rate limited until {_clock(decision.until)} ({source})" + (
             f" for model {scope}" if scope != WHOLE_ACCOUNT else "")
 
+        windows = read_windows(headers, now)
+
         def cool(rows: Rows) -> None:
             transitions.cool(rows.get(acc.id), scope=scope, until=decision.until, reason=reason, now=now,
-                             exponential=decision.is_default, status=status, error=error)
+                             exponential=decision.is_default, status=status, error=error, windows=windows)
 
         yield Write("cool", (acc.id,), cool)
         detail = source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
@@ -504,7 +508,7 @@ class Engine:
 
             yield Write("success", (acc.id,), succeeded)
         reset = latest_reset(answer.headers, self.provider.reset_headers, now) if success else None
-        return Served(acc, status, list(self.attempts), reset)
+        return Served(acc, status, list(self.attempts), reset, read_windows(answer.headers, now))
 
     def _session_to_bind(self, acc: Account, now: float) -> Generator[Effect, Any, tuple[str, SessionBinding] | None]:
         if self.session_key is None:

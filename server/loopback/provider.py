@@ -29,7 +29,7 @@ from authpool.server.loopback.models import (
     LoopbackStats,
     RouteHandler,
 )
-from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, RateLimit, check_style
+from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, USAGE_WINDOW_STYLES, RateLimit, check_style
 from authpool.server.loopback.streams import STREAM_ERROR_MODES
 from authpool.server.loopback.tokens import (
     API_KEY_PREFIX,
@@ -98,6 +98,8 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
+        # subject -> (style, {window: (used share, seconds to reset)})
+        self._usage_windows: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {}
         self._always_unauthorized: set[str] = set()
         self._failures: tuple[int, int] = (0, 500)
         self._hang = 0.0
@@ -369,6 +371,22 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
                 self._quota_windows.pop(subject, None)
             else:
                 self._quota_windows[subject] = (style, max(1.0, seconds), self.clock())
+
+    def set_usage_windows(self, subject: str, windows: dict[str, tuple[float, float]] | None,
+                          style: str = "anthropic-unified") -> None:
+        """Make every answer to ``subject`` (successes and 429s) report subscription usage windows.
+
+        ``windows`` maps ``5h`` / ``7d`` to ``(used share 0..1, seconds until it resets)``, as
+        Anthropic's unified headers (``anthropic-unified``) or the Codex backend's ``x-codex-*``
+        headers (``codex``) report them. ``None`` turns it off.
+        """
+        if style not in USAGE_WINDOW_STYLES:
+            raise ValueError(f"unknown usage window style {style!r}; expected one of {sorted(USAGE_WINDOW_STYLES)}")
+        with self._lock:
+            if windows is None:
+                self._usage_windows.pop(subject, None)
+            else:
+                self._usage_windows[subject] = (style, dict(windows))
 
     def issued_secrets(self) -> list[str]:
         """Every access token, refresh token and API key minted so far (for leak scans in tests)."""
