@@ -207,7 +207,12 @@ class _Run:
         headers = httpx2.Headers(self.request.headers)
         for name, value in effect.headers.items():
             headers[name] = value
-        return httpx2.Request(self.request.method, self.request.url, headers=headers, stream=self.request.stream,
+        url = self.request.url
+        if effect.origin is not None:
+            target = httpx2.URL(effect.origin)
+            url = url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
+            headers["host"] = url.netloc.decode("ascii")
+        return httpx2.Request(self.request.method, url, headers=headers, stream=self.request.stream,
                               extensions=self.request.extensions)
 
     def _answer(self, response: httpx2.Response) -> Answer:

@@ -56,7 +56,7 @@ from authpool.errors import (
     RequestFailed,
 )
 from authpool.providers.cooldown import decide_cooldown, latest_reset
-from authpool.providers.provider import Provider
+from authpool.providers.provider import Provider, origin_of
 from authpool.providers.ratelimit import model_of_request, read_body_limit
 from authpool.providers.windows import read_windows
 from authpool.rotation.candidates import in_scope, select
@@ -188,8 +188,12 @@ class Engine:
             if secret is None:
                 self.tried.add(acc.id)
                 continue
+            usable, origin = self._endpoint(acc, secret)
+            if not usable:
+                self.tried.add(acc.id)
+                continue
             start = self.clock.monotonic()
-            answer: Answer | Unreachable = yield Send(acc, self._credentials(acc, secret))
+            answer: Answer | Unreachable = yield Send(acc, self._credentials(acc, secret), origin)
             elapsed = (self.clock.monotonic() - start) * 1000
             if isinstance(answer, Unreachable):
                 self._note(acc, None, "network_error", elapsed, detail=answer.reason)
@@ -368,12 +372,38 @@ class Engine:
         return renewal
 
     def _credentials(self, acc: Account, secret: Secret) -> Mapping[str, str]:
-        """The headers to set on the caller's request: the credential, and fixed ones it did not set."""
+        """The headers to set on the caller's request: the credential, and fixed ones it did not set.
+
+        An OAuth login also carries the provider's ``secret_headers`` from its stored extras (the
+        ChatGPT backend's ``chatgpt-account-id``).
+        """
         name, prefix, extra = self.provider.credential_headers(acc.kind)
         headers = {k.lower(): v for k, v in {**self.provider.headers, **extra}.items()
                    if k.lower() not in self.request.header_names}
+        if acc.kind == "oauth":
+            headers.update({header.lower(): secret.extra[key] for header, key in self.provider.secret_headers.items()
+                            if secret.extra.get(key)})
         headers[name] = prefix + secret.credential
         return headers
+
+    def _endpoint(self, acc: Account, secret: Secret) -> tuple[bool, str | None]:
+        """``(usable, origin)``: the origin this account's requests go to when its token exchange named
+        one (None: as requested). Not usable: the named endpoint is not one of the provider's origins,
+        so its token goes nowhere.
+        """
+        base = secret.extra.get("api_base") if self.provider.token_exchange is not None else None
+        if not base:
+            return True, None
+        try:
+            origin = origin_of(base)
+        except ValueError:
+            origin = base
+        if origin in self.provider.allowed_origins:
+            return True, origin
+        self._note(acc, None, "secret_error", 0.0,
+                   detail=f"its token exchange named the endpoint {origin}, not one of {self.provider.id}'s origins")
+        self.last_error = RequestFailed(self.attempts[-1].detail or "")
+        return False, None
 
     # -- outcomes --------------------------------------------------------------------------
 

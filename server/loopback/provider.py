@@ -31,6 +31,7 @@ from authpool.server.loopback.models import (
 )
 from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, USAGE_WINDOW_STYLES, RateLimit, check_style
 from authpool.server.loopback.streams import STREAM_ERROR_MODES
+from authpool.server.loopback.subscriptions import CODEX_PATH, EXCHANGE_PATH, ExchangeStats, SubscriptionRoutes
 from authpool.server.loopback.tokens import (
     API_KEY_PREFIX,
     DEFAULT_LOGIN_SUBJECT,
@@ -47,7 +48,7 @@ from authpool.server.loopback.tokens import (
 __all__ = ["LoopbackProvider"]
 
 
-class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
+class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes):
     """An in-process fake LLM provider with a real socket, real OAuth and real rate limits.
 
     Thread-safe: tests reconfigure it (expire tokens, set rate limits, inject failures) while
@@ -115,6 +116,10 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._released = 0
         self._request_seq = 0
         self.stats = LoopbackStats()
+        self.exchange_stats = ExchangeStats()
+        self.copilot_ttl = 1800.0
+        self.copilot_api: str | None = None
+        self._copilot: dict[str, str] = {}
         #: OAuth grant types the token endpoint understands; add entries to extend.
         self.grant_handlers: dict[str, GrantHandler] = {"refresh_token": self._grant_refresh_token}
         #: ``(METHOD, path) -> handler``; add entries for new endpoints.
@@ -129,6 +134,8 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
             ("POST", "/echo-auth-present"): self._route_echo_auth_present,
             ("GET", "/slow"): self._route_slow,
             ("GET", "/big"): self._route_big,
+            ("GET", EXCHANGE_PATH): self._route_copilot_exchange,
+            ("POST", CODEX_PATH): self._route_codex,
         }
         # Logins: authorization code + PKCE and the device flow (see "logins" below).
         self.device_interval = device_interval
