@@ -323,6 +323,7 @@ class Pool:
 
     def add_oauth(self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default") -> Account:
         """Add an OAuth account from a token set (as a login or an import produces)."""
+        tokens = self._as_stored(provider, tokens)
         return self._add(provider, label, "oauth", tokens.to_secret(), namespace, tokens.expires_at,
                          tokens.issued_lifetime())
 
@@ -389,8 +390,18 @@ class Pool:
             return self.add_oauth(provider, label, tokens, namespace=namespace), True
         if existing.kind != "oauth":
             raise InvalidInput(f"{existing.name} is an API-key account; pick another label for the login")
+        tokens = self._as_stored(provider, tokens)
         account = self.set_secret(existing.id, tokens.to_secret(), lifetime=tokens.issued_lifetime())
         return account, False
+
+    def _as_stored(self, provider: str, tokens: TokenSet) -> TokenSet:
+        """A login as the pool keeps it. Where the provider's API wants an exchanged token (GitHub
+        Copilot), the login's token is the long-lived one the exchange is renewed with: it goes in
+        the refresh slot, and the first request exchanges it. A token set that has a refresh slot
+        already (opencode keeps the GitHub token there, the Copilot token as access) is kept."""
+        if self.provider(provider).token_exchange is None or tokens.refresh_token:
+            return tokens
+        return TokenSet(access_token="", refresh_token=tokens.access_token, expires_at=0.0, extra=dict(tokens.extra))
 
     def find_by_secret(self, provider: str, match: Callable[[Secret], bool]) -> Account | None:
         """The first account of ``provider`` whose secret satisfies ``match`` (reads each secret)."""

@@ -29,7 +29,8 @@ from authpool.errors import InvalidInput, OriginRefused
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "Strategy", "origin_of", "url_origin"]
+__all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "Strategy", "TokenExchange", "origin_of",
+           "url_origin"]
 
 # Proactive refresh starts at most this share of a token's issued lifetime before it expires
 # (advisory: renew if nobody else is), and must happen within the mandatory share.
@@ -82,6 +83,23 @@ class OAuthSettings(BaseModel):
     extra_authorize_params: dict[str, str] = Field(default_factory=dict)
 
 
+class TokenExchange(BaseModel):
+    """A second, short-lived token the provider's API wants, got by presenting the login's token.
+
+    GitHub Copilot: the GitHub OAuth token is exchanged at ``api.github.com/copilot_internal/v2/token``
+    for a Copilot token (``token``, ``expires_at``, ``refresh_in``, ``endpoints.api``) that the
+    requests carry, to the endpoint the exchange named. It is renewed like an access token
+    (single-flight, at ``refresh_in``), and a refusal marks the login needs-reauth.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    scheme: str = "token"  # Authorization: <scheme> <the login's token>
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class Provider(BaseModel):
     """One provider: origins, auth application, OAuth endpoints, limit headers, rotation policy."""
 
@@ -96,8 +114,15 @@ class Provider(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)  # fixed headers sent when the caller sets none
     oauth_headers: dict[str, str] = Field(default_factory=dict)  # extra headers for OAuth accounts only
     oauth: OAuthSettings | None = None
+    # Headers an OAuth login's requests carry from its stored extras (header -> extra), such as
+    # the ChatGPT backend's chatgpt-account-id. Callers cannot set them: they name the account.
+    secret_headers: dict[str, str] = Field(default_factory=dict)
+    token_exchange: TokenExchange | None = None
     reset_headers: list[str] = Field(default_factory=list)  # response headers carrying limit resets
     strategy: Strategy = "ordered"
+    # Keep an account whose busiest usage window (5h, 7d …) is at or above this percent out of
+    # rotation while another account is below it (None: no reserve).
+    reserve: float | None = Field(default=None, gt=0, le=100)
     weights: dict[str, float] = Field(default_factory=dict)  # account id or label -> weight
     max_attempts: int = Field(default=6, ge=1, le=50)  # accounts tried within one request
     server_error_retries: int = Field(default=2, ge=0, le=10)  # per account, for 5xx / network errors
@@ -202,7 +227,8 @@ class Provider(BaseModel):
 
     def all_credential_header_names(self) -> frozenset[str]:
         """Every header that carries a credential for this provider (callers may not set these)."""
-        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"}
+        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+                 *(h.lower() for h in self.secret_headers)}
         for style in (self.auth, self.oauth_auth):
             if style.startswith("header:"):
                 names.add(style[7:].lower())

@@ -222,7 +222,12 @@ class _Run:
         headers = httpx2.Headers(self.request.headers)
         for name, value in effect.headers.items():
             headers[name] = value
-        return httpx2.Request(self.request.method, self.request.url, headers=headers, stream=self.request.stream,
+        url = self.request.url
+        if effect.origin is not None:
+            target = httpx2.URL(effect.origin)
+            url = url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
+            headers["host"] = url.netloc.decode("ascii")
+        return httpx2.Request(self.request.method, url, headers=headers, stream=self.request.stream,
                               extensions=self.request.extensions)
 
     def _answer(self, response: httpx2.Response) -> Answer:
@@ -324,7 +329,8 @@ class _Run:
     def deliver(self, served: Served) -> httpx2.Response:
         """The answer in hand is the response: count it, attach the result."""
         response = self._taken()
-        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at)
+        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at,
+                            windows=served.windows)
         response.extensions = {**response.extensions,
                                "authpool": RequestResult(served.account.id, served.account.name, served.attempts)}
         return response
