@@ -145,7 +145,7 @@ def test_a_cooldown_recorded_on_one_machine_keeps_the_others_off_it_without_a_pr
 # -- the terms guardrail -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["anthropic", "openai", "gemini", "github-copilot"])
+@pytest.mark.parametrize("provider", ["anthropic", "openai", "chatgpt", "gemini", "github-copilot"])
 def test_a_subscription_login_is_refused_in_a_team_store_naming_the_provider_s_terms(
         team: Team, provider: str) -> None:
     """OAuth logins of the consumer subscription providers are refused; an API key of the same provider is added."""

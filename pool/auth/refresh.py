@@ -288,19 +288,25 @@ class Refresher:
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+
+    def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str) -> Renewal:
+        """Store a renewed secret before anyone can use the old one, and move the generation.
+
+        A compare-and-swap: a secret someone else stored meanwhile (a lease that expired under us,
+        a re-login) is kept and used instead of ours.
+        """
         generation = acc.secret_generation + 1
-        # The new refresh token is stored before anyone can use the old: a compare-and-swap, so a
-        # secret someone else stored meanwhile (a lease that expired under us, a re-login) is kept.
-        stored = secrets.swap(acc.id, secret, new, generation)
+        stored = self.keeper.secrets.swap(acc.id, old, new, generation)
         if stored is not new:
-            log.warning("account %s: another process stored a newer secret while this refresh ran; using theirs",
+            log.warning("account %s: another process stored a newer secret while this renewal ran; using theirs",
                         acc.name)
-            self._update(account_id, lambda a: transitions.adopted(a, generation=generation,
-                                                                   expires_at=stored.expires_at))
+            self._update(acc.id, lambda a: transitions.adopted(a, generation=generation,
+                                                               expires_at=stored.expires_at))
             return Renewal(stored, performed=False)
-        self._update(account_id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
-        log.info("refreshed the token of %s", acc.name)
+        self._update(acc.id, lambda a: transitions.renewed(
+            a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
+        log.info(done, acc.name)
         return Renewal(new, performed=True)
 
     def _exchange(self, provider: Provider, acc: Account, secret: Secret, mode: RefreshMode,
@@ -323,12 +329,7 @@ class Refresher:
             self._failed(acc.id, e, token_refused=mode == "force", journal=None)
             raise
         new = secret.with_tokens(tokens.access_token, None, tokens.expires_at, tokens.extra)
-        generation = acc.secret_generation + 1
-        self.keeper.secrets.save(acc.id, new, generation)
-        self._update(acc.id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
-        log.info("exchanged the login of %s for a new API token", acc.name)
-        return Renewal(new, performed=True)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "exchanged the login of %s for a new API token")
 
     def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
                 journal: RefreshJournal | None) -> None:

@@ -102,6 +102,8 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
             ),
             reset_headers=["x-codex-primary-reset-at", "x-codex-secondary-reset-at",
                            "x-codex-primary-reset-after-seconds", "x-codex-secondary-reset-after-seconds"],
+            shared_logins=False,  # a ChatGPT subscription
+            terms="OpenAI's Terms of Use, https://openai.com/policies/terms-of-use",
         ),
         Provider(
             id="openai-compatible",
