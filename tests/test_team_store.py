@@ -527,23 +527,26 @@ def test_store_copy_moves_a_local_pool_into_a_team_store_and_back(home: Path, te
     key = loopback.add_api_key("k")
     local.add_api_key("acme", "k", key)
     local.close()
+    exposed = run_cli("store", "copy", "--to", team_url)
+    assert exposed.returncode == 2 and "PGPASSWORD" in exposed.stderr  # no password in argv
     env = {"AUTHPOOL_TEAM_KEY": TEAM_KEY}
-    r = run_cli("store", "copy", "--to", team_url, env=env)
+    r = run_cli("store", "copy", "--to", env={**env, "AUTHPOOL_STORE": team_url})
     assert r.returncode == 0, r.stderr
     assert "copied 2 account(s)" in r.stdout and "disabled 1 OAuth login" in r.stdout
     assert not Pool.open(home).get("acme/a").enabled
-    twice = run_cli("store", "copy", "--to", team_url, env=env)
+    twice = run_cli("store", "copy", "--to", env={**env, "AUTHPOOL_STORE": team_url})
     assert twice.returncode == 1 and "has these accounts already" in twice.stderr and "nothing was copied" in twice.stderr
 
     other = tmp_path / "other"
     other.mkdir(mode=0o700)
     write_config(other, {"acme": {"base_url": loopback.base_url}})
-    back = run_cli("store", "copy", "--from", team_url, env={**env, "AUTHPOOL_HOME": str(other)})
+    back = run_cli("store", "copy", "--from", team_url.replace(f":{PASSWORD}", ""),
+                   env={**env, "AUTHPOOL_HOME": str(other)})
     assert back.returncode == 0, back.stderr
     copied = Pool.open(other)
     assert sorted(a.name for a in copied.accounts()) == ["acme/a", "acme/k"]
     assert copied.secret_of(copied.get("acme/k")).api_key == key
-    assert_no_secrets([r.stdout, r.stderr, back.stdout, back.stderr, twice.stderr],
+    assert_no_secrets([r.stdout, r.stderr, back.stdout, back.stderr, twice.stderr, exposed.stderr],
                       [key, doc["refresh_token"], doc["access_token"], TEAM_KEY, PASSWORD])
 
 
@@ -555,7 +558,7 @@ def test_store_copy_into_a_team_store_refuses_a_subscription_login_and_copies_no
     local.add_oauth("anthropic", "me", TokenSet.parse({"access_token": "at-copy", "refresh_token": "rt-copy",
                                                         "expires_in": 600}))
     local.close()
-    r = run_cli("store", "copy", "--to", team_url, env={"AUTHPOOL_TEAM_KEY": TEAM_KEY})
+    r = run_cli("store", "copy", "--to", env={"AUTHPOOL_TEAM_KEY": TEAM_KEY, "AUTHPOOL_STORE": team_url})
     assert r.returncode == 1 and "shared_logins" in r.stderr
     listed = run_cli("accounts", "list", "--json", env={"AUTHPOOL_STORE": team_url, "AUTHPOOL_TEAM_KEY": TEAM_KEY})
     assert listed.returncode == 0 and json.loads(listed.stdout) == []

@@ -18,24 +18,33 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = store_sub.add_parser("copy", help="copy every account (metadata and secret) between this home's local "
                                           "store and a team store; nothing is half-copied")
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--to", metavar="URL", help="into the team store at URL (postgresql://user@host:port/db)")
-    where.add_argument("--from", dest="source", metavar="URL", help="from the team store at URL into the local store")
+    where.add_argument("--to", metavar="URL", nargs="?", const="",
+                       help="into the team store at URL (postgresql://user@host:port/db; default: AUTHPOOL_STORE "
+                            "or [store] url). A password goes in PGPASSWORD or ~/.pgpass, never on the command line")
+    where.add_argument("--from", dest="source", metavar="URL", nargs="?", const="",
+                       help="from the team store at URL (default: AUTHPOOL_STORE or [store] url) into the local store")
     p.set_defaults(handler=cmd_store_copy)
 
 
 def cmd_store_copy(args: argparse.Namespace) -> int:
     """Copy the local pool into a team store (``--to``) or a team store into the local pool (``--from``)."""
     from authpool.storage.filestore import Store
-    from authpool.storage.selection import open_team_store
+    from authpool.storage.selection import open_team_store, store_url
     from authpool.transfer import copy_pool
 
-    url = args.to or args.source
+    home = Home.open()
+    given = args.to if args.to is not None else args.source
+    url = given or store_url(home)
+    if not url:
+        raise UsageError("name the team store: --to/--from postgresql://user@host:port/dbname, or set AUTHPOOL_STORE")
     if not url.startswith(("postgresql://", "postgres://")):
         raise UsageError("store copy takes a team store URL: postgresql://user@host:port/dbname")
-    home = Home.open()
+    if given and _has_password(given):
+        raise UsageError("keep the database password off the command line (other users can read it there): put it "
+                         "in PGPASSWORD or ~/.pgpass, or in AUTHPOOL_STORE and run `authpool store copy --to`")
     local = Pool(home, Store(home))
     team = Pool(home, open_team_store(url))
-    source, target = (local, team) if args.to else (team, local)
+    source, target = (local, team) if args.to is not None else (team, local)
     try:
         report = copy_pool(source, target)
     finally:
@@ -49,3 +58,12 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
         print(f"disabled {len(report.disabled)} OAuth login(s) in {source.store.location} "
               f"({', '.join(report.disabled)}): a refresh token must be rotated by one pool only")
     return 0
+
+
+def _has_password(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password is not None or "password=" in url
+    except ValueError:
+        return False
