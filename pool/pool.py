@@ -419,7 +419,8 @@ class Pool:
         ``lifetime`` is the access token's issued lifetime, if known (else the time it has left).
         """
         account_id = self.get(ref).id
-        self.check_sharing(self.provider(self.get(account_id).provider), secret.kind)
+        if self.team:
+            self.check_sharing(self.provider(self.get(account_id).provider), secret.kind)
         with self.secret_lock(account_id):
             current = self.get(account_id)
             generation = current.secret_generation + 1
