@@ -605,3 +605,21 @@ def test_a_slow_database_never_stalls_the_event_loop(team: Team, team_url: str) 
             assert ex.submit(anyio.run, main).result(timeout=120) == 200
     finally:
         blocker.close()
+
+
+def test_a_passphrase_team_key_is_stretched_with_the_store_s_salt_and_works_for_every_member(
+        team_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AUTHPOOL_TEAM_KEY as a passphrase: sealed by one member, opened by another with the same passphrase;
+    the dump holds neither the passphrase nor the secret."""
+    from authpool import Secret
+
+    passphrase = "correct horse battery staple, team edition"
+    monkeypatch.setenv("AUTHPOOL_TEAM_KEY", passphrase)
+    one, two = PostgresStore(team_url), PostgresStore(team_url)
+    try:
+        one.team_secrets().save("acct0001", Secret.from_api_key("sk-sealed-by-passphrase"), 1)
+        assert two.team_secrets().load_fresh("acct0001").api_key == "sk-sealed-by-passphrase"
+        assert one.team_secrets().sealer().fingerprint == two.team_secrets().sealer().fingerprint
+    finally:
+        one.close()
+        two.close()
