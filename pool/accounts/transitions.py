@@ -27,6 +27,7 @@ from authpool.accounts.model import (
 )
 
 __all__ = [
+    "adopted",
     "begin_refresh",
     "bind_session",
     "confirm_refusal",
@@ -132,6 +133,18 @@ def renewed(a: Account, *, generation: int, expires_at: float | None, lifetime: 
     a.refresh_journal = None
     a.refresh_failing = None
     a.counters.refreshes += 1
+
+
+def adopted(a: Account, *, generation: int, expires_at: float | None) -> None:
+    """A refresh found, when storing its result, a newer secret someone else stored: that one is used.
+
+    The generation moves so every process drops its cached copy; the journal record goes (the
+    secret it was about is no longer current).
+    """
+    a.secret_generation = max(a.secret_generation + 1, generation)
+    a.access_expires_at = expires_at
+    a.refresh_journal = None
+    a.refresh_failing = None
 
 
 def refresh_failed(a: Account, *, now: float, backoff: Callable[[int], float], reason: str, error: str,

@@ -169,7 +169,9 @@ class Refresher:
         """This process's flight for the account and generation: joined if running, else launched."""
         key = (account_id, seen_generation)
         try:
-            name = self.keeper.store.read().find(account_id).name
+            # peek: no waiting on a server here (async callers are on the event loop).
+            cached = self.keeper.store.peek()
+            name = cached.find(account_id).name if cached is not None else account_id
         except PoolError:
             name = account_id
         with self._guard:
@@ -244,7 +246,7 @@ class Refresher:
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
         advisory, _ = provider.refresh_windows(acc.access_lifetime)
-        now = time.time()
+        now = store.now()
         if mode != "force" and expires_at is not None and expires_at - now > advisory:
             return Renewal(secret, performed=False)
         failing = acc.failing_refresh()
@@ -286,11 +288,25 @@ class Refresher:
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+
+    def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str) -> Renewal:
+        """Store a renewed secret before anyone can use the old one, and move the generation.
+
+        A compare-and-swap: a secret someone else stored meanwhile (a lease that expired under us,
+        a re-login) is kept and used instead of ours.
+        """
         generation = acc.secret_generation + 1
-        secrets.save(acc.id, new, generation)  # the new refresh token is stored before anyone can use the old
-        self._update(account_id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
-        log.info("refreshed the token of %s", acc.name)
+        stored = self.keeper.secrets.swap(acc.id, old, new, generation)
+        if stored is not new:
+            log.warning("account %s: another process stored a newer secret while this renewal ran; using theirs",
+                        acc.name)
+            self._update(acc.id, lambda a: transitions.adopted(a, generation=generation,
+                                                               expires_at=stored.expires_at))
+            return Renewal(stored, performed=False)
+        self._update(acc.id, lambda a: transitions.renewed(
+            a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
+        log.info(done, acc.name)
         return Renewal(new, performed=True)
 
     def _exchange(self, provider: Provider, acc: Account, secret: Secret, mode: RefreshMode,
@@ -313,24 +329,20 @@ class Refresher:
             self._failed(acc.id, e, token_refused=mode == "force", journal=None)
             raise
         new = secret.with_tokens(tokens.access_token, None, tokens.expires_at, tokens.extra)
-        generation = acc.secret_generation + 1
-        self.keeper.secrets.save(acc.id, new, generation)
-        self._update(acc.id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
-        log.info("exchanged the login of %s for a new API token", acc.name)
-        return Renewal(new, performed=True)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "exchanged the login of %s for a new API token")
 
     def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
                 journal: RefreshJournal | None) -> None:
         def note(a: Account) -> None:
-            transitions.refresh_failed(a, now=time.time(), backoff=refresh_backoff, reason=error.reason,
+            transitions.refresh_failed(a, now=self.keeper.store.now(), backoff=refresh_backoff, reason=error.reason,
                                        error=str(error), token_refused=token_refused,
                                        unanswered=isinstance(error, RefreshUnanswered), journal=journal)
 
         self._update(account_id, note)
 
     def _journal(self, acc: Account, provider: Provider, interrupted: RefreshJournal | None) -> None:
-        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted)
+        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted,
+                            now=self.keeper.store.now())
         self._update(acc.id, lambda a: transitions.begin_refresh(a, record))
 
     def _wait_for_interrupted(self, acc: Account, interrupted: RefreshJournal, mode: RefreshMode,

@@ -138,6 +138,11 @@ class Provider(BaseModel):
     # the account's renewal waiting: its request may still reach the provider until then.
     token_call_limit: float = Field(default=150.0, gt=0, le=3600)
     timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
+    # Whether this provider's OAuth logins may go into a team store that several people use.
+    # Consumer subscription logins are licensed to one person: the built-ins say false, and an
+    # organisation whose agreement permits sharing sets it to true itself. API keys are always fine.
+    shared_logins: bool = True
+    terms: str | None = None  # the terms that govern its logins (name and URL), for that refusal
 
     @field_validator("id")
     @classmethod
@@ -166,6 +171,16 @@ class Provider(BaseModel):
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    def sharing_refusal(self) -> str:
+        """Why an OAuth login of this provider is not added to a team store (``shared_logins = false``)."""
+        terms = self.terms or f"{self.display_name}'s terms of service"
+        return (
+            f"{self.display_name} OAuth logins are personal subscription logins ({terms}), so a team store "
+            f"does not share them: add an API key instead (`authpool accounts add-key {self.id}`), or, if your "
+            f"organisation's agreement with {self.display_name} permits sharing, set `shared_logins = true` "
+            f"under [providers.{self.id}] in config.toml"
+        )
 
     @property
     def allowed_origins(self) -> frozenset[str]:

@@ -52,7 +52,7 @@ class UsageLog:
     def record(self, account_id: str, status: int, *, quota_resets_at: float | None = None,
                windows: dict[str, QuotaWindow] | None = None) -> None:
         """A request this account served (counted in memory; written by the next flush)."""
-        now = time.time()
+        now = self.store.now()
         with self._guard:
             p = self._pending.setdefault(account_id, _Pending())
             p.requests += 1
@@ -74,7 +74,7 @@ class UsageLog:
     def touch(self, account_id: str) -> None:
         """Note that this process just picked the account (for least-recently-used ordering)."""
         with self._guard:
-            self._last_used[account_id] = time.time()
+            self._last_used[account_id] = self.store.now()
 
     def unrecorded(self, account_id: str) -> int:
         """Requests served by this process that the pool file does not count yet."""
