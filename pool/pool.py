@@ -357,27 +357,22 @@ class Pool:
         # secret. If the metadata write fails, the orphan secret is removed again.
         self.secrets.save(account_id, secret, generation=1)
 
-        def insert(pool: PoolFile) -> Account:
-            pool.check_label_free(provider, label)
-            if any(a.id == account_id for a in pool.accounts):
-                raise InvalidInput("account id collision; try again")
-            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
-            acc = Account(
+        def insert(rows: Rows) -> Account:
+            # The store refuses a label or id taken meanwhile (checked above on a snapshot).
+            return rows.add(Account(
                 id=account_id,
                 provider=provider,
                 namespace=namespace,
                 label=label,
                 kind=kind,
-                order=order,
+                order=self.store.read().next_order(provider),
                 access_expires_at=expires_at,
                 access_lifetime=lifetime,
                 secret_generation=1,
-            )
-            pool.accounts.append(acc)
-            return acc
+            ))
 
         try:
-            return self.store.update(insert)
+            return self.store.update_accounts((), insert)
         except BaseException:
             self._delete_secret_quietly(account_id)
             raise
@@ -501,12 +496,7 @@ class Pool:
         account_id = self.get(ref).id
         with self.secret_lock(account_id):
 
-            def drop(pool: PoolFile) -> Account:
-                acc = pool.find(account_id)
-                pool.accounts.remove(acc)
-                return acc
-
-            removed = self.store.update(drop)
+            removed = self.store.update_accounts((account_id,), lambda rows: rows.remove(account_id))
             # Metadata first: once gone, no process will start using the account, so deleting
             # the secret cannot pull it from under a request that just picked it.
             self.secrets.delete(account_id)
