@@ -14,8 +14,9 @@ import socket
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from authpool.server.loopback.api import GEMINI_PATH, ApiRoutes
 from authpool.server.loopback.clock import Clock
@@ -112,6 +113,9 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._tickets = 0
         self._released = 0
         self._request_seq = 0
+        # Streams held between events (hold_streams): each waiter is released in arrival order.
+        self._holding_streams = False
+        self._stream_waiters: deque[threading.Event] = deque()
         self.stats = LoopbackStats()
         #: OAuth grant types the token endpoint understands; add entries to extend.
         self.grant_handlers: dict[str, GrantHandler] = {"refresh_token": self._grant_refresh_token}
@@ -125,6 +129,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
             ("POST", "/redirect"): self._route_redirect,
             ("GET", "/echo-auth-present"): self._route_echo_auth_present,
             ("POST", "/echo-auth-present"): self._route_echo_auth_present,
+            **{(method, "/echo-request"): self._route_echo_request for method in ("GET", "POST", "PUT", "DELETE")},
             ("GET", "/slow"): self._route_slow,
             ("GET", "/big"): self._route_big,
         }
@@ -177,6 +182,8 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._stopping.set()
         with self._api_calls_changed:
             self._api_calls_changed.notify_all()  # held API requests give up
+            for waiter in self._stream_waiters:  # and so do held streams
+                waiter.set()
         server, self._server = self._server, None
         if server is None:
             return
@@ -411,6 +418,21 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         """Forget a connection that ended."""
         with self._lock:
             self._connections.discard(conn)
+
+    def stream_event(self, gone: Callable[[], bool]) -> bool:
+        """Before a stream's next event: wait at the stream gate (``hold_streams``) while it is held."""
+        return self._stream_gate(gone)
+
+    def stream_ended(self, how: Literal["started", "finished", "cut"]) -> None:
+        """Count a stream begun, finished or cut short by its client."""
+        with self._api_calls_changed:
+            if how == "started":
+                self.stats.streams_started += 1
+            elif how == "finished":
+                self.stats.streams_finished += 1
+            else:
+                self.stats.streams_cut += 1
+            self._api_calls_changed.notify_all()
 
     def path_requested(self, path: str) -> None:
         """Count a request by its path, before it is handled."""
