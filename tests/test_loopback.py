@@ -457,6 +457,18 @@ def _wait(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.01)
 
 
+def test_set_stream_length_makes_streams_carry_that_many_deltas(provider: LoopbackProvider,
+                                                                 client: httpx2.Client) -> None:
+    """set_stream_length(200): a chat stream has 200 text deltas (plus role, stop and [DONE]); None restores it."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_stream_length(200)
+    r = client.post("/v1/chat/completions", json={"model": "m", "stream": True}, headers=bearer(key))
+    data = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert len(data) == 203 and data[-1] == "data: [DONE]" and '"t199 "' in data[-3]
+    provider.set_stream_length(None)
+    assert "Hello" in message(client, {"x-api-key": key}, stream=True).text
+
+
 def test_held_streams_send_one_event_per_release(provider: LoopbackProvider) -> None:
     """hold_streams: a stream sends its first event, then one more per release; releasing all finishes it."""
     key = provider.add_api_key("a@example.com")

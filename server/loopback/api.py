@@ -38,6 +38,7 @@ class ApiRoutes:
     _default_limit: tuple[int | None, str, float]
     _stream_errors: dict[str, str]
     _stream_delay: float
+    _stream_length: int | None
     _always_failing: dict[str, int]
     _quota_windows: dict[str, tuple[str, float, float]]
     _always_unauthorized: set[str]
@@ -300,9 +301,9 @@ class ApiRoutes:
             return _build_chat_completion(subject, seq, payload, int(self.clock()))
         model = str(payload.get("model") or "loopback-model")
         with self._lock:
-            mode = self._stream_errors.get(subject)
+            mode, length = self._stream_errors.get(subject), self._stream_length
         headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-        chunks = chat_chunks(subject, seq, model, mode, int(self.clock()))
+        chunks = chat_chunks(subject, seq, model, mode, int(self.clock()), length)
         return LoopbackResponse(200, headers=headers, stream=self._paced(chunks))
 
     def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -321,9 +322,10 @@ class ApiRoutes:
         model = str(payload.get("model") or "loopback-model")
         if payload.get("stream") is True:
             with self._lock:
-                mode = self._stream_errors.get(subject)
+                mode, length = self._stream_errors.get(subject), self._stream_length
             headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-            return LoopbackResponse(200, headers=headers, stream=self._paced(sse_events(subject, seq, model, mode)))
+            events = sse_events(subject, seq, model, mode, length)
+            return LoopbackResponse(200, headers=headers, stream=self._paced(events))
         return LoopbackResponse.json(
             200,
             {

@@ -96,6 +96,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._limits: dict[str, RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
         self._stream_delay = 0.0
+        self._stream_length: int | None = None
         self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
@@ -351,6 +352,17 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
                 self._always_failing.pop(subject, None)
             else:
                 self._always_failing[subject] = status
+
+    def set_stream_length(self, deltas: int | None) -> None:
+        """Make streamed answers carry ``deltas`` text deltas ("t0 ", "t1 ", ...) instead of the usual three.
+
+        Long streams are for benchmarks (time to the first and the last event); ``None`` restores
+        "Hello", " from ", "SUBJECT.".
+        """
+        if deltas is not None and not 1 <= deltas <= 100_000:
+            raise ValueError("a stream carries 1 to 100000 deltas")
+        with self._lock:
+            self._stream_length = deltas
 
     def set_stream_delay(self, seconds: float) -> None:
         """Pause ``seconds`` before each event of a stream after the first (0 to turn off).
