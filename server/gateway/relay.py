@@ -27,6 +27,7 @@ so rotation, refresh, cooldowns, sessions and namespaces behave exactly as in th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -99,10 +100,15 @@ class Relay:
             await send_refusal(send, refusal_of(e), dialect)
             return
         call = _Call(self.pool, provider, dialect, scope, send)
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(call.watch, receive, tg.cancel_scope)
-            await call.run(outgoing.method, outgoing.url, outgoing.headers, outgoing.content, options)
-            tg.cancel_scope.cancel()
+        cancel = anyio.CancelScope()
+        # A plain task rather than a task group: this runs for every request, and the watcher
+        # only ever cancels the scope; it is cancelled itself when the answer is done.
+        watcher = asyncio.get_running_loop().create_task(call.watch(receive, cancel))
+        try:
+            with cancel:
+                await call.run(outgoing.method, outgoing.url, outgoing.headers, outgoing.content, options)
+        finally:
+            watcher.cancel()
 
 
 class _Call:
@@ -171,19 +177,25 @@ class _Call:
         await self.send({"type": "http.response.start", "status": response.status_code, "headers": headers})
         self._log(method, response.status_code, result, started)
         sent = 0
+        # With a Content-Length, the chunk that completes the body is sent as the last one (one
+        # message less per answer); a stream's chunks are each sent the moment they arrive.
+        length = response.headers.get("content-length")
+        expected = int(length) if length is not None and length.isdigit() else -1
         try:
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_raw():  # read to its end, so the connection can be reused
                 if chunk:
-                    await self.send({"type": "http.response.body", "body": chunk, "more_body": True})
                     sent += len(chunk)
+                    self.done = sent == expected
+                    await self.send({"type": "http.response.body", "body": chunk, "more_body": not self.done})
         except httpx2.HTTPError as e:
             # The status line is out: the client learns of the break by the connection closing
             # before the body's end (the ASGI server does that when the app returns unfinished).
             log.warning("%s %s via %s: the provider's answer broke off after %d bytes (%s)", method, self._where(),
                         result.account, sent, type(e).__name__)
             return
-        self.done = True
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not self.done:
+            self.done = True
+            await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _where(self) -> str:
         return str(self.scope["path"])  # no query string: it may carry a key
