@@ -12,12 +12,19 @@ server on 127.0.0.1 with keep-alive) and a temporary ``AUTHPOOL_HOME`` with one 
    key set by hand), request by request in rotating order (A,B / B,A, or A,B,C / B,C,A / C,A,B with
    LiteLLM) so drift hits every side alike. Median and p95; targets: the gateway adds at most 1 ms
    and stays within 1.5x of direct (median).
-2. A 200-event stream (``stream: true``, the provider set to 200 text deltas): time from sending the
-   request to the first ``data:`` event and to the last (``[DONE]``), interleaved the same way.
-   Target: the first event within 2 ms of direct.
+2. A 200-event stream (``stream: true``, the provider set to 200 text deltas, 1 ms apart as a
+   model's tokens arrive apart): time from sending the request to the first ``data:`` event and to
+   the last (``[DONE]``), interleaved the same way. Target: the first event within 2 ms of direct.
+   (Unpaced, the provider's writing thread, the proxy and the client compete for 2 CPUs and the
+   first event measures that contention instead.)
 3. Throughput: 32 concurrent clients (one process of its own, asyncio, one connection each) sending
    the request of 1. back to back for a few seconds, rounds alternating between the sides. Target:
    the gateway at least 0.6x of direct.
+
+For reference, a bare proxy on the same stack is measured too: a raw ASGI app on uvicorn that sends
+each request on with one ``httpx2.AsyncClient`` and relays the answer (no pool, no checks, no
+rotation). It is the floor of any gateway written this way; the gap between it and the gateway
+is what authpool adds.
 
 LiteLLM's proxy (``litellm --config``, an OpenAI-compatible proxy in front of the same provider and
 key) is measured beside them when it can run: ``--litellm VENV`` names a virtualenv with
@@ -69,6 +76,7 @@ TARGET_FIRST_EVENT_MS = 2.0
 TARGET_THROUGHPUT = 0.6
 CONCURRENCY = 32
 STREAM_EVENTS = 200
+STREAM_GAP = 0.001  # seconds between a stream's events
 PATH = "/v1/chat/completions"
 BODY = {"model": "loopback-small", "messages": [{"role": "user", "content": "hi"}]}
 STREAM_BODY = {**BODY, "stream": True}
@@ -138,6 +146,61 @@ def gateway(home: Path, base: Path, key: str) -> Iterator[Side]:
             raise RuntimeError(f"the gateway did not start: {(base / 'gateway.stderr').read_text()}")
         url = f"http://127.0.0.1:{port_file.read_text().strip()}/acme"
         yield Side("gateway", url, {"authorization": f"Bearer {key}"})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def _bare_proxy(upstream: str, port_file: str) -> None:
+    """The reference: a raw ASGI proxy on uvicorn with one httpx2.AsyncClient, nothing else."""
+    import socket
+
+    import uvicorn
+
+    client: httpx2.AsyncClient | None = None
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        nonlocal client
+        if scope["type"] != "http":
+            return
+        if client is None:
+            client = httpx2.AsyncClient(base_url=upstream, timeout=60)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"host", b"content-length")]
+        request = client.build_request(scope["method"], scope["path"][len("/acme"):], content=body, headers=headers)
+        response = await client.send(request, stream=True)
+        out = [(k, v) for k, v in response.headers.raw if k.lower() not in (b"transfer-encoding", b"connection")]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+        async for chunk in response.aiter_raw():
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await response.aclose()
+
+    sock = socket.socket()
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(2048)
+    Path(port_file).write_text(str(sock.getsockname()[1]))
+    uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False,
+                                  date_header=False)).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def bare_proxy(provider: LoopbackProvider, api_key: str, base: Path) -> Iterator[Side]:
+    port_file = base / "bare.port"
+    proc = subprocess.Popen([sys.executable, __file__, "--bare-proxy", provider.base_url, str(port_file)],
+                            stdin=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (port_file.exists() and port_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield Side("bare proxy", f"http://127.0.0.1:{port_file.read_text().strip()}/acme",
+                   {"authorization": f"Bearer {api_key}"})
     finally:
         proc.terminate()
         proc.wait(timeout=60)
@@ -331,9 +394,15 @@ def report(res: Results, names: list[str], env: str, flag: str, note: str, litel
     tp_head = [f"{CONCURRENCY} concurrent clients", "requests/s (median)", "vs direct", "rounds"]
     checks = verdicts(res)
     check_rows = [[what, got, "met" if ok else "MISSED"] for what, got, ok in checks]
+    own = ""
+    if "bare proxy" in res.latency:
+        share = statistics.median(res.latency["gateway"]) - statistics.median(res.latency["bare proxy"])
+        floor = statistics.median(res.latency["bare proxy"]) - d_lat
+        own = (f"Of the gateway's added median latency, +{ms(floor, 3)} ms is the second HTTP hop itself (the bare "
+               f"proxy on the same stack) and +{ms(share, 3)} ms is authpool's (checks, rotation engine, relaying).")
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(res.errors.items())) or "none"
     text = "\n\n".join([table(lat_head, lat_rows), table(stream_head, stream_rows), table(tp_head, tp_rows),
-                        table(["target", "measured", ""], check_rows), f"failed requests: {errors}"])
+                        table(["target", "measured", ""], check_rows), own, f"failed requests: {errors}"])
     md = "\n".join([
         "<!-- bench:gateway -->",
         f"`python benchmarks/gateway.py{flag}` on {env}; loopback provider on 127.0.0.1; {note}.",
@@ -345,6 +414,8 @@ def report(res: Results, names: list[str], env: str, flag: str, note: str, litel
         md_table(tp_head, tp_rows),
         "",
         md_table(["target", "measured", ""], check_rows),
+        "",
+        own,
         "",
         litellm_note,
         "<!-- /bench:gateway -->",
@@ -359,7 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--litellm", type=Path, metavar="VENV", help="a virtualenv with litellm[proxy] installed")
     group.add_argument("--no-litellm", action="store_true", help="do not measure LiteLLM's proxy")
+    parser.add_argument("--bare-proxy", nargs=2, metavar=("UPSTREAM", "PORT_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.bare_proxy:
+        _bare_proxy(*args.bare_proxy)
+        return 0
     sizes = QUICK if args.quick else FULL
     flag = " --quick" if args.quick else ""
     load_start = os.getloadavg()[0]
@@ -386,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             sides = [Side("direct", provider.base_url, {"authorization": f"Bearer {api_key}"})]
             sides.append(stack.enter_context(gateway(home, base, "bench-gateway-key-" + secrets.token_hex(16))))
+            sides.append(stack.enter_context(bare_proxy(provider, api_key, base)))
             litellm_version = ""
             if venv is not None:
                 try:
@@ -408,9 +484,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"  {what} ...", flush=True)
                 if step is measure_stream:
                     provider.set_stream_length(STREAM_EVENTS)
+                    provider.set_stream_delay(STREAM_GAP)
                 gc.collect()
                 step(sides, sizes, res)
                 provider.set_stream_length(None)
+                provider.set_stream_delay(0)
         provider.stop()
         if litellm_version:
             litellm_note = (f"LiteLLM {litellm_version} (`litellm --config`, its proxy with a master key, in front of "
