@@ -10,20 +10,23 @@ from metadata (ids, labels, paths, status codes) only.
     PoolError
      ├── ConfigError                       config.toml or a provider definition is wrong
      ├── InvalidInput (ValueError)         a caller's argument is malformed
-     │    └── DuplicateLabel               the label is taken for that provider
+     │    ├── DuplicateLabel               the label is taken for that provider
+     │    └── SharingRefused               a provider's terms keep its logins out of a team store
      ├── NotFound (LookupError)
      │    ├── AccountNotFound
      │    └── ProviderNotFound
-     ├── StoreError                        the pool file
+     ├── StoreError                        the pool file, or the team store
      │    ├── StoreCorrupt                 unreadable file; names the last good backup
      │    ├── StoreVersionError            written by a newer authpool
+     │    ├── StoreUnavailable             the team store's database cannot be reached
      │    ├── StoreWriteError (OSError)    disk full, read-only, permissions
      │    ├── LockTimeout (TimeoutError)   another process holds a lock too long
      │    └── LockLost                     a held lock file was deleted or replaced
      ├── SecretError                       the credential store
      │    ├── SecretBackendUnavailable     no usable keyring / cannot reach it
      │    ├── SecretBackendLocked          the keyring is locked
-     │    └── SecretMissing                metadata exists, the secret does not
+     │    ├── SecretMissing                metadata exists, the secret does not
+     │    └── TeamKeyError                 no team key, or not the key the team store was set up with
      ├── AuthError                         a provider refused or could not renew credentials
      │    ├── RefreshError                 the token endpoint failed (down, garbage, timeout)
      │    │    ├── RefreshUnanswered       sent, but no answer came back: a rotation may be lost
@@ -78,11 +81,14 @@ __all__ = [
     "SecretBackendUnavailable",
     "SecretError",
     "SecretMissing",
+    "SharingRefused",
     "StateMismatch",
     "StoreCorrupt",
     "StoreError",
+    "StoreUnavailable",
     "StoreVersionError",
     "StoreWriteError",
+    "TeamKeyError",
 ]
 
 
@@ -115,6 +121,12 @@ class DuplicateLabel(InvalidInput):
     """The label is already used by another account of the same provider."""
 
     code = "duplicate_label"
+
+
+class SharingRefused(InvalidInput):
+    """A provider's terms keep its subscription logins personal: not added to a team store."""
+
+    code = "sharing_refused"
 
 
 class NotFound(PoolError, LookupError):
@@ -156,7 +168,7 @@ class StoreCorrupt(StoreError):
 
     code = "store_corrupt"
 
-    def __init__(self, path: Path, detail: str, backup: Path | None) -> None:
+    def __init__(self, path: Path | str, detail: str, backup: Path | None) -> None:
         if backup is not None:
             fix = (f"the last good copy is {backup}; run `authpool doctor --restore` to put it back "
                    "(the damaged file is kept aside)")
@@ -172,14 +184,20 @@ class StoreVersionError(StoreError):
 
     code = "store_version"
 
-    def __init__(self, path: Path, found: int, supported: int) -> None:
+    def __init__(self, path: Path | str, found: int, supported: int, *, what: str = "pool file") -> None:
         super().__init__(
-            f"pool file {path} has schema version {found}, but this authpool understands up to "
-            f"{supported}; upgrade authpool (the file was left untouched)"
+            f"{what} {path} has schema version {found}, but this authpool understands up to "
+            f"{supported}; upgrade authpool (it was left untouched)"
         )
         self.path = path
         self.found = found
         self.supported = supported
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """The team store's database cannot be reached (down, refused, wrong address); names host and port."""
+
+    code = "store_unavailable"
 
 
 class StoreWriteError(StoreError, OSError):
@@ -193,7 +211,7 @@ class LockTimeout(StoreError, TimeoutError):
 
     code = "lock_timeout"
 
-    def __init__(self, lock_file: Path, timeout: float, holder: str | None) -> None:
+    def __init__(self, lock_file: Path | str, timeout: float, holder: str | None) -> None:
         who = f" by {holder}" if holder else ""
         super().__init__(f"timed out after {timeout:g}s waiting for {lock_file}, held{who}")
         self.lock_file = lock_file
@@ -237,6 +255,12 @@ class SecretMissing(SecretError):
     """The account exists but its secret is gone from the credential store."""
 
     code = "secret_missing"
+
+
+class TeamKeyError(SecretError):
+    """No team key is available, or it is not the key the team store's secrets were sealed with."""
+
+    code = "team_key"
 
 
 class AuthError(PoolError):

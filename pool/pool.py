@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 from authpool.accounts import transitions
 from authpool.accounts.model import Account, AccountKind, PoolFile, Rows, validate_label, validate_provider_id
 from authpool.accounts.secret import Secret, TokenSet, time_left
-from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing
+from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
 from authpool.rotation.usage import UsageLog
-from authpool.storage.filestore import Store
 from authpool.storage.lock import DEFAULT_TIMEOUT
-from authpool.storage.protocols import HeldLock
+from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend, TeamStore
 from authpool.storage.secrets import SecretStore, canonical_backend
+from authpool.storage.selection import open_store
 
 if TYPE_CHECKING:
     import httpx2
@@ -53,29 +53,47 @@ class Pool:
         ['openai/work']
     """
 
-    def __init__(self, home: Home, store: Store) -> None:
+    def __init__(self, home: Home, store: MetadataStore) -> None:
         self.home = home
         self.store = store
         self.usage = UsageLog(store)
-        self._secrets: SecretStore | None = None
+        self._secrets: SecretBackend | None = None
         self._secrets_guard = threading.Lock()
         self._providers: tuple[tuple[int, int] | None, Providers] | None = None
         self._refresher: Refresher | None = None
         self._http: httpx2.HTTPTransport | None = None
         self._ahttp: weakref.WeakKeyDictionary[object, httpx2.AsyncHTTPTransport] = weakref.WeakKeyDictionary()
         self._lazy_guard = threading.Lock()
+        self._owns_store = False  # opened by Pool.open(): closed with the pool (a team store's connections)
 
     @classmethod
     def open(cls, home: Path | None = None) -> Pool:
-        """Open (creating if needed) the pool in ``home`` (default: ``AUTHPOOL_HOME`` or the user data dir)."""
+        """Open (creating if needed) the pool in ``home`` (default: ``AUTHPOOL_HOME`` or the user data dir).
+
+        Its metadata lives in the store the home is configured for: a team's PostgreSQL when
+        ``AUTHPOOL_STORE`` (or ``[store] url`` in ``config.toml``) names one, else the local pool file.
+        """
         h = Home.open(home)
-        return cls(h, Store(h))
+        pool = cls(h, open_store(h))
+        pool._owns_store = True
+        return pool
+
+    @property
+    def team(self) -> bool:
+        """Whether this pool is a team store shared by several machines (secrets sealed in the database)."""
+        return isinstance(self.store, TeamStore)
 
     # -- secrets ---------------------------------------------------------------------------
 
     @property
-    def secrets(self) -> SecretStore:
-        """The credential store recorded for this pool (chosen and recorded on first use)."""
+    def secrets(self) -> SecretBackend:
+        """The credential store recorded for this pool (chosen and recorded on first use); a team
+        store's own (sealed rows in its database)."""
+        if isinstance(self.store, TeamStore):
+            with self._secrets_guard:
+                if self._secrets is None:
+                    self._secrets = self.store.team_secrets()
+                return self._secrets
         with self._secrets_guard:
             recorded = self.store.read().secret_backend  # cached read: one fstat
             if self._secrets is None or (recorded is not None and self._secrets.name != canonical_backend(recorded)):
@@ -127,6 +145,9 @@ class Pool:
         """
         from authpool.storage.keyrings import backend_name, resolve_target
 
+        if self.team:
+            raise InvalidInput("a team store keeps its secrets in its database, sealed under the team key; "
+                               "`authpool store copy` moves a pool between stores")
         source = self.secrets
         destination = SecretStore(resolve_target(target))
         if destination.name == source.name:
@@ -297,6 +318,11 @@ class Pool:
                 self._http = None
             if self._refresher is not None:
                 self._refresher.close()
+        from authpool.auth.flight import in_flight
+
+        closer = getattr(self.store, "close", None)
+        if self._owns_store and callable(closer) and not in_flight():  # a sent refresh still needs the store
+            closer()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -338,6 +364,7 @@ class Pool:
 
     def add_oauth(self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default") -> Account:
         """Add an OAuth account from a token set (as a login or an import produces)."""
+        tokens = self._as_stored(provider, tokens)
         return self._add(provider, label, "oauth", tokens.to_secret(), namespace, tokens.expires_at,
                          tokens.issued_lifetime())
 
@@ -352,7 +379,8 @@ class Pool:
         lifetime: float | None = None,
     ) -> Account:
         provider = validate_provider_id(provider)
-        self.provider(provider)  # an account of an unknown provider could never serve a request
+        # An account of an unknown provider could never serve a request.
+        self.check_sharing(self.provider(provider), kind)
         label = validate_label(label)
         namespace = validate_label(namespace)
         self.store.read().check_label_free(provider, label)  # fail before touching the keyring
@@ -395,7 +423,7 @@ class Pool:
         needs-reauth flag, keeping its id, order and history. Returns ``(account, created)``.
         """
         provider = validate_provider_id(provider)
-        self.provider(provider)
+        self.check_sharing(self.provider(provider), "oauth")
         label = validate_label(label)
         try:
             existing = self.get(f"{provider}/{label}")
@@ -403,8 +431,18 @@ class Pool:
             return self.add_oauth(provider, label, tokens, namespace=namespace), True
         if existing.kind != "oauth":
             raise InvalidInput(f"{existing.name} is an API-key account; pick another label for the login")
+        tokens = self._as_stored(provider, tokens)
         account = self.set_secret(existing.id, tokens.to_secret(), lifetime=tokens.issued_lifetime())
         return account, False
+
+    def _as_stored(self, provider: str, tokens: TokenSet) -> TokenSet:
+        """A login as the pool keeps it. Where the provider's API wants an exchanged token (GitHub
+        Copilot), the login's token is the long-lived one the exchange is renewed with: it goes in
+        the refresh slot, and the first request exchanges it. A token set that has a refresh slot
+        already (opencode keeps the GitHub token there, the Copilot token as access) is kept."""
+        if self.provider(provider).token_exchange is None or tokens.refresh_token:
+            return tokens
+        return TokenSet(access_token="", refresh_token=tokens.access_token, expires_at=0.0, extra=dict(tokens.extra))
 
     def find_by_secret(self, provider: str, match: Callable[[Secret], bool]) -> Account | None:
         """The first account of ``provider`` whose secret satisfies ``match`` (reads each secret)."""
@@ -422,6 +460,8 @@ class Pool:
         ``lifetime`` is the access token's issued lifetime, if known (else the time it has left).
         """
         account_id = self.get(ref).id
+        if self.team:
+            self.check_sharing(self.provider(self.get(account_id).provider), secret.kind)
         with self.secret_lock(account_id):
             current = self.get(account_id)
             generation = current.secret_generation + 1
@@ -434,6 +474,15 @@ class Pool:
                 return acc
 
             return self.store.update_accounts((account_id,), bump)
+
+    def check_sharing(self, provider: Provider, kind: AccountKind) -> None:
+        """Refuse an OAuth login of a provider whose terms keep logins personal, if this is a team store.
+
+        Raises:
+            SharingRefused: ``provider.shared_logins`` is false (API keys are always allowed).
+        """
+        if kind == "oauth" and self.team and not provider.shared_logins:
+            raise SharingRefused(provider.sharing_refusal())
 
     # -- changing --------------------------------------------------------------------------
 

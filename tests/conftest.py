@@ -220,3 +220,41 @@ def acme(home: Path, loopback: LoopbackProvider) -> Iterator[LoopbackPool]:
         yield lp_pool
     finally:
         lp_pool.pool.close()
+
+
+# -- a real PostgreSQL for the team store ---------------------------------------------------------
+
+from tests.postgres import PostgresServer, PostgresUnavailable, postgres_server  # noqa: E402
+
+
+def _no_postgres(why: str) -> None:
+    if os.environ.get("AUTHPOOL_REQUIRE_POSTGRES"):
+        pytest.fail(f"AUTHPOOL_REQUIRE_POSTGRES is set but PostgreSQL cannot run here: {why}")
+    pytest.skip(f"no PostgreSQL here: {why}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of our own on 127.0.0.1 for the whole run (initdb, pg_ctl)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _no_postgres("psycopg is not installed (pip install -e '.[test]')")
+    try:
+        cm = postgres_server()
+        server = cm.__enter__()
+    except (PostgresUnavailable, OSError, subprocess.SubprocessError) as e:
+        _no_postgres(str(e))
+    try:
+        yield server
+    finally:
+        cm.__exit__(None, None, None)
+
+
+@pytest.fixture
+def team_url(postgres: PostgresServer) -> str:
+    """A fresh, empty database on the test server; its URL (carrying a password the server ignores)."""
+    return postgres.database()
+
+
+TEAM_KEY = "Zm9yLXRlc3RzLW9ubHktbm90LWEtcmVhbC10ZWFtLWs="  # base64 of 32 bytes; scanned for like any secret

@@ -103,12 +103,20 @@ def test_garbage_rate_limit_headers_fall_back_to_the_exponential_default(headers
 
 
 @pytest.mark.parametrize("headers", [{"retry-after": "99999999"}, {"retry-after": "inf"},
+                                     {"retry-after": str(18 * 86400)},
                                      {"retry-after-ms": "1e400"}, {"x-ratelimit-reset-requests": "9999h"}])
-def test_absurdly_long_deadlines_are_capped_at_eight_days(headers: dict[str, str]) -> None:
-    """No header can park an account for longer than MAX_HONOURED (weekly limits fit, months do not)."""
+def test_absurdly_long_deadlines_are_capped_at_max_cooldown_and_probed_there(headers: dict[str, str]) -> None:
+    """No header parks an account for longer than max_cooldown (an 18-day Retry-After has been seen):
+    the account is probed again at the cap, and never later than MAX_HONOURED whatever the config."""
     d = decide(headers, "openai")
-    assert d.until - NOW <= MAX_HONOURED
     assert math.isfinite(d.until)
+    if headers.get("retry-after") == "inf" or headers.get("retry-after-ms") == "1e400":
+        assert d.source == "default"  # infinity is no information at all
+        return
+    assert (d.until - NOW, d.capped) == (BUILTIN_PROVIDERS["openai"].max_cooldown, True)
+    huge = decide_cooldown(headers, now=NOW, reset_headers=["x-ratelimit-reset-requests"], default_cooldown=30,
+                           max_cooldown=10**9, level=0)
+    assert huge.until - NOW <= MAX_HONOURED
 
 
 # -- the exponential default ----------------------------------------------------------------------
@@ -161,11 +169,14 @@ _RESETS = [
 def test_each_built_in_provider_s_reset_headers_set_the_cooldown(
     provider: str, headers: dict[str, str], seconds: float, source: str
 ) -> None:
-    """The latest deadline among the provider's own reset headers wins; foreign headers are ignored."""
+    """The latest deadline among the provider's own reset headers wins (up to max_cooldown); foreign headers
+    are ignored."""
     assert set(BUILTIN_PROVIDERS) >= {"anthropic", "openai", "github-copilot", "gemini"}
     d = decide(headers, provider)
     assert d.source == source
-    assert d.until - NOW == pytest.approx(seconds)
+    cap = BUILTIN_PROVIDERS[provider].max_cooldown  # a longer deadline is probed at the cap
+    assert d.until - NOW == pytest.approx(min(seconds, cap))
+    assert d.capped is (seconds > cap)
     assert d.is_default is (source == "default")
 
 

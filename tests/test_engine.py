@@ -101,7 +101,7 @@ class Driver:
 
     def perform(self, effect: Any) -> Any:  # noqa: PLR0911 - one branch per effect
         if isinstance(effect, ReadPool):
-            return self.pool
+            return copy.deepcopy(self.pool)  # a snapshot, as a store's read is
         if isinstance(effect, LoadSecret):
             return self.secret(effect.account)
         if isinstance(effect, Touch):
@@ -357,3 +357,20 @@ def test_a_url_off_the_provider_s_origins_is_refused_before_any_effect() -> None
     flow = Engine(PROVIDER, RotationOptions(), facts, usage=lambda a, now: UsageView(0.0), clock=FakeClock()).run()
     with pytest.raises(OriginRefused, match="evil.test:443 is not an origin of provider acme"):
         flow.send(None)
+
+
+def test_a_success_clears_a_cooldown_another_process_recorded_meanwhile_in_its_scope() -> None:
+    """A cooldown written after this request picked the account is stale once the account served: it goes."""
+
+    class Racing(Driver):
+        def perform(self, effect: Any) -> Any:
+            if isinstance(effect, Send):  # another process records a 429 while this request is out
+                self.pool.find("acme/a").cooldowns["*"] = Cooldown(until=NOW + 600, reason="429", set_at=NOW)
+                self.pool.find("acme/a").backoff_level = 1
+            return super().perform(effect)
+
+    driver = Racing(PoolFile(accounts=[api_key("a")]), [Reply(200)])
+    verdict, _ = driver.run()
+    assert isinstance(verdict, Served)
+    assert driver.writes == ["success"]
+    assert driver.account("a").cooldowns == {}

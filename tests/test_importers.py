@@ -205,7 +205,8 @@ def test_codex_tokens_keep_id_token_and_account_id_and_expire_at_the_access_toke
     path.write_text(json.dumps(doc))
     scan = scan_source("codex", path)
     oauth, key = scan.candidates
-    assert (oauth.provider, oauth.kind, oauth.label) == ("openai", "oauth", "codex-codex.dev@example.com")
+    # A ChatGPT-plan login is not an API key: it goes to the chatgpt provider (the Codex backend).
+    assert (oauth.provider, oauth.kind, oauth.label) == ("chatgpt", "oauth", "codex-codex.dev@example.com")
     assert oauth.tokens is not None
     assert oauth.tokens.expires_at == 1_900_000_000
     assert oauth.tokens.extra == {"id_token": doc["tokens"]["id_token"], "account_id": "acct-FAKE-0001"}
@@ -466,8 +467,8 @@ def test_importing_codex_brings_the_chatgpt_login_and_the_api_key(user: Path, ho
     r = run_cli("import", "codex")
     assert r.returncode == 0, r.stderr
     assert "already imported as openai/personal (API key) [OPENAI_API_KEY]" in r.stdout
-    assert accounts(home) == {"openai/codex-codex.dev@example.com": "oauth", "openai/personal": "api_key"}
-    s = secret(home, "openai/codex-codex.dev@example.com")
+    assert accounts(home) == {"chatgpt/codex-codex.dev@example.com": "oauth", "openai/personal": "api_key"}
+    s = secret(home, "chatgpt/codex-codex.dev@example.com")
     assert s.extra == {"id_token": doc["tokens"]["id_token"], "account_id": "acct-FAKE-0001"}
     assert s.expires_at is not None and abs(s.expires_at - (time.time() + 10 * 86400)) < 60
     assert "shares its refresh token with the Codex CLI" in r.stderr

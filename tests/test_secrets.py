@@ -7,16 +7,17 @@ import os
 import secrets as random_secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from keyring.backend import KeyringBackend
 
 from authpool import Pool, Secret, SecretBackendLocked, SecretBackendUnavailable, SecretMissing, SecretStore, TokenSet
+from authpool.storage.protocols import SecretBackend
 from authpool.storage.secrets import SERVICE
 from authpool.storage.vault import VaultKeyring
-from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli
+from tests.conftest import REPO, TEAM_KEY, assert_no_secrets, home_texts, run_cli
 from tests.keyrings import LimitedKeyring, LockedKeyring
 from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
 
@@ -41,10 +42,102 @@ def secret_service() -> Iterator[SecretServiceSession]:
 
 @pytest.fixture(params=["vault", "limited", "secret-service"])
 def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> KeyringBackend:
-    """Each backend authpool must work with; the Secret Service one is real (gnome-keyring)."""
-    if request.param == "vault":
+    """Each keyring backend authpool must work with; the Secret Service one is real (gnome-keyring)."""
+    return _keyring_backend(str(request.param), request, home, monkeypatch)
+
+
+OpenSecrets = Callable[[], SecretBackend]
+
+
+@pytest.fixture(params=["vault", "limited", "secret-service", "team"])
+def open_secrets(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenSecrets]:
+    """Opens handles on one fresh secret backend (each call: a new handle, as another process would hold)."""
+    if request.param != "team":
+        request.getfixturevalue("home")
+        backend = _keyring_backend(request.param, request, home, monkeypatch)
+        yield lambda: SecretStore(backend)
+        return
+    from authpool.storage.postgres import PostgresStore
+
+    monkeypatch.setenv("AUTHPOOL_TEAM_KEY", TEAM_KEY)
+    url = request.getfixturevalue("team_url")
+    opened: list[PostgresStore] = []
+
+    def opener() -> SecretBackend:
+        store = PostgresStore(url)
+        opened.append(store)
+        return store.team_secrets()
+
+    yield opener
+    for store in opened:
+        store.close()
+
+
+class TestSecretBackendContract:
+    """The SecretBackend contract (storage.protocols): every credential store, and the team store's sealed rows."""
+
+    def test_a_secret_round_trips_and_is_overwritten_in_place(self, open_secrets: OpenSecrets) -> None:
+        """save/load returns what was saved; a second save replaces it."""
+        store = open_secrets()
+        store.save("acct0001", Secret.from_api_key("sk-test-one"), 1)
+        assert open_secrets().load_fresh("acct0001").api_key == "sk-test-one"
+        store.save("acct0001", Secret.from_api_key("sk-test-two"), 2)
+        assert open_secrets().load_fresh("acct0001").api_key == "sk-test-two"
+        store.delete("acct0001")
+
+    def test_a_token_larger_than_a_windows_entry_round_trips(self, open_secrets: OpenSecrets) -> None:
+        """A 3,000-character JWT survives a save and a fresh load, and shrinking it again works."""
+        store = open_secrets()
+        big = Secret(kind="oauth", access_token=jwt_like(), refresh_token=jwt_like(2000), expires_at=1.0)
+        store.save("acct0002", big, 1)
+        got = open_secrets().load_fresh("acct0002")
+        assert (got.access_token, got.refresh_token) == (big.access_token, big.refresh_token)
+        store.save("acct0002", Secret.from_api_key("sk-small"), 2)
+        assert open_secrets().load_fresh("acct0002").api_key == "sk-small"
+        store.delete("acct0002")
+
+    def test_deleting_removes_the_secret(self, open_secrets: OpenSecrets) -> None:
+        """After delete, loading says the secret is missing; deleting twice is not an error."""
+        store = open_secrets()
+        store.save("acct0003", Secret(kind="oauth", access_token=jwt_like(), refresh_token="r"), 1)
+        store.delete("acct0003")
+        with pytest.raises(SecretMissing):
+            store.load_fresh("acct0003")
+        store.delete("acct0003")
+
+    def test_reads_are_cached_per_generation(self, open_secrets: OpenSecrets) -> None:
+        """The same generation is served from the cache; a new generation is read again."""
+        writer, reader = open_secrets(), open_secrets()
+        writer.save("acct0004", Secret.from_api_key("sk-one"), 1)
+        assert reader.load("acct0004", 1).api_key == "sk-one"
+        writer.save("acct0004", Secret.from_api_key("sk-two"), 2)
+        assert reader.cached("acct0004", 1) is not None and reader.load("acct0004", 1).api_key == "sk-one"
+        assert reader.cached("acct0004", 2) is None
+        assert reader.load("acct0004", 2).api_key == "sk-two"
+        writer.delete("acct0004")
+
+    def test_a_swap_stores_only_over_the_secret_it_started_from(self, open_secrets: OpenSecrets) -> None:
+        """swap(old, new) stores new while old is stored; once someone stored another, theirs stays and is returned."""
+        a, b = open_secrets(), open_secrets()
+        one = Secret(kind="oauth", access_token="at-1", refresh_token="rt-1")
+        two = Secret(kind="oauth", access_token="at-2", refresh_token="rt-2")
+        theirs = Secret(kind="oauth", access_token="at-3", refresh_token="rt-3")
+        a.save("acct0005", one, 1)
+        assert a.swap("acct0005", one, two, 2) is two
+        assert b.load_fresh("acct0005").refresh_token == "rt-2"
+        b.save("acct0005", theirs, 3)
+        late = Secret(kind="oauth", access_token="at-x", refresh_token="rt-x")
+        kept = a.swap("acct0005", two, late, 3)
+        assert kept.refresh_token == "rt-3"
+        assert open_secrets().load_fresh("acct0005").refresh_token == "rt-3"
+        a.delete("acct0005")
+
+
+def _keyring_backend(kind: str, request: pytest.FixtureRequest, home: Path,
+                     monkeypatch: pytest.MonkeyPatch) -> KeyringBackend:
+    if kind == "vault":
         return VaultKeyring(home)
-    if request.param == "limited":
+    if kind == "limited":
         return LimitedKeyring()
     session = request.getfixturevalue("secret_service")
     for k, v in session.env.items():
@@ -54,41 +147,17 @@ def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.Monk
     return Keyring()
 
 
-class TestSecretBackendContract:
-    """The SecretBackend contract (storage.protocols): every credential store, through SecretStore."""
-
-    def test_a_secret_round_trips_and_is_overwritten_in_place(self, backend: KeyringBackend) -> None:
-        """save/load returns what was saved; a second save replaces it."""
-        store = SecretStore(backend)
-        store.save("acct0001", Secret.from_api_key("sk-test-one"), 1)
-        assert SecretStore(backend).load_fresh("acct0001").api_key == "sk-test-one"
-        store.save("acct0001", Secret.from_api_key("sk-test-two"), 2)
-        assert SecretStore(backend).load_fresh("acct0001").api_key == "sk-test-two"
-        store.delete("acct0001")
-
-    def test_a_token_larger_than_a_windows_entry_round_trips_in_chunks(self, backend: KeyringBackend) -> None:
-        """A 3,000-character JWT survives, and shrinking it again leaves no chunk behind."""
-        store = SecretStore(backend)
-        big = Secret(kind="oauth", access_token=jwt_like(), refresh_token=jwt_like(2000), expires_at=1.0)
-        store.save("acct0002", big, 1)
-        got = SecretStore(backend).load_fresh("acct0002")
-        assert (got.access_token, got.refresh_token) == (big.access_token, big.refresh_token)
-        head = json.loads(backend.get_password(SERVICE, "acct0002") or "{}")
-        chunks = [f"acct0002#{head['tag']}#{i}" for i in range(head["count"])]
-        assert len(chunks) > 1 and all(backend.get_password(SERVICE, c) for c in chunks)
-        store.save("acct0002", Secret.from_api_key("sk-small"), 2)
-        assert SecretStore(backend).load_fresh("acct0002").api_key == "sk-small"
-        assert [c for c in chunks if backend.get_password(SERVICE, c) is not None] == []
-        store.delete("acct0002")
-
-    def test_deleting_removes_the_secret_and_its_chunks(self, backend: KeyringBackend) -> None:
-        """After delete, loading says the secret is missing."""
-        store = SecretStore(backend)
-        store.save("acct0003", Secret(kind="oauth", access_token=jwt_like(), refresh_token="r"), 1)
-        store.delete("acct0003")
-        with pytest.raises(SecretMissing):
-            store.load_fresh("acct0003")
-        store.delete("acct0003")  # deleting twice is not an error
+def test_a_token_larger_than_a_windows_entry_is_stored_in_chunks(backend: KeyringBackend) -> None:
+    """In a keyring, a 3,000-character JWT is chunks under a head entry; shrinking it leaves no chunk behind."""
+    store = SecretStore(backend)
+    big = Secret(kind="oauth", access_token=jwt_like(), refresh_token=jwt_like(2000), expires_at=1.0)
+    store.save("acct0002", big, 1)
+    head = json.loads(backend.get_password(SERVICE, "acct0002") or "{}")
+    chunks = [f"acct0002#{head['tag']}#{i}" for i in range(head["count"])]
+    assert len(chunks) > 1 and all(backend.get_password(SERVICE, c) for c in chunks)
+    store.save("acct0002", Secret.from_api_key("sk-small"), 2)
+    assert [c for c in chunks if backend.get_password(SERVICE, c) is not None] == []
+    store.delete("acct0002")
 
 
 def test_chunks_fit_the_windows_limit_and_old_chunks_are_removed() -> None:

@@ -23,14 +23,30 @@ from authpool.storage.protocols import MetadataStore
 from tests.conftest import REPO
 
 Opener = Callable[[], MetadataStore]
+_URLS: dict[int, str] = {}  # a team store handle -> its URL (another process opens the same store)
 
 
-@pytest.fixture(params=["pool-file"])
+@pytest.fixture(params=["pool-file", "postgres"])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens handles on one fresh store (each call: a new handle, as another process would hold)."""
     if request.param == "pool-file":
         home = tmp_path / "home"
         yield lambda: Store(Home.open(home))
+        return
+    from authpool.storage.postgres import PostgresStore
+
+    url = request.getfixturevalue("team_url")
+    opened: list[PostgresStore] = []
+
+    def opener() -> MetadataStore:
+        store = PostgresStore(url, lease_ttl=5.0)
+        _URLS[id(store)] = url
+        opened.append(store)
+        return store
+
+    yield opener
+    for store in opened:
+        store.close()
 
 
 def _account(account_id: str, label: str) -> Account:
@@ -167,14 +183,20 @@ class TestMetadataStoreContract:
 
 def _try_lock_in_another_process(store: MetadataStore, name: str) -> str:
     """'held' if a fresh process can take the lock at once, 'timeout' if not."""
-    assert isinstance(store, Store), "add a branch for the new store kind"
+    if isinstance(store, Store):
+        opening = ("from pathlib import Path\nfrom authpool.home import Home\n"
+                   "from authpool.storage.filestore import Store\n"
+                   f"store = Store(Home.open(Path({str(store.home.path)!r})))\n")
+    else:
+        from authpool.storage.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore), "add a branch for the new store kind"
+        opening = ("from authpool.storage.postgres import PostgresStore\n"
+                   f"store = PostgresStore({_URLS[id(store)]!r})\n")
     code = (
         "import sys\n"
-        "from pathlib import Path\n"
         "from authpool.errors import LockTimeout\n"
-        "from authpool.home import Home\n"
-        "from authpool.storage.filestore import Store\n"
-        f"store = Store(Home.open(Path({str(store.home.path)!r})))\n"
+        + opening +
         "lock = store.named_lock(sys.argv[1], 0.0)\n"
         "try:\n"
         "    lock.acquire()\n"

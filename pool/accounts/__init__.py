@@ -12,6 +12,7 @@ from authpool.accounts.model import (
     Cooldown,
     Counters,
     PoolFile,
+    QuotaWindow,
     RefreshFailing,
     RefreshJournal,
     SessionBinding,
@@ -20,7 +21,7 @@ from authpool.accounts.model import (
     validate_provider_id,
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
-from authpool.accounts.views import account_view, fix_command, pool_status, relogin_command
+from authpool.accounts.views import account_view, describe_windows, fix_command, pool_status, relogin_command
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -31,12 +32,14 @@ __all__ = [
     "Cooldown",
     "Counters",
     "PoolFile",
+    "QuotaWindow",
     "RefreshFailing",
     "RefreshJournal",
     "Secret",
     "SessionBinding",
     "TokenSet",
     "account_view",
+    "describe_windows",
     "fix_command",
     "new_account_id",
     "pool_status",

@@ -29,6 +29,7 @@ __all__ = [
     "Cooldown",
     "Counters",
     "PoolFile",
+    "QuotaWindow",
     "RefreshFailing",
     "RefreshJournal",
     "Rows",
@@ -97,6 +98,16 @@ class Cooldown(_Model):
     until: float
     reason: str
     set_at: float = Field(default_factory=time.time)
+
+
+class QuotaWindow(_Model):
+    """One of a subscription's usage windows as the provider last reported it (5 hours, 7 days …)."""
+
+    used: float = Field(ge=0)  # the share used, 0..1 (a provider may report a little over 1)
+    resets_at: float | None = None
+    window_seconds: float | None = None
+    status: str | None = None  # the provider's word for it (Anthropic: allowed, allowed_warning, rejected)
+    seen_at: float
 
 
 class RefreshJournal(_Model):
@@ -172,6 +183,8 @@ class Account(_Model):
     probation: bool = False
     # When the provider's current rate-limit window resets (from the last answer's reset headers).
     quota_resets_at: float | None = None
+    # Usage windows of a subscription (Anthropic's 5h/7d, Codex's primary/secondary), as last reported.
+    windows: dict[str, QuotaWindow] = Field(default_factory=dict)
     # How long the current access token was issued for (proactive refresh windows shrink with it).
     access_lifetime: float | None = None
     refresh_journal: RefreshJournal | None = None
@@ -213,6 +226,11 @@ class Account(_Model):
         if self.cooldown_until(WHOLE_ACCOUNT, now) is not None:
             return "cooling"
         return "ready"
+
+    def busiest_window(self, now: float) -> QuotaWindow | None:
+        """The usage window closest to its limit, among those that have not reset since reported."""
+        current = [w for w in self.windows.values() if w.resets_at is None or w.resets_at > now]
+        return max(current, key=lambda w: w.used) if current else None
 
     def failing_refresh(self) -> RefreshFailing | None:
         """The token endpoint's failure for the current secret, if renewing it is failing."""

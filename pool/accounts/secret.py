@@ -52,13 +52,16 @@ class Secret:
         """Every sensitive string held, for scrubbing messages."""
         return [v for v in (self.access_token, self.refresh_token, self.api_key, *self.extra.values()) if v]
 
-    def with_tokens(self, access_token: str, refresh_token: str | None, expires_at: float | None) -> Secret:
-        """A copy with renewed tokens; keeps the old refresh token if the provider sent none."""
+    def with_tokens(self, access_token: str, refresh_token: str | None, expires_at: float | None,
+                    extra: dict[str, str] | None = None) -> Secret:
+        """A copy with renewed tokens; keeps the old refresh token if the provider sent none, and the
+        extras it did not replace."""
         return replace(
             self,
             access_token=access_token,
             refresh_token=refresh_token or self.refresh_token,
             expires_at=expires_at,
+            extra={**self.extra, **(extra or {})},
         )
 
     def to_json(self) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from authpool.accounts.model import (
     Account,
     Cooldown,
+    QuotaWindow,
     RefreshFailing,
     RefreshJournal,
     Rows,
@@ -26,6 +27,7 @@ from authpool.accounts.model import (
 )
 
 __all__ = [
+    "adopted",
     "begin_refresh",
     "bind_session",
     "confirm_refusal",
@@ -52,8 +54,11 @@ FORBIDDEN = "forbidden (403)"
 
 
 def cool(a: Account, *, scope: str, until: float, reason: str, now: float, exponential: bool, status: int | None,
-         error: str) -> None:
-    """A rate limit: the scope (a model, or ``*``) rests until ``until``; probation follows it."""
+         error: str, windows: dict[str, QuotaWindow] | None = None) -> None:
+    """A rate limit: the scope (a model, or ``*``) rests until ``until``; probation follows it.
+
+    ``windows``: usage windows the answer reported (kept with the cooldown they explain).
+    """
     a.cooldowns = {k: v for k, v in a.cooldowns.items() if v.until > now}  # ended ones go
     a.cooldowns[scope] = Cooldown(until=until, reason=reason, set_at=now)
     # Only limits without reset information grow the exponential default; any other resets it.
@@ -62,15 +67,19 @@ def cool(a: Account, *, scope: str, until: float, reason: str, now: float, expon
     a.counters.rate_limited += 1
     a.last_status = status
     a.last_error = error
+    if windows:
+        a.windows = {**a.windows, **windows}
 
 
 def confirm_success(a: Account, scopes: tuple[str, ...], now: float) -> None:
-    """A success in ``scopes`` (``*`` and the model): the exponential default restarts, their ended cooldowns go.
+    """A success in ``scopes`` (``*`` and the model): the exponential default restarts, their cooldowns go.
 
-    Probation lasts while another scope still has a cooldown (running, or ended unconfirmed).
+    A cooldown still running in a scope that just served is stale (the quota reset early, or
+    another process recorded it before a reset): it goes at once. Probation lasts while another
+    scope still has a cooldown (running, or ended unconfirmed).
     """
     a.backoff_level = 0
-    a.cooldowns = {k: v for k, v in a.cooldowns.items() if k not in scopes or v.until > now}
+    a.cooldowns = {k: v for k, v in a.cooldowns.items() if k not in scopes}
     a.probation = a.probation and bool(a.cooldowns)
 
 
@@ -124,6 +133,18 @@ def renewed(a: Account, *, generation: int, expires_at: float | None, lifetime: 
     a.refresh_journal = None
     a.refresh_failing = None
     a.counters.refreshes += 1
+
+
+def adopted(a: Account, *, generation: int, expires_at: float | None) -> None:
+    """A refresh found, when storing its result, a newer secret someone else stored: that one is used.
+
+    The generation moves so every process drops its cached copy; the journal record goes (the
+    secret it was about is no longer current).
+    """
+    a.secret_generation = max(a.secret_generation + 1, generation)
+    a.access_expires_at = expires_at
+    a.refresh_journal = None
+    a.refresh_failing = None
 
 
 def refresh_failed(a: Account, *, now: float, backoff: Callable[[int], float], reason: str, error: str,
@@ -209,11 +230,19 @@ def set_enabled(a: Account, enabled: bool) -> None:
 
 
 def record_usage(a: Account, *, requests: int, last_used_at: float, last_status: int | None,
-                 quota_resets_at: float | None) -> None:
-    """Requests served by one process since its last flush (counted in memory, written in batches)."""
+                 quota_resets_at: float | None, windows: dict[str, QuotaWindow] | None = None) -> None:
+    """Requests served by one process since its last flush (counted in memory, written in batches).
+
+    Usage windows replace older readings of the same window only (another process may have seen
+    a newer one).
+    """
     a.counters.requests += requests
     a.last_used_at = max(a.last_used_at or 0.0, last_used_at)
     a.last_status = last_status
     if quota_resets_at is not None:
         a.quota_resets_at = quota_resets_at
+    for name, window in (windows or {}).items():
+        known = a.windows.get(name)
+        if known is None or known.seen_at <= window.seen_at:
+            a.windows[name] = window
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from authpool.accounts.model import Account
 
-__all__ = ["account_view", "fix_command", "pool_status", "relogin_command"]
+__all__ = ["account_view", "describe_windows", "fix_command", "pool_status", "relogin_command"]
 
 
 def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
@@ -29,6 +29,8 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
                       for scope, cd in a.cooldowns.items() if cd.until > now},
         "needs_reauth": a.needs_reauth,
         "refresh_failing": (failing.describe() if (failing := a.failing_refresh()) is not None else None),
+        "windows": {name: {"used_percent": round(w.used * 100, 1), "resets_at": w.resets_at, "status": w.status}
+                    for name, w in sorted(a.windows.items()) if w.resets_at is None or w.resets_at > now},
         "token_expires_at": a.access_expires_at,
         "last_used_at": a.last_used_at,
         "last_status": a.last_status,
@@ -71,3 +73,21 @@ def relogin_command(a: Account) -> str:
     if a.kind == "oauth":
         return f"authpool login {a.provider} --label {label}"
     return f"authpool accounts remove {a.id} && authpool accounts add-key {a.provider} --label {label}"
+
+
+def describe_windows(view: dict[str, Any], now: float) -> str:
+    """An account view's usage windows in a few words: ``5h 42% (resets in 1.5h), 7d 18%``."""
+    parts = []
+    for name, w in view.get("windows", {}).items():
+        reset = w.get("resets_at")
+        when = f" (resets in {_span(reset - now)})" if reset is not None and reset > now else ""
+        parts.append(f"{name} {w['used_percent']:.0f}%{when}")
+    return ", ".join(parts)
+
+
+def _span(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"

@@ -25,13 +25,16 @@ __all__ = ["describe_interrupted", "new_record", "owner_alive"]
 _SETTLE_MARGIN = 10.0
 
 
-def new_record(from_generation: int, *, limit: float = 180.0, earlier: RefreshJournal | None = None) -> RefreshJournal:
+def new_record(from_generation: int, *, limit: float = 180.0, earlier: RefreshJournal | None = None,
+               now: float | None = None) -> RefreshJournal:
     """The journal record of a refresh this process is about to send.
 
     ``limit`` is how long the token call may take; ``earlier`` an interrupted refresh it
-    supersedes (kept, one level deep, so an explanation names the refresh that lost the rotation).
+    supersedes (kept, one level deep, so an explanation names the refresh that lost the rotation);
+    ``now`` the store's clock (a team store's is the database's, so every machine reads the
+    record's deadline alike).
     """
-    now = time.time()
+    now = time.time() if now is None else now
     if earlier is not None:
         earlier = earlier.model_copy(update={"earlier": None})
     return RefreshJournal(

@@ -26,8 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import hmac
 import json
@@ -39,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 import httpx2
 
+from authpool.accounts.jwt import chatgpt_account_id, jwt_claims
 from authpool.accounts.model import Account, validate_label
 from authpool.accounts.secret import TokenSet
 from authpool.auth.oauth import (
@@ -172,9 +171,12 @@ def _identity(doc: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
     id_token = doc.get("id_token")
     if isinstance(id_token, str) and id_token:
         extra["id_token"] = id_token
-        claims = _jwt_claims(id_token)
+        claims = jwt_claims(id_token)
         emails.append(claims.get("email"))
         ids.append(claims.get("sub"))
+        chatgpt = chatgpt_account_id(id_token)  # a ChatGPT login's requests must name it
+        if chatgpt is not None:
+            extra["account_id"] = chatgpt
     account = doc.get("account")
     if isinstance(account, dict):
         emails += [account.get("email_address"), account.get("email")]
@@ -193,19 +195,6 @@ def _identity(doc: Mapping[str, Any]) -> tuple[str | None, dict[str, str]]:
             except InvalidInput:
                 continue
     return None, extra
-
-
-def _jwt_claims(token: str) -> dict[str, Any]:
-    """A JWT's payload, NOT verified: only ever used to suggest a label."""
-    parts = token.split(".")
-    if len(parts) < 2:
-        return {}
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
-    except (ValueError, binascii.Error, UnicodeError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 # -- storing ----------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from authpool.accounts.secret import TokenSet
 from authpool.errors import ConfigError, InvalidGrant, RefreshError, RefreshUnanswered
 from authpool.providers.provider import Provider
 
-__all__ = ["TOKEN_TIMEOUT", "build_token_request", "call_timeouts", "describe_transport_error", "parse_token_response",
-           "refresh_request"]
+__all__ = ["TOKEN_TIMEOUT", "build_token_request", "call_timeouts", "describe_transport_error", "exchange_request",
+           "parse_exchange_response", "parse_token_response", "refresh_request"]
 
 TOKEN_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
 
@@ -62,6 +62,56 @@ def refresh_request(provider: Provider, refresh_token: str) -> httpx2.Request:
     if provider.oauth and provider.oauth.scopes:
         params["scope"] = " ".join(provider.oauth.scopes)
     return build_token_request(provider, params)
+
+
+def exchange_request(provider: Provider, token: str) -> httpx2.Request:
+    """The token exchange request (GitHub Copilot): the login's token for a short-lived API token.
+
+    Raises:
+        ConfigError: the provider declares no token exchange.
+    """
+    exchange = provider.token_exchange
+    if exchange is None:
+        raise ConfigError(f"provider {provider.id} declares no token exchange")
+    headers = {"accept": "application/json", **exchange.headers, "authorization": f"{exchange.scheme} {token}"}
+    return httpx2.Request(exchange.method, exchange.url, headers=headers)
+
+
+def parse_exchange_response(provider: Provider, status: int, content_type: str, body: bytes,
+                            now: float | None = None) -> TokenSet:
+    """Read a token exchange's answer: ``{token, expires_at, refresh_in, endpoints: {api}}``.
+
+    The token is renewed at ``refresh_in`` (the expiry recorded is that point, so the usual
+    refresh windows apply), and ``endpoints.api`` is kept as the account's ``api_base``.
+
+    Raises:
+        InvalidGrant: the exchange refused the login's token (401/403): the login is dead.
+        RefreshError: any other failure.
+    """
+    where = f"the token exchange of {provider.id}"
+    now = time.time() if now is None else now
+    if status in (401, 403):
+        raise InvalidGrant(f"{where} refused the login (HTTP {status}); log in again")
+    if status >= 400:
+        failure = RefreshUnanswered if status in _GATEWAY_GAVE_UP else RefreshError
+        raise failure(f"{where} answered HTTP {status}", reason=f"HTTP {status}")
+    try:
+        doc = json.loads(body)
+        token = doc["token"]
+        if not isinstance(token, str) or not token:
+            raise ValueError("token")
+        refresh_in = float(doc.get("refresh_in") or 0)
+        expires_at = float(doc.get("expires_at") or 0)
+    except (ValueError, KeyError, TypeError):
+        kind = content_type.split(";", maxsplit=1)[0].strip() or "no content type"
+        raise RefreshError(f"{where} answered without a usable token ({kind})", reason="no usable token") from None
+    renew_at = now + refresh_in if refresh_in > 0 else expires_at
+    endpoints = doc.get("endpoints")
+    api = endpoints.get("api") if isinstance(endpoints, dict) else None
+    extra = {"api_base": api} if isinstance(api, str) and api else {}  # checked against the origins on use
+    lifetime = renew_at - now if renew_at > now else None
+    return TokenSet(access_token=token, refresh_token=None, expires_at=renew_at or None, extra=extra,
+                    lifetime=lifetime)
 
 
 def parse_token_response(provider: Provider, status: int, content_type: str, body: bytes,

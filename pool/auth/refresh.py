@@ -43,11 +43,18 @@ import httpx2
 
 from authpool.accounts import transitions
 from authpool.accounts.model import Account, RefreshJournal, Rows
-from authpool.accounts.secret import TokenSet
+from authpool.accounts.secret import Secret, TokenSet
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, exiting, in_flight, launch, mark_sending
 from authpool.auth.journal import describe_interrupted, new_record
-from authpool.auth.oauth import call_timeouts, describe_transport_error, parse_token_response, refresh_request
+from authpool.auth.oauth import (
+    call_timeouts,
+    describe_transport_error,
+    exchange_request,
+    parse_exchange_response,
+    parse_token_response,
+    refresh_request,
+)
 from authpool.errors import (
     InvalidGrant,
     LockTimeout,
@@ -162,7 +169,9 @@ class Refresher:
         """This process's flight for the account and generation: joined if running, else launched."""
         key = (account_id, seen_generation)
         try:
-            name = self.keeper.store.read().find(account_id).name
+            # peek: no waiting on a server here (async callers are on the event loop).
+            cached = self.keeper.store.peek()
+            name = cached.find(account_id).name if cached is not None else account_id
         except PoolError:
             name = account_id
         with self._guard:
@@ -237,7 +246,7 @@ class Refresher:
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
         advisory, _ = provider.refresh_windows(acc.access_lifetime)
-        now = time.time()
+        now = store.now()
         if mode != "force" and expires_at is not None and expires_at - now > advisory:
             return Renewal(secret, performed=False)
         failing = acc.failing_refresh()
@@ -249,6 +258,8 @@ class Refresher:
         if not secret.refresh_token:
             self._update(account_id, lambda a: transitions.mark_needs_reauth(a, "no refresh token stored"))
             raise ReauthRequired(_reauth_message(acc, "no refresh token is stored"))
+        if provider.token_exchange is not None:
+            return self._exchange(provider, acc, secret, mode, flight)
         # A record left by a refresh whose answer never landed: the stored refresh token may be
         # dead already. Nothing better exists than trying it, but not while that refresh's
         # request may still reach the provider: it would revoke the login behind our rotation.
@@ -277,24 +288,61 @@ class Refresher:
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+
+    def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str) -> Renewal:
+        """Store a renewed secret before anyone can use the old one, and move the generation.
+
+        A compare-and-swap: a secret someone else stored meanwhile (a lease that expired under us,
+        a re-login) is kept and used instead of ours.
+        """
         generation = acc.secret_generation + 1
-        secrets.save(acc.id, new, generation)  # the new refresh token is stored before anyone can use the old
-        self._update(account_id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=tokens.issued_lifetime()))
-        log.info("refreshed the token of %s", acc.name)
+        stored = self.keeper.secrets.swap(acc.id, old, new, generation)
+        if stored is not new:
+            log.warning("account %s: another process stored a newer secret while this renewal ran; using theirs",
+                        acc.name)
+            self._update(acc.id, lambda a: transitions.adopted(a, generation=generation,
+                                                               expires_at=stored.expires_at))
+            return Renewal(stored, performed=False)
+        self._update(acc.id, lambda a: transitions.renewed(
+            a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
+        log.info(done, acc.name)
         return Renewal(new, performed=True)
+
+    def _exchange(self, provider: Provider, acc: Account, secret: Secret, mode: RefreshMode,
+                  flight: Flight | None) -> Renewal:
+        """Renew the short-lived API token by presenting the login's token (it does not rotate).
+
+        Nothing is journaled: the login's token stays as it is, so no answer can be lost that a
+        later call could not get again.
+        """
+        mark_sending(flight, f"account {acc.name}")
+        request = exchange_request(provider, secret.refresh_token or "")
+        try:
+            status, ctype, body = self._send(provider, request)
+            tokens = parse_exchange_response(provider, status, ctype, body)
+        except InvalidGrant as refused:
+            why = str(refused)
+            self._update(acc.id, lambda a: transitions.mark_needs_reauth(a, why))
+            raise ReauthRequired(_reauth_message(acc, "the token exchange refused its login")) from None
+        except RefreshError as e:
+            self._failed(acc.id, e, token_refused=mode == "force", journal=None)
+            raise
+        new = secret.with_tokens(tokens.access_token, None, tokens.expires_at, tokens.extra)
+        return self._store(acc, secret, new, tokens.issued_lifetime(), "exchanged the login of %s for a new API token")
 
     def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
                 journal: RefreshJournal | None) -> None:
         def note(a: Account) -> None:
-            transitions.refresh_failed(a, now=time.time(), backoff=refresh_backoff, reason=error.reason,
+            transitions.refresh_failed(a, now=self.keeper.store.now(), backoff=refresh_backoff, reason=error.reason,
                                        error=str(error), token_refused=token_refused,
                                        unanswered=isinstance(error, RefreshUnanswered), journal=journal)
 
         self._update(account_id, note)
 
     def _journal(self, acc: Account, provider: Provider, interrupted: RefreshJournal | None) -> None:
-        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted)
+        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted,
+                            now=self.keeper.store.now())
         self._update(acc.id, lambda a: transitions.begin_refresh(a, record))
 
     def _wait_for_interrupted(self, acc: Account, interrupted: RefreshJournal, mode: RefreshMode,
@@ -309,7 +357,11 @@ class Refresher:
 
     def _call(self, provider: Provider, refresh_token: str) -> TokenSet:
         """One token call, read for up to the provider's ``token_call_limit`` in all."""
-        request = refresh_request(provider, refresh_token)
+        status, ctype, body = self._send(provider, refresh_request(provider, refresh_token))
+        return parse_token_response(provider, status, ctype, body)
+
+    def _send(self, provider: Provider, request: httpx2.Request) -> tuple[int, str, bytes]:
+        """Send a token request; its status, content type and body, read within the call's time limit."""
         limit = provider.token_call_limit
         request.extensions = {**request.extensions, "timeout": call_timeouts(limit)}
         deadline = time.monotonic() + limit
@@ -326,7 +378,7 @@ class Refresher:
                 response.close()
         except httpx2.TransportError as e:
             raise describe_transport_error(provider, e) from None
-        return parse_token_response(provider, response.status_code, response.headers.get("content-type", ""), body)
+        return response.status_code, response.headers.get("content-type", ""), body
 
     def _http(self) -> httpx2.Client:
         with self._guard:

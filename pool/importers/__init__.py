@@ -31,8 +31,9 @@ The package is split by noun: :mod:`.candidate` (what a source yields), :mod:`.j
 
 from __future__ import annotations
 
+from authpool.accounts.jwt import jwt_claims
 from authpool.importers.candidate import Candidate, Scan, Skipped
-from authpool.importers.jsonfile import jwt_claims, read_json_file
+from authpool.importers.jsonfile import read_json_file
 from authpool.importers.plan import Step, apply_import, import_candidates, plan_import, select
 from authpool.importers.sources import (
     OPENCODE_PROVIDERS,

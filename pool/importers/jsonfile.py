@@ -8,7 +8,6 @@ never the value: the values are tokens.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -18,7 +17,7 @@ from typing import Any
 
 from authpool.errors import InvalidInput, NotFound
 
-__all__ = ["MAX_FILE_BYTES", "JsonObject", "json_type", "jwt_claims", "read_file_bytes", "read_json_file"]
+__all__ = ["MAX_FILE_BYTES", "JsonObject", "json_type", "read_file_bytes", "read_json_file"]
 
 # A credentials file is a few kilobytes; refusing big files keeps a wrong path from being slurped.
 MAX_FILE_BYTES = 1 << 20
@@ -155,22 +154,3 @@ def json_type(value: object) -> str:
     if isinstance(value, list):
         return "an array"
     return "an object"
-
-
-def jwt_claims(token: str | None) -> dict[str, Any]:
-    """The claims of a JWT, decoded WITHOUT verifying its signature; ``{}`` if it is not one.
-
-    Only for hints that cost nothing when wrong (an expiry to refresh early, an email for a
-    label): the provider checks the token itself on every request.
-    """
-    if not token:
-        return {}
-    parts = token.split(".")
-    if len(parts) != 3:
-        return {}
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
-    try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except ValueError:  # binascii.Error, UnicodeDecodeError and JSONDecodeError are all ValueErrors
-        return {}
-    return claims if isinstance(claims, dict) else {}

@@ -8,11 +8,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
+from authpool.accounts.jwt import chatgpt_account_id, jwt_claims
 from authpool.accounts.model import validate_provider_id
 from authpool.accounts.secret import TokenSet
 from authpool.errors import InvalidInput, NotFound
 from authpool.importers.candidate import Candidate, Scan, Skipped
-from authpool.importers.jsonfile import JsonObject, jwt_claims, read_json_file
+from authpool.importers.jsonfile import JsonObject, read_json_file
 from authpool.providers.builtin import BUILTIN_PROVIDERS
 
 __all__ = [
@@ -168,6 +169,8 @@ def read_opencode(file: Path, doc: object, provider_ids: Iterable[str] | None = 
             scan.skipped.append(Skipped(origin, "a login to a self-hosted well-known server, not a provider account"))
             continue
         provider = name if name in known else OPENCODE_PROVIDERS.get(name)
+        if name == "openai" and isinstance(raw, dict) and raw.get("type") == "oauth":
+            provider = "chatgpt"  # opencode's OpenAI login is a ChatGPT-plan login (the Codex backend)
         if provider is None:
             try:
                 hint = f" (define [providers.{validate_provider_id(name)}] in config.toml to import it)"
@@ -180,7 +183,7 @@ def read_opencode(file: Path, doc: object, provider_ids: Iterable[str] | None = 
         if kind == "oauth":
             access = entry.text("access", required=True)
             refresh = entry.text("refresh")
-            account_id = entry.text("accountId")
+            account_id = entry.text("accountId") or (chatgpt_account_id(access) if provider == "chatgpt" else None)
             extra = {"account_id": account_id} if account_id else {}
             tokens = _tokens(access or "", refresh, entry.number("expires"), extra)
             label = _label("opencode", _email(access))
@@ -209,10 +212,11 @@ def read_claude_code(file: Path, doc: object) -> Scan:
 def read_codex(file: Path, doc: object) -> Scan:
     """The Codex CLI's ``auth.json``: ``{OPENAI_API_KEY, auth_mode, tokens: {...}, last_refresh}``.
 
-    The ChatGPT login (``tokens``) becomes an OAuth account keeping ``id_token`` and
-    ``account_id`` in the token set's extras (requests to the ChatGPT backend need the account
-    id); its expiry comes from the access token's ``exp`` claim. A non-null ``OPENAI_API_KEY``
-    becomes an API-key account.
+    The ChatGPT login (``tokens``) is a ChatGPT-plan login, not an API key: it becomes an OAuth
+    account of the ``chatgpt`` provider (the Codex backend), keeping ``id_token`` and
+    ``account_id`` (from the file, else from the tokens' claim) in the token set's extras, since
+    every request must name the account. Its expiry comes from the access token's ``exp`` claim.
+    A non-null ``OPENAI_API_KEY`` becomes an ``openai`` API-key account.
     """
     top = JsonObject(file, doc)
     scan = Scan("codex", str(file))
@@ -220,11 +224,11 @@ def read_codex(file: Path, doc: object) -> Scan:
         t = top.obj("tokens")
         access = t.text("access_token", required=True) or ""
         id_token = t.text("id_token")
-        account_id = t.text("account_id")
+        account_id = t.text("account_id") or chatgpt_account_id(id_token, access)
         extra = {k: v for k, v in (("id_token", id_token), ("account_id", account_id)) if v}
         tokens = _tokens(access, t.text("refresh_token"), None, extra)
         label = _label("codex", _email(id_token, access))
-        scan.candidates.append(Candidate("codex", "tokens", "openai", "oauth", label, tokens=tokens))
+        scan.candidates.append(Candidate("codex", "tokens", "chatgpt", "oauth", label, tokens=tokens))
     key = top.text("OPENAI_API_KEY")
     if key:
         scan.candidates.append(Candidate("codex", "OPENAI_API_KEY", "openai", "api_key", "codex-key", api_key=key))

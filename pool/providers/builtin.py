@@ -6,7 +6,7 @@ name its endpoints only; the client id comes from the user's ``config.toml``.
 
 from __future__ import annotations
 
-from authpool.providers.provider import OAuthSettings, Provider
+from authpool.providers.provider import OAuthSettings, Provider, TokenExchange
 
 __all__ = ["BUILTIN_PROVIDERS"]
 
@@ -38,6 +38,8 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
                 token_request="json",
             ),
             reset_headers=_ANTHROPIC_RESETS,
+            shared_logins=False,
+            terms="Anthropic's Consumer Terms of Service, https://www.anthropic.com/legal/consumer-terms",
         ),
         Provider(
             id="openai",
@@ -49,6 +51,8 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
                 authorize_url="https://auth.openai.com/oauth/authorize",
             ),
             reset_headers=_OPENAI_RESETS,
+            shared_logins=False,  # the OAuth login is a ChatGPT subscription
+            terms="OpenAI's Terms of Use, https://openai.com/policies/terms-of-use",
         ),
         Provider(
             id="gemini",
@@ -62,18 +66,44 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
                 authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
                 device_authorization_url="https://oauth2.googleapis.com/device/code",
             ),
+            shared_logins=False,
+            terms="Google's Terms of Service and the Gemini API Additional Terms, https://ai.google.dev/gemini-api/terms",
         ),
         Provider(
             id="github-copilot",
             name="GitHub Copilot",
             base_url="https://api.githubcopilot.com",
+            # The endpoint each Copilot token names (individual, business, enterprise plans).
+            origins=["https://api.individual.githubcopilot.com", "https://api.business.githubcopilot.com",
+                     "https://api.enterprise.githubcopilot.com"],
             auth="bearer",
             oauth=OAuthSettings(
                 token_url="https://github.com/login/oauth/access_token",
                 device_authorization_url="https://github.com/login/device/code",
                 scopes=["read:user"],
             ),
+            token_exchange=TokenExchange(url="https://api.github.com/copilot_internal/v2/token",
+                                         headers={"x-github-api-version": "2025-04-01"}),
             reset_headers=["x-ratelimit-reset"],
+            shared_logins=False,
+            terms="GitHub's terms for Copilot, https://docs.github.com/en/site-policy/github-terms/"
+                  "github-terms-for-additional-products-and-features#github-copilot",
+        ),
+        Provider(
+            id="chatgpt",
+            name="ChatGPT plan logins (the Codex backend)",
+            base_url="https://chatgpt.com/backend-api/codex",
+            auth="bearer",
+            oauth_auth="bearer",
+            secret_headers={"chatgpt-account-id": "account_id"},
+            oauth=OAuthSettings(
+                token_url="https://auth.openai.com/oauth/token",
+                authorize_url="https://auth.openai.com/oauth/authorize",
+            ),
+            reset_headers=["x-codex-primary-reset-at", "x-codex-secondary-reset-at",
+                           "x-codex-primary-reset-after-seconds", "x-codex-secondary-reset-after-seconds"],
+            shared_logins=False,  # a ChatGPT subscription
+            terms="OpenAI's Terms of Use, https://openai.com/policies/terms-of-use",
         ),
         Provider(
             id="openai-compatible",

@@ -94,7 +94,7 @@ def _merge(doc: dict[str, Any], text: str, path: Path) -> dict[str, Provider]:
     return out
 
 
-_TOP_LEVEL = ("providers",)
+_TOP_LEVEL = ("providers", "store")  # [store] is read by authpool.storage.selection
 
 
 def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
@@ -104,7 +104,8 @@ def _check_top_level(doc: dict[str, Any], text: str, path: Path) -> None:
             continue
         what = f"table [{key}]" if isinstance(value, dict) else f"key '{key}'"
         close = difflib.get_close_matches(key, _TOP_LEVEL, n=1)
-        hint = f" (did you mean [{close[0]}]?)" if close else " (config.toml has only [providers.ID] tables)"
+        hint = (f" (did you mean [{close[0]}]?)" if close
+                else " (config.toml has only [providers.ID] tables and [store])")
         raise ConfigError(f"{path} line {_line_of(text, key)}: unknown {what}{hint}")
 
 

@@ -37,11 +37,16 @@ _GO_DURATION = re.compile(rf"^(?:{_NUM}h)?(?:{_NUM}m(?!s))?(?:{_NUM}s)?(?:{_NUM}
 
 @dataclass(frozen=True)
 class CooldownDecision:
-    """``until`` (epoch seconds), where it came from, and whether it was the exponential default."""
+    """``until`` (epoch seconds), where it came from, and whether it was the exponential default.
+
+    ``capped`` is set when the provider asked for longer than ``max_cooldown``: the account is
+    probed at the cap instead (an 18-day ``Retry-After`` has been seen in the field).
+    """
 
     until: float
     source: str
     is_default: bool
+    capped: bool = False
 
 
 def parse_retry_after(value: str, now: float) -> float | None:
@@ -107,7 +112,8 @@ def decide_cooldown(
         now: the current time (epoch seconds).
         reset_headers: the provider's reset header names.
         default_cooldown: base of the exponential default.
-        max_cooldown: cap of the exponential default (not of provider deadlines).
+        max_cooldown: the longest any cooldown lasts: the exponential default's cap, and the point
+            at which an account whose provider asked for longer is probed again.
         level: how many 429s without reset info came in a row before this one.
         body_deadline: a deadline found in the response body, if any.
     """
@@ -116,7 +122,7 @@ def decide_cooldown(
     if ra is not None:
         until = parse_retry_after(ra, now)
         if until is not None and until > now - 1:
-            return CooldownDecision(_clamp(until, now), "retry-after", False)
+            return _capped(until, now, "retry-after", max_cooldown)
     ms = lower.get("retry-after-ms")
     if ms is not None:
         try:
@@ -126,14 +132,14 @@ def decide_cooldown(
         # Like a bad Retry-After: "NaN" would become a NaN deadline (pool.json then no longer
         # validates, and formatting it raises), "inf" or a negative value is no information.
         if math.isfinite(millis) and millis >= 0:
-            return CooldownDecision(_clamp(now + millis / 1000, now), "retry-after-ms", False)
+            return _capped(now + millis / 1000, now, "retry-after-ms", max_cooldown)
     deadlines = [(d, name) for name in reset_headers
                  if (v := lower.get(name.lower())) is not None and (d := parse_reset(v, now)) is not None and d > now]
     if body_deadline is not None and body_deadline > now:
         deadlines.append((body_deadline, "body"))
     if deadlines:
         until, name = max(deadlines)
-        return CooldownDecision(_clamp(until, now), name, False)
+        return _capped(until, now, name, max_cooldown)
     seconds = min(default_cooldown * (2 ** min(level, 20)), max_cooldown)
     return CooldownDecision(now + seconds, "default", True)
 
@@ -163,3 +169,10 @@ def _number(value: str) -> float | None:
 
 def _clamp(until: float, now: float) -> float:
     return min(max(until, now), now + MAX_HONOURED)
+
+
+def _capped(until: float, now: float, source: str, max_cooldown: float) -> CooldownDecision:
+    cap = now + min(max_cooldown, MAX_HONOURED)
+    if until > cap:
+        return CooldownDecision(cap, source, False, capped=True)
+    return CooldownDecision(_clamp(until, now), source, False)

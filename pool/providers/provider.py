@@ -29,7 +29,8 @@ from authpool.errors import InvalidInput, OriginRefused
 if TYPE_CHECKING:
     import httpx2
 
-__all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "Strategy", "origin_of", "url_origin"]
+__all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "Strategy", "TokenExchange", "origin_of",
+           "url_origin"]
 
 # Proactive refresh starts at most this share of a token's issued lifetime before it expires
 # (advisory: renew if nobody else is), and must happen within the mandatory share.
@@ -82,6 +83,23 @@ class OAuthSettings(BaseModel):
     extra_authorize_params: dict[str, str] = Field(default_factory=dict)
 
 
+class TokenExchange(BaseModel):
+    """A second, short-lived token the provider's API wants, got by presenting the login's token.
+
+    GitHub Copilot: the GitHub OAuth token is exchanged at ``api.github.com/copilot_internal/v2/token``
+    for a Copilot token (``token``, ``expires_at``, ``refresh_in``, ``endpoints.api``) that the
+    requests carry, to the endpoint the exchange named. It is renewed like an access token
+    (single-flight, at ``refresh_in``), and a refusal marks the login needs-reauth.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    scheme: str = "token"  # Authorization: <scheme> <the login's token>
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class Provider(BaseModel):
     """One provider: origins, auth application, OAuth endpoints, limit headers, rotation policy."""
 
@@ -96,8 +114,15 @@ class Provider(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)  # fixed headers sent when the caller sets none
     oauth_headers: dict[str, str] = Field(default_factory=dict)  # extra headers for OAuth accounts only
     oauth: OAuthSettings | None = None
+    # Headers an OAuth login's requests carry from its stored extras (header -> extra), such as
+    # the ChatGPT backend's chatgpt-account-id. Callers cannot set them: they name the account.
+    secret_headers: dict[str, str] = Field(default_factory=dict)
+    token_exchange: TokenExchange | None = None
     reset_headers: list[str] = Field(default_factory=list)  # response headers carrying limit resets
     strategy: Strategy = "ordered"
+    # Keep an account whose busiest usage window (5h, 7d …) is at or above this percent out of
+    # rotation while another account is below it (None: no reserve).
+    reserve: float | None = Field(default=None, gt=0, le=100)
     weights: dict[str, float] = Field(default_factory=dict)  # account id or label -> weight
     max_attempts: int = Field(default=6, ge=1, le=50)  # accounts tried within one request
     server_error_retries: int = Field(default=2, ge=0, le=10)  # per account, for 5xx / network errors
@@ -113,6 +138,11 @@ class Provider(BaseModel):
     # the account's renewal waiting: its request may still reach the provider until then.
     token_call_limit: float = Field(default=150.0, gt=0, le=3600)
     timeout: float = Field(default=600.0, gt=0)  # seconds for one request (LLM calls are slow)
+    # Whether this provider's OAuth logins may go into a team store that several people use.
+    # Consumer subscription logins are licensed to one person: the built-ins say false, and an
+    # organisation whose agreement permits sharing sets it to true itself. API keys are always fine.
+    shared_logins: bool = True
+    terms: str | None = None  # the terms that govern its logins (name and URL), for that refusal
 
     @field_validator("id")
     @classmethod
@@ -141,6 +171,16 @@ class Provider(BaseModel):
     @property
     def display_name(self) -> str:
         return self.name or self.id
+
+    def sharing_refusal(self) -> str:
+        """Why an OAuth login of this provider is not added to a team store (``shared_logins = false``)."""
+        terms = self.terms or f"{self.display_name}'s terms of service"
+        return (
+            f"{self.display_name} OAuth logins are personal subscription logins ({terms}), so a team store "
+            f"does not share them: add an API key instead (`authpool accounts add-key {self.id}`), or, if your "
+            f"organisation's agreement with {self.display_name} permits sharing, set `shared_logins = true` "
+            f"under [providers.{self.id}] in config.toml"
+        )
 
     @property
     def allowed_origins(self) -> frozenset[str]:
@@ -187,7 +227,8 @@ class Provider(BaseModel):
 
     def all_credential_header_names(self) -> frozenset[str]:
         """Every header that carries a credential for this provider (callers may not set these)."""
-        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie"}
+        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+                 *(h.lower() for h in self.secret_headers)}
         for style in (self.auth, self.oauth_auth):
             if style.startswith("header:"):
                 names.add(style[7:].lower())

@@ -70,4 +70,13 @@ def select(accounts: Sequence[Account], provider: Provider, *, now: float, exclu
                 continue
         if until is not None:
             soonest = until if soonest is None else min(soonest, until)
-    return Selection(order_accounts(provider.strategy, ready, usage), soonest, len(accounts))
+    ordered = order_accounts(provider.strategy, ready, usage)
+    if provider.reserve is not None:
+        ordered = _reserved_last(ordered, provider.reserve / 100, usage)
+    return Selection(ordered, soonest, len(accounts))
+
+
+def _reserved_last(ordered: list[Account], share: float, usage: Callable[[Account], UsageView]) -> list[Account]:
+    """Accounts whose busiest usage window is under ``share``; only if none is, the others (kept in reserve)."""
+    under = [a for a in ordered if max((w.used for w in usage(a).windows.values()), default=0.0) < share]
+    return under or ordered

@@ -50,7 +50,7 @@ from authpool.rotation.streams import is_event_stream, peek_async, peek_sync
 from authpool.rotation.usage import UsageLog
 from authpool.storage.protocols import HeldLock, MetadataStore
 
-__all__ = ["PoolTransport", "RotationHost", "facts_of"]
+__all__ = ["PoolTransport", "RotationHost", "StoreClock", "facts_of"]
 
 
 class RotationHost(Protocol):
@@ -111,7 +111,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     def _engine(self, request: httpx2.Request) -> Engine:
         weights = self.provider.weights
         return Engine(self.provider, self.options, facts_of(request), pinned=self._pinned_id,
-                      usage=lambda a, now: self.usage.view(a, weights, now), clock=self.clock)
+                      usage=lambda a, now: self.usage.view(a, weights, now),
+                      clock=self.clock or StoreClock(self.host.store))
 
     # -- the sync driver -------------------------------------------------------------------
 
@@ -180,6 +181,17 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             await anyio.to_thread.run_sync(self.usage.flush)
 
 
+class StoreClock:
+    """The store's clock for deadlines (a team store's is the database's), a monotonic one for budgets."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self.now = store.now
+
+    @staticmethod
+    def monotonic() -> float:
+        return time.monotonic()
+
+
 class _Run:
     """One request's I/O state: the caller's request, the answer in hand, the probation locks held."""
 
@@ -193,7 +205,10 @@ class _Run:
     # Effects with no flavour: memory and the (cached) store read.
     def _plain(self, effect: Effect) -> tuple[bool, Any]:
         if isinstance(effect, ReadPool):
-            return True, self.host.store.read()
+            # A store that would wait on a server answers None here: the async driver then reads
+            # in a worker thread, so a slow database never stalls the event loop.
+            pool = self.host.store.peek()
+            return pool is not None, pool
         if isinstance(effect, LoadSecret):
             # A cached secret costs no thread hop (the async path's largest per-request cost).
             cached = self.host.cached_secret(effect.account)
@@ -207,7 +222,12 @@ class _Run:
         headers = httpx2.Headers(self.request.headers)
         for name, value in effect.headers.items():
             headers[name] = value
-        return httpx2.Request(self.request.method, self.request.url, headers=headers, stream=self.request.stream,
+        url = self.request.url
+        if effect.origin is not None:
+            target = httpx2.URL(effect.origin)
+            url = url.copy_with(scheme=target.scheme, host=target.host, port=target.port)
+            headers["host"] = url.netloc.decode("ascii")
+        return httpx2.Request(self.request.method, url, headers=headers, stream=self.request.stream,
                               extensions=self.request.extensions)
 
     def _answer(self, response: httpx2.Response) -> Answer:
@@ -229,10 +249,12 @@ class _Run:
             raise RuntimeError("the engine asked for an answer's body before any answer")
         return response
 
-    def step(self, effect: Effect, inner: httpx2.BaseTransport) -> Any:  # noqa: PLR0911 - one branch per effect
+    def step(self, effect: Effect, inner: httpx2.BaseTransport) -> Any:  # noqa: PLR0911, PLR0912 - one per effect
         done, value = self._plain(effect)
         if done:
             return value
+        if isinstance(effect, ReadPool):
+            return self.host.store.read()
         if isinstance(effect, LoadSecret):
             return self.host.secret_of(effect.account)
         if isinstance(effect, Send):
@@ -265,10 +287,12 @@ class _Run:
             return self.t.refresher.renew(self.t.provider, a.id, a.secret_generation, effect.mode, wait=effect.wait)
         raise TypeError(f"unknown effect {effect!r}")
 
-    async def astep(self, effect: Effect, inner: httpx2.AsyncBaseTransport) -> Any:  # noqa: PLR0911
+    async def astep(self, effect: Effect, inner: httpx2.AsyncBaseTransport) -> Any:  # noqa: PLR0911, PLR0912
         done, value = self._plain(effect)
         if done:
             return value
+        if isinstance(effect, ReadPool):
+            return await anyio.to_thread.run_sync(self.host.store.read)
         if isinstance(effect, LoadSecret):
             return await anyio.to_thread.run_sync(self.host.secret_of, effect.account)
         if isinstance(effect, Send):
@@ -305,7 +329,8 @@ class _Run:
     def deliver(self, served: Served) -> httpx2.Response:
         """The answer in hand is the response: count it, attach the result."""
         response = self._taken()
-        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at)
+        self.t.usage.record(served.account.id, served.status, quota_resets_at=served.quota_resets_at,
+                            windows=served.windows)
         response.extensions = {**response.extensions,
                                "authpool": RequestResult(served.account.id, served.account.name, served.attempts)}
         return response
@@ -321,7 +346,8 @@ class _Run:
             self._taken().close()
 
     async def aclose(self) -> None:
-        self._release()
+        if self.probes:  # releasing a lease is a round trip to a team store: not on the event loop
+            await anyio.to_thread.run_sync(self._release)
         if self.current is not None:
             await self._taken().aclose()
 

@@ -115,6 +115,7 @@ class Send:
 
     account: Account
     headers: Mapping[str, str]  # the credential, and the provider's fixed headers the caller did not set
+    origin: str | None = None  # send to this origin instead (the API endpoint a token exchange named)
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,11 @@ import logging
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from authpool.accounts import transitions
-from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, Rows, SessionBinding
+from authpool.accounts.model import WHOLE_ACCOUNT, Account, AccountKind, PoolFile, QuotaWindow, Rows, SessionBinding
 from authpool.accounts.secret import Secret
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import RefreshMode, Renewal
@@ -56,8 +56,9 @@ from authpool.errors import (
     RequestFailed,
 )
 from authpool.providers.cooldown import decide_cooldown, latest_reset
-from authpool.providers.provider import Provider
+from authpool.providers.provider import Provider, origin_of
 from authpool.providers.ratelimit import model_of_request, read_body_limit
+from authpool.providers.windows import read_windows
 from authpool.rotation.candidates import in_scope, select
 from authpool.rotation.effects import (
     Answer,
@@ -116,6 +117,7 @@ class Served:
     status: int
     attempts: list[Attempt]
     quota_resets_at: float | None  # from the answer's reset headers, for strategies
+    windows: dict[str, QuotaWindow] = field(default_factory=dict)  # the usage windows the answer reported
 
 
 Flow = Generator[Effect, Any, Served]
@@ -186,8 +188,12 @@ class Engine:
             if secret is None:
                 self.tried.add(acc.id)
                 continue
+            usable, origin = self._endpoint(acc, secret)
+            if not usable:
+                self.tried.add(acc.id)
+                continue
             start = self.clock.monotonic()
-            answer: Answer | Unreachable = yield Send(acc, self._credentials(acc, secret))
+            answer: Answer | Unreachable = yield Send(acc, self._credentials(acc, secret), origin)
             elapsed = (self.clock.monotonic() - start) * 1000
             if isinstance(answer, Unreachable):
                 self._note(acc, None, "network_error", elapsed, detail=answer.reason)
@@ -366,12 +372,38 @@ class Engine:
         return renewal
 
     def _credentials(self, acc: Account, secret: Secret) -> Mapping[str, str]:
-        """The headers to set on the caller's request: the credential, and fixed ones it did not set."""
+        """The headers to set on the caller's request: the credential, and fixed ones it did not set.
+
+        An OAuth login also carries the provider's ``secret_headers`` from its stored extras (the
+        ChatGPT backend's ``chatgpt-account-id``).
+        """
         name, prefix, extra = self.provider.credential_headers(acc.kind)
         headers = {k.lower(): v for k, v in {**self.provider.headers, **extra}.items()
                    if k.lower() not in self.request.header_names}
+        if acc.kind == "oauth":
+            headers.update({header.lower(): secret.extra[key] for header, key in self.provider.secret_headers.items()
+                            if secret.extra.get(key)})
         headers[name] = prefix + secret.credential
         return headers
+
+    def _endpoint(self, acc: Account, secret: Secret) -> tuple[bool, str | None]:
+        """``(usable, origin)``: the origin this account's requests go to when its token exchange named
+        one (None: as requested). Not usable: the named endpoint is not one of the provider's origins,
+        so its token goes nowhere.
+        """
+        base = secret.extra.get("api_base") if self.provider.token_exchange is not None else None
+        if not base:
+            return True, None
+        try:
+            origin = origin_of(base)
+        except ValueError:
+            origin = base
+        if origin in self.provider.allowed_origins:
+            return True, origin
+        self._note(acc, None, "secret_error", 0.0,
+                   detail=f"its token exchange named the endpoint {origin}, not one of {self.provider.id}'s origins")
+        self.last_error = RequestFailed(self.attempts[-1].detail or "")
+        return False, None
 
     # -- outcomes --------------------------------------------------------------------------
 
@@ -393,16 +425,19 @@ class Engine:
         # A limit reported inside a 200 stream says "stream", not "200": the status was a success.
         what = "stream" if outcome == "stream_rate_limited" or status is None else str(status)
         model = f" for {scope}" if scope != WHOLE_ACCOUNT else ""
-        reason = f"{what} ({decision.source}){model}"
-        error = f"rate limited until {_clock(decision.until)} ({decision.source})" + (
+        source = f"{decision.source}, capped at max_cooldown" if decision.capped else decision.source
+        reason = f"{what} ({source}){model}"
+        error = f"rate limited until {_clock(decision.until)} ({source})" + (
             f" for model {scope}" if scope != WHOLE_ACCOUNT else "")
+
+        windows = read_windows(headers, now)
 
         def cool(rows: Rows) -> None:
             transitions.cool(rows.get(acc.id), scope=scope, until=decision.until, reason=reason, now=now,
-                             exponential=decision.is_default, status=status, error=error)
+                             exponential=decision.is_default, status=status, error=error, windows=windows)
 
         yield Write("cool", (acc.id,), cool)
-        detail = decision.source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
+        detail = source + (f"; model {scope}" if scope != WHOLE_ACCOUNT else "")
         self._note(acc, status, outcome, elapsed, cooldown_until=decision.until, detail=detail)
         self.tried.add(acc.id)
         self.cooled[acc.id] = decision.until
@@ -483,7 +518,12 @@ class Engine:
         status = answer.status
         success = status < 400
         bind = (yield from self._session_to_bind(acc, now)) if success else None
-        if (success and (acc.backoff_level > 0 or self._on_probation(acc))) or bind is not None:
+        # The account as it is now: another process may have cooled it while this request was out,
+        # and a success in that scope makes such a cooldown stale (a cached read: one fstat).
+        pool: PoolFile = yield ReadPool()
+        current = next((a for a in pool.accounts if a.id == acc.id), acc)
+        stale = any(scope in current.cooldowns for scope in self._scopes())
+        if (success and (current.backoff_level > 0 or stale or self._on_probation(current))) or bind is not None:
             # Cooldown state is written before the response returns, like a cooldown itself:
             # left to the batched usage flush, a 429 right after this success would still double,
             # and a probation would outlive the success that ended it.
@@ -498,7 +538,7 @@ class Engine:
 
             yield Write("success", (acc.id,), succeeded)
         reset = latest_reset(answer.headers, self.provider.reset_headers, now) if success else None
-        return Served(acc, status, list(self.attempts), reset)
+        return Served(acc, status, list(self.attempts), reset, read_windows(answer.headers, now))
 
     def _session_to_bind(self, acc: Account, now: float) -> Generator[Effect, Any, tuple[str, SessionBinding] | None]:
         if self.session_key is None:

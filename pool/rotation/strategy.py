@@ -6,10 +6,10 @@ cooling) and a view of their use, and returns them in the order they should be t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from authpool.accounts.model import Account
+from authpool.accounts.model import Account, QuotaWindow
 
 __all__ = ["STRATEGIES", "UsageView", "order_accounts"]
 
@@ -24,6 +24,8 @@ class UsageView:
     # flushed in batches): without them least-used would not see its own recent choices.
     unrecorded: int = 0
     quota_resets_at: float | None = None  # when the account's current rate-limit window resets
+    # The subscription's usage windows (5h, 7d …) as this process last saw them.
+    windows: Mapping[str, QuotaWindow] = field(default_factory=dict)
 
 
 Strategy = Callable[[Sequence[Account], Callable[[Account], UsageView]], list[Account]]
@@ -55,9 +57,17 @@ def _share(requests: int, weight: float) -> float:
 
 def drain_soonest_reset(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
     """Use first the account whose quota window resets soonest: its remaining quota would be
-    lost at the reset anyway. Accounts with no known reset come last, in configured order."""
-    far = float("inf")
-    return sorted(accounts, key=lambda a: (usage(a).quota_resets_at or far, a.order, usage(a).last_used, a.id))
+    lost at the reset anyway. A subscription's usage windows with quota left count first (the
+    soonest-resetting one), then the reset headers of the last answer; accounts with no known
+    reset come last, in configured order."""
+    return sorted(accounts, key=lambda a: (_soonest_reset(usage(a)), a.order, usage(a).last_used, a.id))
+
+
+def _soonest_reset(view: UsageView) -> float:
+    windows = [w.resets_at for w in view.windows.values() if w.resets_at is not None and w.used < 1]
+    if windows:
+        return min(windows)
+    return view.quota_resets_at if view.quota_resets_at is not None else float("inf")
 
 
 STRATEGIES: dict[str, Strategy] = {

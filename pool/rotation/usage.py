@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from authpool.accounts import transitions
-from authpool.accounts.model import Account, Rows
+from authpool.accounts.model import Account, QuotaWindow, Rows
 from authpool.errors import PoolError
 from authpool.rotation.strategy import UsageView
 from authpool.storage.protocols import MetadataStore
@@ -32,6 +32,7 @@ class _Pending:
     last_used_at: float = 0.0
     last_status: int | None = None
     quota_resets_at: float | None = None
+    windows: dict[str, QuotaWindow] = field(default_factory=dict)
 
 
 class UsageLog:
@@ -43,13 +44,15 @@ class UsageLog:
         self._pending: dict[str, _Pending] = {}
         self._last_used: dict[str, float] = {}  # this process's view, for least-recently-used ordering
         self._quota_resets: dict[str, float] = {}
+        self._windows: dict[str, dict[str, QuotaWindow]] = {}  # the latest usage windows this process saw
         self._guard = threading.Lock()
         self._flushing = threading.Lock()
         self._last_flush = time.monotonic()
 
-    def record(self, account_id: str, status: int, *, quota_resets_at: float | None = None) -> None:
+    def record(self, account_id: str, status: int, *, quota_resets_at: float | None = None,
+               windows: dict[str, QuotaWindow] | None = None) -> None:
         """A request this account served (counted in memory; written by the next flush)."""
-        now = time.time()
+        now = self.store.now()
         with self._guard:
             p = self._pending.setdefault(account_id, _Pending())
             p.requests += 1
@@ -58,6 +61,9 @@ class UsageLog:
             if quota_resets_at is not None:
                 p.quota_resets_at = quota_resets_at
                 self._quota_resets[account_id] = quota_resets_at
+            if windows:
+                p.windows.update(windows)
+                self._windows.setdefault(account_id, {}).update(windows)
             self._last_used[account_id] = now
 
     def quota_resets_at(self, account_id: str, persisted: float | None) -> float | None:
@@ -68,7 +74,7 @@ class UsageLog:
     def touch(self, account_id: str) -> None:
         """Note that this process just picked the account (for least-recently-used ordering)."""
         with self._guard:
-            self._last_used[account_id] = time.time()
+            self._last_used[account_id] = self.store.now()
 
     def unrecorded(self, account_id: str) -> int:
         """Requests served by this process that the pool file does not count yet."""
@@ -89,7 +95,18 @@ class UsageLog:
             # A reset that has passed says nothing about the current window (the account has a
             # fresh quota, its next reset unknown); kept, it would rank first for draining.
             reset if reset is not None and reset > now else None,
+            self.windows(a, now),
         )
+
+    def windows(self, a: Account, now: float) -> dict[str, QuotaWindow]:
+        """The account's usage windows that have not reset: the newest reading of each, stored or seen here."""
+        with self._guard:
+            seen = dict(self._windows.get(a.id, {}))
+        merged = {name: w for name, w in a.windows.items()}
+        for name, w in seen.items():
+            if name not in merged or merged[name].seen_at <= w.seen_at:
+                merged[name] = w
+        return {name: w for name, w in merged.items() if w.resets_at is None or w.resets_at > now}
 
     def due(self) -> bool:
         with self._guard:
@@ -117,7 +134,8 @@ class UsageLog:
                 if acc is None:  # removed meanwhile
                     continue
                 transitions.record_usage(acc, requests=p.requests, last_used_at=p.last_used_at,
-                                         last_status=p.last_status, quota_resets_at=p.quota_resets_at)
+                                         last_status=p.last_status, quota_resets_at=p.quota_resets_at,
+                                         windows=p.windows)
 
         try:
             self.store.update_accounts(tuple(pending), apply)
@@ -131,3 +149,4 @@ class UsageLog:
                     q.last_used_at = max(q.last_used_at, p.last_used_at)
                     q.last_status = q.last_status or p.last_status
                     q.quota_resets_at = q.quota_resets_at or p.quota_resets_at
+                    q.windows = {**p.windows, **q.windows}

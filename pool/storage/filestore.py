@@ -101,6 +101,14 @@ class Store:
             self._cache = (sig, pool)
         return pool
 
+    def peek(self) -> PoolFile:
+        """:meth:`read`: a local file answers at once (an ``fstat`` unless another process wrote)."""
+        return self.read()
+
+    def now(self) -> float:
+        """This machine's clock: every process using the pool file runs on it."""
+        return time.time()
+
     def _read_fresh(self) -> tuple[PoolFile, bool]:
         """Parse the file from disk, bypassing the cache; returns (pool, existed)."""
         if self.path.is_symlink():  # where O_NOFOLLOW does not exist: before a write cuts the link

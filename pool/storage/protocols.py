@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Hashable
 from types import TracebackType
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from authpool.accounts.model import PoolFile, Rows
 from authpool.accounts.secret import Secret
 
-__all__ = ["HeldLock", "MetadataStore", "SecretBackend"]
+__all__ = ["HeldLock", "MetadataStore", "SecretBackend", "TeamStore"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,14 @@ class MetadataStore(Protocol):
 
     def read(self) -> PoolFile:
         """The current metadata; treat it as read-only (cached while nothing changed)."""
+
+    def peek(self) -> PoolFile | None:
+        """The metadata if it can be had without waiting on a server (a cache known to be current),
+        else None: async callers read it on the event loop, and :meth:`read` in a worker thread."""
+
+    def now(self) -> float:
+        """The time every deadline in the store is measured by (epoch seconds): the local clock
+        for a local store, the database's for a team store, so machines agree on deadlines."""
 
     def update(self, change: Callable[[PoolFile], T]) -> T:
         """Apply ``change`` to a fresh read under the lock, validate, save; return what it returned.
@@ -91,5 +99,24 @@ class SecretBackend(Protocol):
     def save(self, account_id: str, secret: Secret, generation: int) -> None:
         """Write ``secret``; the caller records ``generation`` in the metadata afterwards."""
 
+    def swap(self, account_id: str, old: Secret, new: Secret, generation: int) -> Secret:
+        """Compare-and-swap: store ``new`` only if the stored secret is still ``old``.
+
+        Returns what is stored afterwards: ``new``, or the newer secret someone else stored
+        meanwhile (a refresh then uses theirs and discards its own).
+        """
+
     def delete(self, account_id: str) -> None:
         """Remove the secret (a missing one is not an error)."""
+
+
+@runtime_checkable
+class TeamStore(Protocol):
+    """A metadata store shared by a team's machines, which keeps the secrets too (sealed under a team key).
+
+    A pool on such a store uses its secret backend, never a machine's keyring: every member's
+    process must read the secrets every other member's process stores.
+    """
+
+    def team_secrets(self) -> SecretBackend:
+        """The store's own secret backend."""

@@ -102,6 +102,23 @@ class SecretStore:
         self._call("write", account_id, lambda: self._write_entry(account_id, secret.to_json()), secret)
         self._cache[account_id] = (generation, secret)
 
+    def swap(self, account_id: str, old: Secret, new: Secret, generation: int) -> Secret:
+        """Store ``new`` only if the stored secret is still ``old``; returns what is stored afterwards.
+
+        Under the account's refresh lock nobody else writes, so this only catches a writer outside
+        the lock discipline (an import, a re-login in an older authpool): theirs is kept.
+        """
+        def exchange() -> Secret:
+            text = self._read_entry(account_id)
+            if text is not None and text != old.to_json():
+                return Secret.from_json(text)
+            self._write_entry(account_id, new.to_json())
+            return new
+
+        stored = self._call("write", account_id, exchange, new)
+        self._cache[account_id] = (generation, stored)
+        return stored
+
     def delete(self, account_id: str) -> None:
         """Remove the secret and its chunks (missing entries are not an error)."""
         self._cache.pop(account_id, None)

@@ -31,10 +31,11 @@ from typing import Any
 from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
-from authpool.errors import SecretBackendLocked, SecretError
+from authpool.errors import InvalidInput, SecretBackendLocked, SecretError
 from authpool.home import Home, resolve_home
 from authpool.storage.atomicfile import write_atomic
 from authpool.storage.lock import Lock
+from authpool.storage.sealing import decode_key, encode_key, fingerprint
 
 __all__ = ["VaultKeyring"]
 
@@ -80,6 +81,52 @@ class VaultKeyring(KeyringBackend):
                 raise PasswordDeleteError("no such entry")
 
         self._update(change)
+
+    # -- the key, for `authpool vault key init | export | import` ------------------------------
+
+    def init_key(self) -> tuple[str, bool]:
+        """Make sure a key exists (the key file, unless AUTHPOOL_VAULT_KEY gives it); ``(fingerprint, created)``."""
+        if os.environ.get("AUTHPOOL_VAULT_KEY"):
+            return fingerprint(self._key_for(self._read())), False
+        created = not self._key_file.exists()
+        return fingerprint(self._load_or_create_key_file()), created
+
+    def key_fingerprint(self) -> str:
+        """The fingerprint of the key this process uses for the vault."""
+        return fingerprint(self._key_for(self._read()))
+
+    def export_key(self) -> str:
+        """The vault key as base64 text (for a password manager; it unlocks every secret in the vault).
+
+        Raises:
+            InvalidInput: the key is a passphrase in AUTHPOOL_VAULT_KEY: that value is the key to keep.
+        """
+        if _passphrase_env() is not None:
+            raise InvalidInput("the vault's key is the passphrase in AUTHPOOL_VAULT_KEY: keep that value")
+        key = self._key_for(self._read())
+        self._verify_key(self._read())
+        return encode_key(key)
+
+    def import_key(self, text: str) -> str:
+        """Make ``text`` (base64 of 32 bytes) this home's vault key file; returns its fingerprint.
+
+        Raises:
+            InvalidInput: not a key.
+            SecretBackendLocked: the vault exists and this key does not open it (nothing changed).
+        """
+        key = decode_key(text)
+        if key is None:
+            raise InvalidInput("a vault key is base64 of 32 bytes (as `authpool vault key export` prints it)")
+        doc = self._read()
+        previous = self._key
+        self._key = key
+        try:
+            self._verify_key(doc, tried="the imported key")
+        finally:
+            self._key = previous
+        write_atomic(self._key_file, encode_key(key).encode() + b"\n")
+        self._key = None if not os.environ.get("AUTHPOOL_VAULT_KEY") else self._key
+        return fingerprint(key)
 
     # -- file ------------------------------------------------------------------------------
 
@@ -150,7 +197,7 @@ class VaultKeyring(KeyringBackend):
         else:
             self._verify_key(doc)
 
-    def _verify_key(self, doc: dict[str, Any]) -> None:
+    def _verify_key(self, doc: dict[str, Any], *, tried: str | None = None) -> None:
         from cryptography.exceptions import InvalidTag
 
         check = doc.get("check")
@@ -160,11 +207,17 @@ class VaultKeyring(KeyringBackend):
         try:
             self._aead(doc).decrypt(raw[:12], raw[12:], b"check")
         except InvalidTag:
-            source = "AUTHPOOL_VAULT_KEY" if os.environ.get("AUTHPOOL_VAULT_KEY") else str(self._key_file)
+            source = tried or ("AUTHPOOL_VAULT_KEY" if os.environ.get("AUTHPOOL_VAULT_KEY") else str(self._key_file))
             raise SecretBackendLocked(
-                f"the vault {self.path} cannot be opened with the key from {source}: it was created with a "
-                "different key; set AUTHPOOL_VAULT_KEY to the original key (or unset it to use the key file)"
+                f"the vault {self.path} cannot be opened with the key from {source} (fingerprint "
+                f"{fingerprint(self._key_for(doc))}): it was created with a different key; set AUTHPOOL_VAULT_KEY "
+                "to the original key, or `authpool vault key import` it"
             ) from None
+
+    @property
+    def key_file(self) -> Path:
+        """The generated key file (used unless AUTHPOOL_VAULT_KEY is set)."""
+        return self._home.vault_key_file
 
     @property
     def _key_file(self) -> Path:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from authpool import InvalidInput, Pool, TokenSet
-from authpool.accounts import account_view, fix_command
+from authpool.accounts import account_view, describe_windows, fix_command
 from authpool.server.cli.errors import UsageError
 from authpool.server.cli.format import describe_state, print_table, relative
 
@@ -81,6 +81,9 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
         return 0
     now = time.time()
     rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
+    windows = any(a.windows for a in accounts)
+    if windows:
+        rows[0].append("USAGE WINDOWS")
     for a in accounts:
         rows.append([
             a.id,
@@ -91,6 +94,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
             relative(a.last_used_at, now),
             str(a.counters.requests),
             str(a.counters.rate_limited),
+            *([describe_windows(account_view(a, now), now) or "-"] if windows else []),
         ])
     print_table(rows)
     fixes = [(a.name, cmd) for a in accounts if (cmd := fix_command(a))]

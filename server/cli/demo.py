@@ -64,6 +64,7 @@ def _setup(home: Path, provider: LoopbackProvider, issued: list[str]) -> None:
     os.environ["AUTHPOOL_HOME"] = str(home)
     # The demo's secrets go to an encrypted file inside the temporary home, never the user's keyring.
     os.environ["PYTHON_KEYRING_BACKEND"] = "authpool.storage.vault.VaultKeyring"
+    os.environ.pop("AUTHPOOL_STORE", None)  # the demo touches nothing outside its home: never a team store
     home.chmod(0o700)
     config = home / "config.toml"
     config.write_text(

@@ -14,6 +14,7 @@ from authpool import Home, Pool, PoolError, Store, StoreCorrupt
 from authpool.accounts import PoolFile
 from authpool.providers import Providers
 from authpool.server.cli.errors import UsageError
+from authpool.storage.selection import open_team_store, store_url
 
 __all__ = ["Finding", "add_parser", "cmd_doctor", "run_doctor"]
 
@@ -53,7 +54,7 @@ def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = Fa
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool, force: bool = False) -> list[Finding]:
+def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR0911, PLR0912 - one per check
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -66,6 +67,15 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:
 
     config, providers = _config(home)
     out.append(config)
+    try:
+        url = store_url(home)
+    except PoolError as e:
+        out.append(Finding("store", "fail", str(e)))
+        return out
+    if url is not None:
+        out.extend(_team_checks(home, url, providers))
+        return out
+    out.append(Finding("store", "ok", f"local: {home.pool_file} (set AUTHPOOL_STORE to use a team store)"))
     store = Store(home)
     if restore:
         out.append(_restore(store, force))
@@ -112,6 +122,51 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:
         out.extend(Finding("secret", "fail", m) for m in missing)
     elif pool_file.accounts:
         out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
+    return out
+
+
+def _team_checks(home: Home, url: str, providers: Providers | None) -> list[Finding]:
+    """The team store: where, server and schema version, round trip, the team key, every account's secret."""
+    out: list[Finding] = []
+    try:
+        store = open_team_store(url)
+    except PoolError as e:
+        return [Finding("store", "fail", str(e))]
+    try:
+        from authpool.storage.postgres import PostgresStore
+
+        if not isinstance(store, PostgresStore):
+            return [Finding("store", "fail", f"{store.location} is not a team store")]
+        info = store.server_info()
+        out.append(Finding("store", "ok", f"team: {store.location} (PostgreSQL {info.server_version}, schema "
+                                          f"{info.schema_version}, round trip {info.round_trip_ms:.2f} ms, "
+                                          f"{info.accounts} accounts)"))
+        pool_file = store.read()
+        if providers is not None:
+            out.extend(_unknown_providers(pool_file, providers))
+        pool = Pool(home, store)
+        try:
+            sealer = pool.secrets
+            fp = store.team_secrets().sealer().fingerprint
+        except PoolError as e:
+            out.append(Finding("team key", "fail", str(e)))
+            return out
+        out.append(Finding("team key", "ok", f"fingerprint {fp}"))
+        missing = []
+        for acc in pool_file.accounts:
+            try:
+                sealer.load_fresh(acc.id)
+            except PoolError as e:
+                missing.append(f"{acc.name} ({acc.id}): {e}")
+        out.extend(Finding("secret", "fail", m) for m in missing)
+        if pool_file.accounts and not missing:
+            out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
+    except PoolError as e:
+        out.append(Finding("store", "fail", str(e)))
+    finally:
+        closer = getattr(store, "close", None)
+        if callable(closer):
+            closer()
     return out
 
 

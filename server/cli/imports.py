@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from authpool import Home, NotFound, Pool, Store, resolve_home
+from authpool import Home, NotFound, Pool, resolve_home
 from authpool.accounts import validate_provider_id
 from authpool.importers import (
     SOURCES,
@@ -30,6 +30,7 @@ from authpool.importers import (
 )
 from authpool.providers import Providers
 from authpool.server.cli.format import relative
+from authpool.storage.selection import open_store
 
 __all__ = ["add_parser", "cmd_import"]
 
@@ -95,7 +96,7 @@ def _pool_for_reading(home_path: Path) -> Pool | None:
     if not home_path.is_dir():
         return None  # nothing to match against; the home is created only when an account is added
     home = Home.open(home_path, repair=False)
-    return Pool(home, Store(home))
+    return Pool(home, open_store(home))
 
 
 def _describe(step: Step, *, dry_run: bool) -> str:

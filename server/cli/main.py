@@ -148,7 +148,19 @@ def setup_logging() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: each command's module adds its own parser."""
-    from authpool.server.cli import accounts, credentials, demo, doctor, gateway, imports, login, request, status
+    from authpool.server.cli import (
+        accounts,
+        credentials,
+        demo,
+        doctor,
+        gateway,
+        imports,
+        keys,
+        login,
+        request,
+        status,
+        store,
+    )
 
     parser = argparse.ArgumentParser(
         prog="authpool",
@@ -159,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_parser(sub)
     request.add_parser(sub)
     credentials.add_parser(sub)
+    store.add_parser(sub)
+    keys.add_parser(sub)
     status.add_parser(sub)
     imports.add_parser(sub)
     p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")

@@ -7,7 +7,7 @@ import json
 import time
 
 from authpool import Pool
-from authpool.accounts import pool_status
+from authpool.accounts import describe_windows, pool_status
 from authpool.server.cli.format import relative
 
 __all__ = ["add_parser", "cmd_status"]
@@ -42,6 +42,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             state = f"cooling {relative(until, now)}" if a["state"] == "cooling" and until else a["state"]
             state = a["refresh_failing"] or state
             c = a["counters"]
+            windows = describe_windows(a, now)
             print(f"  {a['name']:<32} {state:<18} requests {c['requests']}, 429s {c['rate_limited']}, "
-                  f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}")
+                  f"401/403s {c['unauthorized']}, refreshes {c['refreshes']}, failures {c['failures']}"
+                  + (f"; usage {windows}" if windows else ""))
     return 0

@@ -35,6 +35,7 @@ from authpool.server.loopback.models import GrantHandler, LoopbackRequest, Loopb
 from authpool.server.loopback.provider import LoopbackProvider
 from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, RATE_LIMIT_STYLES
 from authpool.server.loopback.streams import STREAM_ERROR_MODES
+from authpool.server.loopback.subscriptions import account_id_of
 from authpool.server.loopback.tokens import TOKEN_ENDPOINT_MODES
 
 __all__ = [
@@ -50,5 +51,6 @@ __all__ = [
     "LoopbackStats",
     "ManualClock",
     "RouteHandler",
+    "account_id_of",
     "main",
 ]

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from authpool.server.loopback.clock import Clock
 from authpool.server.loopback.models import MAX_WAIT_SECONDS, LoopbackRequest, LoopbackResponse, LoopbackStats
-from authpool.server.loopback.ratelimit import RateLimit, limit_response, spend, window_headers
+from authpool.server.loopback.ratelimit import (
+    RateLimit,
+    limit_response,
+    spend,
+    usage_window_headers,
+    window_headers,
+)
 from authpool.server.loopback.streams import chat_chunks, sse_events
 from authpool.server.loopback.tokens import AccessToken
 
@@ -41,6 +47,7 @@ class ApiRoutes:
     _stream_length: int | None
     _always_failing: dict[str, int]
     _quota_windows: dict[str, tuple[str, float, float]]
+    _usage_windows: dict[str, tuple[str, dict[str, tuple[float, float]]]]
     _always_unauthorized: set[str]
     _failures: tuple[int, int]
     _hang: float
@@ -257,7 +264,15 @@ class ApiRoutes:
             limited = self._rate_limit_response(subject, model)
             self._request_seq += 1
             seq = self._request_seq
-        return limited if limited is not None else (subject, seq)
+        return self._with_usage(subject, limited) if limited is not None else (subject, seq)
+
+    def _with_usage(self, subject: str, response: LoopbackResponse) -> LoopbackResponse:
+        """Add the subject's usage-window headers (``set_usage_windows``), which every answer carries."""
+        with self._lock:
+            usage = self._usage_windows.get(subject)
+        if usage is not None:
+            response.headers.update(usage_window_headers(usage[0], usage[1], self.clock()))
+        return response
 
     def _api_call(
         self,
@@ -284,7 +299,7 @@ class ApiRoutes:
             style, length, start = window
             now = self.clock()
             response.headers.update(window_headers(style, length - (now - start) % length, now))
-        return response
+        return self._with_usage(subject, response)
 
     def _route_messages(self, request: LoopbackRequest) -> LoopbackResponse | None:
         return self._api_call(request, self._build_message, bearer_api_keys=False)

@@ -30,8 +30,9 @@ from authpool.server.loopback.models import (
     LoopbackStats,
     RouteHandler,
 )
-from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, RateLimit, check_style
+from authpool.server.loopback.ratelimit import QUOTA_WINDOW_STYLES, USAGE_WINDOW_STYLES, RateLimit, check_style
 from authpool.server.loopback.streams import STREAM_ERROR_MODES
+from authpool.server.loopback.subscriptions import CODEX_PATH, EXCHANGE_PATH, ExchangeStats, SubscriptionRoutes
 from authpool.server.loopback.tokens import (
     API_KEY_PREFIX,
     DEFAULT_LOGIN_SUBJECT,
@@ -48,7 +49,7 @@ from authpool.server.loopback.tokens import (
 __all__ = ["LoopbackProvider"]
 
 
-class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
+class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes):
     """An in-process fake LLM provider with a real socket, real OAuth and real rate limits.
 
     Thread-safe: tests reconfigure it (expire tokens, set rate limits, inject failures) while
@@ -95,11 +96,12 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         self._api_keys: dict[str, str] = {}
         self._limits: dict[str, RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
-        self._stream_delay = 0.0
-        self._stream_length: int | None = None
+        self._stream_delay, self._stream_length = 0.0, None  # pauses between events; deltas per stream
         self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
+        # subject -> (style, {window: (used share, seconds to reset)})
+        self._usage_windows: dict[str, tuple[str, dict[str, tuple[float, float]]]] = {}
         self._always_unauthorized: set[str] = set()
         self._failures: tuple[int, int] = (0, 500)
         self._hang = 0.0
@@ -109,15 +111,15 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
         # API requests held at the gate (hold_api_requests): each takes a ticket and goes on
         # once `_released` reaches it, or when holding stops.
         self._api_calls_changed = threading.Condition(self._lock)
-        self._holding = False
-        self._held = 0
-        self._tickets = 0
-        self._released = 0
+        self._holding, self._held, self._tickets, self._released = False, 0, 0, 0
         self._request_seq = 0
         # Streams held between events (hold_streams): each waiter is released in arrival order.
-        self._holding_streams = False
-        self._stream_waiters: deque[threading.Event] = deque()
+        self._holding_streams, self._stream_waiters = False, deque[threading.Event]()
         self.stats = LoopbackStats()
+        self.exchange_stats = ExchangeStats()
+        self.copilot_ttl = 1800.0
+        self.copilot_api: str | None = None
+        self._copilot: dict[str, str] = {}
         #: OAuth grant types the token endpoint understands; add entries to extend.
         self.grant_handlers: dict[str, GrantHandler] = {"refresh_token": self._grant_refresh_token}
         #: ``(METHOD, path) -> handler``; add entries for new endpoints.
@@ -133,6 +135,8 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
             **{(method, "/echo-request"): self._route_echo_request for method in ("GET", "POST", "PUT", "DELETE")},
             ("GET", "/slow"): self._route_slow,
             ("GET", "/big"): self._route_big,
+            ("GET", EXCHANGE_PATH): self._route_copilot_exchange,
+            ("POST", CODEX_PATH): self._route_codex,
         }
         # Logins: authorization code + PKCE and the device flow (see "logins" below).
         self.device_interval = device_interval
@@ -388,6 +392,22 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, HelperRoutes):
                 self._quota_windows.pop(subject, None)
             else:
                 self._quota_windows[subject] = (style, max(1.0, seconds), self.clock())
+
+    def set_usage_windows(self, subject: str, windows: dict[str, tuple[float, float]] | None,
+                          style: str = "anthropic-unified") -> None:
+        """Make every answer to ``subject`` (successes and 429s) report subscription usage windows.
+
+        ``windows`` maps ``5h`` / ``7d`` to ``(used share 0..1, seconds until it resets)``, as
+        Anthropic's unified headers (``anthropic-unified``) or the Codex backend's ``x-codex-*``
+        headers (``codex``) report them. ``None`` turns it off.
+        """
+        if style not in USAGE_WINDOW_STYLES:
+            raise ValueError(f"unknown usage window style {style!r}; expected one of {sorted(USAGE_WINDOW_STYLES)}")
+        with self._lock:
+            if windows is None:
+                self._usage_windows.pop(subject, None)
+            else:
+                self._usage_windows[subject] = (style, dict(windows))
 
     def issued_secrets(self) -> list[str]:
         """Every access token, refresh token and API key minted so far (for leak scans in tests)."""

@@ -179,3 +179,31 @@ def window_headers(style: str, remaining: float, now: float) -> dict[str, str]:
                 "anthropic-ratelimit-requests-reset": stamp}
     return {"x-ratelimit-limit-requests": "50", "x-ratelimit-remaining-requests": "49",
             "x-ratelimit-reset-requests": go_duration(remaining)}
+
+
+#: How ``set_usage_windows`` reports a subscription's usage windows.
+USAGE_WINDOW_STYLES: Final = frozenset({"anthropic-unified", "codex"})
+_WINDOW_MINUTES: Final = {"5h": 300, "7d": 10080}
+
+
+def usage_window_headers(style: str, windows: dict[str, tuple[float, float]], now: float) -> dict[str, str]:
+    """Headers reporting usage windows ``{"5h": (used share, seconds to reset), "7d": ...}`` on every answer.
+
+    ``anthropic-unified``: ``anthropic-ratelimit-unified-{5h,7d}-{utilization,reset,status}`` (a
+    fraction, epoch seconds); ``codex``: ``x-codex-{primary,secondary}-*`` (percent, minutes,
+    seconds to reset), primary being the shorter window.
+    """
+    out: dict[str, str] = {}
+    ordered = sorted(windows.items(), key=lambda kv: _WINDOW_MINUTES.get(kv[0], 0))
+    for position, (name, (used, reset_in)) in enumerate(ordered):
+        if style == "anthropic-unified":
+            prefix = f"anthropic-ratelimit-unified-{name}-"
+            out[prefix + "utilization"] = f"{used:.4g}"
+            out[prefix + "reset"] = str(math.ceil(now + reset_in))
+            out[prefix + "status"] = "allowed" if used < 1 else "rejected"
+        else:
+            prefix = f"x-codex-{'primary' if position == 0 else 'secondary'}-"
+            out[prefix + "used-percent"] = f"{used * 100:.4g}"
+            out[prefix + "window-minutes"] = str(_WINDOW_MINUTES.get(name, 60))
+            out[prefix + "reset-after-seconds"] = str(math.ceil(reset_in))
+    return out

@@ -107,6 +107,14 @@ class CooldownView(BaseModel):
     reason: str
 
 
+class WindowView(BaseModel):
+    """A subscription usage window (Anthropic's 5h/7d, Codex's primary/secondary) as last reported."""
+
+    used_percent: float = Field(description="share of the window used, in percent")
+    resets_at: str | None = Field(description="ISO time the window resets")
+    status: str | None = Field(description="the provider's word for it, e.g. allowed, allowed_warning, rejected")
+
+
 class Counters(BaseModel):
     requests: int
     rate_limited: int
@@ -130,6 +138,8 @@ class AccountView(BaseModel):
         None, description="when renewing the token fails: since when, why, and when the next try is")
     cooling_until: str | None = Field(description="ISO time the whole account frees up, if cooling")
     cooldowns: dict[str, CooldownView] = Field(description="active cooldowns by scope ('*' = whole account)")
+    windows: dict[str, WindowView] = Field(
+        default_factory=dict, description="usage windows by length ('5h', '7d'), when the provider reports them")
     token_expires_at: str | None = Field(description="ISO expiry of the OAuth access token (renewed automatically)")
     last_used_at: str | None
     last_status: int | None
@@ -286,6 +296,8 @@ def _view_fields(a: Account, now: float) -> dict[str, Any]:
                                 reason=cd["reason"])
             for scope, cd in fields["cooldowns"].items()
         },
+        windows={name: WindowView(used_percent=w["used_percent"], resets_at=iso(w["resets_at"]), status=w["status"])
+                 for name, w in fields["windows"].items()},
         token_expires_at=iso(fields["token_expires_at"]),
         last_used_at=iso(fields["last_used_at"]),
         counters=Counters(**fields["counters"]),
