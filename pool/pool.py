@@ -14,8 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from authpool.accounts import transitions
-from authpool.accounts.model import Account, AccountKind, PoolFile, Rows, validate_label, validate_provider_id
+from authpool.accounts.model import (
+    Account,
+    AccountKind,
+    LinkedFile,
+    PoolFile,
+    Rows,
+    validate_label,
+    validate_provider_id,
+)
 from authpool.accounts.secret import Secret, TokenSet, time_left
+from authpool.auth.linked import digest, read_login
 from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.home import Home
 from authpool.providers.config import Providers
@@ -483,6 +492,48 @@ class Pool:
         """
         if kind == "oauth" and self.team and not provider.shared_logins:
             raise SharingRefused(provider.sharing_refusal())
+
+    # -- linked logins ---------------------------------------------------------------------
+
+    def link(self, ref: str, link: LinkedFile) -> Account:
+        """Keep an OAuth account in step with an official tool's credential file (see ``auth.linked``).
+
+        Whichever copy is newer now wins: the tool's (by a later expiry) is adopted at once;
+        authpool's is written back into the file on its next renewal.
+
+        Raises:
+            InvalidInput: the account is not an OAuth login, the file holds no login authpool reads,
+                or the store is a team's (a file lives on one machine; the others could not keep it).
+        """
+        if self.team:
+            raise InvalidInput("a login is linked to a file on one machine, so a team store keeps no linked "
+                               "logins; link it in a local store (AUTHPOOL_STORE unset)")
+        account_id = self.get(ref).id
+        with self.secret_lock(account_id):
+            current = self.get(account_id)
+            if current.kind != "oauth":
+                raise InvalidInput(f"{current.name} is an API-key account; only OAuth logins are linked")
+            login = read_login(link)
+            secret = self.secrets.load_fresh(account_id)
+            if login.refresh_token != secret.refresh_token and (login.expires_at or 0) > (secret.expires_at or 0):
+                secret = secret.with_tokens(login.access_token, login.refresh_token, login.expires_at, login.extra)
+            secret = secret.with_tokens(secret.access_token or "", None, secret.expires_at,
+                                        {"link_seen": digest(login.refresh_token)})
+            generation = current.secret_generation + 1
+            self.secrets.save(account_id, secret, generation)
+
+            def apply(rows: Rows) -> Account:
+                acc = rows.get(account_id)
+                transitions.new_secret(acc, oauth=True, expires_at=secret.expires_at,
+                                       lifetime=time_left(secret.expires_at))
+                transitions.linked(acc, link)
+                return acc
+
+            return self.store.update_accounts((account_id,), apply)
+
+    def unlink(self, ref: str) -> Account:
+        """Stop keeping the account in step with a tool's file; both keep the login they have."""
+        return self._change(ref, lambda acc: transitions.linked(acc, None))
 
     # -- changing --------------------------------------------------------------------------
 

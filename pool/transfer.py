@@ -93,6 +93,7 @@ def _fresh_copy(acc: Account) -> Account:
     copy = acc.model_copy(deep=True)
     copy.refresh_journal = None
     copy.refresh_failing = None
+    copy.link = None  # the source keeps the tool's file in step; two pools writing it would fight
     return copy
 
 

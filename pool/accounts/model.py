@@ -28,6 +28,7 @@ __all__ = [
     "AccountState",
     "Cooldown",
     "Counters",
+    "LinkedFile",
     "PoolFile",
     "QuotaWindow",
     "RefreshFailing",
@@ -98,6 +99,14 @@ class Cooldown(_Model):
     until: float
     reason: str
     set_at: float = Field(default_factory=time.time)
+
+
+class LinkedFile(_Model):
+    """An official tool's credential file this account stays in step with (see ``auth.linked``)."""
+
+    source: Literal["claude-code", "codex", "gemini", "opencode"]
+    path: str
+    entry: str | None = None  # opencode: the provider's key in its auth.json
 
 
 class QuotaWindow(_Model):
@@ -183,6 +192,8 @@ class Account(_Model):
     probation: bool = False
     # When the provider's current rate-limit window resets (from the last answer's reset headers).
     quota_resets_at: float | None = None
+    # The official tool's credential file this login is linked to (import --link), if any.
+    link: LinkedFile | None = None
     # Usage windows of a subscription (Anthropic's 5h/7d, Codex's primary/secondary), as last reported.
     windows: dict[str, QuotaWindow] = Field(default_factory=dict)
     # How long the current access token was issued for (proactive refresh windows shrink with it).

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from authpool.accounts.model import (
     Account,
     Cooldown,
+    LinkedFile,
     QuotaWindow,
     RefreshFailing,
     RefreshJournal,
@@ -33,6 +34,7 @@ __all__ = [
     "confirm_refusal",
     "confirm_success",
     "cool",
+    "linked",
     "mark_needs_reauth",
     "new_secret",
     "record_usage",
@@ -135,16 +137,27 @@ def renewed(a: Account, *, generation: int, expires_at: float | None, lifetime: 
     a.counters.refreshes += 1
 
 
-def adopted(a: Account, *, generation: int, expires_at: float | None) -> None:
-    """A refresh found, when storing its result, a newer secret someone else stored: that one is used.
+def adopted(a: Account, *, generation: int, expires_at: float | None, lifetime: float | None = None,
+            signed_in: bool = False) -> None:
+    """A newer secret someone else made is used: another holder's refresh, found when storing
+    ours, or (``signed_in``) the linked tool's renewal, which also shows the login works.
 
     The generation moves so every process drops its cached copy; the journal record goes (the
     secret it was about is no longer current).
     """
     a.secret_generation = max(a.secret_generation + 1, generation)
     a.access_expires_at = expires_at
+    if lifetime is not None:
+        a.access_lifetime = lifetime
+    if signed_in:
+        a.needs_reauth = False
     a.refresh_journal = None
     a.refresh_failing = None
+
+
+def linked(a: Account, link: LinkedFile | None) -> None:
+    """Link the account to an official tool's credential file, or (None) unlink it."""
+    a.link = link
 
 
 def refresh_failed(a: Account, *, now: float, backoff: Callable[[int], float], reason: str, error: str,

@@ -32,6 +32,7 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
         "windows": {name: {"used_percent": round(w.used * 100, 1), "resets_at": w.resets_at, "status": w.status}
                     for name, w in sorted(a.windows.items()) if w.resets_at is None or w.resets_at > now},
         "token_expires_at": a.access_expires_at,
+        "linked_to": f"{a.link.source}: {a.link.path}" if a.link is not None else None,
         "last_used_at": a.last_used_at,
         "last_status": a.last_status,
         "last_error": a.last_error,

@@ -43,10 +43,11 @@ import httpx2
 
 from authpool.accounts import transitions
 from authpool.accounts.model import Account, RefreshJournal, Rows
-from authpool.accounts.secret import Secret, TokenSet
+from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, exiting, in_flight, launch, mark_sending
 from authpool.auth.journal import describe_interrupted, new_record
+from authpool.auth.linked import FileLogin, changed_since, digest, read_login, write_login
 from authpool.auth.oauth import (
     call_timeouts,
     describe_transport_error,
@@ -243,9 +244,16 @@ class Refresher:
         if acc.needs_reauth:
             raise ReauthRequired(_reauth_message(acc))
         secret = secrets.load_fresh(acc.id)
+        seen: FileLogin | None = None  # the linked tool's file as read now, for the write-back
+        if acc.link is not None and provider.token_exchange is None:
+            adoption, seen = self._from_linked(acc, secret)
+            if adoption is not None:
+                acc, secret = adoption
+                if mode == "force" or not _expiring(provider, acc, secret):
+                    return Renewal(secret, performed=False)  # the tool renewed it: no token call
         # The caller saw an expiring token; if the stored one is fresh, someone renewed it.
         expires_at = secret.expires_at
-        advisory, _ = provider.refresh_windows(acc.access_lifetime)
+        advisory, _ = provider.refresh_windows(acc.access_lifetime, linked=acc.link is not None)
         now = store.now()
         if mode != "force" and expires_at is not None and expires_at - now > advisory:
             return Renewal(secret, performed=False)
@@ -260,17 +268,24 @@ class Refresher:
             raise ReauthRequired(_reauth_message(acc, "no refresh token is stored"))
         if provider.token_exchange is not None:
             return self._exchange(provider, acc, secret, mode, flight)
+        return self._rotate(provider, acc, secret, mode, flight, seen)
+
+    def _rotate(self, provider: Provider, acc: Account, secret: Secret, mode: RefreshMode, flight: Flight | None,
+                seen: FileLogin | None) -> Renewal:
+        """The refresh-token grant itself: journal, token call, store, then the linked file."""
+        account_id, secrets = acc.id, self.keeper.secrets
         # A record left by a refresh whose answer never landed: the stored refresh token may be
         # dead already. Nothing better exists than trying it, but not while that refresh's
         # request may still reach the provider: it would revoke the login behind our rotation.
         interrupted = acc.pending_refresh()
+        now = self.keeper.store.now()
         if interrupted is not None and interrupted.settles_at() > now:
             self._wait_for_interrupted(acc, interrupted, mode, now)
         mark_sending(flight, f"account {acc.name}")
         self._journal(acc, provider, interrupted)
         try:
             try:
-                tokens = self._call(provider, secret.refresh_token)
+                tokens = self._call(provider, secret.refresh_token or "")
             except InvalidGrant:
                 current = secrets.load_fresh(acc.id)
                 if not current.refresh_token or current.refresh_token == secret.refresh_token:
@@ -287,8 +302,15 @@ class Refresher:
             self._failed(acc.id, e, token_refused=mode == "force", journal=interrupted)
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
-        new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at)
-        return self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+        new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at,
+                                 {"link_seen": digest(tokens.refresh_token or secret.refresh_token)}
+                                 if acc.link is not None else None)
+        renewal = self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+        if acc.link is not None and renewal.performed:
+            newer = self._to_linked(acc, new, seen)
+            if newer is not None:
+                return Renewal(newer, performed=False)
+        return renewal
 
     def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str) -> Renewal:
         """Store a renewed secret before anyone can use the old one, and move the generation.
@@ -308,6 +330,58 @@ class Refresher:
             a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
         log.info(done, acc.name)
         return Renewal(new, performed=True)
+
+    # -- a login linked to a tool's file ----------------------------------------------------
+
+    def _from_linked(self, acc: Account, secret: Secret) -> tuple[tuple[Account, Secret] | None, FileLogin | None]:
+        """Adopt the linked file's login if the tool renewed it since authpool last saw it.
+
+        Returns ``((account, secret) adopted, or None; the file as read, or None if unreadable)``.
+        A file that cannot be read never stops a refresh: it is logged, and the pool's own login
+        is renewed as if unlinked.
+        """
+        link = acc.link
+        assert link is not None  # noqa: S101 - callers check
+        try:
+            seen = read_login(link)
+            newer = changed_since(link, secret)
+        except PoolError as e:
+            log.warning("account %s: %s", acc.name, e)
+            return None, None
+        if newer is None:
+            return None, seen
+        return self._adopt(acc, secret, newer), seen
+
+    def _adopt(self, acc: Account, secret: Secret, login: FileLogin) -> tuple[Account, Secret]:
+        adopted = secret.with_tokens(login.access_token, login.refresh_token, login.expires_at,
+                                     {**login.extra, "link_seen": digest(login.refresh_token)})
+        generation = acc.secret_generation + 1
+        self.keeper.secrets.save(acc.id, adopted, generation)
+        lifetime = time_left(login.expires_at)
+
+        def adopt(rows: Rows) -> Account:
+            a = rows.get(acc.id)
+            transitions.adopted(a, generation=generation, expires_at=login.expires_at, lifetime=lifetime,
+                                 signed_in=True)
+            return a
+
+        log.info("account %s: adopted the login %s renewed in %s", acc.name, acc.link.source if acc.link else "",
+                 acc.link.path if acc.link else "")
+        return self.keeper.store.update_accounts((acc.id,), adopt), adopted
+
+    def _to_linked(self, acc: Account, new: Secret, seen: FileLogin | None) -> Secret | None:
+        """Write the renewed login back into the tool's file; the tool's newer login if it wrote one meanwhile."""
+        assert acc.link is not None  # noqa: S101 - callers check
+        try:
+            newer = write_login(acc.link, new, seen)
+        except PoolError as e:
+            log.warning("account %s: the renewed login could not be written back to %s (%s); until it is, "
+                        "the tool there holds a spent refresh token", acc.name, acc.link.path, e)
+            return None
+        if newer is None:
+            return None
+        current = self.keeper.store.read().find(acc.id)
+        return self._adopt(current, new, newer)[1]
 
     def _exchange(self, provider: Provider, acc: Account, secret: Secret, mode: RefreshMode,
                   flight: Flight | None) -> Renewal:
@@ -406,6 +480,14 @@ class Refresher:
             change(rows.get(account_id))
 
         self.keeper.store.update_accounts((account_id,), apply)
+
+
+def _expiring(provider: Provider, acc: Account, secret: Secret) -> bool:
+    """Whether a token is inside its provider's mandatory refresh window."""
+    if secret.expires_at is None:
+        return False
+    _, mandatory = provider.refresh_windows(acc.access_lifetime, linked=acc.link is not None)
+    return secret.expires_at - time.time() <= mandatory
 
 
 def _pending(provider: Provider, flight: Flight, wait: float | None) -> RefreshPending:

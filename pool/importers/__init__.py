@@ -32,6 +32,7 @@ The package is split by noun: :mod:`.candidate` (what a source yields), :mod:`.j
 from __future__ import annotations
 
 from authpool.accounts.jwt import jwt_claims
+from authpool.auth.linked import LINKABLE
 from authpool.importers.candidate import Candidate, Scan, Skipped
 from authpool.importers.jsonfile import read_json_file
 from authpool.importers.plan import Step, apply_import, import_candidates, plan_import, select
@@ -50,6 +51,7 @@ from authpool.importers.sources import (
 )
 
 __all__ = [
+    "LINKABLE",
     "OPENCODE_PROVIDERS",
     "SOURCES",
     "TOOL_NAMES",

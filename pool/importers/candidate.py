@@ -26,6 +26,7 @@ class Candidate:
     tokens: TokenSet | None = None
     api_key: str | None = None
     detail: str = ""  # non-secret facts worth showing, e.g. "subscription: max"
+    entry: str | None = None  # the login's key in a file holding several (opencode's provider name)
 
     @property
     def expires_at(self) -> float | None:

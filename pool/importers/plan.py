@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from authpool.accounts.model import Account, AccountKind, validate_label
+from authpool.accounts.model import Account, AccountKind, LinkedFile, validate_label
+from authpool.auth.linked import LINKABLE
 from authpool.errors import DuplicateLabel, InvalidInput
 from authpool.importers.candidate import Candidate
 from authpool.pool import Pool
@@ -130,12 +132,14 @@ def apply_import(pool: Pool, steps: list[Step], *, namespace: str = "default") -
 
 
 def import_candidates(pool: Pool, candidates: list[Candidate], *, label: str | None = None,
-                      namespace: str = "default") -> Iterator[tuple[Step, Account]]:
+                      namespace: str = "default", link: Path | None = None) -> Iterator[tuple[Step, Account]]:
     """Plan and apply in one go, one import at a time per home; yields like :func:`apply_import`.
 
     Two imports of the same file running at once would both find the login new and add it
     twice, so planning and adding happen under the home's import lock, against the pool as it
     is once the lock is held.
+
+    ``link``: the tool's credential file, to keep each OAuth login linked to it (``import --link``).
 
     Raises:
         LockTimeout: another import held the lock too long.
@@ -143,4 +147,8 @@ def import_candidates(pool: Pool, candidates: list[Candidate], *, label: str | N
     """
     with Lock(pool.home.lock_file("import")):
         steps = plan_import(pool, candidates, label=label)
-        yield from apply_import(pool, steps, namespace=namespace)
+        for step, added in apply_import(pool, steps, namespace=namespace):
+            c = step.candidate
+            linkable = LinkedFile.model_validate({"source": c.source, "path": str(link), "entry": c.entry}) \
+                if link is not None and c.kind == "oauth" and c.source in LINKABLE else None
+            yield step, pool.link(added.id, linkable) if linkable is not None else added

@@ -187,7 +187,7 @@ def read_opencode(file: Path, doc: object, provider_ids: Iterable[str] | None = 
             extra = {"account_id": account_id} if account_id else {}
             tokens = _tokens(access or "", refresh, entry.number("expires"), extra)
             label = _label("opencode", _email(access))
-            scan.candidates.append(Candidate("opencode", origin, provider, "oauth", label, tokens=tokens))
+            scan.candidates.append(Candidate("opencode", origin, provider, "oauth", label, tokens=tokens, entry=name))
         elif kind == "api":
             key = entry.text("key", required=True)
             scan.candidates.append(Candidate("opencode", origin, provider, "api_key", "opencode", api_key=key))

@@ -36,6 +36,8 @@ __all__ = ["ADVISORY_SHARE", "MANDATORY_SHARE", "OAuthSettings", "Provider", "St
 # (advisory: renew if nobody else is), and must happen within the mandatory share.
 ADVISORY_SHARE = 1 / 3
 MANDATORY_SHARE = 1 / 10
+# A linked login (kept in step with an official tool's file) starts renewing this many times earlier.
+LINKED_LEAD = 2.0
 
 Strategy = Literal["ordered", "round-robin", "least-used", "drain-soonest-reset", "sticky"]
 
@@ -190,14 +192,21 @@ class Provider(BaseModel):
             out.add(origin_of(self.base_url))
         return frozenset(out)
 
-    def refresh_windows(self, lifetime: float | None) -> tuple[float, float]:
+    def refresh_windows(self, lifetime: float | None, *, linked: bool = False) -> tuple[float, float]:
         """``(advisory, mandatory)`` seconds before expiry for a token issued for ``lifetime`` seconds.
 
         The configured windows are upper bounds: a token that lives less than them (many identity
         providers issue 5-minute tokens) would otherwise be renewed on nearly every request. The
         windows are at most a third and a tenth of the issued lifetime.
+
+        ``linked``: a login kept in step with an official tool's file (``auth.linked``). The tools
+        renew near expiry (the Codex CLI five minutes before); renewing earlier than they do means
+        that while authpool is in use, the tool finds a fresh login whenever it reads its file and
+        never renews it itself, so the two never renew at the same instant.
         """
         advisory, mandatory = self.refresh_advisory, self.refresh_mandatory
+        if linked:
+            advisory *= LINKED_LEAD
         if lifetime is not None and lifetime > 0:
             advisory = min(advisory, lifetime * ADVISORY_SHARE)
             mandatory = min(mandatory, lifetime * MANDATORY_SHARE)

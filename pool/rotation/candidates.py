@@ -44,7 +44,7 @@ def renewal_blocked_until(a: Account, provider: Provider, now: float) -> float |
     failing = a.failing_refresh()
     if failing is None or failing.next_try_at <= now:
         return None
-    _, mandatory = provider.refresh_windows(a.access_lifetime)
+    _, mandatory = provider.refresh_windows(a.access_lifetime, linked=a.link is not None)
     expiring = a.access_expires_at is not None and a.access_expires_at - now <= mandatory
     return failing.next_try_at if failing.token_refused or expiring else None
 

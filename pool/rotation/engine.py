@@ -335,7 +335,7 @@ class Engine:
             return secret
         now = self.clock.now()
         left = secret.expires_at - now
-        advisory, mandatory = self.provider.refresh_windows(acc.access_lifetime)
+        advisory, mandatory = self.provider.refresh_windows(acc.access_lifetime, linked=acc.link is not None)
         if left > advisory:
             return secret
         mode: RefreshMode = "mandatory" if left <= mandatory else "advisory"

@@ -62,6 +62,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ("enable", cmd_enable, "let rotation use the account again"),
         ("disable", cmd_disable, "keep the account but never use it"),
         ("reset", cmd_reset, "clear cooldowns, needs-reauth and the last error"),
+        ("unlink", cmd_unlink, "stop keeping an imported login in step with its tool's file (import --link)"),
     ):
         p = acc_sub.add_parser(name, help=text)
         p.add_argument("account", help="account id or provider/label")
@@ -84,6 +85,9 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     windows = any(a.windows for a in accounts)
     if windows:
         rows[0].append("USAGE WINDOWS")
+    linked = any(a.link is not None for a in accounts)
+    if linked:
+        rows[0].append("LINKED TO")
     for a in accounts:
         rows.append([
             a.id,
@@ -95,6 +99,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
             str(a.counters.requests),
             str(a.counters.rate_limited),
             *([describe_windows(account_view(a, now), now) or "-"] if windows else []),
+            *([a.link.path if a.link is not None else "-"] if linked else []),
         ])
     print_table(rows)
     fixes = [(a.name, cmd) for a in accounts if (cmd := fix_command(a))]
@@ -160,6 +165,19 @@ def cmd_reset(args: argparse.Namespace) -> int:
     """``accounts reset``: cooldowns, needs-reauth and the last error cleared."""
     acc = Pool.open().reset(args.account)
     print(f"reset {acc.name}: cooldowns, needs-reauth and last error cleared")
+    return 0
+
+
+def cmd_unlink(args: argparse.Namespace) -> int:
+    """``accounts unlink``: the login stays in both places, no longer kept in step."""
+    pool = Pool.open()
+    before = pool.get(args.account)
+    if before.link is None:
+        print(f"{before.name} is not linked to a tool's file; nothing to do")
+        return 0
+    acc = pool.unlink(args.account)
+    print(f"unlinked {acc.name} from {before.link.path}: from now on, when either authpool or "
+          f"{before.link.source} renews the login, the other's copy may be revoked")
     return 0
 
 

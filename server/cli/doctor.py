@@ -11,9 +11,12 @@ import json
 from dataclasses import asdict, dataclass
 
 from authpool import Home, Pool, PoolError, Store, StoreCorrupt
-from authpool.accounts import PoolFile
+from authpool.accounts import Account, PoolFile
+from authpool.accounts.secret import Secret
+from authpool.auth.linked import changed_since
 from authpool.providers import Providers
 from authpool.server.cli.errors import UsageError
+from authpool.storage.protocols import SecretBackend
 from authpool.storage.selection import open_team_store, store_url
 
 __all__ = ["Finding", "add_parser", "cmd_doctor", "run_doctor"]
@@ -54,7 +57,7 @@ def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = Fa
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR0911, PLR0912 - one per check
+def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR0911 - one per check
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -112,17 +115,42 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR09
         out.append(Finding("credential store", "fail", str(e)))
         return out
     out.append(Finding("credential store", "ok", secrets.name))
+    return out + _secret_checks(pool_file, secrets)
+
+
+def _secret_checks(pool_file: PoolFile, secrets: SecretBackend) -> list[Finding]:
+    """Every account has its secret; every linked login's file is readable."""
+    out: list[Finding] = []
     missing = []
+    linked: list[Finding] = []
     for acc in pool_file.accounts:
         try:
-            secrets.load_fresh(acc.id)
+            secret = secrets.load_fresh(acc.id)
         except PoolError as e:
             missing.append(f"{acc.name} ({acc.id}): {e}")
+            continue
+        if acc.link is not None:
+            linked.append(_linked(acc, secret))
     if missing:
         out.extend(Finding("secret", "fail", m) for m in missing)
     elif pool_file.accounts:
         out.append(Finding("secrets", "ok", f"all {len(pool_file.accounts)} accounts have their secret"))
-    return out
+    return out + linked
+
+
+def _linked(acc: Account, secret: Secret) -> Finding:
+    """Whether a linked login's file is readable and which copy is the newer (no write, no token call)."""
+    assert acc.link is not None  # noqa: S101 - the caller checks
+    where = f"{acc.name} <-> {acc.link.source} ({acc.link.path})"
+    try:
+        newer = changed_since(acc.link, secret)
+    except PoolError as e:
+        return Finding("linked login", "warn", f"{where}: {e}; authpool renews its own copy meanwhile, which "
+                                              "leaves the tool's copy spent")
+    if newer is not None:
+        return Finding("linked login", "ok", f"{where}: the tool renewed the login; authpool adopts it "
+                                            "before its own next renewal")
+    return Finding("linked login", "ok", f"{where}: in step")
 
 
 def _team_checks(home: Home, url: str, providers: Providers | None) -> list[Finding]:

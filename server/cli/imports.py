@@ -15,13 +15,15 @@ import sys
 import time
 from pathlib import Path
 
-from authpool import Home, NotFound, Pool, resolve_home
+from authpool import Home, InvalidInput, NotFound, Pool, resolve_home
 from authpool.accounts import validate_provider_id
 from authpool.importers import (
+    LINKABLE,
     SOURCES,
     TOOL_NAMES,
     Candidate,
     Step,
+    default_path,
     env_variables,
     import_candidates,
     plan_import,
@@ -49,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--provider", help="import only this provider's logins")
     p.add_argument("--kind", choices=["oauth", "api_key"], help="import only OAuth logins or only API keys")
     p.add_argument("--namespace", default="default", help="sub-pool within the provider (default: default)")
+    p.add_argument("--link", action="store_true",
+                   help="keep each OAuth login in step with the tool's file: whichever of the two renews it, "
+                   "the other adopts the new tokens, so neither logs the other out")
     p.add_argument("--dry-run", action="store_true",
                    help="show what would be imported (provider, label, kind, expiry) and change nothing")
     p.set_defaults(handler=cmd_import)
@@ -60,7 +65,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     config = home_path / "config.toml"
     providers = Providers.load(config if config.exists() else None)
     path = Path(args.path).expanduser() if args.path else None
+    if args.link and args.source not in LINKABLE:
+        raise InvalidInput(f"--link keeps a tool's credential file in step; {args.source} has none "
+                           f"(linkable: {', '.join(LINKABLE)})")
     scan = scan_source(args.source, path, provider_ids=providers.ids())
+    link = (path if path is not None else default_path(args.source)).resolve() if args.link else None
     provider = providers.get(validate_provider_id(args.provider)).id if args.provider else None
     candidates = select(scan.candidates, provider=provider, kind=args.kind)
 
@@ -80,14 +89,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.dry_run:
         for step in steps:
             print("  " + _describe(step, dry_run=True))
-            _warn_shared(step, providers, dry_run=True)
+            _warn_shared(step, providers, dry_run=True, link=link)
         print("dry run: nothing was changed")
         return 0
 
     pool = Pool.open(home_path)
-    for step, _account in import_candidates(pool, candidates, label=args.label, namespace=args.namespace):
+    for step, account in import_candidates(pool, candidates, label=args.label, namespace=args.namespace,
+                                           link=link):
         print("  " + _describe(step, dry_run=False), flush=True)
-        _warn_shared(step, providers, dry_run=False)
+        if account.link is not None:
+            print(f"  linked {account.name} to {account.link.path}", flush=True)
+        _warn_shared(step, providers, dry_run=False, link=link)
     return 0
 
 
@@ -124,17 +136,17 @@ def _kind_text(c: Candidate) -> str:
     return f"{text}, {c.detail}" if c.detail else text
 
 
-def _warn_shared(step: Step, providers: Providers, *, dry_run: bool) -> None:
-    """Say plainly, for a new OAuth account, that its refresh token is shared with another tool."""
+def _warn_shared(step: Step, providers: Providers, *, dry_run: bool, link: Path | None) -> None:
+    """Say plainly, for a new unlinked OAuth account, that its refresh token is shared with another tool."""
     c = step.candidate
-    if c.kind != "oauth" or step.existing is not None:
+    if c.kind != "oauth" or step.existing is not None or link is not None:
         return
     tool = TOOL_NAMES.get(c.source, c.source)
     shares = "would share" if dry_run else "shares"
     print(
         f"authpool: warning: {step.name} {shares} its refresh token with {tool}: when either one refreshes "
-        f"it, the provider can revoke the other's copy and log that side out. For a login of authpool's own, "
-        f"run `authpool login {c.provider}` instead.",
+        f"it, the provider can revoke the other's copy and log that side out. `authpool import {c.source} --link` "
+        f"keeps the two in step; for a login of authpool's own, run `authpool login {c.provider}` instead.",
         file=sys.stderr,
         flush=True,
     )

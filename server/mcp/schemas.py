@@ -141,6 +141,8 @@ class AccountView(BaseModel):
     windows: dict[str, WindowView] = Field(
         default_factory=dict, description="usage windows by length ('5h', '7d'), when the provider reports them")
     token_expires_at: str | None = Field(description="ISO expiry of the OAuth access token (renewed automatically)")
+    linked_to: str | None = Field(
+        None, description="the official tool whose credential file this login is kept in step with, and the file")
     last_used_at: str | None
     last_status: int | None
     last_error: str | None
