@@ -25,7 +25,7 @@ from authpool.accounts.model import (
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.auth.linked import digest, read_login
-from authpool.errors import AccountNotFound, InvalidInput, SecretError, SharingRefused
+from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
@@ -42,9 +42,14 @@ if TYPE_CHECKING:
     from authpool.auth.refresh import Refresher
     from authpool.rotation.driver import PoolTransport
 
-__all__ = ["Pool"]
+__all__ = ["POOL_SECRETS", "Pool"]
 
 log = logging.getLogger("authpool")
+
+#: Secrets of the pool itself rather than of an account, by name: ``gateway-key``, the key clients
+#: of ``authpool gateway`` present. Each lives in the pool's credential store beside the accounts'
+#: secrets, under an id no account can have (``pool:NAME``), and moves with them.
+POOL_SECRETS = frozenset({"gateway-key"})
 
 
 class Pool:
@@ -138,7 +143,8 @@ class Pool:
         return chosen
 
     def move_secrets(self, target: str) -> tuple[str, str, int]:
-        """Move every account's secret to another backend; returns ``(from, to, moved)``.
+        """Move every account's secret, and the pool's own (:data:`POOL_SECRETS`), to another backend;
+        returns ``(from, to, accounts moved)``.
 
         ``target`` is ``vault``, ``os`` or a keyring backend class name. Every account's secret
         lock is held for the move, so no refresh can run in between; the pool file records the
@@ -156,7 +162,8 @@ class Pool:
         if destination.name == source.name:
             return source.name, destination.name, 0
         ids = sorted(a.id for a in self.accounts())
-        locks = [self.secret_lock(i) for i in ids]
+        names = sorted(POOL_SECRETS)
+        locks = [self.secret_lock(i) for i in ids] + [self.pool_secret_lock(n) for n in names]
         held: list[HeldLock] = []
         try:
             for lock in locks:
@@ -166,6 +173,15 @@ class Pool:
             for account_id in ids:
                 if account_id in current:
                     destination.save(account_id, source.load_fresh(account_id), current[account_id].secret_generation)
+            # The pool's own secrets go along: left behind, the gateway would mint a new key and
+            # every client configured with the old one would be refused.
+            entries = []
+            for name in names:
+                try:
+                    destination.save(_pool_entry(name), source.load_fresh(_pool_entry(name)), 0)
+                except SecretMissing:
+                    continue
+                entries.append(_pool_entry(name))
 
             def record(pool: PoolFile) -> None:
                 if canonical_backend(pool.secret_backend or "") != source.name:
@@ -175,12 +191,11 @@ class Pool:
             self.store.update(record)
             with self._secrets_guard:
                 self._secrets = destination
-            for account_id in ids:
+            for entry in [*ids, *entries]:
                 try:
-                    source.delete(account_id)
+                    source.delete(entry)
                 except SecretError:
-                    log.warning("could not delete the old copy of account %s's secret from %s", account_id,
-                                source.name)
+                    log.warning("could not delete the old copy of secret %s from %s", entry, source.name)
         finally:
             for lock in reversed(held):
                 lock.release()
@@ -189,6 +204,32 @@ class Pool:
     def secret_lock(self, account_id: str) -> HeldLock:
         """The per-account lock under which its secret is refreshed or replaced."""
         return self.store.named_lock(f"account-{account_id}", DEFAULT_TIMEOUT)
+
+    def pool_secret(self, name: str) -> str | None:
+        """The pool's own secret ``name`` (one of :data:`POOL_SECRETS`), read fresh; None if never stored.
+
+        Raises:
+            InvalidInput: ``name`` is not one of the pool's secrets.
+            SecretError: the credential store failed.
+        """
+        try:
+            return self.secrets.load_fresh(_pool_entry(name)).credential
+        except SecretMissing:
+            return None
+
+    def set_pool_secret(self, name: str, value: str) -> None:
+        """Store the pool's own secret ``name``; take :meth:`pool_secret_lock` around a read-then-write.
+
+        Raises:
+            InvalidInput: an unknown name, or a value that is empty or contains whitespace.
+            SecretError: the credential store failed.
+        """
+        self.secrets.save(_pool_entry(name), Secret.from_api_key(value), 0)
+
+    def pool_secret_lock(self, name: str) -> HeldLock:
+        """The lock under which the pool's own secret ``name`` is created or replaced (across processes)."""
+        _pool_entry(name)
+        return self.store.named_lock(f"pool-secret-{name}", DEFAULT_TIMEOUT)
 
     # -- providers and requests --------------------------------------------------------------
 
@@ -527,3 +568,9 @@ class Pool:
         except SecretError:
             log.warning("could not remove the secret of unfinished account %s", account_id)
 
+
+def _pool_entry(name: str) -> str:
+    """The credential-store id of the pool's own secret ``name`` (account ids never contain ':')."""
+    if name not in POOL_SECRETS:
+        raise InvalidInput(f"unknown pool secret {name!r}; known: {', '.join(sorted(POOL_SECRETS))}")
+    return f"pool:{name}"
