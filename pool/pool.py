@@ -323,7 +323,7 @@ class Pool:
 
     def close(self) -> None:
         """Flush counters and close connections."""
-        self.usage.flush()
+        self.usage.close()
         with self._lazy_guard:
             if self._http is not None:
                 self._http.close()

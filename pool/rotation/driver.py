@@ -145,7 +145,7 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         finally:
             run.close()
             if self.usage.due():
-                self.usage.flush()
+                self.usage.flush_soon()
 
     # -- the async driver ------------------------------------------------------------------
 
@@ -173,17 +173,17 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         finally:
             await run.aclose()
             if self.usage.due():
-                await anyio.to_thread.run_sync(self.usage.flush)
+                self.usage.flush_soon()
 
     # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
     # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
     def close(self) -> None:
         if self.usage.due():
-            self.usage.flush()
+            self.usage.flush_soon()
 
     async def aclose(self) -> None:
         if self.usage.due():
-            await anyio.to_thread.run_sync(self.usage.flush)
+            self.usage.flush_soon()
 
 
 class StoreClock:

@@ -533,7 +533,7 @@ class Engine:
         # The account as it is now: another process may have cooled it while this request was out,
         # and a success in that scope makes such a cooldown stale (a cached read: one fstat).
         pool: PoolFile = yield ReadPool()
-        current = next((a for a in pool.accounts if a.id == acc.id), acc)
+        current = pool.get(acc.id) or acc
         stale = any(scope in current.cooldowns for scope in self._scopes())
         if (success and (current.backoff_level > 0 or stale or self._on_probation(current))) or bind is not None:
             # Cooldown state is written before the response returns, like a cooldown itself:
