@@ -27,6 +27,7 @@ from authpool.auth.refresh import Refresher
 from authpool.errors import AllAccountsCooling, InvalidInput, LockTimeout
 from authpool.providers.provider import Provider
 from authpool.rotation.effects import (
+    LIST_HEADERS,
     Answer,
     Drop,
     Effect,
@@ -377,6 +378,8 @@ def facts_of(request: httpx2.Request) -> RequestFacts:
         header_names=frozenset(k.lower() for k in request.headers),
         body=body,
         replayable=replayable,
+        list_values={name: ", ".join(request.headers.get_list(name))
+                     for name in LIST_HEADERS if name in request.headers},
     )
 
 
