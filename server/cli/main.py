@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         gateway,
         imports,
         keys,
+        log,
         login,
         request,
         status,
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_parser(sub)
     keys.add_parser(sub)
     status.add_parser(sub)
+    log.add_parser(sub)
     imports.add_parser(sub)
     p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
     p.set_defaults(handler=cmd_serve)
