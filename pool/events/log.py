@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -190,9 +190,11 @@ def _read_files(files: list[Path], want: EventFilter | None) -> Iterator[Event]:
 
 
 def follow_events(path: Path, want: EventFilter | None = None, *, poll: float = 0.2,
-                  stop: threading.Event | None = None, from_end: bool = False) -> Iterator[Event]:
+                  stop: threading.Event | None = None, from_end: bool = False,
+                  on_idle: Callable[[], None] | None = None) -> Iterator[Event]:
     """The log's events as they are written, like ``tail -f`` (after the existing ones, unless
-    ``from_end``), following rotations; ends when ``stop`` is set."""
+    ``from_end``), following rotations; ends when ``stop`` is set. ``on_idle`` is called each
+    time the reader has caught up with the log (before it waits)."""
     tail = _Tail(path, from_end=from_end)
     try:
         while stop is None or not stop.is_set():
@@ -203,6 +205,8 @@ def follow_events(path: Path, want: EventFilter | None = None, *, poll: float = 
                     yield event
             if lines or tail.rotated():
                 continue
+            if on_idle is not None:
+                on_idle()
             if stop is not None:
                 stop.wait(poll)
             else:

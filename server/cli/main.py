@@ -161,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         request,
         status,
         store,
+        top,
     )
 
     parser = argparse.ArgumentParser(
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser(sub)
     status.add_parser(sub)
     log.add_parser(sub)
+    top.add_parser(sub)
     imports.add_parser(sub)
     p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
     p.set_defaults(handler=cmd_serve)
