@@ -368,11 +368,14 @@ def test_a_body_over_32_mib_is_a_413_whether_declared_or_streamed(gateway: Gatew
 
 
 def test_an_unknown_provider_or_route_is_a_404_in_json(client: httpx2.Client) -> None:
-    """/nope/...: 404 naming the known providers; / and /esc (no path): 404 too, never a redirect."""
+    """/nope/...: 404 naming the known providers; /esc (no path): 404 too, never a redirect; POST / (the
+    dashboard is GET /): 405, in JSON as well."""
     r = TRANSCRIPT.response(client.post("/nope/v1/messages", json=MESSAGE))
     assert r.status_code == 404 and r.json()["error"]["code"] == "provider_not_found"
     assert "'nope'" in r.json()["error"]["message"]
-    for path in ("/", "/esc"):
+    r = TRANSCRIPT.response(client.post("/", json=MESSAGE))
+    assert r.status_code == 405 and r.json()["error"]["code"] == "not_found"
+    for path in ("/esc", "/_dashboard/nope"):
         r = TRANSCRIPT.response(client.get(path))
         assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", path
 

@@ -1,11 +1,13 @@
 """The gateway as an ASGI application: the routes, the guard in front of them, and what runs beside them.
 
 One route does the work, ``/{provider}/{path}`` (:class:`~authpool.server.gateway.relay.Relay`);
-everything else is a 404 in JSON. The :class:`~authpool.server.gateway.guard.Guard` middleware
-runs before routing, so no answer — not even a 404 — goes to a caller without the gateway key or
-to a web page. Beside the routes, the lifespan re-reads the stored gateway key every few seconds,
-so a rotated key takes effect without a restart, and writes usage counters every second, so no
-request waits for that write.
+the dashboard answers ``/``, ``/metrics`` and ``/_dashboard/...``
+(:mod:`~authpool.server.gateway.dashboard`); everything else is a 404 in JSON. The
+:class:`~authpool.server.gateway.guard.Guard` middleware runs before routing, so no answer — not
+even a 404 — goes to a caller without the gateway key (or, for the dashboard, its session) or to
+a web page. Beside the routes, the lifespan re-reads the stored gateway key every few seconds,
+so a rotated key takes effect without a restart, writes usage counters every second, so no
+request waits for that write, and follows the event log for the dashboard.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from authpool import Pool, PoolError
+from authpool.events import ActivityFeed
+from authpool.server.gateway.dashboard import dashboard_routes
 from authpool.server.gateway.errors import dialect_of, error_body
 from authpool.server.gateway.guard import Guard, Site
 from authpool.server.gateway.keys import RELOAD_EVERY, GatewayKey
@@ -43,13 +47,21 @@ def build_app(pool: Pool, key: GatewayKey, site: Site, *, max_body: int = MAX_BO
         >>> uvicorn.run(app, host="127.0.0.1", port=8787)  # doctest: +SKIP
     """
 
+    # The dashboard's activity (requests, 429s, token calls per minute), read from the event log
+    # by a thread while the gateway runs.
+    feed = ActivityFeed(pool.home.events_file)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_reload_key, key)
-            tg.start_soon(_flush_counters, pool)
-            yield
-            tg.cancel_scope.cancel()
+        feed.start()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_reload_key, key)
+                tg.start_soon(_flush_counters, pool)
+                yield
+                tg.cancel_scope.cancel()
+        finally:
+            await anyio.to_thread.run_sync(feed.stop)
 
     async def not_found(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
@@ -60,7 +72,8 @@ def build_app(pool: Pool, key: GatewayKey, site: Site, *, max_body: int = MAX_BO
         return Response(body, status_code=status, media_type="application/json")
 
     app = Starlette(
-        routes=[Route("/{provider}/{path:path}", Relay(pool, max_body=max_body))],
+        routes=[*dashboard_routes(pool, key, feed.activity),
+                Route("/{provider}/{path:path}", Relay(pool, max_body=max_body))],
         middleware=[Middleware(Guard, pool=pool, key=key, site=site)],
         exception_handlers={404: not_found, 405: not_found},
         lifespan=lifespan,

@@ -10,7 +10,8 @@ error in the provider's shape, :mod:`authpool.server.gateway.errors`):
 2. No web page is asking (403 otherwise): a browser ``Origin`` that is not the gateway's own,
    ``Origin: null``, or ``Sec-Fetch-Site`` other than ``same-origin``/``none``. The gateway never
    answers CORS preflights, so a page cannot read an answer either.
-3. The gateway key (401 otherwise), where the client's SDK puts an API key:
+3. The gateway key (401 otherwise), where the client's SDK puts an API key (the dashboard's own
+   paths check it themselves, also accepting its session cookie):
    ``Authorization: Bearer KEY``, ``x-api-key``, ``x-goog-api-key`` or ``?key=``. Compared in
    constant time (:class:`~authpool.server.gateway.keys.GatewayKey`); the relay removes it before
    the request goes on.
@@ -32,13 +33,20 @@ from authpool.providers import Provider
 from authpool.server.gateway.errors import Dialect, Refusal, dialect_of
 from authpool.server.gateway.keys import GatewayKey
 
-__all__ = ["KEY_HEADERS", "Guard", "Site", "presented_keys", "send_refusal"]
+__all__ = ["DASHBOARD_PREFIX", "KEY_HEADERS", "Guard", "Site", "is_dashboard_path", "presented_keys", "send_refusal"]
 
 #: Headers a client's SDK puts an API key in (``Authorization`` as a bearer token).
 KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]"})
 _HOSTPORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]/@\s]+)(?::(\d{1,5}))?$")
 _BROWSER_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values that are not another site
+#: The dashboard's own paths start so; provider ids start with a letter or digit, so no relay route does.
+DASHBOARD_PREFIX = "/_dashboard/"
+
+
+def is_dashboard_path(path: str) -> bool:
+    """The paths the dashboard answers (and authenticates) itself: ``/``, ``/metrics``, ``/_dashboard/...``."""
+    return path in ("/", "/metrics") or path.startswith(DASHBOARD_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class Guard:
         if scope["type"] != "http":
             return  # websockets are not served (uvicorn runs without them); nothing to answer
         refusal = self.check_caller(scope)
+        if refusal is None and is_dashboard_path(scope.get("path", "")):
+            await self.app(scope, receive, send)  # the dashboard takes the key or its session cookie itself
+            return
         if refusal is None:
             keys = presented_keys(scope)
             if not keys:

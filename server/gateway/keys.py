@@ -111,6 +111,16 @@ class GatewayKey:
             found |= hmac.compare_digest(value.encode("utf-8", "surrogateescape"), current)
         return found
 
+    def sign(self, message: bytes) -> str | None:
+        """An HMAC-SHA256 of ``message`` under the current key (hex), or None before the key is loaded.
+
+        The dashboard's session cookie is such a signature: replacing the key ends every session.
+        """
+        current = self._value
+        if current is None:
+            return None
+        return hmac.new(current, message, "sha256").hexdigest()
+
     def reload(self) -> None:
         """Re-read the stored key (a running gateway calls this periodically); keeps the last one on failure."""
         if self.from_env is not None:
