@@ -150,6 +150,47 @@ def disable_when(account: str, ready_file: str, go_file: str) -> None:
     print("done", flush=True)
 
 
+def take_turn(lock_file: str, name: str, log_file: str, release_file: str, again: str) -> None:
+    """Take the lock at ``lock_file`` (a real flock) and append ``name`` to ``log_file``; print "held".
+    Release it once ``release_file`` exists ("-": at once); with ``again`` = "again", ask for it
+    once more straight away and append "``name`` again" when it is granted."""
+    from pathlib import Path
+
+    from authpool.storage.lock import Lock
+
+    lock = Lock(Path(lock_file), timeout=120)
+
+    def turn(entry: str) -> None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(entry + "\n")
+
+    lock.acquire()
+    turn(name)
+    print("held", flush=True)
+    if release_file != "-":
+        _wait_for(release_file)
+    lock.release()
+    if again == "again":
+        with lock:
+            turn(f"{name} again")
+
+
+def wait_until_interrupted(lock_file: str, exit_file: str) -> None:
+    """Wait for the lock until Ctrl-C (SIGINT) interrupts the wait; print "interrupted", then stay
+    alive (its descriptors open) until ``exit_file`` exists."""
+    from pathlib import Path
+
+    from authpool.storage.lock import Lock
+
+    try:
+        Lock(Path(lock_file), timeout=120).acquire()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    else:
+        print("acquired", flush=True)
+    _wait_for(exit_file)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -168,5 +209,9 @@ if __name__ == "__main__":
         refresh_holding_lock(rest[0], rest[1], rest[2])
     elif command == "disable-when":
         disable_when(rest[0], rest[1], rest[2])
+    elif command == "take-turn":
+        take_turn(rest[0], rest[1], rest[2], rest[3], rest[4])
+    elif command == "wait-until-interrupted":
+        wait_until_interrupted(rest[0], rest[1])
     else:
         raise SystemExit(f"unknown worker command {command}")
