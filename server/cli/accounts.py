@@ -14,7 +14,8 @@ import sys
 import time
 
 from authpool import InvalidInput, Pool, TokenSet
-from authpool.accounts import account_view, describe_windows, fix_command
+from authpool.accounts import account_view, describe_windows, fix_command, page_accounts
+from authpool.accounts.listing import DEFAULT_LIMIT, MAX_LIMIT, STATES
 from authpool.server.cli.errors import UsageError
 from authpool.server.cli.format import describe_state, print_table, relative
 
@@ -36,9 +37,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     accounts = sub.add_parser("accounts", help="list, add, remove, enable, disable, reset accounts")
     acc_sub = accounts.add_subparsers(title="accounts commands", metavar="ACTION")
 
-    p = acc_sub.add_parser("list", help="list accounts (no secrets)")
+    p = acc_sub.add_parser("list", help="list accounts (no secrets), a page at a time")
     p.add_argument("--provider", help="only this provider")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--namespace", help="only this sub-pool")
+    p.add_argument("--state", help=f"only accounts in this state: {', '.join(STATES)}")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                   help=f"at most this many accounts (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})")
+    p.add_argument("--cursor", help="continue after the previous page (the command under a page prints it)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: {accounts, total, next_cursor}")
     p.set_defaults(handler=cmd_accounts_list)
 
     p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt)")
@@ -70,17 +77,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
-    """``accounts list``: a table (or ``--json``) of every account, and the commands that fix dead logins."""
+    """``accounts list``: a page of accounts as a table (or ``--json``), the commands that fix dead logins on
+    it, and the command that shows the next page."""
     pool = Pool.open()
-    accounts = pool.accounts(args.provider)
+    now = time.time()
+    page = page_accounts(pool.accounts(args.provider), provider=args.provider, namespace=args.namespace,
+                         state=args.state, limit=args.limit, cursor=args.cursor, now=now)
+    accounts = page.accounts
     if args.json:
-        print(json.dumps([account_view(a) for a in accounts], indent=2))
+        print(json.dumps({"accounts": [account_view(a, now) for a in accounts], "total": page.total,
+                          "next_cursor": page.next_cursor}, indent=2))
         return 0
     if not accounts:
-        print("no accounts" + (f" for {args.provider}" if args.provider else "") +
-              f" in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        filters = _filters(args)
+        if filters or args.cursor:
+            where = f" {' '.join(filters)}" if filters else ""
+            after = f" after this cursor ({page.total} match in all)" if args.cursor else ""
+            print(f"no accounts match{where}{after}")
+        else:
+            print(f"no accounts in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
-    now = time.time()
     rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
     windows = any(a.windows for a in accounts)
     if windows:
@@ -107,7 +123,23 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
         print("\nneeds re-auth; to fix:")
         for name, cmd in fixes:
             print(f"  {name}: {cmd}")
+    if page.next_cursor is not None:
+        command = ["authpool", "accounts", "list", *_filters(args)]
+        if args.limit != DEFAULT_LIMIT:
+            command += ["--limit", str(args.limit)]
+        command += ["--cursor", page.next_cursor]
+        print(f"\nshowed {len(accounts)} ({page.total} match in all); next page: {shlex.join(command)}")
     return 0
+
+
+def _filters(args: argparse.Namespace) -> list[str]:
+    """The filter options of an ``accounts list`` command line, to repeat them."""
+    out = []
+    for flag in ("provider", "namespace", "state"):
+        value = getattr(args, flag)
+        if value is not None:
+            out += [f"--{flag}", value]
+    return out
 
 
 def cmd_add_key(args: argparse.Namespace) -> int:
