@@ -82,3 +82,16 @@ class FileLimitedKeyring(LimitedKeyring):
         if data.pop(f"{service}\n{username}", None) is None:
             raise PasswordDeleteError("not found")
         self.path.write_text(json.dumps(data))
+
+
+class FullKeyring(LimitedKeyring):
+    """An in-memory store that holds at most ``capacity`` entries, then refuses writes (a store that fills up)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if (service, username) not in self.entries and len(self.entries) >= self.capacity:
+            raise PasswordSetError(f"the store is full; refused {password}")  # a backend that echoes what it got
+        super().set_password(service, username, password)

@@ -132,6 +132,23 @@ class TestSecretBackendContract:
         assert open_secrets().load_fresh("acct0005").refresh_token == "rt-3"
         a.delete("acct0005")
 
+    def test_many_secrets_are_saved_at_once_and_deleted_at_once(self, open_secrets: OpenSecrets) -> None:
+        """save_many stores every secret (a large one too) for another handle to read; delete_many removes them."""
+        store = open_secrets()
+        items = [(f"bulk{i:04d}", Secret.from_api_key(f"sk-bulk-{i}"), 1) for i in range(30)]
+        items.append(("bulkjwt0", Secret(kind="oauth", access_token=jwt_like(), refresh_token="r"), 1))
+        store.save_many(items)
+        other = open_secrets()
+        assert [other.load_fresh(i).api_key for i, _, _ in items[:30]] == [f"sk-bulk-{i}" for i in range(30)]
+        assert other.load_fresh("bulkjwt0").access_token == items[-1][1].access_token
+        assert store.cached("bulk0007", 1) is items[7][1]
+        store.save_many([])
+        store.delete_many([i for i, _, _ in items] + ["never-saved"])
+        for account_id, _, _ in items:
+            with pytest.raises(SecretMissing):
+                open_secrets().load_fresh(account_id)
+        store.delete_many([])
+
 
 def _keyring_backend(kind: str, request: pytest.FixtureRequest, home: Path,
                      monkeypatch: pytest.MonkeyPatch) -> KeyringBackend:
