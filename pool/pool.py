@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -537,3 +537,63 @@ class Pool:
         except SecretError:
             log.warning("could not remove the secret of unfinished account %s", account_id)
 
+    def add_api_keys(self, provider: str, entries: Iterable[tuple[str, str]], *,
+                     namespace: str = "default") -> list[Account]:
+        """Add many API-key accounts at once: all of them, or none.
+
+        ``entries`` are ``(label, key)`` pairs. Everything is checked before anything is stored;
+        then every secret is saved (the vault rewrites its file once), then one metadata update
+        inserts every account, in the order given. If that update fails, the saved secrets are
+        removed again. An error about one entry names its position (:attr:`InvalidInput.entry`,
+        from 1) and never repeats its label or key.
+
+        Example:
+            >>> pool.add_api_keys("openai", [("team-a", "sk-..."), ("team-b", "sk-...")])  # doctest: +SKIP
+
+        Raises:
+            DuplicateLabel: two entries share a label, or one is taken in the provider already.
+            InvalidInput: a bad provider id or namespace, or an entry with a bad label or key.
+            ProviderNotFound: no built-in or configured provider has this id.
+            SecretError: the credential store failed (nothing was added).
+        """
+        from authpool.accounts.batch import KeyBatch
+        from authpool.accounts.model import new_account_id
+
+        provider = validate_provider_id(provider)
+        self.check_sharing(self.provider(provider), "api_key")  # API keys are always allowed; kept for symmetry
+        namespace = validate_label(namespace)
+        batch = KeyBatch.check(entries)
+        if not batch:
+            return []
+        current = self.store.read()
+        batch.refuse_taken(provider, current.accounts)  # before touching the credential store
+        taken = {a.id for a in current.accounts}
+        ids: list[str] = []
+        while len(ids) < len(batch):
+            candidate = new_account_id()
+            if candidate not in taken:
+                taken.add(candidate)
+                ids.append(candidate)
+        mine = set(ids)
+        # Secrets first, metadata second (as `_add`): an account visible to other processes always has its secret.
+        self.secrets.save_many([(account_id, secret, 1) for account_id, secret in zip(ids, batch.secrets, strict=True)])
+
+        def insert(pool: PoolFile) -> list[Account]:
+            batch.refuse_taken(provider, pool.accounts)  # again, fresh under the lock
+            if any(a.id in mine for a in pool.accounts):
+                raise InvalidInput("account id collision; try again")
+            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
+            added = [Account(id=account_id, provider=provider, namespace=namespace, label=label, kind="api_key",
+                             order=order + i, secret_generation=1)
+                     for i, (account_id, label) in enumerate(zip(ids, batch.labels, strict=True))]
+            pool.accounts.extend(added)
+            return added
+
+        try:
+            return self.store.update(insert)
+        except BaseException:
+            try:
+                self.secrets.delete_many(ids)
+            except SecretError:
+                log.warning("could not remove the secrets of %d unfinished accounts", len(ids))
+            raise

@@ -15,6 +15,7 @@ import time
 
 from authpool import InvalidInput, Pool, TokenSet
 from authpool.accounts import account_view, describe_windows, fix_command, page_accounts
+from authpool.accounts.batch import KeyBatch
 from authpool.accounts.listing import DEFAULT_LIMIT, MAX_LIMIT, STATES
 from authpool.server.cli.errors import UsageError
 from authpool.server.cli.format import describe_state, print_table, relative
@@ -28,6 +29,7 @@ __all__ = [
     "cmd_enable",
     "cmd_remove",
     "cmd_reset",
+    "read_key_lines",
     "read_secret_input",
 ]
 
@@ -48,9 +50,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="machine-readable output: {accounts, total, next_cursor}")
     p.set_defaults(handler=cmd_accounts_list)
 
-    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt)")
+    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt), "
+                                           "or many from a file of JSON lines")
     p.add_argument("provider")
-    p.add_argument("--label", required=True, help="a name unique within the provider, e.g. 'work'")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--label", help="a name unique within the provider, e.g. 'work'")
+    source.add_argument("--from-file", metavar="FILE",
+                        help='add one account per line of FILE (- for stdin), each {"label": "...", "key": "..."}: '
+                             "all of them, or none if any line is wrong")
     p.add_argument("--namespace", default="default", help="sub-pool within the provider (default: default)")
     p.set_defaults(handler=cmd_add_key)
 
@@ -143,11 +150,87 @@ def _filters(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_add_key(args: argparse.Namespace) -> int:
-    """``accounts add-key``: an API key from stdin or a hidden prompt."""
+    """``accounts add-key``: an API key from stdin or a hidden prompt; ``--from-file``: many, all or none."""
+    if args.from_file is not None:
+        return _add_keys_from_file(args.provider, args.from_file, args.namespace)
     key = read_secret_input(f"API key for {args.provider}/{args.label}: ")
     acc = Pool.open().add_api_key(args.provider, args.label, key, namespace=args.namespace)
     print(f"added {acc.name} (id {acc.id})")
     return 0
+
+
+def _add_keys_from_file(provider: str, source: str, namespace: str) -> int:
+    """``add-key --from-file``: one account per JSON line. A wrong line is named by its number, never shown."""
+    where = "stdin" if source == "-" else source
+    entries, lines = read_key_lines(source)
+    names = [f"line {n}" for n in lines]
+    try:
+        KeyBatch.check(entries, names=names)  # the library checks again; here, to name lines in every message
+        added = Pool.open().add_api_keys(provider, entries, namespace=namespace)
+    except InvalidInput as e:
+        if e.entry is None:
+            raise
+        raise type(e)(f"{where} {names[e.entry - 1]}: {e.problem}; nothing was added") from None
+    into = provider if namespace == "default" else f"{provider} (namespace {namespace})"
+    print(f"added {len(added)} API-key account{'s' if len(added) != 1 else ''} to {into}")
+    return 0
+
+
+def read_key_lines(source: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """The ``(label, key)`` entries of a JSON-lines file (``-``: stdin) and the line each came from.
+
+    Blank lines are skipped. A line that is not ``{"label": "...", "key": "..."}`` is an error naming
+    its number only: the line may hold a key.
+
+    Raises:
+        InvalidInput: unreadable, not UTF-8, a bad line, or no entries at all.
+        UsageError: ``-`` with a terminal on stdin (keys typed there would show on the screen).
+    """
+    where = "stdin" if source == "-" else source
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("--from-file - reads JSON lines on stdin; pipe or redirect them in (`< keys.jsonl`)")
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InvalidInput(f"cannot read {source}: {e.strerror or type(e).__name__}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad_line = data[:e.start].count(b"\n") + 1
+        raise InvalidInput(f"{where} line {bad_line}: not UTF-8 text; nothing was added") from None
+    entries: list[tuple[str, str]] = []
+    lines: list[int] = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): line numbers as editors count them
+        if not line.strip():
+            continue
+        entry = _key_entry(line)
+        if isinstance(entry, str):
+            raise InvalidInput(f"{where} line {n}: {entry}; nothing was added")
+        entries.append(entry)
+        lines.append(n)
+    if not entries:
+        raise InvalidInput(f'{where} has no entries: one {{"label": "...", "key": "..."}} per line')
+    return entries, lines
+
+
+def _key_entry(line: str) -> tuple[str, str] | str:
+    """The ``(label, key)`` of one JSON line, or what is wrong with it (never its content)."""
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        return 'not a JSON object such as {"label": "...", "key": "..."}'
+    if set(doc) != {"label", "key"}:
+        return 'an entry has exactly two fields, "label" and "key"'
+    label, key = doc["label"], doc["key"]
+    if not isinstance(label, str) or not isinstance(key, str):
+        return '"label" and "key" must be strings'
+    return label, key
 
 
 def cmd_add_oauth(args: argparse.Namespace) -> int:

@@ -1,0 +1,219 @@
+"""Adding many API keys at once: `accounts add-key --from-file` and `Pool.add_api_keys`, all or nothing.
+
+The CLI runs as a real subprocess on a real home (the encrypted vault holds the secrets); every
+test scans what the CLI printed and every readable file of the home for the keys it minted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authpool import DuplicateLabel, InvalidInput, Pool, SecretError, SecretStore
+from authpool.accounts.secret import Secret
+from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, start_worker
+from tests.keyrings import FullKeyring
+
+
+def new_key() -> str:
+    return f"sk-bulk-{secrets.token_hex(16)}"
+
+
+def jsonl(*entries: dict[str, Any] | str) -> str:
+    return "".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries)
+
+
+def vault_entries(home: Path) -> set[str]:
+    """The vault's entry names (service and account id; the values are sealed)."""
+    path = home / "vault.json"
+    return set(json.loads(path.read_text())["entries"]) if path.exists() else set()
+
+
+@pytest.fixture
+def pool(home: Path) -> Pool:
+    """A pool that has one key already (so its secret backend, the vault, is chosen and recorded)."""
+    p = Pool.open(home)
+    p.add_api_key("openai", "existing", "sk-existing-0001")
+    return p
+
+
+def test_a_file_of_keys_adds_every_account_in_the_file_s_order(pool: Pool, home: Path, tmp_path: Path) -> None:
+    """200 lines become 200 accounts after the existing one, each with its own key; no key is printed or on disk."""
+    keys = [new_key() for _ in range(200)]
+    file = tmp_path / "keys.jsonl"
+    file.write_text(jsonl(*({"label": f"team-{i:03d}", "key": k} for i, k in enumerate(keys))))
+    r = run_cli("accounts", "add-key", "openai", "--from-file", str(file), "--namespace", "teams")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "added 200 API-key accounts to openai (namespace teams)\n"
+    fresh = Pool.open(home)
+    added = fresh.accounts("openai")[1:]
+    assert [a.label for a in added] == [f"team-{i:03d}" for i in range(200)]
+    assert [a.order for a in added] == list(range(1, 201)) and {a.namespace for a in added} == {"teams"}
+    assert [fresh.secret_of(a).api_key for a in added] == keys
+    listed = run_cli("accounts", "list", "--limit", "1000")
+    assert_no_secrets([r.stdout, r.stderr, listed.stdout, *home_texts(home)], keys)
+
+
+def test_keys_piped_on_stdin_are_added_and_blank_lines_are_skipped(pool: Pool, home: Path) -> None:
+    """`--from-file -` reads stdin; blank and whitespace-only lines (and a BOM) are not entries."""
+    keys = [new_key(), new_key()]
+    text = "\ufeff" + jsonl({"label": "a", "key": keys[0]}, "", "   \t", {"label": "b", "key": f"  {keys[1]}  "}) + "\n"
+    r = run_cli("accounts", "add-key", "anthropic", "--from-file", "-", input=text)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "added 2 API-key accounts to anthropic\n"
+    fresh = Pool.open(home)
+    assert [fresh.secret_of(a).api_key for a in fresh.accounts("anthropic")] == keys
+    assert_no_secrets([r.stdout, r.stderr], keys)
+
+
+SECRET = "sk-bulk-never-shown-0123456789"
+GOOD = {"label": "good", "key": "sk-bulk-good-1"}
+
+# (the file's lines, the error after "stdin line N: " or a whole message, the line it names)
+BAD_FILES: list[tuple[list[dict[str, Any] | str], str]] = [
+    ([GOOD, "{not json " + SECRET], 'stdin line 2: not a JSON object such as {"label": "...", "key": "..."}'),
+    ([GOOD, "", json.dumps([SECRET, "x"])], "stdin line 3: not a JSON object"),
+    ([GOOD, SECRET], "stdin line 2: not a JSON object"),
+    ([GOOD, {"label": "x"}], 'stdin line 2: an entry has exactly two fields, "label" and "key"'),
+    ([GOOD, {"label": "x", "key": SECRET, "note": "y"}], 'stdin line 2: an entry has exactly two fields'),
+    ([GOOD, {"label": "x", "key": 12345}], 'stdin line 2: "label" and "key" must be strings'),
+    ([GOOD, {"label": "x", "key": f"{SECRET} {SECRET}"}], "stdin line 2: the API key contains whitespace"),
+    ([GOOD, {"label": "x", "key": "   "}], "stdin line 2: the API key is empty"),
+    ([GOOD, {"label": f"team/{SECRET}", "key": "sk-1"}], "stdin line 2: the label must be 1-100 printable"),
+    ([GOOD, {"label": "", "key": SECRET}], "stdin line 2: the label must be 1-100 printable"),
+    ([GOOD, {"label": "x", "key": "sk-2"}, "", {"label": "X", "key": SECRET}],
+     "stdin line 4: its label is also the label of line 2"),
+    ([GOOD, {"label": "Existing", "key": SECRET}],
+     "stdin line 2: openai has an account with this label already ("),
+    ([], 'stdin has no entries: one {"label": "...", "key": "..."} per line'),
+    (["", "  "], "stdin has no entries"),
+]
+
+
+@pytest.mark.parametrize(("lines", "message"), BAD_FILES, ids=[f"bad-{i}" for i in range(len(BAD_FILES))])
+def test_a_wrong_line_is_named_by_its_number_without_its_content_and_nothing_is_added(
+        pool: Pool, home: Path, lines: list[dict[str, Any] | str], message: str) -> None:
+    """One line on stderr naming the line; exit 1; no account and no secret stored, not even the good lines'."""
+    before = (pool.store.read().model_dump_json(), vault_entries(home))
+    r = run_cli("accounts", "add-key", "openai", "--from-file", "-", input=jsonl(*lines))
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.startswith(f"authpool: error: {message}"), r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert_no_secrets([r.stderr], [SECRET, "sk-bulk-good-1", "team/"])
+    assert (Pool.open(home).store.read().model_dump_json(), vault_entries(home)) == before
+
+
+def test_a_file_that_is_not_utf8_or_cannot_be_read_is_one_clear_line(pool: Pool, tmp_path: Path) -> None:
+    file = tmp_path / "keys.jsonl"
+    file.write_bytes(jsonl(GOOD).encode() + b'{"label": "x", "key": "sk-\xff\xfe"}\n')
+    r = run_cli("accounts", "add-key", "openai", "--from-file", str(file))
+    assert (r.returncode, r.stderr) == (1, f"authpool: error: {file} line 2: not UTF-8 text; nothing was added\n")
+    r = run_cli("accounts", "add-key", "openai", "--from-file", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 1 and r.stderr.startswith("authpool: error: cannot read ") and r.stderr.count("\n") == 1
+    assert len(Pool.open().accounts()) == 1
+
+
+def test_keys_are_never_read_from_a_terminal_or_argv(pool: Pool) -> None:
+    """`--from-file -` with a terminal on stdin is refused (typed keys would show); --label and --from-file exclude."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "authpool.server.cli", "accounts", "add-key", "openai",
+                            "--from-file", "-"], stdin=terminal, capture_output=True, text=True, cwd=REPO,
+                           timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert r.returncode == 2 and "pipe or redirect them in" in r.stderr
+    both = run_cli("accounts", "add-key", "openai", "--label", "x", "--from-file", "-", input=jsonl(GOOD))
+    assert both.returncode == 2 and "not allowed with argument --label" in both.stderr
+    assert len(Pool.open().accounts()) == 1
+
+
+def test_a_failed_metadata_update_removes_the_secrets_it_saved(pool: Pool, home: Path, tmp_path: Path) -> None:
+    """While another process holds the store's update, the batch times out: its secrets leave the vault again."""
+    keys = [new_key() for _ in range(20)]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    holder = start_worker("disable-when", "openai/existing", str(ready), str(go))
+    try:
+        deadline = 60.0
+        import time
+
+        start = time.monotonic()
+        while not ready.exists():
+            assert time.monotonic() - start < deadline, holder.stderr.read() if holder.stderr else ""
+            time.sleep(0.01)
+        before = vault_entries(home)
+        r = run_cli("accounts", "add-key", "openai", "--from-file", "-", env={"AUTHPOOL_LOCK_TIMEOUT": "1"},
+                    input=jsonl(*({"label": f"k{i}", "key": k} for i, k in enumerate(keys))))
+        assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert vault_entries(home) == before
+    finally:
+        go.touch()
+        out, err = holder.communicate(timeout=60)
+    assert holder.returncode == 0, err
+    assert [a.label for a in Pool.open(home).accounts()] == ["existing"]
+    assert_no_secrets([r.stdout, r.stderr, *home_texts(home)], keys)
+
+
+# -- the library ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("entries", "error", "entry", "problem"), [
+    ([("a", "sk-1"), ("b", "")], InvalidInput, 2, "the API key is empty"),
+    ([("a", "sk-1"), ("b/c", "sk-2")], InvalidInput, 2, "the label must be 1-100 printable characters, without '/'"),
+    ([("a", "sk-1"), ("b", "sk-2"), ("A", "sk-3")], DuplicateLabel, 3, "its label is also the label of entry 1"),
+    ([("x", "sk-1"), ("EXISTING", "sk-2")], DuplicateLabel, 2, "openai has an account with this label already"),
+])
+def test_add_api_keys_checks_every_entry_first_and_names_the_wrong_one_by_position(
+        pool: Pool, home: Path, entries: list[tuple[str, str]], error: type[Exception], entry: int,
+        problem: str) -> None:
+    """The error carries the entry's position; the pool and the vault are as they were."""
+    before = vault_entries(home)
+    with pytest.raises(error) as e:
+        pool.add_api_keys("openai", entries)
+    assert isinstance(e.value, InvalidInput) and e.value.entry == entry
+    assert e.value.problem.startswith(problem) and str(e.value).startswith(f"entry {entry}: {problem}")
+    assert_no_secrets([str(e.value)], [k for _, k in entries if k])
+    assert [a.label for a in pool.accounts()] == ["existing"] and vault_entries(home) == before
+
+
+def test_add_api_keys_writes_the_vault_once_for_a_thousand_keys(pool: Pool, home: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,000 new secrets cost one replace of vault.json (counted at the OS call), then one metadata update."""
+    replaced: list[str] = []
+    real_replace = os.replace
+
+    def counting_replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        replaced.append(os.path.basename(os.fspath(dst)))
+        real_replace(src, dst, *args, **kwargs)
+
+    keys = [new_key() for _ in range(1000)]
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", counting_replace)
+        added = pool.add_api_keys("openai", [(f"k{i:04d}", k) for i, k in enumerate(keys)])
+    assert replaced.count("vault.json") == 1
+    assert len(added) == 1000 and [a.label for a in added][:2] == ["k0000", "k0001"]
+    fresh = Pool.open(home)
+    assert fresh.secret_of(fresh.get("openai/k0999")).api_key == keys[999]
+    assert pool.add_api_keys("openai", []) == []
+
+
+def test_a_credential_store_that_fails_midway_keeps_none_of_the_batch(home: Path) -> None:
+    """A keyring written entry by entry: when the 4th write fails, the 3 written are deleted; the error hides keys."""
+    backend = FullKeyring(capacity=3)
+    store = SecretStore(backend)
+    keys = [new_key() for _ in range(5)]
+    with pytest.raises(SecretError) as e:
+        store.save_many([(f"acct{i:04d}", Secret.from_api_key(k), 1) for i, k in enumerate(keys)])
+    assert backend.entries == {}
+    assert "failed to write the secrets of 5 accounts" in str(e.value)
+    assert_no_secrets([str(e.value)], keys)
