@@ -25,7 +25,7 @@ from authpool.accounts.model import (
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.auth.linked import digest, read_login
-from authpool.errors import AccountNotFound, InvalidInput, SecretError, SharingRefused
+from authpool.errors import AccountNotFound, DuplicateLabel, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
@@ -42,9 +42,14 @@ if TYPE_CHECKING:
     from authpool.auth.refresh import Refresher
     from authpool.rotation.driver import PoolTransport
 
-__all__ = ["Pool"]
+__all__ = ["POOL_SECRETS", "Pool"]
 
 log = logging.getLogger("authpool")
+
+#: Secrets of the pool itself rather than of an account, by name: ``gateway-key``, the key clients
+#: of ``authpool gateway`` present. Each lives in the pool's credential store beside the accounts'
+#: secrets, under an id no account can have (``pool:NAME``), and moves with them.
+POOL_SECRETS = frozenset({"gateway-key"})
 
 
 class Pool:
@@ -138,7 +143,8 @@ class Pool:
         return chosen
 
     def move_secrets(self, target: str) -> tuple[str, str, int]:
-        """Move every account's secret to another backend; returns ``(from, to, moved)``.
+        """Move every account's secret, and the pool's own (:data:`POOL_SECRETS`), to another backend;
+        returns ``(from, to, accounts moved)``.
 
         ``target`` is ``vault``, ``os`` or a keyring backend class name. Every account's secret
         lock is held for the move, so no refresh can run in between; the pool file records the
@@ -156,7 +162,8 @@ class Pool:
         if destination.name == source.name:
             return source.name, destination.name, 0
         ids = sorted(a.id for a in self.accounts())
-        locks = [self.secret_lock(i) for i in ids]
+        names = sorted(POOL_SECRETS)
+        locks = [self.secret_lock(i) for i in ids] + [self.pool_secret_lock(n) for n in names]
         held: list[HeldLock] = []
         try:
             for lock in locks:
@@ -166,6 +173,15 @@ class Pool:
             for account_id in ids:
                 if account_id in current:
                     destination.save(account_id, source.load_fresh(account_id), current[account_id].secret_generation)
+            # The pool's own secrets go along: left behind, the gateway would mint a new key and
+            # every client configured with the old one would be refused.
+            entries = []
+            for name in names:
+                try:
+                    destination.save(_pool_entry(name), source.load_fresh(_pool_entry(name)), 0)
+                except SecretMissing:
+                    continue
+                entries.append(_pool_entry(name))
 
             def record(pool: PoolFile) -> None:
                 if canonical_backend(pool.secret_backend or "") != source.name:
@@ -175,12 +191,11 @@ class Pool:
             self.store.update(record)
             with self._secrets_guard:
                 self._secrets = destination
-            for account_id in ids:
+            for entry in [*ids, *entries]:
                 try:
-                    source.delete(account_id)
+                    source.delete(entry)
                 except SecretError:
-                    log.warning("could not delete the old copy of account %s's secret from %s", account_id,
-                                source.name)
+                    log.warning("could not delete the old copy of secret %s from %s", entry, source.name)
         finally:
             for lock in reversed(held):
                 lock.release()
@@ -189,6 +204,32 @@ class Pool:
     def secret_lock(self, account_id: str) -> HeldLock:
         """The per-account lock under which its secret is refreshed or replaced."""
         return self.store.named_lock(f"account-{account_id}", DEFAULT_TIMEOUT)
+
+    def pool_secret(self, name: str) -> str | None:
+        """The pool's own secret ``name`` (one of :data:`POOL_SECRETS`), read fresh; None if never stored.
+
+        Raises:
+            InvalidInput: ``name`` is not one of the pool's secrets.
+            SecretError: the credential store failed.
+        """
+        try:
+            return self.secrets.load_fresh(_pool_entry(name)).credential
+        except SecretMissing:
+            return None
+
+    def set_pool_secret(self, name: str, value: str) -> None:
+        """Store the pool's own secret ``name``; take :meth:`pool_secret_lock` around a read-then-write.
+
+        Raises:
+            InvalidInput: an unknown name, or a value that is empty or contains whitespace.
+            SecretError: the credential store failed.
+        """
+        self.secrets.save(_pool_entry(name), Secret.from_api_key(value), 0)
+
+    def pool_secret_lock(self, name: str) -> HeldLock:
+        """The lock under which the pool's own secret ``name`` is created or replaced (across processes)."""
+        _pool_entry(name)
+        return self.store.named_lock(f"pool-secret-{name}", DEFAULT_TIMEOUT)
 
     # -- providers and requests --------------------------------------------------------------
 
@@ -357,27 +398,22 @@ class Pool:
         # secret. If the metadata write fails, the orphan secret is removed again.
         self.secrets.save(account_id, secret, generation=1)
 
-        def insert(pool: PoolFile) -> Account:
-            pool.check_label_free(provider, label)
-            if any(a.id == account_id for a in pool.accounts):
-                raise InvalidInput("account id collision; try again")
-            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
-            acc = Account(
+        def insert(rows: Rows) -> Account:
+            # The store refuses a label or id taken meanwhile (checked above on a snapshot).
+            return rows.add(Account(
                 id=account_id,
                 provider=provider,
                 namespace=namespace,
                 label=label,
                 kind=kind,
-                order=order,
+                order=self.store.read().next_order(provider),
                 access_expires_at=expires_at,
                 access_lifetime=lifetime,
                 secret_generation=1,
-            )
-            pool.accounts.append(acc)
-            return acc
+            ))
 
         try:
-            return self.store.update(insert)
+            return self.store.update_accounts((), insert)
         except BaseException:
             self._delete_secret_quietly(account_id)
             raise
@@ -501,12 +537,7 @@ class Pool:
         account_id = self.get(ref).id
         with self.secret_lock(account_id):
 
-            def drop(pool: PoolFile) -> Account:
-                acc = pool.find(account_id)
-                pool.accounts.remove(acc)
-                return acc
-
-            removed = self.store.update(drop)
+            removed = self.store.update_accounts((account_id,), lambda rows: rows.remove(account_id))
             # Metadata first: once gone, no process will start using the account, so deleting
             # the secret cannot pull it from under a request that just picked it.
             self.secrets.delete(account_id)
@@ -537,15 +568,19 @@ class Pool:
         except SecretError:
             log.warning("could not remove the secret of unfinished account %s", account_id)
 
+    # -- adding many ----------------------------------------------------------------------
+
     def add_api_keys(self, provider: str, entries: Iterable[tuple[str, str]], *,
                      namespace: str = "default") -> list[Account]:
         """Add many API-key accounts at once: all of them, or none.
 
         ``entries`` are ``(label, key)`` pairs. Everything is checked before anything is stored;
-        then every secret is saved (the vault rewrites its file once), then one metadata update
-        inserts every account, in the order given. If that update fails, the saved secrets are
-        removed again. An error about one entry names its position (:attr:`InvalidInput.entry`,
-        from 1) and never repeats its label or key.
+        then every secret is saved at once (:meth:`SecretBackend.save_many`: the vault rewrites its
+        file once, the team store commits one transaction), then one row-level metadata update
+        inserts every account, in the order given (one transaction for the lot, whatever the
+        pool's size). If that update fails, the saved secrets are removed again. An error about
+        one entry names its position (:attr:`InvalidInput.entry`, from 1) and never repeats its
+        label or key.
 
         Example:
             >>> pool.add_api_keys("openai", [("team-a", "sk-..."), ("team-b", "sk-...")])  # doctest: +SKIP
@@ -557,7 +592,6 @@ class Pool:
             SecretError: the credential store failed (nothing was added).
         """
         from authpool.accounts.batch import KeyBatch
-        from authpool.accounts.model import new_account_id
 
         provider = validate_provider_id(provider)
         self.check_sharing(self.provider(provider), "api_key")  # API keys are always allowed; kept for symmetry
@@ -565,35 +599,40 @@ class Pool:
         batch = KeyBatch.check(entries)
         if not batch:
             return []
-        current = self.store.read()
-        batch.refuse_taken(provider, current.accounts)  # before touching the credential store
-        taken = {a.id for a in current.accounts}
-        ids: list[str] = []
-        while len(ids) < len(batch):
-            candidate = new_account_id()
-            if candidate not in taken:
-                taken.add(candidate)
-                ids.append(candidate)
-        mine = set(ids)
+        snapshot = self.store.read()
+        batch.refuse_taken(provider, snapshot)  # before touching the credential store
+        ids = batch.new_ids(snapshot)
         # Secrets first, metadata second (as `_add`): an account visible to other processes always has its secret.
         self.secrets.save_many([(account_id, secret, 1) for account_id, secret in zip(ids, batch.secrets, strict=True)])
 
-        def insert(pool: PoolFile) -> list[Account]:
-            batch.refuse_taken(provider, pool.accounts)  # again, fresh under the lock
-            if any(a.id in mine for a in pool.accounts):
-                raise InvalidInput("account id collision; try again")
-            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
-            added = [Account(id=account_id, provider=provider, namespace=namespace, label=label, kind="api_key",
-                             order=order + i, secret_generation=1)
-                     for i, (account_id, label) in enumerate(zip(ids, batch.labels, strict=True))]
-            pool.accounts.extend(added)
-            return added
+        def insert(rows: Rows) -> list[Account]:
+            # The store refuses a label or id taken meanwhile (checked above on a snapshot). The
+            # order follows the freshest snapshot to be had without a round trip.
+            order = (self.store.peek() or snapshot).next_order(provider)
+            return [rows.add(Account(id=account_id, provider=provider, namespace=namespace, label=label,
+                                     kind="api_key", order=order + i, secret_generation=1))
+                    for i, (account_id, label) in enumerate(zip(ids, batch.labels, strict=True))]
 
         try:
-            return self.store.update(insert)
-        except BaseException:
+            return self.store.update_accounts((), insert)
+        except BaseException as e:
             try:
                 self.secrets.delete_many(ids)
             except SecretError:
                 log.warning("could not remove the secrets of %d unfinished accounts", len(ids))
+            if isinstance(e, DuplicateLabel):
+                # Another process took one of the labels meanwhile. The store's message names the
+                # label; name the entry instead, as the check above does.
+                try:
+                    batch.refuse_taken(provider, self.store.read())
+                except DuplicateLabel as named:
+                    raise named from None
+                raise DuplicateLabel("a label of the batch was taken meanwhile; nothing was added") from None
             raise
+
+
+def _pool_entry(name: str) -> str:
+    """The credential-store id of the pool's own secret ``name`` (account ids never contain ':')."""
+    if name not in POOL_SECRETS:
+        raise InvalidInput(f"unknown pool secret {name!r}; known: {', '.join(sorted(POOL_SECRETS))}")
+    return f"pool:{name}"

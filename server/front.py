@@ -1,9 +1,9 @@
 """The request front door: the checks every way into the pool makes before a request is sent.
 
 ``authpool request`` (:mod:`authpool.server.cli.request`), the MCP tool ``proxy_request``
-(:mod:`authpool.server.mcp.proxy`) and the coming HTTP gateway each take a request from their
-caller in their own shape and turn it into an :class:`Outgoing` with :func:`prepare`, so one set
-of rules holds everywhere:
+(:mod:`authpool.server.mcp.proxy`) and the HTTP gateway (:mod:`authpool.server.gateway.relay`)
+each take a request from their caller in their own shape and turn it into an :class:`Outgoing`
+with :func:`prepare`, so one set of rules holds everywhere:
 
 - the method is one HTTP method authpool sends (``GET``, ``POST``, ...);
 - the path resolves, through ``Provider.resolve_url``, to a URL on one of the provider's origins;
@@ -13,9 +13,9 @@ of rules holds everywhere:
 - the body is JSON or raw bytes, never both, with a content type when it is JSON.
 
 What happens to the answer stays with each door: the CLI streams it to stdout, the MCP tool
-collects and shapes it for a tool result. Both name the pool's home when a provider has no
-accounts (:func:`naming_the_home`) and report a body that breaks off the same way
-(:func:`unreadable_body`).
+collects and shapes it for a tool result, the gateway relays it to its HTTP client as it
+arrives. The CLI and MCP name the pool's home when a provider has no accounts
+(:func:`naming_the_home`) and report a body that breaks off the same way (:func:`unreadable_body`).
 """
 
 from __future__ import annotations

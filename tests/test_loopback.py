@@ -435,7 +435,87 @@ def test_held_api_requests_wait_at_the_gate_until_released_in_arrival_order(prov
     assert provider.snapshot()["api_calls"] == 3
 
 
+def _read_events_in_background(provider: LoopbackProvider, key: str, events: list[str]) -> threading.Thread:
+    """Stream /v1/messages in a thread, appending each event name as it arrives."""
+
+    def run() -> None:
+        with new_client(provider.base_url, timeout=60) as c, c.stream(
+                "POST", "/v1/messages", json={"model": "m", "stream": True}, headers={"x-api-key": key}) as r:
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    events.append(line.removeprefix("event: "))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _wait(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_set_stream_length_makes_streams_carry_that_many_deltas(provider: LoopbackProvider,
+                                                                 client: httpx2.Client) -> None:
+    """set_stream_length(200): a chat stream has 200 text deltas (plus role, stop and [DONE]); None restores it."""
+    key = provider.add_api_key("a@example.com")
+    provider.set_stream_length(200)
+    r = client.post("/v1/chat/completions", json={"model": "m", "stream": True}, headers=bearer(key))
+    data = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert len(data) == 203 and data[-1] == "data: [DONE]" and '"t199 "' in data[-3]
+    provider.set_stream_length(None)
+    assert "Hello" in message(client, {"x-api-key": key}, stream=True).text
+
+
+def test_held_streams_send_one_event_per_release(provider: LoopbackProvider) -> None:
+    """hold_streams: a stream sends its first event, then one more per release; releasing all finishes it."""
+    key = provider.add_api_key("a@example.com")
+    provider.hold_streams()
+    events: list[str] = []
+    thread = _read_events_in_background(provider, key, events)
+    assert provider.wait_for_held_streams(1)
+    _wait(lambda: events == ["message_start"], "the first event")
+    provider.release_streams(1)
+    _wait(lambda: len(events) == 2, "the second event")
+    assert provider.wait_for_held_streams(1) and events == ["message_start", "content_block_start"]
+    provider.release_streams()
+    thread.join(timeout=30)
+    assert events[-1] == "message_stop" and provider.held_streams() == 0
+    assert provider.wait_for_streams(started=1, finished=1)
+    assert provider.snapshot()["streams_cut"] == 0
+
+
+def test_a_held_stream_whose_client_hangs_up_is_counted_as_cut_at_once(provider: LoopbackProvider) -> None:
+    """A client that closes its connection while its stream waits at the gate is seen without a release."""
+    key = provider.add_api_key("a@example.com")
+    provider.hold_streams()
+    body = json.dumps({"model": "m", "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", provider.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nx-api-key: " + key.encode()
+                     + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        received = b""
+        while b"message_start" not in received:
+            received += sock.recv(65536)
+        assert provider.wait_for_held_streams(1)
+    assert provider.wait_for_streams(cut=1)
+    snap = provider.snapshot()
+    assert (snap["streams_started"], snap["streams_finished"], snap["streams_cut"]) == (1, 0, 1)
+    assert provider.held_streams() == 0
+
+
 # ---- helper endpoints --------------------------------------------------------------------------
+
+
+def test_echo_request_names_what_arrived_without_any_value(client: httpx2.Client) -> None:
+    """/echo-request reports method, path, query and header names and the body size: never a value."""
+    r = client.post("/echo-request", params={"key": "secret-value", "q": "1"}, headers={"x-api-key": "hidden"},
+                    content=b"12345")
+    doc = r.json()
+    assert (doc["method"], doc["path"], doc["query"], doc["body_bytes"]) == ("POST", "/echo-request", ["key", "q"], 5)
+    assert "x-api-key" in doc["headers"]
+    assert "secret-value" not in r.text and "hidden" not in r.text
 
 
 def test_redirect_answers_the_requested_status_and_location(client: httpx2.Client) -> None:

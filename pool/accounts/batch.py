@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from authpool.accounts.model import Account, validate_label
+from authpool.accounts.model import PoolFile, new_account_id, validate_label
 from authpool.accounts.secret import Secret
 from authpool.errors import DuplicateLabel, InvalidInput
 
@@ -60,16 +60,29 @@ class KeyBatch:
             secrets.append(secret)
         return cls(labels, secrets, entry_of)
 
-    def refuse_taken(self, provider: str, accounts: Iterable[Account]) -> None:
-        """Refuse the whole batch if ``provider`` has an account with one of its labels among ``accounts``.
+    def refuse_taken(self, provider: str, pool: PoolFile) -> None:
+        """Refuse the whole batch if ``provider`` has an account in ``pool`` with one of its labels.
 
         Raises:
             DuplicateLabel: names the first such entry and the account that has its label.
         """
-        for acc in accounts:
-            n = self.entry_of.get(acc.label.casefold()) if acc.provider == provider else None
-            if n is not None:
+        # One pass over the provider's accounts (a snapshot's index keeps them apart), not a search per entry.
+        holders = {acc.label.casefold(): acc for acc in pool.for_provider(provider)}
+        for folded, n in self.entry_of.items():
+            acc = holders.get(folded)
+            if acc is not None:
                 raise DuplicateLabel(f"{provider} has an account with this label already ({acc.id})", entry=n)
+
+    def new_ids(self, pool: PoolFile) -> list[str]:
+        """One new account id per entry: none used in ``pool``, none twice."""
+        taken = {a.id for a in pool.accounts}
+        ids: list[str] = []
+        while len(ids) < len(self.labels):
+            candidate = new_account_id()
+            if candidate not in taken:
+                taken.add(candidate)
+                ids.append(candidate)
+        return ids
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -148,7 +148,19 @@ def setup_logging() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: each command's module adds its own parser."""
-    from authpool.server.cli import accounts, credentials, demo, doctor, imports, keys, login, request, status, store
+    from authpool.server.cli import (
+        accounts,
+        credentials,
+        demo,
+        doctor,
+        gateway,
+        imports,
+        keys,
+        login,
+        request,
+        status,
+        store,
+    )
 
     parser = argparse.ArgumentParser(
         prog="authpool",
@@ -165,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     imports.add_parser(sub)
     p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
     p.set_defaults(handler=cmd_serve)
+    gateway.add_parser(sub)
     demo.add_parser(sub)
     doctor.add_parser(sub)
     return parser

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,6 +27,8 @@ from authpool.server.loopback.tokens import AccessToken
 
 #: Gemini names the model in the path: ``POST /v1beta/models/<model>:generateContent``.
 GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
+#: Seconds between looks at a held stream's socket: how soon a client's hang-up is noticed.
+_GATE_POLL: Final = 0.02
 
 
 class ApiRoutes:
@@ -41,6 +44,7 @@ class ApiRoutes:
     _default_limit: tuple[int | None, str, float]
     _stream_errors: dict[str, str]
     _stream_delay: float
+    _stream_length: int | None
     _always_failing: dict[str, int]
     _quota_windows: dict[str, tuple[str, float, float]]
     _usage_windows: dict[str, tuple[str, dict[str, tuple[float, float]]]]
@@ -54,6 +58,8 @@ class ApiRoutes:
     _held: int
     _tickets: int
     _released: int
+    _holding_streams: bool
+    _stream_waiters: deque[threading.Event]
 
     if TYPE_CHECKING:
 
@@ -97,6 +103,75 @@ class ApiRoutes:
         """Block until ``count`` API requests have arrived in all (True), or ``timeout`` passes."""
         with self._api_calls_changed:
             return self._api_calls_changed.wait_for(lambda: self.stats.api_calls >= count, timeout)
+
+    # ---- the stream gate: hold streams between events -------------------------------------
+
+    def hold_streams(self) -> None:
+        """From now on, every streamed answer waits before each event after its first until released.
+
+        Tests use it to see a stream "in the middle" for exactly as long as they need: the first
+        event has left the provider and the rest has not, with no timing involved. While a stream
+        waits, a client that hangs up is noticed at once (``streams_cut`` in the stats).
+        ``stop()`` lets waiting streams go (their connections are cut).
+        """
+        with self._api_calls_changed:
+            self._holding_streams = True
+
+    def release_streams(self, count: int | None = None) -> None:
+        """Let the ``count`` longest-waiting stream events go (still holding later ones), or, by
+        default, every waiting event, and stop holding."""
+        with self._api_calls_changed:
+            if count is None:
+                self._holding_streams = False
+                count = len(self._stream_waiters)
+            for _ in range(min(count, len(self._stream_waiters))):
+                self._stream_waiters.popleft().set()
+            self._api_calls_changed.notify_all()
+
+    def held_streams(self) -> int:
+        """How many streams wait at the stream gate right now."""
+        with self._lock:
+            return len(self._stream_waiters)
+
+    def wait_for_held_streams(self, count: int, timeout: float = 30.0) -> bool:
+        """Block until ``count`` streams wait at the stream gate together (True), or ``timeout`` passes."""
+        with self._api_calls_changed:
+            return self._api_calls_changed.wait_for(lambda: len(self._stream_waiters) >= count, timeout)
+
+    def wait_for_streams(self, *, started: int = 0, finished: int = 0, cut: int = 0, timeout: float = 30.0) -> bool:
+        """Block until at least ``started`` streams began, ``finished`` ended and ``cut`` lost their
+        client (True), or ``timeout`` passes."""
+        with self._api_calls_changed:
+            return self._api_calls_changed.wait_for(
+                lambda: (self.stats.streams_started >= started and self.stats.streams_finished >= finished
+                         and self.stats.streams_cut >= cut), timeout)
+
+    def _stream_gate(self, gone: Callable[[], bool]) -> bool:
+        """Wait while streams are held; False if the client went away (or stop() came) meanwhile."""
+        with self._api_calls_changed:
+            if not self._holding_streams:
+                return True
+            released = threading.Event()
+            self._stream_waiters.append(released)
+            self._api_calls_changed.notify_all()
+        # Polled, because a hang-up is only visible on the socket; bounded like every other wait here.
+        left = False
+        for _ in range(int(MAX_WAIT_SECONDS / _GATE_POLL)):
+            if released.wait(_GATE_POLL) or self._stopping.is_set():
+                break
+            if gone():
+                left = True
+                break
+        with self._api_calls_changed:
+            if released in self._stream_waiters:
+                self._stream_waiters.remove(released)
+            self._api_calls_changed.notify_all()
+            if self._stopping.is_set():
+                return False
+            if left and not released.is_set():
+                self.stats.streams_cut += 1
+                return False
+        return True
 
     def _pass_gate(self) -> bool:
         """Count an arriving API request and hold it while the gate says so; False if stop() came first."""
@@ -241,9 +316,9 @@ class ApiRoutes:
             return _build_chat_completion(subject, seq, payload, int(self.clock()))
         model = str(payload.get("model") or "loopback-model")
         with self._lock:
-            mode = self._stream_errors.get(subject)
+            mode, length = self._stream_errors.get(subject), self._stream_length
         headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-        chunks = chat_chunks(subject, seq, model, mode, int(self.clock()))
+        chunks = chat_chunks(subject, seq, model, mode, int(self.clock()), length)
         return LoopbackResponse(200, headers=headers, stream=self._paced(chunks))
 
     def _paced(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
@@ -262,9 +337,10 @@ class ApiRoutes:
         model = str(payload.get("model") or "loopback-model")
         if payload.get("stream") is True:
             with self._lock:
-                mode = self._stream_errors.get(subject)
+                mode, length = self._stream_errors.get(subject), self._stream_length
             headers = {"Content-Type": "text/event-stream; charset=utf-8"}
-            return LoopbackResponse(200, headers=headers, stream=self._paced(sse_events(subject, seq, model, mode)))
+            events = sse_events(subject, seq, model, mode, length)
+            return LoopbackResponse(200, headers=headers, stream=self._paced(events))
         return LoopbackResponse.json(
             200,
             {

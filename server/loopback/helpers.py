@@ -1,4 +1,4 @@
-"""Test-helper endpoints: redirects, credential-presence echo, slow and big answers."""
+"""Test-helper endpoints: redirects, credential-presence and request echoes, slow and big answers."""
 
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ class HelperRoutes:
                 "cookie": "cookie" in request.headers,
             },
         )
+
+    def _route_echo_request(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """Report what arrived — method, path, the names of query parameters and headers, the body's
+        size — never a value, so a test can see what a proxy forwarded without any credential showing."""
+        return LoopbackResponse.json(200, {
+            "method": request.method,
+            "path": request.path,
+            "query": sorted(request.query),
+            "headers": sorted(request.headers),
+            "body_bytes": len(request.body),
+        })
 
     def _route_slow(self, request: LoopbackRequest) -> LoopbackResponse | None:
         """Answer after ``seconds`` (bounded, cut short by stop()) to exercise client timeouts."""

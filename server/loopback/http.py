@@ -7,11 +7,13 @@ handler failures back to it.
 
 from __future__ import annotations
 
+import select
 import socket
 import sys
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from authpool.server.loopback.models import LoopbackRequest, LoopbackResponse
 
@@ -43,6 +45,14 @@ class Site(Protocol):
 
     def handler_failed(self) -> None:
         """Handling a request raised (counted instead of printed: stderr belongs to the product)."""
+
+    def stream_event(self, gone: Callable[[], bool]) -> bool:
+        """A stream is about to write its next event (after its first): wait at the stream gate while
+        it is held; ``False`` abandons the stream (``gone()`` said its client went away meanwhile, which
+        the site counts as a cut stream, or the site is stopping)."""
+
+    def stream_ended(self, how: Literal["started", "finished", "cut"]) -> None:
+        """A streamed answer began, wrote its last chunk, or lost its client first."""
 
 
 class LoopbackServer(ThreadingHTTPServer):
@@ -180,9 +190,28 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache")
         self.end_headers()
-        for chunk in response.stream:
-            if chunk:
+        self.site.stream_ended("started")
+        try:
+            for i, chunk in enumerate(response.stream):
+                if not chunk:
+                    continue
+                if i and not self.site.stream_event(lambda: _peer_gone(self.connection)):
+                    self.close_connection = True  # the client left (counted by the site), or stop()
+                    return
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 self.wfile.flush()
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            self.site.stream_ended("cut")
+            raise
+        self.site.stream_ended("finished")
+
+
+def _peer_gone(conn: socket.socket) -> bool:
+    """Whether the client closed its end: readable with nothing to read (or the socket failed)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True

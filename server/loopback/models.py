@@ -118,6 +118,9 @@ class LoopbackStats:
     plain invalid_grant, not a second detection).  ``connections`` counts TCP
     connections accepted, so tests can tell whether a client really reuses keep-alive
     connections.  ``handler_errors`` counts server-side bugs (kept off stderr); it should be 0.
+    ``streams_started`` counts streamed answers begun, ``streams_finished`` those whose last
+    chunk was written, ``streams_cut`` those whose client went away first (seen while the stream
+    waited at the stream gate, or when a write failed).
     """
 
     token_calls: int = 0
@@ -130,3 +133,6 @@ class LoopbackStats:
     calls_by_path: dict[str, int] = field(default_factory=dict)
     connections: int = 0
     handler_errors: int = 0
+    streams_started: int = 0
+    streams_finished: int = 0
+    streams_cut: int = 0

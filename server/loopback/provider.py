@@ -14,8 +14,9 @@ import socket
 import threading
 import time
 import types
+from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from authpool.server.loopback.api import GEMINI_PATH, ApiRoutes
 from authpool.server.loopback.clock import Clock
@@ -95,7 +96,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
         self._api_keys: dict[str, str] = {}
         self._limits: dict[str, RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
-        self._stream_delay = 0.0
+        self._stream_delay, self._stream_length = 0.0, None  # pauses between events; deltas per stream
         self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
@@ -110,11 +111,10 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
         # API requests held at the gate (hold_api_requests): each takes a ticket and goes on
         # once `_released` reaches it, or when holding stops.
         self._api_calls_changed = threading.Condition(self._lock)
-        self._holding = False
-        self._held = 0
-        self._tickets = 0
-        self._released = 0
+        self._holding, self._held, self._tickets, self._released = False, 0, 0, 0
         self._request_seq = 0
+        # Streams held between events (hold_streams): each waiter is released in arrival order.
+        self._holding_streams, self._stream_waiters = False, deque[threading.Event]()
         self.stats = LoopbackStats()
         self.exchange_stats = ExchangeStats()
         self.copilot_ttl = 1800.0
@@ -132,6 +132,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
             ("POST", "/redirect"): self._route_redirect,
             ("GET", "/echo-auth-present"): self._route_echo_auth_present,
             ("POST", "/echo-auth-present"): self._route_echo_auth_present,
+            **{(method, "/echo-request"): self._route_echo_request for method in ("GET", "POST", "PUT", "DELETE")},
             ("GET", "/slow"): self._route_slow,
             ("GET", "/big"): self._route_big,
             ("GET", EXCHANGE_PATH): self._route_copilot_exchange,
@@ -186,6 +187,8 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
         self._stopping.set()
         with self._api_calls_changed:
             self._api_calls_changed.notify_all()  # held API requests give up
+            for waiter in self._stream_waiters:  # and so do held streams
+                waiter.set()
         server, self._server = self._server, None
         if server is None:
             return
@@ -354,6 +357,17 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
             else:
                 self._always_failing[subject] = status
 
+    def set_stream_length(self, deltas: int | None) -> None:
+        """Make streamed answers carry ``deltas`` text deltas ("t0 ", "t1 ", ...) instead of the usual three.
+
+        Long streams are for benchmarks (time to the first and the last event); ``None`` restores
+        "Hello", " from ", "SUBJECT.".
+        """
+        if deltas is not None and not 1 <= deltas <= 100_000:
+            raise ValueError("a stream carries 1 to 100000 deltas")
+        with self._lock:
+            self._stream_length = deltas
+
     def set_stream_delay(self, seconds: float) -> None:
         """Pause ``seconds`` before each event of a stream after the first (0 to turn off).
 
@@ -436,6 +450,21 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
         """Forget a connection that ended."""
         with self._lock:
             self._connections.discard(conn)
+
+    def stream_event(self, gone: Callable[[], bool]) -> bool:
+        """Before a stream's next event: wait at the stream gate (``hold_streams``) while it is held."""
+        return self._stream_gate(gone)
+
+    def stream_ended(self, how: Literal["started", "finished", "cut"]) -> None:
+        """Count a stream begun, finished or cut short by its client."""
+        with self._api_calls_changed:
+            if how == "started":
+                self.stats.streams_started += 1
+            elif how == "finished":
+                self.stats.streams_finished += 1
+            else:
+                self.stats.streams_cut += 1
+            self._api_calls_changed.notify_all()
 
     def path_requested(self, path: str) -> None:
         """Count a request by its path, before it is handled."""

@@ -15,7 +15,14 @@ def _sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterator[bytes]:
+def text_pieces(subject: str, length: int | None) -> tuple[str, ...]:
+    """The text deltas of a streamed answer: "Hello", " from ", "SUBJECT." or, with ``length``, that many."""
+    if length is None:
+        return ("Hello", " from ", f"{subject}.")
+    return tuple(f"t{i} " for i in range(length))
+
+
+def sse_events(subject: str, seq: int, model: str, mode: str | None, length: int | None = None) -> Iterator[bytes]:
     """Anthropic's streaming event sequence, optionally broken by an ``error`` event."""
     error = _sse("error", error_body(429, "rate limit exceeded"))
     if mode == "error-first":
@@ -44,7 +51,7 @@ def sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterator
         "content_block_start",
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     )
-    for i, piece in enumerate(("Hello", " from ", f"{subject}.")):
+    for i, piece in enumerate(text_pieces(subject, length)):
         yield _sse(
             "content_block_delta",
             {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}},
@@ -64,7 +71,8 @@ def sse_events(subject: str, seq: int, model: str, mode: str | None) -> Iterator
     yield _sse("message_stop", {"type": "message_stop"})
 
 
-def chat_chunks(subject: str, seq: int, model: str, mode: str | None, created: int) -> Iterator[bytes]:
+def chat_chunks(subject: str, seq: int, model: str, mode: str | None, created: int,
+                length: int | None = None) -> Iterator[bytes]:
     """OpenAI's chat-completions stream (``data:`` chunks, then ``[DONE]``), optionally broken.
 
     OpenAI-compatible servers report an error inside a stream as a bare ``data: {"error": …}``
@@ -85,7 +93,7 @@ def chat_chunks(subject: str, seq: int, model: str, mode: str | None, created: i
                       "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
     yield chunk({"role": "assistant", "content": ""})
-    for i, piece in enumerate(("Hello", " from ", f"{subject}.")):
+    for i, piece in enumerate(text_pieces(subject, length)):
         yield chunk({"content": piece})
         if mode == "error-after-content" and i == 0:
             yield error

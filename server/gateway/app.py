@@ -1,0 +1,93 @@
+"""The gateway as an ASGI application: the routes, the guard in front of them, and what runs beside them.
+
+One route does the work, ``/{provider}/{path}`` (:class:`~authpool.server.gateway.relay.Relay`);
+everything else is a 404 in JSON. The :class:`~authpool.server.gateway.guard.Guard` middleware
+runs before routing, so no answer — not even a 404 — goes to a caller without the gateway key or
+to a web page. Beside the routes, the lifespan re-reads the stored gateway key every few seconds,
+so a rotated key takes effect without a restart, and writes usage counters every second, so no
+request waits for that write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from authpool import Pool, PoolError
+from authpool.server.gateway.errors import dialect_of, error_body
+from authpool.server.gateway.guard import Guard, Site
+from authpool.server.gateway.keys import RELOAD_EVERY, GatewayKey
+from authpool.server.gateway.relay import MAX_BODY, Relay
+
+__all__ = ["FLUSH_EVERY", "build_app"]
+
+log = logging.getLogger("authpool")
+
+FLUSH_EVERY = 1.0  # seconds between background writes of usage counters
+
+
+def build_app(pool: Pool, key: GatewayKey, site: Site, *, max_body: int = MAX_BODY) -> Starlette:
+    """The gateway for ``pool``, answering at ``site`` to callers holding ``key``.
+
+    Example:
+        >>> app = build_app(Pool.open(), GatewayKey(pool), Site.of("127.0.0.1", 8787))  # doctest: +SKIP
+        >>> uvicorn.run(app, host="127.0.0.1", port=8787)  # doctest: +SKIP
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_reload_key, key)
+            tg.start_soon(_flush_counters, pool)
+            yield
+            tg.cancel_scope.cancel()
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 404
+        known = ", ".join(pool.providers.ids())
+        message = (f"no such route: the gateway serves /PROVIDER/PATH (known providers: {known}), e.g. "
+                   f"{site.origin}/anthropic/v1/messages")
+        body = error_body(dialect_of(None, request.url.path), status, message, "not_found")
+        return Response(body, status_code=status, media_type="application/json")
+
+    app = Starlette(
+        routes=[Route("/{provider}/{path:path}", Relay(pool, max_body=max_body))],
+        middleware=[Middleware(Guard, pool=pool, key=key, site=site)],
+        exception_handlers={404: not_found, 405: not_found},
+        lifespan=lifespan,
+    )
+    # "/acme" is no route: a redirect to "/acme/" would only make clients send their request twice.
+    app.router.redirect_slashes = False
+    return app
+
+
+async def _flush_counters(pool: Pool) -> None:
+    """Write batched usage counters in the background, so no request waits for that write.
+
+    The transport flushes counters itself when they are due (every 2 s), inside the request that
+    finds them due and before its answer goes back: a locked write with two fsyncs in front of
+    a stream's first event. Flushed here every second, they are never due there.
+    """
+    while True:
+        await anyio.sleep(FLUSH_EVERY)
+        try:
+            await anyio.to_thread.run_sync(pool.flush)
+        except PoolError as e:
+            log.warning("could not write usage counters: %s", e)
+
+
+async def _reload_key(key: GatewayKey) -> None:
+    if key.from_env is not None:
+        return
+    while True:
+        await anyio.sleep(RELOAD_EVERY)
+        await anyio.to_thread.run_sync(key.reload)
