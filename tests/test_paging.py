@@ -171,6 +171,135 @@ def test_pool_status_is_a_summary_whose_size_does_not_grow_with_the_pool() -> No
     assert len(json.dumps(large)) < len(json.dumps(small)) + 100  # only the counts' digits differ
 
 
+# -- the listing a store's snapshots keep ------------------------------------------------------------
+
+
+FILTERS: list[dict[str, Any]] = [
+    {}, {"provider": "openai"}, {"namespace": "team"}, {"provider": "openai", "namespace": "team"},
+    {"state": "ready"}, {"state": "disabled"}, {"state": "needs-reauth"}, {"state": "cooling"},
+    {"provider": "anthropic", "state": "ready"},
+]
+
+
+def pages(source: Any, limit: int, now: float, **filters: Any) -> list[tuple[list[str], int]]:
+    """Every page of ``source`` (a Listing, a snapshot or a list): each page's ids and total."""
+    from authpool.accounts.listing import Listing
+
+    out: list[tuple[list[str], int]] = []
+    cursor = None
+    while True:
+        page = (source.page(limit=limit, cursor=cursor, now=now, **filters) if isinstance(source, Listing)
+                else page_accounts(source, limit=limit, cursor=cursor, now=now, **filters))
+        out.append(([a.id for a in page.accounts], page.total))
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+def test_a_listing_kept_change_by_change_pages_exactly_like_one_sorted_afresh(home: Path) -> None:
+    """Across adds, removals, state changes, reordering and namespace moves, the listing derived from
+    the previous snapshot's pages every filter exactly as a listing built from the snapshot by sorting."""
+    import random
+    import time
+
+    from authpool.accounts.listing import Listing
+
+    rng = random.Random(15)
+    pool = Pool.open(home)
+    pool.add_api_keys("openai", [(f"o{i:03d}", f"sk-o-{i:03d}") for i in range(150)])
+    pool.add_api_keys("openai", [(f"t{i:03d}", f"sk-t-{i:03d}") for i in range(40)], namespace="team")
+    pool.add_api_keys("anthropic", [(f"a{i:03d}", f"sk-a-{i:03d}") for i in range(60)])
+    previous = pool.store.read()
+    kept = Listing.of(previous.accounts)
+    for step in range(40):
+        ids = [a.id for a in previous.accounts]
+        picked = rng.sample(ids, 3)
+        kind = step % 5
+        if kind == 0:
+            pool.add_api_keys(rng.choice(["openai", "anthropic"]),
+                              [(f"n{step}-{j}", f"sk-n-{step}-{j}") for j in range(rng.randrange(1, 4))],
+                              namespace=rng.choice(["default", "team"]))
+        elif kind == 1:
+            pool.remove(picked[0])
+        else:
+            def change(rows: Any, kind: int = kind, picked: list[str] = picked) -> None:
+                for account_id in picked:
+                    acc = rows.get(account_id)
+                    if kind == 2:
+                        transitions.set_enabled(acc, not acc.enabled)
+                    elif kind == 3:
+                        transitions.mark_needs_reauth(acc, "refused")
+                        acc.cooldowns["*"] = _cooldown(time.time() + 600)
+                    else:
+                        acc.order = rng.randrange(0, 200)
+                        acc.namespace = rng.choice(["default", "team"])
+
+            pool.store.update_accounts(picked, change)
+        snapshot = pool.store.read()
+        changed = snapshot.changed_since(previous)
+        assert changed is not None
+        derived = kept.evolved(previous, snapshot, changed)
+        assert derived is not None
+        now = time.time()
+        for filters in FILTERS:
+            limit = rng.choice([1, 7, 50])
+            afresh = pages(list(snapshot.accounts), limit, now, **filters)
+            assert pages(derived, limit, now, **filters) == afresh
+            assert pages(snapshot, limit, now, **filters) == afresh  # through the process's kept listing
+        previous, kept = snapshot, derived
+
+
+def test_pages_walked_while_another_process_adds_and_removes_show_every_other_account_once_in_order(
+        home: Path, tmp_path: Path) -> None:
+    """Between every two pages another process adds accounts (before and after the cursor) and removes
+    some: the accounts that stay are each shown once, and the pages never go back in the order."""
+    from tests.conftest import start_worker
+    from tests.test_lock_queue import DEADLINE
+
+    pool = Pool.open(home)
+    stable = {a.id for a in pool.add_api_keys("openai", [(f"s{i:03d}", f"sk-s-{i:03d}") for i in range(120)])}
+    count, stop = tmp_path / "rounds", tmp_path / "stop"
+    churn = start_worker("churn", "openai", str(count), str(stop))
+
+    def rounds() -> int:
+        try:
+            return int(count.read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def wait_past(n: int) -> int:
+        import time
+
+        deadline = time.monotonic() + DEADLINE
+        while rounds() <= n:
+            assert churn.poll() is None, churn.stderr.read() if churn.stderr else ""
+            assert time.monotonic() < deadline, "the other process stopped changing the pool"
+            time.sleep(0.005)
+        return rounds()
+
+    try:
+        seen: list[Account] = []
+        cursor = None
+        done = wait_past(0)
+        while True:
+            page = page_accounts(pool.store.read(), provider="openai", limit=7, cursor=cursor)
+            seen += page.accounts
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+            done = wait_past(done)  # the pool changes between every two pages
+    finally:
+        stop.touch()
+        out, err = churn.communicate(timeout=DEADLINE)
+    assert churn.returncode == 0, err
+    assert json.loads(out)["rounds"] >= 17
+    ids = [a.id for a in seen]
+    assert len(ids) == len(set(ids))
+    assert stable <= set(ids)
+    keys = [listing_key(a) for a in seen]
+    assert keys == sorted(keys)
+
+
 # -- the MCP tool and resource ----------------------------------------------------------------------
 
 

@@ -191,6 +191,36 @@ def wait_until_interrupted(lock_file: str, exit_file: str) -> None:
     _wait_for(exit_file)
 
 
+def churn(provider: str, count_file: str, stop_file: str) -> None:
+    """Add and remove accounts of ``provider`` until ``stop_file`` exists: each round adds two keys
+    (one placed among the existing accounts' order, one after them) and removes the oldest it added;
+    after each round, writes how many rounds are done to ``count_file`` (atomically)."""
+    import random
+
+    pool = Pool.open()
+    rng = random.Random(os.getpid())
+    mine: list[str] = []
+    rounds = 0
+    while not os.path.exists(stop_file):
+        added = pool.add_api_keys(provider, [(f"churn-{rounds}-a", f"sk-churn-{rounds}-a"),
+                                             (f"churn-{rounds}-b", f"sk-churn-{rounds}-b")])
+        early = added[0].id
+        place = rng.randrange(0, 120)
+
+        def move(rows: object, account_id: str = early, order: int = place) -> None:
+            rows.get(account_id).order = order  # type: ignore[attr-defined]
+
+        pool.store.update_accounts([early], move)
+        mine += [a.id for a in added]
+        if len(mine) > 6:
+            pool.remove(mine.pop(0))
+        rounds += 1
+        with open(count_file + ".tmp", "w", encoding="ascii") as f:
+            f.write(str(rounds))
+        os.replace(count_file + ".tmp", count_file)
+    print(json.dumps({"rounds": rounds}), flush=True)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -211,6 +241,8 @@ if __name__ == "__main__":
         disable_when(rest[0], rest[1], rest[2])
     elif command == "take-turn":
         take_turn(rest[0], rest[1], rest[2], rest[3], rest[4])
+    elif command == "churn":
+        churn(rest[0], rest[1], rest[2])
     elif command == "wait-until-interrupted":
         wait_until_interrupted(rest[0], rest[1])
     else:

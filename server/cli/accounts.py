@@ -88,7 +88,7 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
     it, and the command that shows the next page."""
     pool = Pool.open()
     now = time.time()
-    page = page_accounts(pool.accounts(args.provider), provider=args.provider, namespace=args.namespace,
+    page = page_accounts(pool.store.read(), provider=args.provider, namespace=args.namespace,
                          state=args.state, limit=args.limit, cursor=args.cursor, now=now)
     accounts = page.accounts
     if args.json:

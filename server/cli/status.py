@@ -29,7 +29,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Print the pool's summary per provider (``--json``: the library's report as is): counts by state, the
     next account to free up, and the accounts that need a person (capped; `accounts list --state` shows all)."""
     pool = Pool.open()
-    report = pool_status(pool.accounts())
+    report = pool_status(pool.store.read().accounts)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

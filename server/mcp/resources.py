@@ -30,7 +30,7 @@ RESOURCE_LIMIT = 100  # accounts in authpool://accounts: about 100 KB of JSON; l
 def accounts_json(state: ServerState) -> str:
     """The first accounts' public metadata and state (no secrets), as JSON, with a note when there are more."""
     now = time.time()
-    page = page_accounts(state.pool.accounts(), limit=RESOURCE_LIMIT, now=now)
+    page = page_accounts(state.pool.store.read(), limit=RESOURCE_LIMIT, now=now)
     return accounts_resource(page, now).model_dump_json(indent=2)
 
 

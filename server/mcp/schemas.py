@@ -313,7 +313,7 @@ def attempt_view(a: Attempt, at: float | None = None) -> AttemptView:
 
 def pool_report(pool: Pool, now: float) -> PoolStatus:
     """The pool's home and, per provider, how many accounts are in each state (reads the pool)."""
-    report = pool_status(pool.accounts(), now)
+    report = pool_status(pool.store.read().accounts, now)
     return PoolStatus(
         now=iso(now) or "",
         home=str(pool.home.path),
@@ -327,7 +327,7 @@ def pool_report(pool: Pool, now: float) -> PoolStatus:
 
 def provider_list(pool: Pool) -> ProviderList:
     """Every provider the pool knows, with its origins and account count (reads the pool)."""
-    counts = collections.Counter(a.provider for a in pool.accounts())
+    counts = collections.Counter(a.provider for a in pool.store.read().accounts)
     out = []
     for p in pool.providers:
         name, _, _ = p.credential_headers("api_key")

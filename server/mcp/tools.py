@@ -134,9 +134,10 @@ async def list_accounts(
         pool = state_of(ctx).pool
         if provider:
             pool.provider(provider)
-        accounts = await anyio.to_thread.run_sync(lambda: pool.accounts(provider or None))
-        page = page_accounts(accounts, provider=provider or None, namespace=namespace or None, state=state or None,
-                             limit=limit, cursor=cursor or None, now=now)
+        # A team store may go to the database for its snapshot: in a worker thread, with the page.
+        page = await anyio.to_thread.run_sync(lambda: page_accounts(
+            pool.store.read(), provider=provider or None, namespace=namespace or None, state=state or None,
+            limit=limit, cursor=cursor or None, now=now))
     return account_list(page, now)
 
 
