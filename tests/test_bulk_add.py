@@ -11,12 +11,13 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from authpool import DuplicateLabel, InvalidInput, Pool, SecretError, SecretStore
+from authpool import Account, DuplicateLabel, InvalidInput, Pool, SecretError, SecretStore
 from authpool.accounts.secret import Secret
 from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, start_worker
 from tests.keyrings import FullKeyring
@@ -145,8 +146,6 @@ def test_a_failed_metadata_update_removes_the_secrets_it_saved(pool: Pool, home:
     holder = start_worker("disable-when", "openai/existing", str(ready), str(go))
     try:
         deadline = 60.0
-        import time
-
         start = time.monotonic()
         while not ready.exists():
             assert time.monotonic() - start < deadline, holder.stderr.read() if holder.stderr else ""
@@ -162,6 +161,44 @@ def test_a_failed_metadata_update_removes_the_secrets_it_saved(pool: Pool, home:
     assert holder.returncode == 0, err
     assert [a.label for a in Pool.open(home).accounts()] == ["existing"]
     assert_no_secrets([r.stdout, r.stderr, *home_texts(home)], keys)
+
+
+def test_one_key_added_while_another_process_writes_reads_the_pool_inside_its_own_update(
+        pool: Pool, home: Path, tmp_path: Path) -> None:
+    """add_api_key waits for the store's lock while another process adds an account; its change then reads
+    the pool (for the new account's order) inside its own transaction: the other account is seen, no error."""
+    import threading
+
+    from tests.test_lock_queue import wait_until_blocked
+
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    racer = start_worker("add-when", "openai", "racer", str(ready), str(go))
+    result: list[Any] = []
+    adder = threading.Thread(target=lambda: result.append(_attempt(lambda: pool.add_api_key("openai", "mine",
+                                                                                            "sk-mine-0001"))))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline and racer.poll() is None, racer.stderr.read() if racer.stderr else ""
+            time.sleep(0.01)
+        adder.start()
+        wait_until_blocked(home / "locks" / "pool.lock", os.getpid())
+    finally:
+        go.touch()
+        racer.communicate(timeout=60)
+        adder.join(timeout=60)
+    assert racer.returncode == 0
+    added = result[0]
+    assert isinstance(added, Account), added
+    assert [(a.label, a.order) for a in Pool.open(home).accounts("openai")] == [
+        ("existing", 0), ("racer", 0), ("mine", 1)]
+
+
+def _attempt(fn: Any) -> Any:
+    try:
+        return fn()
+    except Exception as e:  # the test reports it
+        return e
 
 
 # -- the library ------------------------------------------------------------------------------------

@@ -191,6 +191,22 @@ def wait_until_interrupted(lock_file: str, exit_file: str) -> None:
     _wait_for(exit_file)
 
 
+def add_when(provider: str, label: str, ready_file: str, go_file: str) -> None:
+    """One store update that stops inside its change (creating ``ready_file``) until ``go_file`` exists,
+    then adds an account ``provider/label`` (metadata only); prints "done"."""
+    from authpool import Account
+
+    pool = Pool.open()
+
+    def change(rows: object) -> None:
+        open(ready_file, "a").close()
+        _wait_for(go_file)
+        rows.add(Account(id="racer001", provider=provider, label=label, kind="api_key"))  # type: ignore[attr-defined]
+
+    pool.store.update_accounts((), change)
+    print("done", flush=True)
+
+
 def churn(provider: str, count_file: str, stop_file: str) -> None:
     """Add and remove accounts of ``provider`` until ``stop_file`` exists: each round adds two keys
     (one placed among the existing accounts' order, one after them) and removes the oldest it added;
@@ -241,6 +257,8 @@ if __name__ == "__main__":
         disable_when(rest[0], rest[1], rest[2])
     elif command == "take-turn":
         take_turn(rest[0], rest[1], rest[2], rest[3], rest[4])
+    elif command == "add-when":
+        add_when(rest[0], rest[1], rest[2], rest[3])
     elif command == "churn":
         churn(rest[0], rest[1], rest[2])
     elif command == "wait-until-interrupted":
