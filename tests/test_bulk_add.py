@@ -19,7 +19,7 @@ import pytest
 
 from authpool import Account, DuplicateLabel, InvalidInput, Pool, SecretError, SecretStore
 from authpool.accounts.secret import Secret
-from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, start_worker
+from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
 from tests.keyrings import FullKeyring
 
 
@@ -161,6 +161,92 @@ def test_a_failed_metadata_update_removes_the_secrets_it_saved(pool: Pool, home:
     assert holder.returncode == 0, err
     assert [a.label for a in Pool.open(home).accounts()] == ["existing"]
     assert_no_secrets([r.stdout, r.stderr, *home_texts(home)], keys)
+
+
+@pytest.fixture
+def full_keyring(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The home's credential store is a plain file that takes 6 entries, then refuses every write;
+    it holds one account's key already. Its file, for the test to read."""
+    path = tmp_path / "keyring.json"
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.keyrings.FileFullKeyring")
+    monkeypatch.setenv("TEST_KEYRING_FILE", str(path))
+    monkeypatch.setenv("TEST_KEYRING_CAPACITY", "6")
+    r = run_cli("accounts", "add-key", "openai", "--label", "existing", input="sk-existing-0001\n")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+def keyring_entries(path: Path) -> dict[str, str]:
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def test_a_credential_store_that_fails_after_five_writes_leaves_no_account_and_no_secret_behind(
+        full_keyring: Path, home: Path) -> None:
+    """20 keys into a store with room for 5: one line naming the failure (the key it echoed hidden), exit 1;
+    the 5 written are deleted again and no account row was written."""
+    keys = [new_key() for _ in range(20)]
+    before = (keyring_entries(full_keyring), raw_pool(home)["accounts"])
+    r = run_cli("accounts", "add-key", "openai", "--from-file", "-",
+                input=jsonl(*({"label": f"k{i:02d}", "key": k} for i, k in enumerate(keys))))
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr.startswith("authpool: error: the credential store tests.keyrings.FileFullKeyring failed to "
+                               "write the secrets of 20 accounts: PasswordSetError: the store is full; refused "
+                               '{"v":1,"kind":"api_key","api_key":"<hidden>"}'), r.stderr
+    assert r.stderr.endswith("; nothing was added\n") and r.stderr.count("\n") == 1, r.stderr
+    assert (keyring_entries(full_keyring), raw_pool(home)["accounts"]) == before
+    assert [a.name for a in Pool.open(home).accounts()] == ["openai/existing"]
+    assert_no_secrets([r.stdout, r.stderr, full_keyring.read_text(), *home_texts(home)], keys)
+
+
+def test_the_library_keeps_none_of_a_batch_the_credential_store_refuses_partway(
+        full_keyring: Path, home: Path) -> None:
+    """Pool.add_api_keys raises SecretError (no key in it); the store and the credential store are as they were."""
+    keys = [new_key() for _ in range(8)]
+    pool = Pool.open(home)
+    before = (keyring_entries(full_keyring), raw_pool(home)["accounts"])
+    with pytest.raises(SecretError) as e:
+        pool.add_api_keys("openai", [(f"k{i}", k) for i, k in enumerate(keys)])
+    assert "failed to write the secrets of 8 accounts" in str(e.value)
+    assert_no_secrets([str(e.value)], keys)
+    assert (keyring_entries(full_keyring), raw_pool(home)["accounts"]) == before
+    assert pool.add_api_keys("openai", [("k0", keys[0])])[0].name == "openai/k0"  # room for one more: it fits
+
+
+def test_a_label_another_process_takes_while_the_batch_waits_for_the_store_is_named_by_line(
+        pool: Pool, home: Path, tmp_path: Path) -> None:
+    """The batch checked its labels, saved its secrets, then waited for the store's lock while another
+    process added `k05`: the store refuses the batch whole, the error names line 6, the secrets go again."""
+    from tests.test_lock_queue import wait_until_blocked
+
+    keys = [new_key() for _ in range(10)]
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    racer = start_worker("add-when", "openai", "k05", str(ready), str(go))
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert time.monotonic() < deadline and racer.poll() is None, racer.stderr.read() if racer.stderr else ""
+            time.sleep(0.01)
+        before = vault_entries(home)
+        file = tmp_path / "keys.jsonl"
+        file.write_text(jsonl(*({"label": f"k{i:02d}", "key": k} for i, k in enumerate(keys))))
+        batch = subprocess.Popen(
+            [sys.executable, "-m", "authpool.server.cli", "accounts", "add-key", "openai", "--from-file", str(file)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            env={**os.environ, "AUTHPOOL_LOCK_TIMEOUT": "120"})
+        wait_until_blocked(home / "locks" / "pool.lock", batch.pid)
+        assert len(vault_entries(home)) == len(before) + 10  # its secrets first, as always
+    finally:
+        go.touch()
+        racer_out, racer_err = racer.communicate(timeout=60)
+    out, err = batch.communicate(timeout=60)
+    assert racer.returncode == 0, racer_err
+    assert batch.returncode == 1 and out == "", err
+    assert err == (f"authpool: error: {file} line 6: openai has an account with this label already (racer001); "
+                   "nothing was added\n")
+    assert vault_entries(home) == before
+    assert [a.label for a in Pool.open(home).accounts()] == ["existing", "k05"]
+    assert_no_secrets([out, err, *home_texts(home)], keys)
+    file.unlink()
 
 
 def test_one_key_added_while_another_process_writes_reads_the_pool_inside_its_own_update(

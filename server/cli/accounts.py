@@ -13,11 +13,11 @@ import shlex
 import sys
 import time
 
-from authpool import InvalidInput, Pool, TokenSet
+from authpool import InvalidInput, Pool, PoolError, TokenSet
 from authpool.accounts import account_view, describe_windows, fix_command, page_accounts
 from authpool.accounts.batch import KeyBatch
 from authpool.accounts.listing import DEFAULT_LIMIT, MAX_LIMIT, STATES
-from authpool.server.cli.errors import UsageError
+from authpool.server.cli.errors import EXIT_ERROR, UsageError
 from authpool.server.cli.format import describe_state, print_table, relative
 
 __all__ = [
@@ -171,6 +171,10 @@ def _add_keys_from_file(provider: str, source: str, namespace: str) -> int:
         if e.entry is None:
             raise
         raise type(e)(f"{where} {names[e.entry - 1]}: {e.problem}; nothing was added") from None
+    except PoolError as e:
+        # The credential store or the metadata store failed: the batch is all or nothing, so say which.
+        print(f"authpool: error: {e}; nothing was added", file=sys.stderr)
+        return EXIT_ERROR
     into = provider if namespace == "default" else f"{provider} (namespace {namespace})"
     print(f"added {len(added)} API-key account{'s' if len(added) != 1 else ''} to {into}")
     return 0
