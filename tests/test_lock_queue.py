@@ -7,9 +7,11 @@ flock request under the lock it waits for (``->``) with the waiting process's id
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,27 +20,43 @@ import pytest
 
 from authpool import LockTimeout
 from authpool.storage.lock import Lock
-from tests.conftest import run_worker, start_worker
+from tests.conftest import REPO, run_worker, start_worker
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/locks"), reason="needs Linux's /proc/locks")
 
 DEADLINE = 60.0
 
 
-def wait_until_blocked(path: Path, pid: int) -> None:
-    """Wait until process ``pid`` waits in the kernel for the flock on ``path``."""
-    inode = path.stat().st_ino
+def blocked_on(pid: int) -> set[int]:
+    """The inodes of the files process ``pid`` waits in the kernel to flock (``/proc/locks``)."""
+    out: set[int] = set()
+    with open("/proc/locks", encoding="ascii") as f:
+        for line in f:
+            fields = line.split()
+            # "7: -> FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF": a request blocked on inode 1234
+            if len(fields) >= 7 and fields[1] == "->" and fields[5] == str(pid):
+                out.add(int(fields[6].rsplit(":", 1)[-1]))
+    return out
+
+
+def wait_until_blocked(lock_file: Path, pid: int, *, behind: int | None = None) -> None:
+    """Wait until process ``pid`` waits in the kernel for the lock on ``lock_file``: for the lock file
+    itself, or in line for the node of the one before it (a node of process ``behind``, if given)."""
+    line = lock_file.with_name(lock_file.name + ".line")
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
-        with open("/proc/locks", encoding="ascii") as f:
-            for line in f:
-                fields = line.split()
-                # "7: -> FLOCK  ADVISORY  WRITE 4242 00:2f:1234 0 EOF": a request blocked on inode 1234
-                if len(fields) >= 7 and fields[1] == "->" and fields[5] == str(pid) and \
-                        fields[6].rsplit(":", 1)[-1] == str(inode):
-                    return
+        waited = blocked_on(pid)
+        if waited:
+            nodes = {}
+            with contextlib.suppress(FileNotFoundError):
+                nodes = {p.name: p.stat().st_ino for p in line.iterdir()}
+            targets = {n for name, n in nodes.items() if behind is None or name.startswith(f"{behind}-")}
+            if behind is None:
+                targets.add(lock_file.stat().st_ino)
+            if waited & targets:
+                return
         time.sleep(0.01)
-    raise AssertionError(f"process {pid} never waited for {path.name}")
+    raise AssertionError(f"process {pid} never waited for {lock_file.name}" + (f" behind {behind}" if behind else ""))
 
 
 def wait_for_line(proc: subprocess.Popen[str], expected: str) -> None:
@@ -77,17 +95,71 @@ def test_a_holder_that_releases_and_asks_again_is_served_after_the_process_alrea
 
 
 def test_waiters_are_served_in_the_order_they_started_waiting(lock_file: Path, tmp_path: Path) -> None:
-    """The first waiter waits for the lock file itself, the second queues behind it: first come, first served."""
+    """Each waiter waits on the one before it in line: three waiters and the holder asking again are
+    served first come, first served."""
+    log, release = tmp_path / "turns", tmp_path / "release"
+    holder = start_worker("take-turn", str(lock_file), "holder", str(log), str(release), "again")
+    wait_for_line(holder, "held")
+    waiters = []
+    before = holder.pid
+    for name in ("first", "second", "third"):
+        w = start_worker("take-turn", str(lock_file), name, str(log), "-", "once")
+        wait_until_blocked(lock_file, w.pid, behind=before)
+        waiters.append(w)
+        before = w.pid
+    release.touch()
+    finish(holder, *waiters)
+    assert turns(log) == ["holder", "first", "second", "third", "holder again"]
+
+
+def test_a_lock_file_deleted_while_held_lets_nobody_in_before_the_holder_lets_go(
+        lock_file: Path, tmp_path: Path) -> None:
+    """The next process waits in line behind the holder, not on the lock file, so deleting the file (a
+    cleaner) does not let it in early: it takes a new lock file only once the holder is done."""
     log, release = tmp_path / "turns", tmp_path / "release"
     holder = start_worker("take-turn", str(lock_file), "holder", str(log), str(release), "once")
     wait_for_line(holder, "held")
-    first = start_worker("take-turn", str(lock_file), "first", str(log), "-", "once")
-    wait_until_blocked(lock_file, first.pid)
-    second = start_worker("take-turn", str(lock_file), "second", str(log), "-", "once")
-    wait_until_blocked(lock_file.with_name(lock_file.name + ".queue"), second.pid)
+    lock_file.unlink()
+    waiter = start_worker("take-turn", str(lock_file), "waiter", str(log), "-", "once")
+    wait_until_blocked(lock_file, waiter.pid, behind=holder.pid)
+    assert not lock_file.exists() and turns(log) == ["holder"]
     release.touch()
-    finish(holder, first, second)
-    assert turns(log) == ["holder", "first", "second"]
+    finish(holder, waiter)
+    assert turns(log) == ["holder", "waiter"] and lock_file.exists()
+
+
+GIVE_UP = """
+import sys
+from pathlib import Path
+from authpool import LockTimeout
+from authpool.storage.lock import Lock
+try:
+    Lock(Path(sys.argv[1]), timeout=0.5).acquire()
+except LockTimeout:
+    print("gave up", flush=True)
+"""
+
+
+def test_the_line_s_directory_does_not_grow_when_a_process_gives_up_and_exits(
+        lock_file: Path, tmp_path: Path) -> None:
+    """A process that times out in line and exits lets the next go on (its node is let go with its
+    descriptors); the node it was waiting on, which nobody after it deletes, is swept by the next process."""
+    log, release = tmp_path / "turns", tmp_path / "release"
+    holder = start_worker("take-turn", str(lock_file), "holder", str(log), str(release), "once")
+    wait_for_line(holder, "held")
+    gave_up = subprocess.run([sys.executable, "-c", GIVE_UP, str(lock_file)], capture_output=True, text=True,
+                             timeout=DEADLINE, cwd=REPO)
+    assert gave_up.stdout == "gave up\n", gave_up.stderr
+    after = start_worker("take-turn", str(lock_file), "after", str(log), "-", "once")
+    wait_until_blocked(lock_file, after.pid)
+    release.touch()
+    finish(holder, after)
+    last = start_worker("take-turn", str(lock_file), "last", str(log), "-", "once")
+    finish(last)
+    assert turns(log) == ["holder", "after", "last"]
+    line = lock_file.with_name(lock_file.name + ".line")
+    assert [p.name.split("-")[0] for p in line.iterdir()] == [str(last.pid)]  # its node: last in line
+    assert line.stat().st_mode & 0o777 == 0o700
 
 
 def _lock_waiters() -> list[threading.Thread]:

@@ -1,20 +1,35 @@
-"""Locks shared by threads and processes: the pool file lock and per-account refresh locks.
+"""Locks shared by threads and processes: the pool's store lock and per-account refresh locks.
 
 A :class:`Lock` is a ``threading.Lock`` (one per path per process, so threads queue in memory
-instead of polling the file) plus an OS file lock (``flock``) for other processes. Lock files are
-never deleted: a deleted lock file lets two processes lock two different inodes and both believe
-they hold the lock. Each holder writes its pid and command into the lock file, so a timeout can
-say who is holding it.
+instead of polling the file) plus an OS file lock (``flock``) on ``NAME.lock`` for other
+processes. Lock files are never deleted: a deleted lock file lets two processes lock two
+different inodes and both believe they hold the lock. Each holder writes its pid and command
+into the lock file, so a timeout can say who is holding it.
 
-A contended lock is waited for in the kernel: a blocking ``flock`` in a waiter thread, which the
-kernel wakes the moment the holder lets go. ``flock`` alone is not fair, though: on release the
-kernel wakes every waiter and the first to run wins, which is often the releasing process itself
-coming straight back. So a lock has a second file, ``NAME.lock.queue``: a contender takes the
-queue file first and lets go of it once it holds the lock file. At most one process waits for
-the lock file itself, and it gets it next; a holder that releases and asks again queues behind
-it. A blocking ``flock`` cannot be cancelled, so a caller whose timeout passes *abandons* its
-waiter rather than stopping it; an abandoned waiter lets go of whatever it is granted later, at
-once. Nobody is left holding a lock they stopped waiting for.
+Waiters are served first come, first served, and wait in the kernel, not by polling. ``flock``
+alone is not fair: on release the kernel wakes every waiter and whoever runs first wins, which
+under back-to-back updates is usually the process that just let go (measured with 4 processes
+on 2 CPUs, even with every contender taking a shared queue file first: one process took the
+lock up to 47 times in a row while three others waited). So the
+waiters form a line, as in a CLH queue lock: each contender creates a *node* file of its own in
+``NAME.lock.line/`` and locks it, then, under the short-held ``NAME.lock.queue`` file, reads who
+is last in line and writes its own node's name there; it then waits (a blocking ``flock``) on
+the node of the one before it, which its owner lets go only after releasing ``NAME.lock``. So
+each release wakes exactly one waiter, the next in line, and a newcomer lines up behind the
+others: nobody can cut in. The next in line deletes the node it waited on; a process that dies
+lets go of its node with its file descriptors, so the line moves on without it. A node nobody
+holds may be deleted at any time (whoever looks for it then goes straight on to ``NAME.lock``),
+so each process sweeps such leftovers on its first acquisition and now and then after. Without
+contention no file is created: a process keeps its last node open and takes it again if nobody
+lined up after it. ``NAME.lock`` itself is still locked by whoever's turn it is, so mutual
+exclusion never depends on the line (another program, or an older authpool, locking
+``NAME.lock`` alone is still excluded).
+
+A blocking ``flock`` cannot be cancelled, so a caller whose timeout passes *abandons* its place
+rather than leaving the line: the waiter thread keeps waiting for its turn and, when it comes,
+passes it straight on. Nobody is left holding a lock they stopped waiting for, and nobody behind
+waits for a caller who gave up. ``timeout=0`` never lines up: it takes ``NAME.lock`` if it is
+free at that moment, or fails.
 
 Someone else may still delete a lock file (a cleaner, an ``rm -rf``). Two checks keep that from
 losing a change. After locking, the locked file must still be the file at the path (same device
@@ -22,18 +37,21 @@ and inode), else the lock is taken again. And a holder about to commit asks
 :meth:`Lock.ensure_held` first: if its file was deleted or replaced meanwhile, another process may
 hold the new one, so the holder raises :class:`LockLost` instead of writing (the store then
 redoes its change under a fresh lock). What remains is the moment between that check and the
-commit itself.
+commit itself. A deleted line or queue file costs fairness for a moment, never exclusion.
 
-``flock`` is POSIX; so is the rest of the pool file's write discipline (``pwrite``, directory
-fsyncs). Elsewhere acquiring a lock raises :class:`~authpool.errors.StoreError` saying so.
+``flock`` is POSIX; so is the rest of the store's write discipline. Elsewhere acquiring a lock
+raises :class:`~authpool.errors.StoreError` saying so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -42,9 +60,12 @@ from authpool.errors import LockLost, LockTimeout, StoreError
 __all__ = ["DEFAULT_TIMEOUT", "Lock"]
 
 DEFAULT_TIMEOUT = float(os.environ.get("AUTHPOOL_LOCK_TIMEOUT", "15"))
+_REPLACED_ATTEMPTS = 100  # a lock file replaced under us this often in a row while we lock it: give up
+_SWEEP_EVERY = 256  # acquisitions of a lock by one process between two sweeps of its line's directory
 
 _registry_guard = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
+_acquisitions: dict[str, int] = {}
 
 
 def _thread_lock(path: Path) -> threading.Lock:
@@ -56,20 +77,24 @@ def _thread_lock(path: Path) -> threading.Lock:
         return lock
 
 
+def _count(path: Path) -> int:
+    """How many times this process has acquired ``path``'s lock, this one included."""
+    key = str(path)
+    with _registry_guard:
+        n = _acquisitions[key] = _acquisitions.get(key, 0) + 1
+        return n
+
+
 if sys.platform != "win32":
     import fcntl
 
-    def _try_flock(fd: int) -> bool:
-        """Lock ``fd`` if nobody holds its file; never waits."""
+    def _flock(fd: int, *, block: bool) -> bool:
+        """Lock ``fd``'s file; without ``block``, False instead of waiting."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if block else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
-
-    def _flock(fd: int) -> None:
-        """Wait in the kernel until ``fd``'s file is ours."""
-        fcntl.flock(fd, fcntl.LOCK_EX)
 
     def _unflock(fd: int) -> None:
         # Explicitly, not only by closing: a child forked meanwhile shares the open file
@@ -81,19 +106,19 @@ else:  # pragma: no cover - not run on POSIX
     def _unsupported() -> StoreError:
         return StoreError("authpool's file locks need POSIX flock, which this platform does not have")
 
-    def _try_flock(fd: int) -> bool:
-        raise _unsupported()
-
-    def _flock(fd: int) -> None:
+    def _flock(fd: int, *, block: bool) -> bool:
         raise _unsupported()
 
     def _unflock(fd: int) -> None:
         raise _unsupported()
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
 def _open(path: Path) -> int:
-    # Never O_TRUNC: the file names the current holder, and a contender must not erase that.
-    return os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    # Never O_TRUNC: the lock file names the current holder, the queue file the last in line.
+    return os.open(path, os.O_RDWR | os.O_CREAT | _CLOEXEC, 0o600)
 
 
 def _close(fd: int) -> None:
@@ -104,16 +129,19 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
+def _write_over(fd: int, data: bytes) -> None:
+    # Write, then trim the tail: truncating to zero first makes the filesystem free and
+    # reallocate a block on every acquisition (measured: 5x slower lock cycle on ext4).
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
+
+
 def _record_holder(fd: int) -> None:
     # Runs with the flock held. Contenders never truncate the file (see _open), so what we
     # write here names the current holder.
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    info = f"pid {os.getpid()} ({prog}) since {stamp}".encode()
-    # Write, then trim the tail: truncating to zero first makes the filesystem free and
-    # reallocate a block on every acquisition (measured: 5x slower lock cycle on ext4).
-    os.pwrite(fd, info, 0)
-    os.ftruncate(fd, len(info))
+    _write_over(fd, f"pid {os.getpid()} ({prog}) since {stamp}".encode())
 
 
 def _describe_holder(lock_file: Path) -> str | None:
@@ -124,48 +152,208 @@ def _describe_holder(lock_file: Path) -> str | None:
     return text or None
 
 
-class _Waiter:
-    """The blocking part of an acquisition, in a daemon thread of its own: the queue file, then the lock file.
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``fd`` is the file at ``path`` now (not deleted or replaced since it was opened)."""
+    st = os.fstat(fd)
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
-    Started with ``queue`` already locked or not. Once the lock file is granted the queue file is
-    let go, and the caller owns ``mutex`` when :meth:`wait` returns True. When :meth:`wait`
-    returns False (or raises), the caller has abandoned it and the waiter owns both descriptors:
-    it lets go of whatever the kernel grants it later, since nobody wants it any more.
+
+class _Spare:
+    """This process's node from its last turn on a lock, let go of but kept open: the next turn
+    reuses it if nobody lined up after it meanwhile (the usual case without contention), so an
+    uncontended lock creates and deletes no file."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._node: tuple[int, str, int] | None = None  # (pid, name, descriptor)
+
+    def take(self) -> tuple[str, int] | None:
+        with self._guard:
+            node, self._node = self._node, None
+        if node is None or node[0] != os.getpid():
+            return None  # none, or inherited across a fork: the parent's
+        return node[1], node[2]
+
+    def put(self, name: str, fd: int) -> None:
+        with self._guard:
+            old, self._node = self._node, (os.getpid(), name, fd)
+        if old is not None and old[0] == os.getpid():
+            os.close(old[2])
+
+
+_spares: dict[str, _Spare] = {}
+
+
+def _spare(path: Path) -> _Spare:
+    key = str(path)
+    with _registry_guard:
+        spare = _spares.get(key)
+        if spare is None:
+            spare = _spares[key] = _Spare()
+        return spare
+
+
+class _Turn:
+    """One acquisition's way to the lock: its place in line (its node file, locked while it is in
+    line or holds the lock), the node of the one before it, and the lock file.
+
+    :meth:`advance` takes the steps in order: line up (under the queue file), wait for the one
+    before to let go of its node, lock the lock file. Without blocking it stops at the first step
+    that would wait, so the rest can go on in a waiter thread.
     """
 
-    def __init__(self, queue: int, mutex: int, *, queued: bool, path: Path) -> None:
-        self.queue = queue
-        self.mutex = mutex
-        self.error: OSError | None = None
-        self._queued = queued
+    def __init__(self, lock: Lock, *, in_line: bool = True) -> None:
+        self.lock = lock
+        self.node_name = ""
+        self.node: int | None = None  # our node, locked, once we are in line
+        self.before: int | None = None  # the node of the one before us in line, until it lets go
+        self.passed: str | None = None  # the node we waited on: deleted once we are done
+        self.mutex: int | None = None  # the lock file, once locked
+        self._lined_up = not in_line  # not in line: timeout=0 takes the lock file or nothing
+
+    def advance(self, *, block: bool, wanted: Callable[[], bool] = lambda: True) -> bool:
+        """Take the steps left; True once the lock file is ours (or, if ``wanted`` turns false, once
+        nobody waits on us). Without ``block``, False at the first step that would wait."""
+        if not self._lined_up:
+            if not wanted():
+                return True  # not in line yet: nobody waits on us
+            if not self._line_up(block=block):
+                return False
+        if self.before is not None:
+            if not _flock(self.before, block=block):
+                return False
+            _close(self.before)
+            self.before = None
+        return self._lock_file(block=block, wanted=wanted)
+
+    def _lock_file(self, *, block: bool, wanted: Callable[[], bool]) -> bool:
+        """Our turn has come: lock the lock file (unless nobody wants it any more)."""
+        if not wanted():
+            return True
+        for _ in range(_REPLACED_ATTEMPTS):
+            fd = _open(self.lock.path)
+            try:
+                if not _flock(fd, block=block):
+                    os.close(fd)
+                    return False
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(self.lock.path, fd):
+                self.mutex = fd
+                return True
+            # We locked a file that is no longer the lock file (deleted or replaced meanwhile):
+            # others lock the new one, so ours excludes no one. Lock the path again.
+            _close(fd)
+            if not wanted():
+                return True
+        raise LockTimeout(self.lock.path, self.lock.timeout, "nobody: the lock file kept being deleted or replaced")
+
+    def _line_up(self, *, block: bool) -> bool:
+        spare = self.lock.spare.take() if self.node is None else None
+        if spare is not None:
+            lined_up = self._enqueue(block=block, spare=spare)
+            if lined_up is not None:
+                return lined_up
+            os.close(spare[1])  # someone lined up after it: theirs to delete
+        if self.node is None:
+            self.node_name, self.node = self.lock.new_node()
+        return self._enqueue(block=block, spare=None) is True
+
+    def _enqueue(self, *, block: bool, spare: tuple[str, int] | None) -> bool | None:
+        """Under the queue file, become last in line and note who was before. With ``spare`` (our
+        last turn's node), only if it is still last in line: it is our node again and nobody is
+        before us; None if it is not. False if the queue file would make us wait."""
+        queue = _open(self.lock.queue_path)
+        try:
+            if not _flock(queue, block=block):
+                if spare is not None:
+                    self.lock.spare.put(*spare)  # taken again when the waiter thread goes on
+                return False
+            try:
+                last = os.pread(queue, 256, 0).decode("ascii", "replace").strip()
+                if spare is not None:
+                    if last != spare[0] or not _flock(spare[1], block=False):
+                        return None
+                    if os.fstat(spare[1]).st_nlink == 0:  # swept meanwhile: nobody could find it
+                        _unflock(spare[1])
+                        return None
+                    self.node_name, self.node = spare
+                    self._lined_up = True
+                    return True
+                _write_over(queue, self.node_name.encode())
+            finally:
+                _unflock(queue)
+        finally:
+            os.close(queue)
+        self._lined_up = True
+        if last:
+            try:
+                self.before = os.open(self.lock.line_dir / last, os.O_RDWR | _CLOEXEC)
+                self.passed = last
+            except FileNotFoundError:
+                pass  # deleted (a sweep, or whoever cleaned the directory): nobody to wait for
+        return True
+
+    def finish(self, *, keep: bool = False) -> None:
+        """Let go of everything: the lock file if ours, then our node (the next in line goes on).
+        With ``keep``, our node stays open as this process's spare for its next turn."""
+        try:
+            if self.mutex is not None:
+                _close(self.mutex)
+                self.mutex = None
+            if self.before is not None:
+                os.close(self.before)  # never locked by us: only closed
+                self.before = None
+        finally:
+            node, self.node = self.node, None
+            if node is not None:
+                if keep:
+                    _unflock(node)
+                    self.lock.spare.put(self.node_name, node)
+                else:
+                    _close(node)
+            if self.passed is not None:  # off the critical path: the next in line is already going
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.lock.line_dir / self.passed)
+                self.passed = None
+
+
+class _Waiter:
+    """The rest of a :class:`_Turn`, in a daemon thread of its own.
+
+    When :meth:`wait` returns True the caller owns the turn, the lock file locked. When it returns
+    False (or raises), the caller has abandoned it and the thread owns it: it waits for the turn to
+    come and passes it straight on, never locking the lock file for nobody.
+    """
+
+    def __init__(self, turn: _Turn, path: Path) -> None:
+        self.turn = turn
+        self.error: BaseException | None = None
         self._done = threading.Event()
         self._state = threading.Lock()  # orders "granted" against "abandoned"
         self._abandoned = False
         threading.Thread(target=self._run, name=f"authpool-lock-wait {path.name}", daemon=True).start()
 
+    def _wanted(self) -> bool:
+        with self._state:
+            return not self._abandoned
+
     def _run(self) -> None:
-        granted = False
         try:
-            if not self._queued:
-                _flock(self.queue)
-            with self._state:
-                abandoned = self._abandoned
-            if not abandoned:  # nobody waits for it any more: do not queue for the lock file itself
-                _flock(self.mutex)
-                granted = True
-        except OSError as e:
+            self.turn.advance(block=True, wanted=self._wanted)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller (or dropped if it left)
             self.error = e
-        finally:
-            _close(self.queue)  # the next in the queue may now wait for the lock file
         with self._state:
             if not self._abandoned:
                 self._done.set()
                 return
-        # Abandoned: the caller gave up (timeout, Ctrl-C). Whatever we got goes straight back.
-        if granted:
-            _close(self.mutex)
-        else:
-            os.close(self.mutex)
+        # Abandoned: the caller gave up (timeout, Ctrl-C). Our turn goes straight to the next in line.
+        self.turn.finish()
 
     def wait(self, timeout: float) -> bool:
         """Whether the lock was granted within ``timeout`` seconds (False: abandoned)."""
@@ -175,15 +363,12 @@ class _Waiter:
         except BaseException:
             # Interrupted while waiting (KeyboardInterrupt, the CLI's SIGTERM): give it up too.
             if not self._abandon():
-                if self.error is None:
-                    _close(self.mutex)
-                else:
-                    os.close(self.mutex)
+                self.turn.finish()
             raise
         return not self._abandon()
 
     def _abandon(self) -> bool:
-        """Stop wanting the lock; False if the waiter finished already (then ``mutex`` is still the caller's)."""
+        """Stop wanting the lock; False if the waiter finished already (then the turn is still the caller's)."""
         with self._state:
             if self._done.is_set():
                 return False
@@ -192,7 +377,8 @@ class _Waiter:
 
 
 class Lock:
-    """A lock on ``path`` that excludes other threads of this process and other processes.
+    """A lock on ``path`` that excludes other threads of this process and other processes, and
+    serves the processes waiting for it in the order they came.
 
     Usable as ``with lock:``. Async callers take it in a worker thread, so the event loop keeps
     running while another process holds it; it may be released from another thread than the one
@@ -205,10 +391,13 @@ class Lock:
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
-        # Waiters queue on this file first (see _lock_file); never deleted either.
+        # Who is last in line (see _Turn); never deleted either.
         self.queue_path = path.with_name(path.name + ".queue")
+        # The line's node files, one per acquisition in line or holding.
+        self.line_dir = path.with_name(path.name + ".line")
         self._thread_lock = _thread_lock(path)
-        self._fd: int | None = None  # the locked descriptor while held
+        self.spare = _spare(path)
+        self._turn: _Turn | None = None  # while held
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file locked
 
     def acquire(self, timeout: float | None = None) -> None:
@@ -218,69 +407,95 @@ class Lock:
         if not self._thread_lock.acquire(timeout=max(0.0, timeout)):
             raise LockTimeout(self.path, timeout, f"another thread of this process (pid {os.getpid()})")
         try:
-            while True:
-                fd = self._lock_file(deadline)
-                if fd is None:
-                    raise LockTimeout(self.path, timeout, _describe_holder(self.path))
-                st = os.fstat(fd)
-                identity = (st.st_dev, st.st_ino)
-                if self._is_path(identity):
-                    self._fd, self._identity = fd, identity
-                    _record_holder(fd)
-                    return
-                # We locked a file that is no longer the lock file (deleted or replaced while we
-                # waited): others lock the new one, so ours excludes no one. Lock the path again.
-                _close(fd)
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(self.path, timeout, "nobody: the lock file kept being deleted or replaced")
+            turn = self._try_now() if timeout <= 0 else self._wait_turn(deadline)
+            if turn is None:
+                raise LockTimeout(self.path, timeout, _describe_holder(self.path))
+            assert turn.mutex is not None  # noqa: S101 - a granted turn holds the lock file
+            st = os.fstat(turn.mutex)
+            self._turn, self._identity = turn, (st.st_dev, st.st_ino)
+            _record_holder(turn.mutex)
+            if _count(self.path) % _SWEEP_EVERY == 1:  # a process's first acquisition, then now and then
+                self._sweep()
         except BaseException:
             self._thread_lock.release()
             raise
 
-    def _lock_file(self, deadline: float) -> int | None:
-        """A descriptor of the lock file, locked; None if the deadline passed first.
+    def _try_now(self) -> _Turn | None:
+        """``timeout=0``: the lock file if it is free now, without lining up (nobody may wait on us)."""
+        fd = _open(self.path)
+        try:
+            if _flock(fd, block=False):
+                if _same_file(self.path, fd):
+                    turn = _Turn(self, in_line=False)
+                    turn.mutex = fd
+                    return turn
+                _unflock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        return None
 
-        The queue file is taken first and let go once the lock file is ours, so at most one
-        process at a time waits for the lock file itself: the holder, releasing it, cannot take
-        it straight back (it has to queue again), and the one waiting longest gets it next.
-        """
-        queue = _open(self.queue_path)
+    def _wait_turn(self, deadline: float) -> _Turn | None:
+        turn = _Turn(self)
         try:
-            mutex = _open(self.path)
+            if turn.advance(block=False):
+                return turn
         except BaseException:
-            os.close(queue)
+            turn.finish()
             raise
-        try:
-            queued = _try_flock(queue)
-            if queued and _try_flock(mutex):
-                _close(queue)
-                return mutex
-        except BaseException:
-            _close(queue)
-            _close(mutex)
-            raise
-        if time.monotonic() >= deadline:
-            _close(queue)
-            os.close(mutex)
-            return None
-        waiter = _Waiter(queue, mutex, queued=queued, path=self.path)  # owns both until it reports
+        waiter = _Waiter(turn, self.path)  # owns the turn until it reports
         if not waiter.wait(deadline - time.monotonic()):
             return None
         if waiter.error is not None:
-            os.close(mutex)
+            turn.finish()
             raise waiter.error
-        return mutex
+        return turn
 
-    def _is_path(self, identity: tuple[int, int]) -> bool:
+    def new_node(self) -> tuple[str, int]:
+        """A new node file in the line's directory, locked: ``(name, descriptor)``."""
+        for _ in range(3):
+            name = f"{os.getpid()}-{secrets.token_hex(6)}"
+            try:
+                fd = os.open(self.line_dir / name, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+            except FileNotFoundError:
+                self.line_dir.mkdir(mode=0o700, exist_ok=True)
+                continue
+            except FileExistsError:
+                continue
+            _flock(fd, block=True)  # a new file: nobody else has it
+            return name, fd
+        raise StoreError(f"could not create a file in {self.line_dir} to wait in line for {self.path}")
+
+    def _sweep(self) -> None:
+        """Delete the nodes nobody holds (left by a process that gave up its place and exited before its
+        turn came, which nobody after it deletes). Harmless at any time: a node nobody holds is waited
+        for by nobody, or by one who then finds it gone and goes straight on to the lock file."""
+        try:
+            names = os.listdir(self.line_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                fd = os.open(self.line_dir / name, os.O_RDWR | _CLOEXEC)
+            except OSError:
+                continue
+            try:
+                if _flock(fd, block=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.line_dir / name)
+            finally:
+                os.close(fd)
+
+    def _is_current(self) -> bool:
+        """Whether the file we locked is the one at the path (unknown counts as yes)."""
+        if self._identity is None:
+            return True
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False
-        return (st.st_dev, st.st_ino) == identity
-
-    def _is_current(self) -> bool:
-        """Whether the file we locked is the one at the path (unknown counts as yes)."""
-        return self._identity is None or self._is_path(self._identity)
+        return (st.st_dev, st.st_ino) == self._identity
 
     def ensure_held(self) -> None:
         """Check, before committing, that the file this object locked is still the lock file.
@@ -292,11 +507,11 @@ class Lock:
             raise LockLost(self.path)
 
     def release(self) -> None:
-        """Let the next waiter in (another thread of this process, or the kernel's next waiter)."""
-        fd, self._fd, self._identity = self._fd, None, None
+        """Let the next in line in (another thread of this process, or the next process in line)."""
+        turn, self._turn, self._identity = self._turn, None, None
         try:
-            if fd is not None:
-                _close(fd)
+            if turn is not None:
+                turn.finish(keep=True)
         finally:
             self._thread_lock.release()
 
