@@ -340,3 +340,41 @@ def test_a_credential_store_that_fails_midway_keeps_none_of_the_batch(home: Path
     assert backend.entries == {}
     assert "failed to write the secrets of 5 accounts" in str(e.value)
     assert_no_secrets([str(e.value)], keys)
+
+
+def test_a_team_store_adds_a_batch_in_one_go_that_another_member_reads_and_refuses_a_taken_label_whole(
+        home: Path, team_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL: 300 keys, sealed, each readable from another machine's home; a second batch with one label
+    taken adds nothing (no account row, no sealed row); the database holds no key in plain text."""
+    import psycopg
+
+    from tests.conftest import TEAM_KEY
+
+    monkeypatch.setenv("AUTHPOOL_STORE", team_url)
+    monkeypatch.setenv("AUTHPOOL_TEAM_KEY", TEAM_KEY)
+    keys = [new_key() for _ in range(300)]
+    pool = Pool.open(home)
+    added = pool.add_api_keys("openai", [(f"k{i:03d}", k) for i, k in enumerate(keys)], namespace="team")
+    other = Pool.open(tmp_path / "machine2")
+    try:
+        assert [other.secret_of(a).api_key for a in other.accounts("openai")] == keys
+        assert [a.order for a in other.accounts("openai")] == list(range(300))
+
+        def rows() -> tuple[int, int, str]:
+            """Account rows, sealed rows, and every byte of both tables (decoded as Latin-1, to scan)."""
+            with psycopg.connect(team_url) as conn:
+                docs = [str(d) for (d,) in conn.execute("SELECT doc::text FROM authpool_accounts")]
+                sealed = [bytes(b) for (b,) in conn.execute("SELECT sealed FROM authpool_secrets")]
+            return len(docs), len(sealed), "".join(docs) + b"".join(sealed).decode("latin-1")
+
+        before = rows()
+        assert before[:2] == (300, 300)
+        more = [new_key() for _ in range(5)]
+        with pytest.raises(DuplicateLabel) as e:
+            pool.add_api_keys("openai", [(f"new{i}", k) for i, k in enumerate(more[:4])] + [("K150", more[4])])
+        assert e.value.entry == 5 and added[150].id in str(e.value)
+        assert rows() == before
+        assert_no_secrets([before[2], str(e.value)], keys + more)
+    finally:
+        other.close()
+        pool.close()
