@@ -29,6 +29,7 @@ from authpool.errors import AccountNotFound, DuplicateLabel, InvalidInput, Secre
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
+from authpool.rotation.roster import Rosters
 from authpool.rotation.usage import UsageLog
 from authpool.storage.lock import DEFAULT_TIMEOUT
 from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend, TeamStore
@@ -65,7 +66,9 @@ class Pool:
     def __init__(self, home: Home, store: MetadataStore) -> None:
         self.home = home
         self.store = store
-        self.usage = UsageLog(store)
+        # Each provider's accounts kept in order between requests; told what this process uses.
+        self.rosters = Rosters()
+        self.usage = UsageLog(store, on_change=self.rosters.touch)
         self._secrets: SecretBackend | None = None
         self._secrets_guard = threading.Lock()
         self._providers: tuple[tuple[int, int] | None, Providers] | None = None
@@ -320,7 +323,7 @@ class Pool:
 
     def close(self) -> None:
         """Flush counters and close connections."""
-        self.usage.flush()
+        self.usage.close()
         with self._lazy_guard:
             if self._http is not None:
                 self._http.close()

@@ -27,6 +27,7 @@ from authpool.auth.refresh import Refresher
 from authpool.errors import AllAccountsCooling, InvalidInput, LockTimeout
 from authpool.providers.provider import Provider
 from authpool.rotation.effects import (
+    LIST_HEADERS,
     Answer,
     Drop,
     Effect,
@@ -46,6 +47,7 @@ from authpool.rotation.effects import (
 )
 from authpool.rotation.engine import Clock, Engine, Served
 from authpool.rotation.result import RequestResult, RotationOptions
+from authpool.rotation.roster import Rosters
 from authpool.rotation.streams import is_event_stream, peek_async, peek_sync
 from authpool.rotation.usage import UsageLog
 from authpool.storage.protocols import HeldLock, MetadataStore
@@ -54,13 +56,16 @@ __all__ = ["PoolTransport", "RotationHost", "StoreClock", "facts_of"]
 
 
 class RotationHost(Protocol):
-    """What a transport needs of a pool: its store, secrets, usage log and connection pools."""
+    """What a transport needs of a pool: its store, secrets, usage log, rosters and connection pools."""
 
     @property
     def store(self) -> MetadataStore: ...
 
     @property
     def usage(self) -> UsageLog: ...
+
+    @property
+    def rosters(self) -> Rosters: ...
 
     def cached_secret(self, account: Account) -> Secret | None: ...
 
@@ -112,7 +117,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         weights = self.provider.weights
         return Engine(self.provider, self.options, facts_of(request), pinned=self._pinned_id,
                       usage=lambda a, now: self.usage.view(a, weights, now),
-                      clock=self.clock or StoreClock(self.host.store))
+                      clock=self.clock or StoreClock(self.host.store),
+                      roster=self.host.rosters.get(self.provider, self.options.namespace))
 
     # -- the sync driver -------------------------------------------------------------------
 
@@ -140,7 +146,7 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         finally:
             run.close()
             if self.usage.due():
-                self.usage.flush()
+                self.usage.flush_soon()
 
     # -- the async driver ------------------------------------------------------------------
 
@@ -168,17 +174,17 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         finally:
             await run.aclose()
             if self.usage.due():
-                await anyio.to_thread.run_sync(self.usage.flush)
+                self.usage.flush_soon()
 
     # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
     # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
     def close(self) -> None:
         if self.usage.due():
-            self.usage.flush()
+            self.usage.flush_soon()
 
     async def aclose(self) -> None:
         if self.usage.due():
-            await anyio.to_thread.run_sync(self.usage.flush)
+            self.usage.flush_soon()
 
 
 class StoreClock:
@@ -372,6 +378,8 @@ def facts_of(request: httpx2.Request) -> RequestFacts:
         header_names=frozenset(k.lower() for k in request.headers),
         body=body,
         replayable=replayable,
+        list_values={name: ", ".join(request.headers.get_list(name))
+                     for name in LIST_HEADERS if name in request.headers},
     )
 
 
