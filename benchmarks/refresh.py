@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = [(3.0, 10), (30.0, 2)] + ([] if args.quick else [(300.0, 1)])
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    env = machine(["httpx2", "pydantic", "filelock"], "loopback provider on 127.0.0.1")
+    env = machine(["httpx2", "pydantic"], "loopback provider on 127.0.0.1")
     print(f"authpool refresh benchmark{' --quick' if args.quick else ''}\nmachine: {env}\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="authpool-bench-") as tmp:
         procs = [ctx.Process(target=lifetime_scenario, args=(ttl, n, f"{tmp}/ttl{ttl:g}", results))

@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="authpool-bench-", dir=args.dir) as tmp:
         base = Path(tmp)
         os.environ["AUTHPOOL_HOME"] = str(base / "home")  # inherited by the spawned workers
-        env = machine(["pydantic", "filelock"], f"temp dir on {fs_type(base.resolve())}")
+        env = machine(["pydantic"], f"temp dir on {fs_type(base.resolve())}")
         print(f"authpool store benchmark{flag}")
         print(f"machine: {env}\n")
         conc = []

@@ -112,9 +112,19 @@ class ConfigError(PoolError):
 
 
 class InvalidInput(PoolError, ValueError):
-    """A caller passed a malformed argument."""
+    """A caller passed a malformed argument.
+
+    ``entry`` is set when one entry of a batch is wrong (``Pool.add_api_keys``): its position,
+    from 1, so a caller can name it its own way (a file's line number); ``problem`` is the
+    message without the position.
+    """
 
     code = "invalid_input"
+
+    def __init__(self, message: str, *, entry: int | None = None) -> None:
+        super().__init__(f"entry {entry}: {message}" if entry is not None else message)
+        self.entry = entry
+        self.problem = message
 
 
 class DuplicateLabel(InvalidInput):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from authpool.accounts.model import (
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.auth.linked import digest, read_login
-from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing, SharingRefused
+from authpool.errors import AccountNotFound, DuplicateLabel, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.events import Event, EventKind, EventLog
 from authpool.home import Home
 from authpool.providers.config import Providers
@@ -588,6 +588,71 @@ class Pool:
             self.secrets.delete(account_id)
         except SecretError:
             log.warning("could not remove the secret of unfinished account %s", account_id)
+
+    # -- adding many ----------------------------------------------------------------------
+
+    def add_api_keys(self, provider: str, entries: Iterable[tuple[str, str]], *,
+                     namespace: str = "default") -> list[Account]:
+        """Add many API-key accounts at once: all of them, or none.
+
+        ``entries`` are ``(label, key)`` pairs. Everything is checked before anything is stored;
+        then every secret is saved at once (:meth:`SecretBackend.save_many`: the vault rewrites its
+        file once, the team store commits one transaction), then one row-level metadata update
+        inserts every account, in the order given (one transaction for the lot, whatever the
+        pool's size). If that update fails, the saved secrets are removed again. An error about
+        one entry names its position (:attr:`InvalidInput.entry`, from 1) and never repeats its
+        label or key.
+
+        Example:
+            >>> pool.add_api_keys("openai", [("team-a", "sk-..."), ("team-b", "sk-...")])  # doctest: +SKIP
+
+        Raises:
+            DuplicateLabel: two entries share a label, or one is taken in the provider already.
+            InvalidInput: a bad provider id or namespace, or an entry with a bad label or key.
+            ProviderNotFound: no built-in or configured provider has this id.
+            SecretError: the credential store failed (nothing was added).
+        """
+        from authpool.accounts.batch import KeyBatch
+
+        provider = validate_provider_id(provider)
+        self.check_sharing(self.provider(provider), "api_key")  # API keys are always allowed; kept for symmetry
+        namespace = validate_label(namespace)
+        batch = KeyBatch.check(entries)
+        if not batch:
+            return []
+        snapshot = self.store.read()
+        batch.refuse_taken(provider, snapshot)  # before touching the credential store
+        ids = batch.new_ids(snapshot)
+        # Secrets first, metadata second (as `_add`): an account visible to other processes always has its secret.
+        self.secrets.save_many([(account_id, secret, 1) for account_id, secret in zip(ids, batch.secrets, strict=True)])
+
+        def insert(rows: Rows) -> list[Account]:
+            # The store refuses a label or id taken meanwhile (checked above on a snapshot). The
+            # order follows the freshest snapshot to be had without a round trip.
+            order = (self.store.peek() or snapshot).next_order(provider)
+            return [rows.add(Account(id=account_id, provider=provider, namespace=namespace, label=label,
+                                     kind="api_key", order=order + i, secret_generation=1))
+                    for i, (account_id, label) in enumerate(zip(ids, batch.labels, strict=True))]
+
+        try:
+            added = self.store.update_accounts((), insert)
+        except BaseException as e:
+            try:
+                self.secrets.delete_many(ids)
+            except SecretError:
+                log.warning("could not remove the secrets of %d unfinished accounts", len(ids))
+            if isinstance(e, DuplicateLabel):
+                # Another process took one of the labels meanwhile. The store's message names the
+                # label; name the entry instead, as the check above does.
+                try:
+                    batch.refuse_taken(provider, self.store.read())
+                except DuplicateLabel as named:
+                    raise named from None
+                raise DuplicateLabel("a label of the batch was taken meanwhile; nothing was added") from None
+            raise
+        for acc in added:
+            self._state_event(acc, "added")
+        return added
 
 
 def _pool_entry(name: str) -> str:

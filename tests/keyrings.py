@@ -82,3 +82,31 @@ class FileLimitedKeyring(LimitedKeyring):
         if data.pop(f"{service}\n{username}", None) is None:
             raise PasswordDeleteError("not found")
         self.path.write_text(json.dumps(data))
+
+
+class FullKeyring(LimitedKeyring):
+    """An in-memory store that holds at most ``capacity`` entries, then refuses writes (a store that fills up)."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__()
+        self.capacity = capacity
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        if (service, username) not in self.entries and len(self.entries) >= self.capacity:
+            raise PasswordSetError(f"the store is full; refused {password}")  # a backend that echoes what it got
+        super().set_password(service, username, password)
+
+
+class FileFullKeyring(FileLimitedKeyring):
+    """FileLimitedKeyring that holds at most $TEST_KEYRING_CAPACITY entries, then refuses writes: a store
+    that fails after N writes. Its error repeats the value it refused, as some backends' messages do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.capacity = int(os.environ["TEST_KEYRING_CAPACITY"])
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        data = self._load()
+        if f"{service}\n{username}" not in data and len(data) >= self.capacity:
+            raise PasswordSetError(f"the store is full; refused {password}")
+        super().set_password(service, username, password)

@@ -101,7 +101,7 @@ def import_linked(lp_pool: LoopbackPool, file: Path) -> str:
     assert r.returncode == 0, r.stderr
     assert "linked anthropic/" in r.stdout and str(file) in r.stdout, r.stdout
     assert "shares its refresh token" not in r.stderr, "a linked login shares nothing to warn about"
-    name: str = json.loads(run_cli("accounts", "list", "--json").stdout)[0]["name"]
+    name: str = json.loads(run_cli("accounts", "list", "--json").stdout)["accounts"][0]["name"]
     return name
 
 
@@ -321,7 +321,7 @@ def test_accounts_list_and_doctor_show_each_link_and_whether_it_is_in_step(
     _pool, _account_id, file = linked
     listing = run_cli("accounts", "list")
     assert "LINKED TO" in listing.stdout and str(file) in listing.stdout, listing.stdout
-    view = json.loads(run_cli("accounts", "list", "--json").stdout)[0]
+    view = json.loads(run_cli("accounts", "list", "--json").stdout)["accounts"][0]
     assert view["linked_to"] == f"claude-code: {file}"
     doctor = run_cli("doctor")
     assert f"linked login: anthropic/linda <-> claude-code ({file}): in step" in doctor.stdout, doctor.stdout

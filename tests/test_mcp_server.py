@@ -102,7 +102,8 @@ SCHEMAS: dict[str, tuple[set[str], set[str], set[str]]] = {
          "stream", "session", "max_body_chars"},
         {"status", "headers", "body", "body_format", "body_bytes", "truncated", "account", "attempts"},
     ),
-    "list_accounts": (set(), {"provider"}, {"accounts"}),
+    "list_accounts": (set(), {"provider", "namespace", "state", "limit", "cursor"},
+                      {"accounts", "total", "next_cursor"}),
     "account_status": (
         {"account"}, {"account"},
         {"id", "provider", "namespace", "label", "name", "kind", "enabled", "state", "cooling_until", "cooldowns",
@@ -206,8 +207,8 @@ async def test_pool_status_summarises_each_provider(mcp: Session) -> None:
     assert status["now"].endswith("Z")
     main = next(p for p in status["providers"] if p["provider"] == "main")
     assert (main["ready"], main["cooling"], main["needs_reauth"], main["disabled"]) == (3, 0, 0, 0)
-    assert main["next_free_at"] is None
-    assert [a["name"] for a in main["accounts"]] == ["main/alice", "main/bob", "main/carol"]
+    assert main["next_free_at"] is None and main["total"] == 3
+    assert (main["attention"], main["attention_more"]) == ([], 0)
 
 
 async def test_set_account_enabled_disables_and_enables_in_the_shared_store(mcp: Session, lab: Lab) -> None:

@@ -372,8 +372,8 @@ def test_a_token_endpoint_down_for_ten_seconds_costs_a_handful_of_calls_and_the_
     assert set(served[:40]) == {"b"}
     assert 1 <= calls <= 6, calls
     assert "refresh failing since" in listed.stdout and "(HTTP 500), next try at" in listed.stdout
-    a_view = next(a for p in json.loads(status.stdout)["providers"] for a in p["accounts"] if a["label"] == "a")
-    assert a_view["state"] == "refresh-failing"
+    a_view = next(a for p in json.loads(status.stdout)["providers"] for a in p["attention"] if a["name"] == "acme/a")
+    assert a_view["state"] == "refresh-failing" and "refresh failing since" in a_view["detail"]
     a = acme.account_json("a")
     assert (a["needs_reauth"], a["refresh_failing"], a["secret_generation"]) == (False, None, 2)
     assert acme.lp.snapshot()["invalid_grant_count"] == 0

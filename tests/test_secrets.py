@@ -132,6 +132,50 @@ class TestSecretBackendContract:
         assert open_secrets().load_fresh("acct0005").refresh_token == "rt-3"
         a.delete("acct0005")
 
+    def test_many_secrets_are_saved_at_once_and_deleted_at_once(self, open_secrets: OpenSecrets) -> None:
+        """save_many stores every secret (a large one too) for another handle to read; delete_many removes them."""
+        store = open_secrets()
+        items = [(f"bulk{i:04d}", Secret.from_api_key(f"sk-bulk-{i}"), 1) for i in range(30)]
+        items.append(("bulkjwt0", Secret(kind="oauth", access_token=jwt_like(), refresh_token="r"), 1))
+        store.save_many(items)
+        other = open_secrets()
+        assert [other.load_fresh(i).api_key for i, _, _ in items[:30]] == [f"sk-bulk-{i}" for i in range(30)]
+        assert other.load_fresh("bulkjwt0").access_token == items[-1][1].access_token
+        assert store.cached("bulk0007", 1) is items[7][1]
+        store.save_many([])
+        store.delete_many([i for i, _, _ in items] + ["never-saved"])
+        for account_id, _, _ in items:
+            with pytest.raises(SecretMissing):
+                open_secrets().load_fresh(account_id)
+        store.delete_many([])
+
+    def test_delete_many_removes_the_secrets_it_names_and_no_other(self, open_secrets: OpenSecrets) -> None:
+        """Deleting a batch leaves every other account's secret as it was, for every handle."""
+        store = open_secrets()
+        store.save_many([(f"keep{i:04d}", Secret.from_api_key(f"sk-keep-{i}"), 1) for i in range(3)]
+                        + [(f"gone{i:04d}", Secret.from_api_key(f"sk-gone-{i}"), 1) for i in range(3)])
+        store.delete_many([f"gone{i:04d}" for i in range(3)])
+        other = open_secrets()
+        assert [other.load_fresh(f"keep{i:04d}").api_key for i in range(3)] == [f"sk-keep-{i}" for i in range(3)]
+        for i in range(3):
+            with pytest.raises(SecretMissing):
+                other.load_fresh(f"gone{i:04d}")
+        store.delete_many([f"keep{i:04d}" for i in range(3)])
+
+    def test_a_batch_that_cannot_be_written_whole_leaves_none_of_it(self, open_secrets: OpenSecrets) -> None:
+        """save_many is all or nothing: when its last entry cannot be written (a value no store can hold),
+        the entries before it are not left behind, and no cache claims them."""
+        store = open_secrets()
+        unwritable = Secret(kind="oauth", access_token="a", refresh_token="r", expires_at=object())  # type: ignore[arg-type]
+        items = [(f"half{i:04d}", Secret.from_api_key(f"sk-half-{i}"), 1) for i in range(5)]
+        with pytest.raises(Exception) as e:
+            store.save_many([*items, ("half0005", unwritable, 1)])
+        assert_no_secrets([str(e.value)], [f"sk-half-{i}" for i in range(5)])
+        for account_id, _, _ in items:
+            assert store.cached(account_id, 1) is None
+            with pytest.raises(SecretMissing):
+                open_secrets().load_fresh(account_id)
+
 
 def _keyring_backend(kind: str, request: pytest.FixtureRequest, home: Path,
                      monkeypatch: pytest.MonkeyPatch) -> KeyringBackend:

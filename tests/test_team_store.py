@@ -105,7 +105,7 @@ def test_accounts_added_on_one_machine_are_listed_on_the_others(team: Team) -> N
     for i in (1, 2):
         listed = team.cli(i, "accounts", "list", "--json")
         assert listed.returncode == 0, listed.stderr
-        assert [a["name"] for a in json.loads(listed.stdout)] == ["acme/k1"]
+        assert [a["name"] for a in json.loads(listed.stdout)["accounts"]] == ["acme/k1"]
         outs += [listed.stdout, listed.stderr]
     served = team.cli(2, "request", "acme", "POST", CHAT, "--json", '{"model": "m"}')
     assert served.returncode == 0, served.stderr
@@ -561,7 +561,7 @@ def test_store_copy_into_a_team_store_refuses_a_subscription_login_and_copies_no
     r = run_cli("store", "copy", "--to", env={"AUTHPOOL_TEAM_KEY": TEAM_KEY, "AUTHPOOL_STORE": team_url})
     assert r.returncode == 1 and "shared_logins" in r.stderr
     listed = run_cli("accounts", "list", "--json", env={"AUTHPOOL_STORE": team_url, "AUTHPOOL_TEAM_KEY": TEAM_KEY})
-    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    assert listed.returncode == 0 and json.loads(listed.stdout)["accounts"] == []
     assert all(a.enabled for a in Pool.open(home).accounts())
 
 

@@ -562,7 +562,7 @@ def test_a_version_1_pool_file_is_read_and_upgraded_on_the_first_write_keeping_e
 
     listed = run_cli("accounts", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    views = {a["name"]: a for a in json.loads(listed.stdout)}
+    views = {a["name"]: a for a in json.loads(listed.stdout)["accounts"]}
     assert set(views) == {"anthropic/work", "openai/personal"}
     assert views["openai/personal"]["state"] == "disabled"
     assert (home / "pool.json").read_bytes() == v1_bytes  # reading never rewrites

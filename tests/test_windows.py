@@ -54,7 +54,7 @@ def test_answers_without_usable_window_headers_report_no_window(headers: dict[st
 
 @pytest.mark.parametrize("style", ["anthropic-unified", "codex"])
 def test_windows_of_served_requests_are_kept_shown_and_listed(acme: LoopbackPool, style: str) -> None:
-    """After a request, the account holds its windows; accounts list and status show them."""
+    """After a request, the account holds its windows; accounts list (table and --json) shows them."""
     acme.add_oauth("a")
     acme.lp.set_usage_windows("a", {"5h": (0.42, 3600), "7d": (0.18, 5 * 86400)}, style)
     with acme.pool.sync_client("acme") as client:
@@ -66,8 +66,8 @@ def test_windows_of_served_requests_are_kept_shown_and_listed(acme: LoopbackPool
     assert stored["5h"]["resets_at"] == pytest.approx(time.time() + 3600, abs=120)
     listed = run_cli("accounts", "list")
     assert "5h 42% (resets in" in listed.stdout and "7d 18%" in listed.stdout, listed.stdout
-    status = json.loads(run_cli("status", "--json").stdout)
-    view = status["providers"][0]["accounts"][0]["windows"]
+    listed = json.loads(run_cli("accounts", "list", "--json").stdout)
+    view = listed["accounts"][0]["windows"]
     assert (view["5h"]["used_percent"], view["7d"]["used_percent"]) == (42.0, 18.0)
 
 

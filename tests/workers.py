@@ -150,6 +150,93 @@ def disable_when(account: str, ready_file: str, go_file: str) -> None:
     print("done", flush=True)
 
 
+def take_turn(lock_file: str, name: str, log_file: str, release_file: str, again: str) -> None:
+    """Take the lock at ``lock_file`` (a real flock) and append ``name`` to ``log_file``; print "held".
+    Release it once ``release_file`` exists ("-": at once); with ``again`` = "again", ask for it
+    once more straight away and append "``name`` again" when it is granted."""
+    from pathlib import Path
+
+    from authpool.storage.lock import Lock
+
+    lock = Lock(Path(lock_file), timeout=120)
+
+    def turn(entry: str) -> None:
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(entry + "\n")
+
+    lock.acquire()
+    turn(name)
+    print("held", flush=True)
+    if release_file != "-":
+        _wait_for(release_file)
+    lock.release()
+    if again == "again":
+        with lock:
+            turn(f"{name} again")
+
+
+def wait_until_interrupted(lock_file: str, exit_file: str) -> None:
+    """Wait for the lock until Ctrl-C (SIGINT) interrupts the wait; print "interrupted", then stay
+    alive (its descriptors open) until ``exit_file`` exists."""
+    from pathlib import Path
+
+    from authpool.storage.lock import Lock
+
+    try:
+        Lock(Path(lock_file), timeout=120).acquire()
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    else:
+        print("acquired", flush=True)
+    _wait_for(exit_file)
+
+
+def add_when(provider: str, label: str, ready_file: str, go_file: str) -> None:
+    """One store update that stops inside its change (creating ``ready_file``) until ``go_file`` exists,
+    then adds an account ``provider/label`` (metadata only); prints "done"."""
+    from authpool import Account
+
+    pool = Pool.open()
+
+    def change(rows: object) -> None:
+        open(ready_file, "a").close()
+        _wait_for(go_file)
+        rows.add(Account(id="racer001", provider=provider, label=label, kind="api_key"))  # type: ignore[attr-defined]
+
+    pool.store.update_accounts((), change)
+    print("done", flush=True)
+
+
+def churn(provider: str, count_file: str, stop_file: str) -> None:
+    """Add and remove accounts of ``provider`` until ``stop_file`` exists: each round adds two keys
+    (one placed among the existing accounts' order, one after them) and removes the oldest it added;
+    after each round, writes how many rounds are done to ``count_file`` (atomically)."""
+    import random
+
+    pool = Pool.open()
+    rng = random.Random(os.getpid())
+    mine: list[str] = []
+    rounds = 0
+    while not os.path.exists(stop_file):
+        added = pool.add_api_keys(provider, [(f"churn-{rounds}-a", f"sk-churn-{rounds}-a"),
+                                             (f"churn-{rounds}-b", f"sk-churn-{rounds}-b")])
+        early = added[0].id
+        place = rng.randrange(0, 120)
+
+        def move(rows: object, account_id: str = early, order: int = place) -> None:
+            rows.get(account_id).order = order  # type: ignore[attr-defined]
+
+        pool.store.update_accounts([early], move)
+        mine += [a.id for a in added]
+        if len(mine) > 6:
+            pool.remove(mine.pop(0))
+        rounds += 1
+        with open(count_file + ".tmp", "w", encoding="ascii") as f:
+            f.write(str(rounds))
+        os.replace(count_file + ".tmp", count_file)
+    print(json.dumps({"rounds": rounds}), flush=True)
+
+
 if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
@@ -168,5 +255,13 @@ if __name__ == "__main__":
         refresh_holding_lock(rest[0], rest[1], rest[2])
     elif command == "disable-when":
         disable_when(rest[0], rest[1], rest[2])
+    elif command == "take-turn":
+        take_turn(rest[0], rest[1], rest[2], rest[3], rest[4])
+    elif command == "add-when":
+        add_when(rest[0], rest[1], rest[2], rest[3])
+    elif command == "churn":
+        churn(rest[0], rest[1], rest[2])
+    elif command == "wait-until-interrupted":
+        wait_until_interrupted(rest[0], rest[1])
     else:
         raise SystemExit(f"unknown worker command {command}")

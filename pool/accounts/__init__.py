@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from authpool.accounts import transitions
+from authpool.accounts.listing import AccountPage, page_accounts
 from authpool.accounts.model import (
     SCHEMA_VERSION,
     WHOLE_ACCOUNT,
@@ -29,6 +30,7 @@ __all__ = [
     "WHOLE_ACCOUNT",
     "Account",
     "AccountKind",
+    "AccountPage",
     "AccountState",
     "Cooldown",
     "Counters",
@@ -44,6 +46,7 @@ __all__ = [
     "describe_windows",
     "fix_command",
     "new_account_id",
+    "page_accounts",
     "pool_status",
     "relogin_command",
     "time_left",

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import collections
 import shlex
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from authpool.accounts.listing import listing_key
 from authpool.accounts.model import Account
 
-__all__ = ["account_view", "describe_windows", "fix_command", "pool_status", "relogin_command"]
+__all__ = [
+    "ATTENTION_LIMIT",
+    "account_view",
+    "attention_view",
+    "describe_windows",
+    "fix_command",
+    "pool_status",
+    "relogin_command",
+]
 
 
 def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
@@ -40,27 +50,50 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
     }
 
 
-def pool_status(accounts: Iterable[Account], now: float | None = None) -> dict[str, Any]:
-    """Per provider: how many accounts are ready, cooling, need re-auth, and when the next frees up."""
+ATTENTION_LIMIT = 20  # accounts needing attention listed per provider; the rest are counted
+
+
+def pool_status(accounts: Iterable[Account], now: float | None = None, *,
+                attention_limit: int = ATTENTION_LIMIT) -> dict[str, Any]:
+    """A summary per provider, the same size whatever the pool's: how many accounts are in each
+    state, when the next cooling one frees up, and the accounts that need a person (a dead login, a
+    failing token endpoint), at most ``attention_limit`` of them with a count of the rest."""
     now = time.time() if now is None else now
     by_provider: dict[str, list[Account]] = {}
     for a in accounts:
         by_provider.setdefault(a.provider, []).append(a)
     providers = []
     for pid, group in sorted(by_provider.items()):
-        states = [a.state(now) for a in group]
+        states = collections.Counter(a.state(now) for a in group)
         cooling_until = [u for a in group if a.state(now) == "cooling" and (u := a.cooldown_until(now=now))]
+        attention = sorted((a for a in group if a.state(now) in ("needs-reauth", "refresh-failing")),
+                           key=lambda a: (a.state(now) != "needs-reauth", listing_key(a)))
         providers.append({
             "provider": pid,
-            "accounts": [account_view(a, now) for a in group],
-            "ready": states.count("ready"),
-            "cooling": states.count("cooling"),
-            "needs_reauth": states.count("needs-reauth"),
-            "refresh_failing": states.count("refresh-failing"),
-            "disabled": states.count("disabled"),
+            "total": len(group),
+            "ready": states["ready"],
+            "cooling": states["cooling"],
+            "needs_reauth": states["needs-reauth"],
+            "refresh_failing": states["refresh-failing"],
+            "disabled": states["disabled"],
             "next_free_at": min(cooling_until) if cooling_until else None,
+            "attention": [attention_view(a, now) for a in attention[:attention_limit]],
+            "attention_more": max(0, len(attention) - attention_limit),
         })
     return {"now": now, "providers": providers}
+
+
+def attention_view(a: Account, now: float) -> dict[str, Any]:
+    """An account that needs a person, in a few fields: what is wrong, and the command that fixes a dead
+    login (a failing token endpoint has none: renewal retries by itself, on a backoff)."""
+    failing = a.failing_refresh()
+    return {
+        "id": a.id,
+        "name": a.name,
+        "state": a.state(now),
+        "detail": failing.describe() if failing is not None and not a.needs_reauth else a.last_error,
+        "fix": fix_command(a),
+    }
 
 
 def fix_command(a: Account) -> str | None:

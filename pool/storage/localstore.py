@@ -128,6 +128,11 @@ class Store:
             if conn is None:
                 return self._without_database()
             try:
+                if conn.in_transaction:
+                    # A change function of this thread's own update reading the pool (the guard keeps
+                    # other threads out meanwhile): the transaction's view is the freshest there is,
+                    # and a second BEGIN would fail.
+                    return self._catch_up(conn)
                 if self._cache is not None and self._data_version == _data_version(conn):
                     return self._cache
                 conn.execute("BEGIN")

@@ -8,7 +8,7 @@ contract test suite (``tests/test_storage_contracts.py``) that every implementat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable
+from collections.abc import Callable, Collection, Hashable, Sequence
 from types import TracebackType
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -99,6 +99,14 @@ class SecretBackend(Protocol):
     def save(self, account_id: str, secret: Secret, generation: int) -> None:
         """Write ``secret``; the caller records ``generation`` in the metadata afterwards."""
 
+    def save_many(self, items: Sequence[tuple[str, Secret, int]]) -> None:
+        """Write the secrets of new accounts, ``(account id, secret, generation)`` each: all, or none.
+
+        A backend that can writes them at once (the vault rewrites its file once, the team store
+        commits one transaction); the others write them one by one and delete those written if
+        one fails.
+        """
+
     def swap(self, account_id: str, old: Secret, new: Secret, generation: int) -> Secret:
         """Compare-and-swap: store ``new`` only if the stored secret is still ``old``.
 
@@ -108,6 +116,9 @@ class SecretBackend(Protocol):
 
     def delete(self, account_id: str) -> None:
         """Remove the secret (a missing one is not an error)."""
+
+    def delete_many(self, account_ids: Sequence[str]) -> None:
+        """Remove several secrets (missing ones are not an error), at once where the backend can."""
 
 
 @runtime_checkable

@@ -22,7 +22,7 @@ import contextlib
 import json
 import secrets as _random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from authpool.accounts.secret import Secret
@@ -89,7 +89,7 @@ class SecretStore:
 
     def load_fresh(self, account_id: str) -> Secret:
         """Read the secret from the store, bypassing the cache."""
-        text = self._call("read", account_id, lambda: self._read_entry(account_id))
+        text = self._call("read", _of(account_id), lambda: self._read_entry(account_id))
         if text is None:
             raise SecretMissing(
                 f"the secret of account {account_id} is missing from {self.name}; "
@@ -99,8 +99,37 @@ class SecretStore:
 
     def save(self, account_id: str, secret: Secret, generation: int) -> None:
         """Write ``secret``; the caller records ``generation`` in the pool file afterwards."""
-        self._call("write", account_id, lambda: self._write_entry(account_id, secret.to_json()), secret)
+        self._call("write", _of(account_id), lambda: self._write_entry(account_id, secret.to_json()), [secret])
         self._cache[account_id] = (generation, secret)
+
+    def save_many(self, items: Sequence[tuple[str, Secret, int]]) -> None:
+        """Write the secrets of new accounts, ``(account id, secret, generation)`` each: all, or none.
+
+        A backend that batches writes (the vault: :meth:`VaultKeyring.batch`) gets them in one
+        write. Any other is written entry by entry, and the entries written are deleted again if
+        one fails (so use it for new accounts: an overwritten secret would not come back).
+        """
+        items = list(items)
+        if not items:
+            return
+
+        def write_all() -> None:
+            with self._batch():
+                written: list[str] = []
+                try:
+                    for account_id, secret, _ in items:
+                        self._write_entry(account_id, secret.to_json())
+                        written.append(account_id)
+                except BaseException:
+                    if not self._batched():  # a batch writes nothing when it fails: nothing to undo
+                        for account_id in written:
+                            with contextlib.suppress(Exception):
+                                self._delete_entry(account_id)
+                    raise
+
+        self._call("write", f"the secrets of {len(items)} accounts", write_all, [s for _, s, _ in items])
+        for account_id, secret, generation in items:
+            self._cache[account_id] = (generation, secret)
 
     def swap(self, account_id: str, old: Secret, new: Secret, generation: int) -> Secret:
         """Store ``new`` only if the stored secret is still ``old``; returns what is stored afterwards.
@@ -115,14 +144,30 @@ class SecretStore:
             self._write_entry(account_id, new.to_json())
             return new
 
-        stored = self._call("write", account_id, exchange, new)
+        stored = self._call("write", _of(account_id), exchange, [new])
         self._cache[account_id] = (generation, stored)
         return stored
 
     def delete(self, account_id: str) -> None:
         """Remove the secret and its chunks (missing entries are not an error)."""
         self._cache.pop(account_id, None)
-        self._call("delete", account_id, lambda: self._delete_entry(account_id))
+        self._call("delete", _of(account_id), lambda: self._delete_entry(account_id))
+
+    def delete_many(self, account_ids: Sequence[str]) -> None:
+        """Remove several secrets and their chunks (missing ones are not an error), in one write where the
+        backend batches writes."""
+        ids = list(account_ids)
+        if not ids:
+            return
+        for account_id in ids:
+            self._cache.pop(account_id, None)
+
+        def delete_all() -> None:
+            with self._batch():
+                for account_id in ids:
+                    self._delete_entry(account_id)
+
+        self._call("delete", f"the secrets of {len(ids)} accounts", delete_all)
 
     def forget(self, account_id: str) -> None:
         """Drop the cached copy (another process may have changed the secret)."""
@@ -174,7 +219,16 @@ class SecretStore:
         for i in range(count):
             _delete_quietly(self.backend, _chunk_user(account_id, tag, i))
 
-    def _call(self, op: str, account_id: str, fn: Callable[[], T], secret: Secret | None = None) -> T:
+    def _batched(self) -> bool:
+        """Whether the backend applies a batch of writes at once (all or nothing)."""
+        return callable(getattr(self.backend, "batch", None))
+
+    def _batch(self) -> contextlib.AbstractContextManager[object]:
+        """The backend's batch of writes (written once, when the block ends), or nothing special."""
+        batch = getattr(self.backend, "batch", None)
+        return batch() if callable(batch) else contextlib.nullcontext()
+
+    def _call(self, op: str, what: str, fn: Callable[[], T], secrets: Sequence[Secret] = ()) -> T:
         import keyring.errors  # imported with the first secret access, not at start-up
 
         with self._io:
@@ -193,8 +247,7 @@ class SecretStore:
                 ) from e
             except Exception as e:  # any backend failure (D-Bus, OS API): translate, never leak
                 raise SecretError(
-                    f"the credential store {self.name} failed to {op} the secret of account "
-                    f"{account_id}: {_scrub(e, secret)}"
+                    f"the credential store {self.name} failed to {op} {what}: {_scrub(e, secrets)}"
                 ) from e
 
 
@@ -221,9 +274,15 @@ def _delete_quietly(backend: KeyringBackend, user: str) -> None:
         backend.delete_password(SERVICE, user)
 
 
-def _scrub(e: BaseException, secret: Secret | None) -> str:
-    text = f"{type(e).__name__}: {e}"[:300]
-    if secret is not None:
+def _of(account_id: str) -> str:
+    return f"the secret of account {account_id}"
+
+
+def _scrub(e: BaseException, secrets: Sequence[Secret]) -> str:
+    text = f"{type(e).__name__}: {e}"
+    # Scrub before cutting: a value cut in half at the end would no longer match.
+    for secret in secrets:
         for value in secret.values():
-            text = text.replace(value, "<hidden>")
-    return text
+            if value:
+                text = text.replace(value, "<hidden>")
+    return text[:300]

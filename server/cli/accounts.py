@@ -13,9 +13,11 @@ import shlex
 import sys
 import time
 
-from authpool import InvalidInput, Pool, TokenSet
-from authpool.accounts import account_view, describe_windows, fix_command
-from authpool.server.cli.errors import UsageError
+from authpool import InvalidInput, Pool, PoolError, TokenSet
+from authpool.accounts import account_view, describe_windows, fix_command, page_accounts
+from authpool.accounts.batch import KeyBatch
+from authpool.accounts.listing import DEFAULT_LIMIT, MAX_LIMIT, STATES
+from authpool.server.cli.errors import EXIT_ERROR, UsageError
 from authpool.server.cli.format import describe_state, print_table, relative
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "cmd_enable",
     "cmd_remove",
     "cmd_reset",
+    "read_key_lines",
     "read_secret_input",
 ]
 
@@ -36,14 +39,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     accounts = sub.add_parser("accounts", help="list, add, remove, enable, disable, reset accounts")
     acc_sub = accounts.add_subparsers(title="accounts commands", metavar="ACTION")
 
-    p = acc_sub.add_parser("list", help="list accounts (no secrets)")
+    p = acc_sub.add_parser("list", help="list accounts (no secrets), a page at a time")
     p.add_argument("--provider", help="only this provider")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--namespace", help="only this sub-pool")
+    p.add_argument("--state", help=f"only accounts in this state: {', '.join(STATES)}")
+    p.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                   help=f"at most this many accounts (default {DEFAULT_LIMIT}, at most {MAX_LIMIT})")
+    p.add_argument("--cursor", help="continue after the previous page (the command under a page prints it)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: {accounts, total, next_cursor}")
     p.set_defaults(handler=cmd_accounts_list)
 
-    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt)")
+    p = acc_sub.add_parser("add-key", help="add an API-key account (key from stdin or a hidden prompt), "
+                                           "or many from a file of JSON lines")
     p.add_argument("provider")
-    p.add_argument("--label", required=True, help="a name unique within the provider, e.g. 'work'")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--label", help="a name unique within the provider, e.g. 'work'")
+    source.add_argument("--from-file", metavar="FILE",
+                        help='add one account per line of FILE (- for stdin), each {"label": "...", "key": "..."}: '
+                             "all of them, or none if any line is wrong")
     p.add_argument("--namespace", default="default", help="sub-pool within the provider (default: default)")
     p.set_defaults(handler=cmd_add_key)
 
@@ -70,17 +84,26 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def cmd_accounts_list(args: argparse.Namespace) -> int:
-    """``accounts list``: a table (or ``--json``) of every account, and the commands that fix dead logins."""
+    """``accounts list``: a page of accounts as a table (or ``--json``), the commands that fix dead logins on
+    it, and the command that shows the next page."""
     pool = Pool.open()
-    accounts = pool.accounts(args.provider)
+    now = time.time()
+    page = page_accounts(pool.store.read(), provider=args.provider, namespace=args.namespace,
+                         state=args.state, limit=args.limit, cursor=args.cursor, now=now)
+    accounts = page.accounts
     if args.json:
-        print(json.dumps([account_view(a) for a in accounts], indent=2))
+        print(json.dumps({"accounts": [account_view(a, now) for a in accounts], "total": page.total,
+                          "next_cursor": page.next_cursor}, indent=2))
         return 0
     if not accounts:
-        print("no accounts" + (f" for {args.provider}" if args.provider else "") +
-              f" in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
+        filters = _filters(args)
+        if filters or args.cursor:
+            where = f" {' '.join(filters)}" if filters else ""
+            after = f" after this cursor ({page.total} match in all)" if args.cursor else ""
+            print(f"no accounts match{where}{after}")
+        else:
+            print(f"no accounts in {pool.home.path}; add one with `authpool accounts add-key PROVIDER --label NAME`")
         return 0
-    now = time.time()
     rows = [["ID", "ACCOUNT", "KIND", "STATE", "TOKEN EXPIRES", "LAST USED", "REQUESTS", "429s"]]
     windows = any(a.windows for a in accounts)
     if windows:
@@ -107,15 +130,111 @@ def cmd_accounts_list(args: argparse.Namespace) -> int:
         print("\nneeds re-auth; to fix:")
         for name, cmd in fixes:
             print(f"  {name}: {cmd}")
+    if page.next_cursor is not None:
+        command = ["authpool", "accounts", "list", *_filters(args)]
+        if args.limit != DEFAULT_LIMIT:
+            command += ["--limit", str(args.limit)]
+        command += ["--cursor", page.next_cursor]
+        print(f"\nshowed {len(accounts)} ({page.total} match in all); next page: {shlex.join(command)}")
     return 0
 
 
+def _filters(args: argparse.Namespace) -> list[str]:
+    """The filter options of an ``accounts list`` command line, to repeat them."""
+    out = []
+    for flag in ("provider", "namespace", "state"):
+        value = getattr(args, flag)
+        if value is not None:
+            out += [f"--{flag}", value]
+    return out
+
+
 def cmd_add_key(args: argparse.Namespace) -> int:
-    """``accounts add-key``: an API key from stdin or a hidden prompt."""
+    """``accounts add-key``: an API key from stdin or a hidden prompt; ``--from-file``: many, all or none."""
+    if args.from_file is not None:
+        return _add_keys_from_file(args.provider, args.from_file, args.namespace)
     key = read_secret_input(f"API key for {args.provider}/{args.label}: ")
     acc = Pool.open().add_api_key(args.provider, args.label, key, namespace=args.namespace)
     print(f"added {acc.name} (id {acc.id})")
     return 0
+
+
+def _add_keys_from_file(provider: str, source: str, namespace: str) -> int:
+    """``add-key --from-file``: one account per JSON line. A wrong line is named by its number, never shown."""
+    where = "stdin" if source == "-" else source
+    entries, lines = read_key_lines(source)
+    names = [f"line {n}" for n in lines]
+    try:
+        KeyBatch.check(entries, names=names)  # the library checks again; here, to name lines in every message
+        added = Pool.open().add_api_keys(provider, entries, namespace=namespace)
+    except InvalidInput as e:
+        if e.entry is None:
+            raise
+        raise type(e)(f"{where} {names[e.entry - 1]}: {e.problem}; nothing was added") from None
+    except PoolError as e:
+        # The credential store or the metadata store failed: the batch is all or nothing, so say which.
+        print(f"authpool: error: {e}; nothing was added", file=sys.stderr)
+        return EXIT_ERROR
+    into = provider if namespace == "default" else f"{provider} (namespace {namespace})"
+    print(f"added {len(added)} API-key account{'s' if len(added) != 1 else ''} to {into}")
+    return 0
+
+
+def read_key_lines(source: str) -> tuple[list[tuple[str, str]], list[int]]:
+    """The ``(label, key)`` entries of a JSON-lines file (``-``: stdin) and the line each came from.
+
+    Blank lines are skipped. A line that is not ``{"label": "...", "key": "..."}`` is an error naming
+    its number only: the line may hold a key.
+
+    Raises:
+        InvalidInput: unreadable, not UTF-8, a bad line, or no entries at all.
+        UsageError: ``-`` with a terminal on stdin (keys typed there would show on the screen).
+    """
+    where = "stdin" if source == "-" else source
+    if source == "-":
+        if sys.stdin.isatty():
+            raise UsageError("--from-file - reads JSON lines on stdin; pipe or redirect them in (`< keys.jsonl`)")
+        data = sys.stdin.buffer.read()
+    else:
+        try:
+            with open(source, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise InvalidInput(f"cannot read {source}: {e.strerror or type(e).__name__}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        bad_line = data[:e.start].count(b"\n") + 1
+        raise InvalidInput(f"{where} line {bad_line}: not UTF-8 text; nothing was added") from None
+    entries: list[tuple[str, str]] = []
+    lines: list[int] = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): line numbers as editors count them
+        if not line.strip():
+            continue
+        entry = _key_entry(line)
+        if isinstance(entry, str):
+            raise InvalidInput(f"{where} line {n}: {entry}; nothing was added")
+        entries.append(entry)
+        lines.append(n)
+    if not entries:
+        raise InvalidInput(f'{where} has no entries: one {{"label": "...", "key": "..."}} per line')
+    return entries, lines
+
+
+def _key_entry(line: str) -> tuple[str, str] | str:
+    """The ``(label, key)`` of one JSON line, or what is wrong with it (never its content)."""
+    try:
+        doc = json.loads(line)
+    except json.JSONDecodeError:
+        doc = None
+    if not isinstance(doc, dict):
+        return 'not a JSON object such as {"label": "...", "key": "..."}'
+    if set(doc) != {"label", "key"}:
+        return 'an entry has exactly two fields, "label" and "key"'
+    label, key = doc["label"], doc["key"]
+    if not isinstance(label, str) or not isinstance(key, str):
+        return '"label" and "key" must be strings'
+    return label, key
 
 
 def cmd_add_oauth(args: argparse.Namespace) -> int:

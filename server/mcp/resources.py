@@ -17,15 +17,21 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.resources import Resource
 from pydantic import ConfigDict, Field
 
-from authpool.server.mcp.schemas import account_list, provider_list
+from authpool.accounts import page_accounts
+from authpool.server.mcp.schemas import accounts_resource, provider_list
 from authpool.server.mcp.state import ServerState
 
-__all__ = ["PoolResource", "accounts_json", "providers_json", "register_resources"]
+__all__ = ["RESOURCE_LIMIT", "PoolResource", "accounts_json", "providers_json", "register_resources"]
+
+
+RESOURCE_LIMIT = 100  # accounts in authpool://accounts: about 100 KB of JSON; list_accounts pages the rest
 
 
 def accounts_json(state: ServerState) -> str:
-    """Every account's public metadata and state (no secrets), as JSON."""
-    return account_list(state.pool.accounts(), time.time()).model_dump_json(indent=2)
+    """The first accounts' public metadata and state (no secrets), as JSON, with a note when there are more."""
+    now = time.time()
+    page = page_accounts(state.pool.store.read(), limit=RESOURCE_LIMIT, now=now)
+    return accounts_resource(page, now).model_dump_json(indent=2)
 
 
 def providers_json(state: ServerState) -> str:
@@ -50,7 +56,9 @@ def register_resources(server: MCPServer[Any], state: ServerState) -> None:
     """Add ``authpool://accounts`` and ``authpool://providers``, reading ``state``'s pool, to ``server``."""
     server.add_resource(PoolResource(
         uri="authpool://accounts", name="accounts", mime_type="application/json",
-        description="Every account's public metadata and state (no secrets).", state=state, render=accounts_json))
+        description=f"The accounts' public metadata and state (no secrets): the first {RESOURCE_LIMIT}, with the total "
+                    "and a note when there are more (the list_accounts tool pages through them).",
+        state=state, render=accounts_json))
     server.add_resource(PoolResource(
         uri="authpool://providers", name="providers", mime_type="application/json",
         description="The known providers, their base URLs and allowed origins.", state=state, render=providers_json))

@@ -11,10 +11,19 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from authpool import Pool
-from authpool.accounts import Account, AccountKind, AccountState, account_view, fix_command, pool_status
+from authpool.accounts import (
+    Account,
+    AccountKind,
+    AccountPage,
+    AccountState,
+    account_view,
+    fix_command,
+    pool_status,
+)
+from authpool.accounts.views import ATTENTION_LIMIT
 from authpool.rotation import Attempt, Outcome
 
 __all__ = [
@@ -22,7 +31,9 @@ __all__ = [
     "AccountList",
     "AccountRef",
     "AccountView",
+    "AccountsResource",
     "AttemptView",
+    "AttentionView",
     "CooldownView",
     "Counters",
     "LoginFinished",
@@ -35,6 +46,7 @@ __all__ = [
     "ProxyResponse",
     "account_detail",
     "account_list",
+    "accounts_resource",
     "attempt_view",
     "iso",
     "pool_report",
@@ -150,7 +162,20 @@ class AccountView(BaseModel):
 
 
 class AccountList(BaseModel):
+    """One page of accounts, in a stable order (provider, namespace, order, creation)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     accounts: list[AccountView]
+    total: int = Field(description="how many accounts match the filters, on every page together")
+    next_cursor: str | None = Field(
+        description="pass as cursor (with the same filters) for the next page; null on the last page")
+
+
+class AccountsResource(AccountList):
+    """``authpool://accounts``: the first page only, so a large pool never makes a multi-megabyte read."""
+
+    note: str | None = Field(description="says when the resource shows only part of the pool, and how to see the rest")
 
 
 class AccountDetail(AccountView):
@@ -161,19 +186,41 @@ class AccountDetail(AccountView):
     recent_attempts: list[AttemptView]
 
 
+class AttentionView(BaseModel):
+    """An account that needs a person: a dead login, or a token endpoint that keeps failing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str = Field(description="provider/label")
+    state: Literal["needs-reauth", "refresh-failing"]
+    detail: str | None = Field(description="what went wrong (never a secret)")
+    fix: str | None = Field(description="the command that fixes a dead login; null while renewal retries by itself")
+
+
 class ProviderSummary(BaseModel):
+    """One provider's accounts counted by state: the same size whatever the pool's."""
+
+    model_config = ConfigDict(extra="forbid")
+
     provider: str
+    total: int = Field(description="the provider's accounts, in every state")
     ready: int
     cooling: int
     needs_reauth: int
-    refresh_failing: int = Field(0, description="accounts whose token endpoint is failing (backing off)")
+    refresh_failing: int = Field(description="accounts whose token endpoint is failing (backing off)")
     disabled: int
     next_free_at: str | None = Field(description="ISO time the first cooling account frees up")
-    accounts: list[AccountView]
+    attention: list[AttentionView] = Field(
+        description=f"accounts that need a person, dead logins first (at most {ATTENTION_LIMIT}; list_accounts with "
+                    "state='needs-reauth' or 'refresh-failing' pages through all)")
+    attention_more: int = Field(description="accounts that need a person beyond those listed in attention")
 
 
 class PoolStatus(BaseModel):
     """Per provider: how many accounts can serve requests now, and when the next frees up."""
+
+    model_config = ConfigDict(extra="forbid")
 
     now: str
     home: str = Field(description="the pool's home directory (AUTHPOOL_HOME, else the user data dir)")
@@ -230,9 +277,19 @@ def view(a: Account, now: float) -> AccountView:
     return AccountView(**_view_fields(a, now))
 
 
-def account_list(accounts: Sequence[Account], now: float) -> AccountList:
-    """Every account's public view as of ``now``."""
-    return AccountList(accounts=[view(a, now) for a in accounts])
+def account_list(page: AccountPage, now: float) -> AccountList:
+    """A page of accounts' public views as of ``now``."""
+    return AccountList(accounts=[view(a, now) for a in page.accounts], total=page.total,
+                       next_cursor=page.next_cursor)
+
+
+def accounts_resource(page: AccountPage, now: float) -> AccountsResource:
+    """The first page of accounts, saying so when there are more."""
+    note = None
+    if page.next_cursor is not None:
+        note = (f"showing the first {len(page.accounts)} of {page.total} accounts; the list_accounts tool pages "
+                "through the rest (pass next_cursor as cursor) and filters by provider, namespace and state")
+    return AccountsResource(**account_list(page, now).model_dump(), note=note)
 
 
 def account_detail(a: Account, now: float, recent: Sequence[tuple[Attempt, float]]) -> AccountDetail:
@@ -256,19 +313,13 @@ def attempt_view(a: Attempt, at: float | None = None) -> AttemptView:
 
 def pool_report(pool: Pool, now: float) -> PoolStatus:
     """The pool's home and, per provider, how many accounts are in each state (reads the pool)."""
-    accounts = pool.accounts()
-    report = pool_status(accounts, now)
-    by_id = {a.id: a for a in accounts}
+    report = pool_status(pool.store.read().accounts, now)
     return PoolStatus(
         now=iso(now) or "",
         home=str(pool.home.path),
         providers=[
-            ProviderSummary(
-                provider=p["provider"], ready=p["ready"], cooling=p["cooling"], needs_reauth=p["needs_reauth"],
-                refresh_failing=p["refresh_failing"],
-                disabled=p["disabled"], next_free_at=iso(p["next_free_at"]),
-                accounts=[view(by_id[a["id"]], now) for a in p["accounts"] if a["id"] in by_id],
-            )
+            ProviderSummary(**{**p, "next_free_at": iso(p["next_free_at"]),
+                               "attention": [AttentionView(**a) for a in p["attention"]]})
             for p in report["providers"]
         ],
     )
@@ -276,7 +327,7 @@ def pool_report(pool: Pool, now: float) -> PoolStatus:
 
 def provider_list(pool: Pool) -> ProviderList:
     """Every provider the pool knows, with its origins and account count (reads the pool)."""
-    counts = collections.Counter(a.provider for a in pool.accounts())
+    counts = collections.Counter(a.provider for a in pool.store.read().accounts)
     out = []
     for p in pool.providers:
         name, _, _ = p.credential_headers("api_key")

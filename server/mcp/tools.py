@@ -19,6 +19,8 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from authpool import PoolError
+from authpool.accounts import page_accounts
+from authpool.accounts.listing import DEFAULT_LIMIT, MAX_LIMIT, STATES
 from authpool.server.mcp.boundary import tool_errors
 from authpool.server.mcp.proxy import ProxyCall, run_proxy
 from authpool.server.mcp.schemas import (
@@ -120,14 +122,23 @@ async def proxy_request(
 async def list_accounts(
     ctx: ToolContext,
     provider: Annotated[OptionalText, Field(description="only this provider's accounts")] = "",
+    namespace: Annotated[OptionalText, Field(description="only accounts in this sub-pool")] = "",
+    state: Annotated[OptionalText, Field(description="only accounts in this state: " + ", ".join(STATES))] = "",
+    limit: Annotated[int, Field(ge=1, le=MAX_LIMIT, description="at most this many accounts "
+                                                                f"(default {DEFAULT_LIMIT})")] = DEFAULT_LIMIT,
+    cursor: Annotated[OptionalText, Field(description="next_cursor of the previous page (same filters)")] = "",
 ) -> AccountList:
-    """List the pool's accounts with their state (ready, cooling until T, needs-reauth, disabled), token expiry, last use and counters. Never shows secrets."""  # noqa: E501
+    """List the pool's accounts with their state (ready, cooling until T, needs-reauth, refresh-failing, disabled), token expiry, last use and counters, a page at a time: total counts every match, and next_cursor (null on the last page) fetches the next page. Never shows secrets."""  # noqa: E501
+    now = time.time()
     with tool_errors():
         pool = state_of(ctx).pool
         if provider:
             pool.provider(provider)
-        accounts = await anyio.to_thread.run_sync(lambda: pool.accounts(provider or None))
-    return account_list(accounts, time.time())
+        # A team store may go to the database for its snapshot: in a worker thread, with the page.
+        page = await anyio.to_thread.run_sync(lambda: page_accounts(
+            pool.store.read(), provider=provider or None, namespace=namespace or None, state=state or None,
+            limit=limit, cursor=cursor or None, now=now))
+    return account_list(page, now)
 
 
 async def account_status(ctx: ToolContext, account: AccountArg) -> AccountDetail:

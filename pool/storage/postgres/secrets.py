@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 
 from psycopg.types.json import Jsonb
 
@@ -128,6 +129,25 @@ class TeamSecrets:
             "key_fingerprint = excluded.key_fingerprint", (account_id, generation, sealed, sealer.fingerprint)))
         self._cache[account_id] = (generation, secret)
 
+    def save_many(self, items: Sequence[tuple[str, Secret, int]]) -> None:
+        """Seal and write the secrets of new accounts in one transaction: all, or none."""
+        items = list(items)
+        if not items:
+            return
+        sealer = self.sealer()
+        rows = [(account_id, generation, sealer.seal(secret.to_json().encode(), account_id.encode()),
+                 sealer.fingerprint) for account_id, secret, generation in items]
+
+        def body(cur: Cursor) -> None:
+            cur.executemany(
+                "INSERT INTO authpool_secrets (account_id, generation, sealed, key_fingerprint) "
+                "VALUES (%s, %s, %s, %s) ON CONFLICT (account_id) DO UPDATE SET generation = excluded.generation, "
+                "sealed = excluded.sealed, key_fingerprint = excluded.key_fingerprint", rows)
+
+        self.store.transact(body)
+        for account_id, secret, generation in items:
+            self._cache[account_id] = (generation, secret)
+
     def swap(self, account_id: str, old: Secret, new: Secret, generation: int) -> Secret:
         """Store ``new`` only if the stored secret is still ``old``; returns what is stored now.
 
@@ -159,6 +179,15 @@ class TeamSecrets:
         """Remove the row (a missing one is not an error)."""
         self._cache.pop(account_id, None)
         self.store.run(lambda cur: cur.execute("DELETE FROM authpool_secrets WHERE account_id = %s", (account_id,)))
+
+    def delete_many(self, account_ids: Sequence[str]) -> None:
+        """Remove several rows in one statement (missing ones are not an error)."""
+        ids = list(account_ids)
+        if not ids:
+            return
+        for account_id in ids:
+            self._cache.pop(account_id, None)
+        self.store.run(lambda cur: cur.execute("DELETE FROM authpool_secrets WHERE account_id = ANY(%s)", (ids,)))
 
     def forget(self, account_id: str) -> None:
         """Drop the cached copy."""
