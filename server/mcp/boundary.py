@@ -22,6 +22,7 @@ from pydantic import AnyUrl, ValidationError
 from pydantic_core import ErrorDetails
 
 from authpool import PoolError
+from authpool.server.mcp.subscriptions import Subscriptions
 
 __all__ = ["PoolServer", "describe_argument_errors", "tool_errors"]
 
@@ -40,6 +41,14 @@ class PoolServer(MCPServer[Any]):
         lowlevel = self._lowlevel_server
         async with guarded_stdio() as (read_stream, write_stream):
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+    def serve_subscriptions(self, subscriptions: Subscriptions) -> None:
+        """Serve the 2025 era's ``resources/subscribe`` / ``unsubscribe`` through ``subscriptions``.
+
+        ``MCPServer`` registers neither; they go on the low-level server this one drives (the
+        2026 era's ``subscriptions/listen`` is served by the SDK from the bus given at construction).
+        """
+        subscriptions.register(self._lowlevel_server)
 
     async def read_resource(self, uri: AnyUrl | str, context: Context[Any, Any] | None = None) -> Any:
         try:

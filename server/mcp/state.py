@@ -1,4 +1,4 @@
-"""What one MCP server keeps between calls: its pool, the attempts it made, the logins it started.
+"""What one MCP server keeps between calls: its pool, the attempts it made, the logins it started, its subscribers.
 
 ``build_server`` creates one :class:`ServerState`; the lifespan hands it to the SDK, and every
 tool reaches it as ``ctx.request_context.lifespan_context`` (:func:`state_of`). Nothing here
@@ -21,6 +21,8 @@ from mcp.server.mcpserver import Context
 from authpool import Pool
 from authpool.auth import DeviceFlow
 from authpool.rotation import Attempt
+from authpool.server.mcp.subscriptions import Subscriptions
+from authpool.server.mcp.watcher import PoolWatcher
 
 __all__ = ["HISTORY", "MAX_PENDING_LOGINS", "PendingLogin", "ServerState", "ToolContext", "state_of"]
 
@@ -55,6 +57,12 @@ class ServerState:
         self.history: dict[str, collections.deque[tuple[Attempt, float]]] = {}
         #: Device logins started by start_login, by login_id.
         self.logins: dict[str, PendingLogin] = {}
+        #: Who is subscribed to which resource, in both protocol eras.
+        self.subscriptions = Subscriptions()
+        #: Notices pool changes from any process and tells the subscribers (run by the lifespan).
+        self.watcher = PoolWatcher(lambda: self.pool, self.subscriptions.publish,
+                                   wanted=lambda: self.subscriptions.active)
+        self.subscriptions.on_subscribe(self.watcher.kick)
 
     @property
     def pool(self) -> Pool:
