@@ -92,9 +92,10 @@ class PoolWatcher:
         """Watch until cancelled. A store that cannot be read is retried at the next poll (logged once).
 
         The first look, at once, is the baseline; ``task_status`` is told once it is taken, so a
-        server that starts the watcher with ``tg.start`` serves no subscription before it. While nobody is subscribed (``wanted()`` is
-        false) the store is not read at all; the baseline then grows stale, which can only make
-        the first look after a subscription report more URIs than changed, never fewer.
+        server that starts the watcher with ``tg.start`` serves no subscription before it. While
+        nobody is subscribed (``wanted()`` is false) the store is not read at all; the baseline
+        then grows stale, which can only make the first look after a subscription report more
+        URIs than changed, never fewer.
         """
         failing = False
         first = True
