@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         imports,
         keys,
         login,
+        models,
         request,
         serve,
         status,
@@ -171,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_parser(sub)
     login.add_parser(sub)
     request.add_parser(sub)
+    models.add_parser(sub)
     credentials.add_parser(sub)
     store.add_parser(sub)
     keys.add_parser(sub)

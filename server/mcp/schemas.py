@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from authpool import Pool
 from authpool.accounts import Account, AccountKind, AccountState, account_view, fix_command, pool_status
+from authpool.catalog import ModelList
 from authpool.rotation import Attempt, Outcome
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "Counters",
     "LoginFinished",
     "LoginStarted",
+    "ModelListView",
+    "ModelView",
     "OptionalText",
     "PoolStatus",
     "ProviderList",
@@ -37,6 +40,7 @@ __all__ = [
     "account_list",
     "attempt_view",
     "iso",
+    "model_list",
     "pool_report",
     "provider_list",
     "view",
@@ -215,6 +219,28 @@ class LoginFinished(BaseModel):
     created: bool = Field(description="true for a new account, false if an existing one got new tokens")
 
 
+class ModelView(BaseModel):
+    """One model as the provider lists it; ``id`` is what a request's ``model`` names."""
+
+    id: str = Field(description="the model's id, as a request names it")
+    display_name: str | None = Field(None, description="the provider's human name for it")
+    created: str | None = Field(None, description="ISO time the provider says it was released")
+    input_token_limit: int | None = Field(None, description="the most input tokens it takes, if the provider says")
+    output_token_limit: int | None = Field(None, description="the most output tokens it gives, if the provider says")
+
+
+class ModelListView(BaseModel):
+    """A provider's models, fetched through the pool (or its cached copy)."""
+
+    provider: str
+    namespace: str | None = Field(None, description="the sub-pool whose accounts fetched it, if one was named")
+    models: list[ModelView]
+    fetched_at: str = Field(description="ISO time the list was fetched from the provider")
+    expires_at: str = Field(description="ISO time until which the cached copy is used (refresh=true asks again)")
+    cached: bool = Field(description="true if this is the cached copy, false if fetched just now")
+    account: str | None = Field(None, description="provider/label of the account that fetched it just now")
+
+
 # -- conversions -----------------------------------------------------------------------------
 
 
@@ -271,6 +297,17 @@ def pool_report(pool: Pool, now: float) -> PoolStatus:
             )
             for p in report["providers"]
         ],
+    )
+
+
+def model_list(listing: ModelList) -> ModelListView:
+    """A provider's model list as the ``list_models`` tool shows it."""
+    return ModelListView(
+        provider=listing.provider, namespace=listing.namespace, cached=listing.cached, account=listing.account,
+        fetched_at=iso(listing.fetched_at) or "", expires_at=iso(listing.expires_at) or "",
+        models=[ModelView(id=m.id, display_name=m.display_name, created=iso(m.created),
+                          input_token_limit=m.input_token_limit, output_token_limit=m.output_token_limit)
+                for m in listing.models],
     )
 
 

@@ -27,6 +27,7 @@ from mcp.server.mcpserver import MCPServer
 from authpool import Pool, PoolError
 from authpool.auth import Flight, drain
 from authpool.server.mcp.boundary import PoolServer
+from authpool.server.mcp.catalog import register_catalog_tools
 from authpool.server.mcp.login import register_login_tools
 from authpool.server.mcp.resources import register_resources
 from authpool.server.mcp.state import ServerState
@@ -62,6 +63,7 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:
                         subscriptions=state.subscriptions.bus)
     register_tools(server)
     register_login_tools(server)
+    register_catalog_tools(server)
     register_resources(server, state)
     server.serve_subscriptions(state.subscriptions)
     server.middleware.append(_kick_watcher_after_tools)
