@@ -27,6 +27,7 @@ __all__ = [
     "CooldownView",
     "Counters",
     "LoginFinished",
+    "LoginOutcome",
     "LoginStarted",
     "ModelListView",
     "ModelView",
@@ -217,6 +218,17 @@ class LoginFinished(BaseModel):
     id: str = Field(description="the account's stable id")
     name: str = Field(description="provider/label")
     created: bool = Field(description="true for a new account, false if an existing one got new tokens")
+
+
+class LoginOutcome(BaseModel):
+    """What ``login`` did: logged in through the browser (the account), or started the device flow (the code)."""
+
+    status: Literal["logged_in", "device_code"] = Field(
+        description="logged_in: the account is in the pool; device_code: show the user device's page and code, "
+                    "then call finish_login")
+    account: LoginFinished | None = Field(None, description="the account the login added or renewed (logged_in)")
+    device: LoginStarted | None = Field(None, description="the device flow's page and code (device_code)")
+    next_step: str = Field(description="what to do next, in a sentence")
 
 
 class ModelView(BaseModel):
