@@ -36,6 +36,7 @@ async def list_models(
 
 def register_catalog_tools(server: MCPServer[Any]) -> None:
     """Add ``list_models`` to ``server`` (whose lifespan yields a ``ServerState``)."""
-    # Not read-only: a fetch is a request on an account (counters, a cooldown on 429) and writes the cache.
-    server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True,
+    # Read-only: it asks the provider (open world) and changes nothing there; what it writes is
+    # authpool's own cache and usage counters, as every request does.
+    server.tool(annotations=ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True,
                                             open_world_hint=True))(list_models)

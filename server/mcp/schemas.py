@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
+from typing_extensions import TypeAliasType
 
 from authpool import Pool
 from authpool.accounts import Account, AccountKind, AccountState, account_view, fix_command, pool_status
@@ -24,8 +25,10 @@ __all__ = [
     "AccountRef",
     "AccountView",
     "AttemptView",
+    "BodyValue",
     "CooldownView",
     "Counters",
+    "JsonBody",
     "LoginFinished",
     "LoginOutcome",
     "LoginStarted",
@@ -61,6 +64,14 @@ def _null_to_empty(value: Any) -> Any:
 # tools map to None).
 OptionalText = Annotated[str, BeforeValidator(_null_to_empty)]
 
+#: Any JSON value, spelled out (recursively) so that every schema a client sees says what it accepts.
+JsonValue = TypeAliasType(  # type: ignore[misc]
+    "JsonValue", "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None")
+#: A JSON request body: an object or an array.
+JsonBody = dict[str, JsonValue] | list[JsonValue]
+#: A response body as a tool returns it: parsed JSON (any JSON value) or text; null when empty.
+BodyValue = dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None
+
 
 # -- models ----------------------------------------------------------------------------------
 
@@ -94,7 +105,8 @@ class ProxyResponse(BaseModel):
 
     status: int = Field(description="the provider's HTTP status")
     headers: dict[str, str] = Field(description="selected response headers (content type, request id, rate limits)")
-    body: Any = Field(description="the response body: parsed JSON when the response is JSON, else text")
+    body: BodyValue = Field(description="the response body: parsed JSON when the response is JSON, else text; "
+                                        "null when empty")
     body_format: Literal["json", "text", "empty", "binary"]
     body_bytes: int = Field(description="full size of the response body in bytes")
     truncated: bool = Field(description="true if body was cut to max_body_chars; the text then ends with a marker")
