@@ -76,13 +76,13 @@ def listing_of(provider: Provider) -> tuple[str, str]:
     Raises:
         ConfigError: the provider says it has none (``models_style = "none"``).
     """
-    style = provider.models_style
-    if style == "none":
+    configured = provider.models_style
+    if configured == "none":
         raise ConfigError(f"{provider.id} has no model list authpool knows how to read; set models_style "
                           f"(openai, anthropic or gemini) and models_path under [providers.{provider.id}] in "
                           "config.toml if it has one")
-    if style is None:
-        style = {"header:x-api-key": "anthropic", "header:x-goog-api-key": "gemini"}.get(provider.auth, "openai")
+    style: str = configured or {"header:x-api-key": "anthropic",
+                                "header:x-goog-api-key": "gemini"}.get(provider.auth, "openai")
     path = provider.models_path
     if path is None:
         base_path = (provider.base_url or "").split("://", 1)[-1].partition("/")[2].rstrip("/")

@@ -79,7 +79,7 @@ class McpEndpoint:
             return
         refused = await self._security.validate_request(Request(scope), is_post=False)
         if refused is not None:  # 421 for the Host, 403 for the Origin
-            reason = refused.body.decode("latin-1", "replace")
+            reason = bytes(refused.body).decode("latin-1", "replace")
             await _refuse(send, refused.status_code, f"{reason}: this MCP endpoint answers only to "
                                                      f"{self.site.origin}/mcp (DNS rebinding protection)")
             return

@@ -219,8 +219,8 @@ async def _login_in_rounds(ctx: ToolContext, provider: str, label: str | None,
         page = ElicitRequest(params=ElicitRequestURLParams(message=_page_message(provider),
                                                            url=pending.login.authorize_url))
         return InputRequiredResult(input_requests={_PAGE: page}, request_state=login_id)
-    pending = state.browser_logins.pop(login_id, None)
-    if pending is None:
+    waiting = state.browser_logins.pop(login_id, None)
+    if waiting is None:
         raise ToolError("this login is no longer waiting (it finished, expired, or another server process started "
                         "it); call login again")
     try:
@@ -228,9 +228,9 @@ async def _login_in_rounds(ctx: ToolContext, provider: str, label: str | None,
         action = getattr(answer, "action", None)
         if action != "accept":
             raise ToolError(f"the user did not open the login page ({action or 'no answer'}); nothing was stored")
-        result = await _finish_browser_login(ctx, pending)
+        result = await _finish_browser_login(ctx, waiting)
     finally:
-        pending.close()
+        waiting.close()
     return LoginOutcome(status="logged_in", account=LoginFinished(**result.view()),
                         next_step="the account is in the pool and serves requests now")
 

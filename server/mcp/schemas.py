@@ -65,7 +65,7 @@ def _null_to_empty(value: Any) -> Any:
 OptionalText = Annotated[str, BeforeValidator(_null_to_empty)]
 
 #: Any JSON value, spelled out (recursively) so that every schema a client sees says what it accepts.
-JsonValue = TypeAliasType(  # type: ignore[misc]
+JsonValue = TypeAliasType(
     "JsonValue", "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None")
 #: A JSON request body: an object or an array.
 JsonBody = dict[str, JsonValue] | list[JsonValue]
@@ -238,8 +238,9 @@ class LoginOutcome(BaseModel):
     status: Literal["logged_in", "device_code"] = Field(
         description="logged_in: the account is in the pool; device_code: show the user device's page and code, "
                     "then call finish_login")
-    account: LoginFinished | None = Field(None, description="the account the login added or renewed (logged_in)")
-    device: LoginStarted | None = Field(None, description="the device flow's page and code (device_code)")
+    account: LoginFinished | None = Field(default=None,
+                                          description="the account the login added or renewed (logged_in)")
+    device: LoginStarted | None = Field(default=None, description="the device flow's page and code (device_code)")
     next_step: str = Field(description="what to do next, in a sentence")
 
 
