@@ -46,7 +46,7 @@ sys.path.append(str(Path(__file__).resolve().parent.parent))
 from authpool.accounts.model import Account, PoolFile
 from authpool.home import Home
 from authpool.storage.atomicfile import write_atomic
-from authpool.storage.filestore import Store
+from authpool.storage.localstore import Store
 from benchmarks import stats
 from benchmarks.stats import machine, md_table, pct, table, timed, us
 

@@ -84,7 +84,7 @@ def main() -> None:
     from authpool.accounts import transitions
     from authpool.accounts.model import WHOLE_ACCOUNT, Rows
     from authpool.server.loopback import LoopbackProvider
-    from authpool.storage.filestore import Store
+    from authpool.storage.localstore import Store
     from authpool.storage.postgres import PostgresStore
 
     lp = LoopbackProvider().start()

@@ -48,7 +48,7 @@ from authpool.errors import (
 )
 from authpool.home import Home, resolve_home
 from authpool.pool import Pool
-from authpool.storage.filestore import Store
+from authpool.storage.localstore import Store
 from authpool.storage.lock import Lock
 from authpool.storage.secrets import SecretStore
 

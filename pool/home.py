@@ -52,8 +52,8 @@ class Home:
 
     Example:
         >>> home = Home.open(Path("/tmp/authpool-home"))  # doctest: +SKIP
-        >>> home.pool_file.name
-        'pool.json'
+        >>> home.pool_db.name
+        'pool.db'
     """
 
     path: Path
@@ -83,7 +83,13 @@ class Home:
         return home
 
     @property
+    def pool_db(self) -> Path:
+        """The pool's metadata (an SQLite database, :mod:`authpool.storage.localstore`)."""
+        return self.path / "pool.db"
+
+    @property
     def pool_file(self) -> Path:
+        """Where authpool 0.1 kept the metadata (moved into ``pool_db`` on the first write)."""
         return self.path / "pool.json"
 
     @property

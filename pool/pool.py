@@ -29,6 +29,7 @@ from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMi
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
+from authpool.rotation.roster import Rosters
 from authpool.rotation.usage import UsageLog
 from authpool.storage.lock import DEFAULT_TIMEOUT
 from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend, TeamStore
@@ -65,7 +66,9 @@ class Pool:
     def __init__(self, home: Home, store: MetadataStore) -> None:
         self.home = home
         self.store = store
-        self.usage = UsageLog(store)
+        # Each provider's accounts kept in order between requests; told what this process uses.
+        self.rosters = Rosters()
+        self.usage = UsageLog(store, on_change=self.rosters.touch)
         self._secrets: SecretBackend | None = None
         self._secrets_guard = threading.Lock()
         self._providers: tuple[tuple[int, int] | None, Providers] | None = None
@@ -398,27 +401,22 @@ class Pool:
         # secret. If the metadata write fails, the orphan secret is removed again.
         self.secrets.save(account_id, secret, generation=1)
 
-        def insert(pool: PoolFile) -> Account:
-            pool.check_label_free(provider, label)
-            if any(a.id == account_id for a in pool.accounts):
-                raise InvalidInput("account id collision; try again")
-            order = max((a.order for a in pool.for_provider(provider)), default=-1) + 1
-            acc = Account(
+        def insert(rows: Rows) -> Account:
+            # The store refuses a label or id taken meanwhile (checked above on a snapshot).
+            return rows.add(Account(
                 id=account_id,
                 provider=provider,
                 namespace=namespace,
                 label=label,
                 kind=kind,
-                order=order,
+                order=self.store.read().next_order(provider),
                 access_expires_at=expires_at,
                 access_lifetime=lifetime,
                 secret_generation=1,
-            )
-            pool.accounts.append(acc)
-            return acc
+            ))
 
         try:
-            return self.store.update(insert)
+            return self.store.update_accounts((), insert)
         except BaseException:
             self._delete_secret_quietly(account_id)
             raise
@@ -542,12 +540,7 @@ class Pool:
         account_id = self.get(ref).id
         with self.secret_lock(account_id):
 
-            def drop(pool: PoolFile) -> Account:
-                acc = pool.find(account_id)
-                pool.accounts.remove(acc)
-                return acc
-
-            removed = self.store.update(drop)
+            removed = self.store.update_accounts((account_id,), lambda rows: rows.remove(account_id))
             # Metadata first: once gone, no process will start using the account, so deleting
             # the secret cannot pull it from under a request that just picked it.
             self.secrets.delete(account_id)

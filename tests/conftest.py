@@ -63,6 +63,22 @@ def assert_no_secrets(texts: list[str] | str, secrets: list[str]) -> None:
             assert secret not in text, "a secret value leaked into output"
 
 
+def raw_pool(home: Path) -> dict[str, Any]:
+    """The pool as pool.db holds it, read with plain sqlite3 (not through our models), as another
+    program would see it: ``{"schema_version", "secret_backend", "accounts": [...], "sessions": {...}}``."""
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{home / 'pool.db'}?mode=ro", uri=True)
+    try:
+        fields = dict(conn.execute("SELECT key, value FROM meta"))
+        doc: dict[str, Any] = {**json.loads(fields.get("pool", "{}")), "schema_version": 2}
+        doc["accounts"] = [json.loads(d) for (d,) in conn.execute("SELECT doc FROM accounts ORDER BY position")]
+        doc["sessions"] = {k: json.loads(d) for k, d in conn.execute("SELECT key, doc FROM sessions")}
+    finally:
+        conn.close()
+    return doc
+
+
 def home_texts(home: Path) -> list[str]:
     """Every readable file under the home, except the encrypted vault and its key."""
     out = []
@@ -202,8 +218,7 @@ class LoopbackPool:
 
     def pool_json(self) -> dict[str, Any]:
         """pool.json as another process would read it (raw JSON, not through our models)."""
-        doc: dict[str, Any] = json.loads((self.home / "pool.json").read_text())
-        return doc
+        return raw_pool(self.home)
 
     def account_json(self, label: str, provider: str = "acme") -> dict[str, Any]:
         for a in self.pool_json()["accounts"]:

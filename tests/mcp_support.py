@@ -31,7 +31,7 @@ from authpool import Account, Pool, TokenSet
 from authpool.server.loopback import LoopbackProvider
 from authpool.server.mcp.server import build_server
 from authpool.storage import VAULT_BACKEND
-from tests.conftest import REPO, assert_no_secrets, run_cli
+from tests.conftest import REPO, assert_no_secrets, raw_pool, run_cli
 
 SERVE_ARGS = ["-m", "authpool.server.cli", "serve"]
 INSPECTOR_VERSION = "2.12.0"
@@ -122,7 +122,7 @@ class Lab:
     def account_json(self, name: str) -> dict[str, Any]:
         """The account ``provider/label`` as pool.json holds it (raw JSON, as another process reads it)."""
         provider, label = name.split("/", 1)
-        for a in json.loads((self.home / "pool.json").read_text())["accounts"]:
+        for a in raw_pool(self.home)["accounts"]:
             if a["provider"] == provider and a["label"] == label:
                 return dict(a)
         raise KeyError(name)

@@ -26,7 +26,7 @@ import pytest
 
 from authpool import Pool
 from authpool.server.loopback import LoopbackProvider
-from tests.conftest import assert_no_secrets
+from tests.conftest import assert_no_secrets, home_texts
 from tests.gateway_support import DEADLINE, Gateway, Transcript, raw_request, wait_until
 from tests.mcp_support import Lab, pool_env
 
@@ -197,6 +197,8 @@ def test_curl_shows_a_stream_event_by_event_as_the_provider_sends_it(gateway: Ga
         assert lab.lp.snapshot()["streams_finished"] == before  # the provider has not sent the last event
         while seen[-1] != "message_stop":
             assert events.empty(), "an event arrived before the provider sent it"
+            # Release only once the stream waits at the gate: a release with nobody waiting lets nothing go.
+            assert lab.lp.wait_for_held_streams(1, DEADLINE)
             lab.lp.release_streams(1)
             seen.append(events.get(timeout=DEADLINE))
     finally:
@@ -456,7 +458,7 @@ def test_x_authpool_wait_waits_for_a_cooling_account_instead_of_answering_429(cl
 
 def test_no_secret_appears_in_any_response_or_log_line_of_the_run(gateway: Gateway, key: str, lab: Lab) -> None:
     """Every response of this module and every line the gateway logged: no token, API key or the gateway key."""
-    texts = [*TRANSCRIPT.texts, gateway.stderr(), (lab.home / "pool.json").read_text()]
+    texts = [*TRANSCRIPT.texts, gateway.stderr(), *home_texts(lab.home)]
     assert len(texts) > 20
     assert_no_secrets(texts, [*lab.secrets(), key])
     assert "Traceback" not in gateway.stderr()

@@ -8,7 +8,6 @@ time: every wait is for an event, with a generous deadline.
 
 from __future__ import annotations
 
-import json
 import signal
 import socket
 import threading
@@ -20,7 +19,7 @@ import pytest
 
 from authpool import Pool
 from authpool.storage.vault import VaultKeyring
-from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli
+from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, raw_pool, run_cli
 from tests.gateway_support import DEADLINE, Gateway, wait_until
 
 MESSAGE = {"model": "loopback-small", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
@@ -203,5 +202,5 @@ def test_the_stored_key_moves_with_the_accounts_to_another_credential_store(
     assert r.returncode == 0, r.stderr
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "tests.keyrings.FileLimitedKeyring")
     assert gateway_key(acme.home) == key  # read from the new store
-    assert json.loads((acme.home / "pool.json").read_text())["secret_backend"] == "tests.keyrings.FileLimitedKeyring"
+    assert raw_pool(acme.home)["secret_backend"] == "tests.keyrings.FileLimitedKeyring"
     assert VaultKeyring(acme.home).get_password("authpool", "pool:gateway-key") is None  # none left behind

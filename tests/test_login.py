@@ -31,7 +31,7 @@ from authpool.auth.login import read_login_tokens
 from authpool.auth.redirect import RedirectListener
 from authpool.providers.provider import Provider
 from authpool.server.loopback import LoopbackProvider
-from tests.conftest import REPO, assert_no_secrets, home_texts, run_cli, write_config
+from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, write_config
 from tests.mcp_support import ServerLog, memory_session
 
 URL_RE = r"(http://127\.0\.0\.1:\d+/authorize\?\S+)"
@@ -134,8 +134,7 @@ def browser_login(*args: str) -> tuple[int, str, str, httpx2.Response]:
 
 
 def accounts(home: Path) -> list[dict[str, Any]]:
-    path = home / "pool.json"
-    return list(json.loads(path.read_text())["accounts"]) if path.exists() else []
+    return list(raw_pool(home)["accounts"]) if (home / "pool.db").exists() else []
 
 
 def leaked(lp: LoopbackProvider) -> list[str]:
@@ -244,7 +243,7 @@ def test_a_redirect_with_the_wrong_state_is_refused_and_stores_nothing(acme: Pat
     """A redirect carrying another login's state gets an error page; the CLI fails; the pool file is untouched."""
     lp.set_login("first@example.com")
     assert browser_login()[0] == 0
-    pool_file = (acme / "pool.json").read_bytes()
+    pool_file = raw_pool(acme)
     login = Login("acme", "--no-browser")
     url = login.expect(URL_RE)
     with browser() as b:
@@ -256,7 +255,7 @@ def test_a_redirect_with_the_wrong_state_is_refused_and_stores_nothing(acme: Pat
     assert rc == 1 and out == ""
     assert "refused a redirect whose state does not match this login" in one_error_line(err)
     assert "nothing was stored" in err
-    assert (acme / "pool.json").read_bytes() == pool_file
+    assert raw_pool(acme) == pool_file
     assert_clean(lp, acme, out, err, page.text)
 
 

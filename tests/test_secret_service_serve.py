@@ -23,7 +23,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 
 from authpool.server.loopback import LoopbackProvider
-from tests.conftest import REPO, assert_no_secrets
+from tests.conftest import REPO, assert_no_secrets, raw_pool
 from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
 
 STANDARD_BUS = Path(f"/run/user/{os.getuid()}/bus")
@@ -69,7 +69,7 @@ def test_serve_with_the_clients_default_environment_reaches_the_secret_service(
             input=json.dumps(tokens), capture_output=True, text=True, env=cli_env, cwd=REPO, timeout=60,
         )
         assert added.returncode == 0, added.stderr
-        pool_file = json.loads((home / "pool.json").read_text())
+        pool_file = raw_pool(home)
         assert pool_file["secret_backend"] == "keyring.backends.SecretService.Keyring"
 
         # Exactly what an MCP client passes: its default environment plus the config's "env".

@@ -17,7 +17,7 @@ from authpool import Pool, Secret, SecretBackendLocked, SecretBackendUnavailable
 from authpool.storage.protocols import SecretBackend
 from authpool.storage.secrets import SERVICE
 from authpool.storage.vault import VaultKeyring
-from tests.conftest import REPO, TEAM_KEY, assert_no_secrets, home_texts, run_cli
+from tests.conftest import REPO, TEAM_KEY, assert_no_secrets, home_texts, raw_pool, run_cli
 from tests.keyrings import LimitedKeyring, LockedKeyring
 from tests.secret_service import SecretServiceSession, SecretServiceUnavailable, secret_service_session
 
@@ -193,7 +193,7 @@ def test_a_locked_keyring_is_a_clear_error_and_the_store_is_unchanged(home: Path
     assert r.returncode == 1
     assert "is locked; unlock it" in r.stderr and "Traceback" not in r.stderr
     assert "sk-test-locked" not in r.stderr + r.stdout
-    pool = json.loads((home / "pool.json").read_text())
+    pool = raw_pool(home)
     assert pool["accounts"] == []
     with pytest.raises(SecretBackendLocked):
         SecretStore(LockedKeyring()).load_fresh("x")
@@ -295,7 +295,7 @@ def test_the_secret_service_is_chosen_recorded_and_shared_by_every_process(
     r = cli("accounts", "add-oauth", "openai", "--label", "desk",
             stdin=json.dumps({"access_token": big, "refresh_token": "lprt-desk", "expires_in": 60}))
     assert r.returncode == 0, r.stderr
-    pool_file = json.loads((tmp_path / "home" / "pool.json").read_text())
+    pool_file = raw_pool(tmp_path / "home")
     assert pool_file["secret_backend"] == "keyring.backends.SecretService.Keyring"
     assert not (tmp_path / "home" / "vault.json").exists()
     r = cli("doctor")
@@ -349,7 +349,7 @@ def test_secrets_move_to_another_store_is_explicit_and_every_process_follows(
     r = run_cli("secrets", "move", "tests.keyrings.FileLimitedKeyring")
     assert r.returncode == 0, r.stderr
     assert "moved 2 secret(s)" in r.stdout
-    assert json.loads((home / "pool.json").read_text())["secret_backend"] == "tests.keyrings.FileLimitedKeyring"
+    assert raw_pool(home)["secret_backend"] == "tests.keyrings.FileLimitedKeyring"
     vault = VaultKeyring(home)
     assert vault.get_password(SERVICE, k.id) is None and vault.get_password(SERVICE, o.id) is None
     assert k.id in store_file.read_text()  # the entries are in the new store
@@ -368,10 +368,10 @@ def test_secrets_move_to_an_unusable_store_changes_nothing(home: Path) -> None:
     """A target that fails its check leaves the pool on its current store, with one clear error."""
     pool = Pool.open(home)
     pool.add_api_key("openai", "k", "sk-test-stay")
-    before = (home / "pool.json").read_text()
+    before = raw_pool(home)
     r = run_cli("secrets", "move", "tests.keyrings.LockedKeyring")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert (home / "pool.json").read_text() == before
+    assert raw_pool(home) == before
     r = run_cli("secrets", "move", "no.such.Backend")
     assert r.returncode == 1 and "not installed" in r.stderr

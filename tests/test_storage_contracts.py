@@ -18,7 +18,7 @@ import pytest
 from authpool.accounts.model import Account, PoolFile, Rows, SessionBinding
 from authpool.errors import AccountNotFound, InvalidInput, LockTimeout
 from authpool.home import Home
-from authpool.storage.filestore import Store
+from authpool.storage.localstore import Store
 from authpool.storage.protocols import MetadataStore
 from tests.conftest import REPO
 
@@ -185,7 +185,7 @@ def _try_lock_in_another_process(store: MetadataStore, name: str) -> str:
     """'held' if a fresh process can take the lock at once, 'timeout' if not."""
     if isinstance(store, Store):
         opening = ("from pathlib import Path\nfrom authpool.home import Home\n"
-                   "from authpool.storage.filestore import Store\n"
+                   "from authpool.storage.localstore import Store\n"
                    f"store = Store(Home.open(Path({str(store.home.path)!r})))\n")
     else:
         from authpool.storage.postgres import PostgresStore

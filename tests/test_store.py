@@ -1,4 +1,4 @@
-"""The pool file under concurrency, crashes and bad input."""
+"""The pool database (pool.db) under concurrency, crashes and bad input."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -27,14 +28,21 @@ from authpool import (
     TokenSet,
 )
 from authpool.storage.lock import Lock
-from tests.conftest import REPO, run_cli, run_worker, start_worker
+from tests.conftest import REPO, raw_pool, run_cli, run_worker, start_worker
+
+KEYS_SEEN: dict[str, str] = {}
 
 
 def make_pool_with(home: Path, *labels: str) -> Pool:
     pool = Pool.open(home)
     for label in labels:
-        pool.add_api_key("openai", label, f"sk-test-{label}-{os.urandom(8).hex()}")
+        KEYS_SEEN[label] = f"sk-test-{label}-{os.urandom(8).hex()}"
+        pool.add_api_key("openai", label, KEYS_SEEN[label])
     return pool
+
+
+def raw_pool_backend(pool: Pool) -> str | None:
+    return pool.store.read().secret_backend
 
 
 def test_four_processes_of_250_updates_lose_no_update(home: Path) -> None:
@@ -67,7 +75,7 @@ def _crash_child(home: str, account_id: str, done: Any) -> None:  # a raw shared
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_a_writer_killed_at_random_moments_never_leaves_a_broken_file(home: Path) -> None:
-    """200 SIGKILLs mid-write: the pool file always parses and holds the last completed write."""
+    """200 SIGKILLs mid-write: the database always opens and holds the last completed write."""
     pool = make_pool_with(home, "a")
     account_id = pool.get("openai/a").id
     ctx = multiprocessing.get_context("fork")
@@ -81,9 +89,8 @@ def test_a_writer_killed_at_random_moments_never_leaves_a_broken_file(home: Path
         os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
         child.join()
         completed = done.value
-        pool_file = json.loads(home.joinpath("pool.json").read_text())
-        value = pool_file["accounts"][0]["counters"]["requests"]
-        # The write in flight may have landed (os.replace done) before the child recorded it.
+        value = raw_pool(home)["accounts"][0]["counters"]["requests"]
+        # The write in flight may have committed before the child recorded it.
         assert value in (completed, completed + 1)
         done.value = value
     assert Store(Home.open(home)).read().find(account_id).counters.requests == done.value
@@ -117,17 +124,22 @@ def test_a_stale_reader_cannot_undo_another_process_s_token_rotation(home: Path)
     assert pool.secret_of(pool.get(acc.id)).refresh_token == "lprt-new"
 
 
-def test_a_corrupt_pool_file_is_reported_and_never_overwritten(home: Path) -> None:
-    """A file that is not JSON gives a clear error naming the file and backup; writes leave it alone."""
-    pool = make_pool_with(home, "a", "b")  # two writes: a backup exists
-    damaged = b'{"schema_version": 1, "accounts": [ {"id": '
-    home.joinpath("pool.json").write_bytes(damaged)
+def test_a_damaged_database_is_reported_and_never_overwritten(home: Path) -> None:
+    """A pool.db that is not a database gives a clear error naming it and the backup; writes leave it alone."""
+    pool = make_pool_with(home, "a", "b")
+    assert home.joinpath("pool.db.bak").exists(), "the first write takes a backup"
+    pool.store.close()
+    damaged = b"SQLite format 3\x00" + b"\x13" * 4000
+    home.joinpath("pool.db").write_bytes(damaged)
+    for leftover in ("pool.db-wal", "pool.db-shm"):
+        home.joinpath(leftover).unlink(missing_ok=True)
+    fresh = Pool.open(home)
     with pytest.raises(StoreCorrupt) as e:
-        pool.store.read()
-    assert str(home / "pool.json") in str(e.value) and "pool.json.bak" in str(e.value)
+        fresh.store.read()
+    assert str(home / "pool.db") in str(e.value) and "pool.db.bak" in str(e.value)
     with pytest.raises(StoreCorrupt):
-        pool.set_enabled("openai/a", False)
-    assert home.joinpath("pool.json").read_bytes() == damaged
+        fresh.set_enabled("openai/a", False)
+    assert home.joinpath("pool.db").read_bytes() == damaged
     r = run_cli("accounts", "list")
     assert r.returncode == 1 and "corrupt" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -135,17 +147,34 @@ def test_a_corrupt_pool_file_is_reported_and_never_overwritten(home: Path) -> No
 
 def test_doctor_restores_the_last_good_copy_and_keeps_the_damaged_file(home: Path) -> None:
     """`authpool doctor --restore` puts the backup back and keeps the damaged file aside."""
-    make_pool_with(home, "a", "b")
-    home.joinpath("pool.json").write_text("garbage")
+    make_pool_with(home, "a", "b").store.close()
+    with sqlite3.connect(f"file:{home / 'pool.db.bak'}?mode=ro", uri=True) as bak:
+        backed_up = [json.loads(d)["label"] for (d,) in bak.execute("SELECT doc FROM accounts ORDER BY position")]
+    bak.close()
+    home.joinpath("pool.db").write_text("garbage")
     r = run_cli("doctor", "--restore")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "restored" in r.stdout
-    assert [a.label for a in Pool.open(home).accounts()] == ["a"]  # the state before the last write
-    assert list(home.glob("pool.json.corrupt-*"))[0].read_text() == "garbage"
+    assert [a.label for a in Pool.open(home).accounts()] == backed_up  # the state the backup was taken in
+    assert list(home.glob("pool.db.corrupt-*"))[0].read_text() == "garbage"
+
+
+def test_a_database_from_a_newer_authpool_is_refused_untouched(home: Path) -> None:
+    """A future layout version is refused with a message that says to upgrade."""
+    make_pool_with(home, "a").store.close()
+    with sqlite3.connect(home / "pool.db") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'layout'")
+    conn.close()
+    before = raw_pool(home)
+    with pytest.raises(StoreVersionError, match="upgrade authpool"):
+        Pool.open(home).accounts()
+    r = run_cli("accounts", "add-key", "openai", "--label", "x", input="sk-test-x")
+    assert r.returncode == 1 and "schema version 99" in r.stderr
+    assert raw_pool(home) == before
 
 
 def test_a_pool_file_from_a_newer_authpool_is_refused_untouched(home: Path) -> None:
-    """A future schema_version is refused with a message that says to upgrade."""
+    """A home of an older authpool whose pool.json has a future schema_version is refused, not moved."""
     home.mkdir(mode=0o700)
     future = json.dumps({"schema_version": 99, "accounts": [], "new_thing": True})
     home.joinpath("pool.json").write_text(future)
@@ -154,67 +183,96 @@ def test_a_pool_file_from_a_newer_authpool_is_refused_untouched(home: Path) -> N
     r = run_cli("accounts", "add-key", "openai", "--label", "x", input="sk-test-x")
     assert r.returncode == 1 and "schema version 99" in r.stderr
     assert home.joinpath("pool.json").read_text() == future
+    assert not home.joinpath("pool.db").exists()
 
 
-def test_a_structurally_invalid_file_names_the_field_without_echoing_values(home: Path) -> None:
-    """Validation errors say where the file is wrong, not what it contains."""
-    home.mkdir(mode=0o700)
-    home.joinpath("pool.json").write_text(json.dumps(
-        {"schema_version": 1, "accounts": [{"id": "x", "provider": "openai", "label": "l", "kind": "sk-secretish"}]}
-    ))
+def test_a_structurally_invalid_row_names_the_field_without_echoing_values(home: Path) -> None:
+    """Validation errors say which row and field are wrong, not what they contain."""
+    acc = make_pool_with(home, "a").get("openai/a")
+    with sqlite3.connect(home / "pool.db") as conn:
+        doc = json.loads(conn.execute("SELECT doc FROM accounts WHERE id = ?", (acc.id,)).fetchone()[0])
+        conn.execute("UPDATE accounts SET doc = ? WHERE id = ?", (json.dumps({**doc, "kind": "sk-secretish"}), acc.id))
+    conn.close()
     with pytest.raises(StoreCorrupt) as e:
         Pool.open(home).accounts()
-    assert "accounts.0.kind" in str(e.value) and "sk-secretish" not in str(e.value)
+    assert f"account row {acc.id!r}" in str(e.value) and "kind" in str(e.value)
+    assert "sk-secretish" not in str(e.value)
+
+
+def test_a_home_of_an_older_authpool_moves_into_pool_db_on_the_first_write_and_keeps_pool_json(home: Path) -> None:
+    """pool.json is read as it is until the first write, which moves every account into pool.db."""
+    pool = make_pool_with(home, "a", "b")
+    accounts = raw_pool(home)["accounts"]
+    pool.store.close()
+    for name in ("pool.db", "pool.db-wal", "pool.db-shm", "pool.db.bak"):
+        home.joinpath(name).unlink(missing_ok=True)
+    legacy = json.dumps({"schema_version": 1, "secret_backend": raw_pool_backend(pool), "accounts": accounts})
+    home.joinpath("pool.json").write_text(legacy)
+    older = Pool.open(home)
+    assert [a.label for a in older.accounts()] == ["a", "b"]
+    assert not home.joinpath("pool.db").exists(), "reading moves nothing"
+    older.set_enabled("openai/b", False)
+    assert home.joinpath("pool.json.moved").read_text() == legacy and not home.joinpath("pool.json").exists()
+    moved = raw_pool(home)
+    assert [(a["label"], a["enabled"]) for a in moved["accounts"]] == [("a", True), ("b", False)]
+    assert older.secret_of(older.get("openai/a")).api_key == KEYS_SEEN["a"]
+    assert (home / "pool.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_unknown_account_and_duplicate_label_are_clear_errors_that_change_nothing(home: Path) -> None:
-    """Bad references fail cleanly and leave the file byte-for-byte as it was."""
+    """Bad references fail cleanly and leave the pool as it was."""
     pool = make_pool_with(home, "a")
-    before = home.joinpath("pool.json").read_bytes()
+    before = raw_pool(home), pool.store.version()
     with pytest.raises(AccountNotFound):
         pool.set_enabled("openai/nope", False)
     with pytest.raises(DuplicateLabel):
         pool.add_api_key("openai", "A", "sk-test-dup")  # labels are case-insensitive
-    assert home.joinpath("pool.json").read_bytes() == before
+    assert (raw_pool(home), Pool.open(home).store.version()) == before
     r = run_cli("accounts", "disable", "nope")
     assert r.returncode == 1 and "no account 'nope'" in r.stderr
 
 
-def test_a_failed_write_leaves_the_old_file_in_place(home: Path) -> None:
-    """When the disk refuses the write (file size limit), the error is clear and the store unchanged."""
-    make_pool_with(home, "a")
-    before = home.joinpath("pool.json").read_bytes()
+def test_a_failed_write_changes_nothing(home: Path) -> None:
+    """When the database refuses the write, the error is one clear line and nothing changes.
+
+    A read-only filesystem cannot be made for root in a test, so the CLI runs with every SQLite
+    connection in ``query_only`` mode: SQLite refuses each write exactly as on a read-only disk."""
+    make_pool_with(home, "a").store.close()
+    before = raw_pool(home)
     code = (
-        "import resource, signal, sys\n"
-        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(before) + 200}, {len(before) + 200}))\n"
+        "import sqlite3, sys\n"
+        "real = sqlite3.connect\n"
+        "def connect(*args, **kwargs):\n"
+        "    conn = real(*args, **kwargs)\n"
+        "    conn.execute('PRAGMA query_only = 1')\n"
+        "    return conn\n"
+        "sqlite3.connect = connect\n"
         "from authpool.server.cli.main import main\n"
         "sys.exit(main(['accounts', 'add-key', 'openai', '--label', 'b' * 90]))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], input="sk-test-" + "k" * 40, capture_output=True,
                        text=True, cwd=REPO, timeout=60)
     assert r.returncode == 1, r.stderr
-    assert "could not write" in r.stderr and "nothing was changed" in r.stderr
-    assert "Traceback" not in r.stderr
-    assert home.joinpath("pool.json").read_bytes() == before
-    assert not list(home.glob(".pool.json.*.tmp"))
+    assert "could not write" in r.stderr and "nothing was changed" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert raw_pool(home) == before
     # the API key written before the metadata failed was removed again
     assert len(Pool.open(home).accounts()) == 1
 
 
 def test_wrong_modes_are_repaired_on_open_and_reported_by_doctor(home: Path) -> None:
-    """A world-readable pool file is made 0600 again; doctor says so."""
+    """A world-readable pool database is made 0600 again; doctor says so."""
     make_pool_with(home, "a")
-    os.chmod(home / "pool.json", 0o644)
+    os.chmod(home / "pool.db", 0o644)
     os.chmod(home, 0o755)
     r = run_cli("doctor")
     assert r.returncode == 0, r.stdout
     assert "fixed" in r.stdout and "0644" in r.stdout and "0755" in r.stdout
-    assert (home / "pool.json").stat().st_mode & 0o777 == 0o600
+    assert (home / "pool.db").stat().st_mode & 0o777 == 0o600
     assert home.stat().st_mode & 0o777 == 0o700
-    os.chmod(home / "pool.json", 0o640)
+    os.chmod(home / "pool.db", 0o640)
     Pool.open(home)
-    assert (home / "pool.json").stat().st_mode & 0o777 == 0o600
+    assert (home / "pool.db").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_lock_held_too_long_times_out_naming_the_holder(home: Path) -> None:
@@ -270,7 +328,7 @@ def test_async_updates_do_not_block_the_event_loop(home: Path) -> None:
 
 
 def test_reads_see_other_processes_writes_immediately(home: Path) -> None:
-    """The parsed-read cache is invalidated by another process's atomic replace."""
+    """The cached snapshot follows another process's commit."""
     pool = make_pool_with(home, "a")
     assert pool.get("openai/a").enabled
     assert run_cli("accounts", "disable", "openai/a").returncode == 0

@@ -1,9 +1,11 @@
-"""The pool file keeps every change: deleted lock files, restores, symlinks, failed writes, hostile content."""
+"""The pool keeps every change: deleted lock files, restores, symlinks, failed backups, hostile content."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 
 from authpool import Pool, StoreCorrupt
-from tests.conftest import assert_no_secrets, home_texts, run_cli, start_worker
+from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
 
 KEYS = {label: f"sk-test-safety-{label}-5f0c7e1d9a2b" for label in ("a", "b")}
 PIPED_KEY = "sk-test-safety-piped-3e8d1c0b"  # given on stdin to commands that fail
@@ -42,55 +44,61 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
 
 def test_a_writer_whose_lock_file_is_deleted_mid_change_does_not_undo_the_next_writer(home: Path,
                                                                                         tmp_path: Path) -> None:
-    """locks/pool.lock is deleted while a process holds it: the next writer's change survives the holder's write."""
+    """locks/pool.lock is deleted while a process holds it, and a second writer locks the new file: the
+    database serializes the two transactions, so both changes land and neither undoes the other."""
     make_pool_with(home, "a", "b")
     ready, go = tmp_path / "ready", tmp_path / "go"
     holder = start_worker("disable-when", "openai/a", str(ready), str(go))
+    second: subprocess.Popen[str] | None = None
     try:
         wait_until(ready.exists, "the holder to be inside its change, holding the pool lock")
         (home / "locks" / "pool.lock").unlink()  # a cleaner, or a user's rm -rf
-        second = cli("accounts", "disable", "openai/b")
-        assert second.returncode == 0, second.stderr
+        second = subprocess.Popen([sys.executable, "-m", "authpool.server.cli", "accounts", "disable", "openai/b"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        wait_until((home / "locks" / "pool.lock").exists, "the second writer to lock the new lock file")
         go.touch()
         out, err = holder.communicate(timeout=60)
+        second_out, second_err = second.communicate(timeout=60)
     finally:
         holder.kill()
+        if second is not None:
+            second.kill()
     assert holder.returncode == 0, err
+    assert second.returncode == 0, second_err
     assert out.strip() == "done"
     pool = Pool.open(home)
-    assert pool.get("openai/a").enabled is False  # the holder's change landed ...
-    assert pool.get("openai/b").enabled is False  # ... on top of the second writer's, not over it
-    assert_no_secrets([out, err, *home_texts(home)], list(KEYS.values()))
+    assert pool.get("openai/a").enabled is False
+    assert pool.get("openai/b").enabled is False
+    assert_no_secrets([out, err, second_out, second_err, *home_texts(home)], list(KEYS.values()))
 
 
-def test_doctor_restore_refuses_to_replace_a_healthy_pool_file_unless_forced(home: Path) -> None:
-    """`doctor --restore` on a healthy file refuses (it would undo the last write); --force restores, with a warning."""
-    make_pool_with(home, "a", "b")
-    before = (home / "pool.json").read_bytes()
+def test_doctor_restore_refuses_to_replace_a_healthy_pool_unless_forced(home: Path) -> None:
+    """`doctor --restore` on a working database refuses (it would undo changes); --force restores, with a warning."""
+    make_pool_with(home, "a", "b").store.close()
+    before = raw_pool(home)
     r = cli("doctor", "--restore")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "healthy" in r.stdout and "would undo the last write" in r.stdout and "--force" in r.stdout
-    assert (home / "pool.json").read_bytes() == before
-    assert not list(home.glob("pool.json.corrupt-*"))
+    assert "works" in r.stdout and "would undo every change since it was taken" in r.stdout and "--force" in r.stdout
+    assert raw_pool(home) == before
+    assert not list(home.glob("pool.db.corrupt-*"))
     assert [a.label for a in Pool.open(home).accounts()] == ["a", "b"]
 
     r = cli("doctor", "--restore", "--force")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "warn" in r.stdout and "undid the last write" in r.stdout
-    assert [a.label for a in Pool.open(home).accounts()] == ["a"]
-    kept = list(home.glob("pool.json.replaced-*"))
-    assert len(kept) == 1 and kept[0].read_bytes() == before
-    assert_no_secrets(home_texts(home), list(KEYS.values()))
+    assert "warn" in r.stdout and "undid every change since" in r.stdout
+    assert [a.label for a in Pool.open(home).accounts()] == [], "the backup was taken at the first change"
+    assert list(home.glob("pool.db.replaced-*"))
 
 
-def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(home: Path, tmp_path: Path) -> None:
-    """pool.json as a symbolic link is refused (read and write) naming the fix; the link and its target stay."""
-    make_pool_with(home, "a")
+def test_a_symlinked_pool_database_is_refused_with_a_clear_error_and_left_as_it_is(home: Path,
+                                                                                    tmp_path: Path) -> None:
+    """pool.db as a symbolic link is refused (read and write) naming the fix; the link and its target stay."""
+    make_pool_with(home, "a").store.close()
     elsewhere = tmp_path / "synced"
     elsewhere.mkdir()
-    target = elsewhere / "pool.json"
-    (home / "pool.json").rename(target)
-    (home / "pool.json").symlink_to(target)
+    target = elsewhere / "pool.db"
+    (home / "pool.db").rename(target)
+    (home / "pool.db").symlink_to(target)
     before = target.read_bytes()
     for argv in (["accounts", "disable", "openai/a"], ["accounts", "list"]):
         r = cli(*argv)
@@ -99,22 +107,21 @@ def test_a_symlinked_pool_file_is_refused_with_a_clear_error_and_left_as_it_is(h
         assert "is a symbolic link" in r.stderr and str(target) in r.stderr and "AUTHPOOL_HOME" in r.stderr
     r = cli("doctor")
     assert r.returncode == 1 and "is a symbolic link" in r.stdout
-    assert (home / "pool.json").is_symlink() and (home / "pool.json").resolve() == target
+    assert (home / "pool.db").is_symlink() and (home / "pool.db").resolve() == target
     assert target.read_bytes() == before
 
 
-def test_a_write_whose_backup_step_fails_leaves_no_temporary_file(home: Path) -> None:
-    """When pool.json.bak cannot be replaced, the write fails with one line and no .pool.json.bak.*.tmp is left."""
-    make_pool_with(home, "a")
-    before = (home / "pool.json").read_bytes()
-    (home / "pool.json.bak").unlink()
-    (home / "pool.json.bak").mkdir(mode=0o700)  # something in the way that a rename cannot replace
-    (home / "pool.json.bak" / "keep").touch(mode=0o600)
+def test_a_backup_that_cannot_be_written_never_fails_a_change_and_leaves_no_temporary_file(home: Path) -> None:
+    """When pool.db.bak cannot be replaced, the change still lands (the backup is a convenience, the
+    database is the record), the failure is logged on stderr in one line, and no temporary file is left."""
+    make_pool_with(home, "a").store.close()
+    (home / "pool.db.bak").unlink()
+    (home / "pool.db.bak").mkdir(mode=0o700)  # something in the way that a rename cannot replace
+    (home / "pool.db.bak" / "keep").touch(mode=0o600)
     r = cli("accounts", "disable", "openai/a")
-    assert r.returncode == 1, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    assert "could not write" in r.stderr and "pool.json.bak" in r.stderr
-    assert (home / "pool.json").read_bytes() == before
+    assert r.returncode == 0, r.stderr
+    assert "could not back up" in r.stderr and "Traceback" not in r.stderr
+    assert Pool.open(home).get("openai/a").enabled is False
     assert sorted(p.name for p in home.iterdir() if p.name.endswith(".tmp")) == []
 
 
@@ -148,32 +155,42 @@ def _tamper(doc: dict[str, Any], where: str, value: Any) -> None:
 
 
 @pytest.mark.parametrize(("where", "raw_value", "named"), [
-    ("accounts.0.secret_generation", "-5", "accounts.0.secret_generation"),
-    ("accounts.0.access_expires_at", "Infinity", "accounts.0.access_expires_at"),
-    ("accounts.0.access_expires_at", "NaN", "accounts.0.access_expires_at"),
-    ("accounts.0.last_used_at", "1e999", "accounts.0.last_used_at"),
-    ("accounts.0.created_at", "-Infinity", "accounts.0.created_at"),
-    ("accounts.0.counters.requests", "-1", "accounts.0.counters.requests"),
-    ("accounts.0.counters.rate_limited", "-3", "accounts.0.counters.rate_limited"),
-    ("accounts.0.backoff_level", "-2", "accounts.0.backoff_level"),
-    ("accounts.0.cooldowns", '{"*": {"until": NaN, "reason": "429"}}', "accounts.0.cooldowns.*.until"),
+    ("secret_generation", "-5", "secret_generation"),
+    ("access_expires_at", "Infinity", "access_expires_at"),
+    ("access_expires_at", "NaN", "access_expires_at"),
+    ("last_used_at", "1e999", "last_used_at"),
+    ("created_at", "-Infinity", "created_at"),
+    ("counters.requests", "-1", "counters.requests"),
+    ("counters.rate_limited", "-3", "counters.rate_limited"),
+    ("backoff_level", "-2", "backoff_level"),
+    ("cooldowns", '{"*": {"until": NaN, "reason": "429"}}', "cooldowns.*.until"),
 ])
-def test_impossible_numbers_in_the_pool_file_are_refused_as_corrupt_naming_the_field(
+def test_impossible_numbers_in_an_account_row_are_refused_as_corrupt_naming_the_field(
         home: Path, where: str, raw_value: str, named: str) -> None:
-    """Negative counters or generations, NaN and infinite times: the pool file is corrupt, and the field is named."""
-    make_pool_with(home, "a")
-    doc = json.loads((home / "pool.json").read_text())
-    marker = "__VALUE__"
-    _tamper(doc, where, marker)
-    text = json.dumps(doc).replace(f'"{marker}"', raw_value)
-    (home / "pool.json").write_text(text)
+    """Negative counters or generations, NaN and infinite times: the row is corrupt, and the field is named."""
+    account_id = make_pool_with(home, "a").get("openai/a").id
+    with sqlite3.connect(home / "pool.db") as conn:
+        doc = json.loads(conn.execute("SELECT doc FROM accounts").fetchone()[0])
+        marker = "__VALUE__"
+        _tamper(doc, where, marker)
+        text = json.dumps(doc).replace(f'"{marker}"', raw_value)
+        conn.execute("UPDATE accounts SET doc = ?", (text,))
+    conn.close()
     with pytest.raises(StoreCorrupt) as e:
         Pool.open(home).accounts()
-    assert named in str(e.value), str(e.value)
+    assert f"account row {account_id!r}" in str(e.value) and named in str(e.value), str(e.value)
     r = cli("accounts", "list")
     assert r.returncode == 1 and "corrupt" in r.stderr and named in r.stderr, r.stderr
     assert r.stderr.count("\n") == 1
-    assert (home / "pool.json").read_text() == text
+    assert raw_pool_text(home) == text
+
+
+def raw_pool_text(home: Path) -> str:
+    conn = sqlite3.connect(f"file:{home / 'pool.db'}?mode=ro", uri=True)
+    try:
+        return str(conn.execute("SELECT doc FROM accounts").fetchone()[0])
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("data", [

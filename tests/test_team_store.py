@@ -470,7 +470,7 @@ def test_vault_key_init_export_and_import(home: Path) -> None:
 def test_the_store_is_chosen_by_config_toml_and_the_environment_wins(tmp_path: Path, team_url: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """``[store] url`` selects the team store; AUTHPOOL_STORE overrides it; neither: the local pool file."""
-    from authpool.storage.filestore import Store
+    from authpool.storage.localstore import Store
 
     home = tmp_path / "h"
     home.mkdir(mode=0o700)

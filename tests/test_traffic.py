@@ -25,7 +25,7 @@ import pytest
 from authpool import Pool
 from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
-from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, run_cli, start_worker
+from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
 from tests.mcp_support import Lab, Session, assert_tool_error, lab_session, pool_env
 
 CHAT = "/v1/chat/completions"
@@ -553,7 +553,8 @@ V1_POOL: dict[str, Any] = {
 
 
 def test_a_version_1_pool_file_is_read_and_upgraded_on_the_first_write_keeping_every_field(home: Path) -> None:
-    """A v1 pool.json is readable as is; the first write stores version 2 with every v1 field, the v1 file in .bak."""
+    """A v1 pool.json (authpool 0.1) is readable as is; the first write moves it into pool.db as
+    version 2 with every v1 field, and keeps the v1 file as pool.json.moved."""
     home.mkdir(mode=0o700, parents=True)
     v1_bytes = json.dumps(V1_POOL, indent=1).encode()
     (home / "pool.json").write_bytes(v1_bytes)
@@ -568,14 +569,15 @@ def test_a_version_1_pool_file_is_read_and_upgraded_on_the_first_write_keeping_e
 
     wrote = run_cli("accounts", "enable", "anthropic/work")  # already enabled: a write that changes nothing
     assert wrote.returncode == 0, wrote.stderr
-    v2 = json.loads((home / "pool.json").read_text())
+    v2 = raw_pool(home)
     assert v2["schema_version"] == 2
     assert v2["secret_backend"] == V1_POOL["secret_backend"]
     assert v2["sessions"] == {}
     for old, new in zip(V1_POOL["accounts"], v2["accounts"], strict=True):
         assert {k: new[k] for k in old} == old
         assert (new["probation"], new["quota_resets_at"]) == (False, None)
-    assert (home / "pool.json.bak").read_bytes() == v1_bytes
+    assert (home / "pool.json.moved").read_bytes() == v1_bytes
+    assert not (home / "pool.json").exists()
 
     pool = Pool.open(home)
     assert [a.name for a in pool.accounts()] == ["anthropic/work", "openai/personal"]

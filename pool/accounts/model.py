@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from authpool.errors import AccountNotFound, DuplicateLabel, InvalidInput
 
@@ -26,6 +27,7 @@ __all__ = [
     "Account",
     "AccountKind",
     "AccountState",
+    "ChangeLog",
     "Cooldown",
     "Counters",
     "LinkedFile",
@@ -263,15 +265,17 @@ class SessionBinding(_Model):
 
 @dataclass
 class Rows:
-    """The part of the pool one update touches: the accounts it named (those that still exist) and
-    the session bindings.
+    """The part of the pool one update touches: the accounts it named (those that still exist),
+    the accounts it adds or removes, and the session bindings.
 
     A store locks and rewrites only these (``MetadataStore.update_accounts``); an update that
-    needs the whole pool (adding or removing accounts) uses ``MetadataStore.update``.
+    needs the whole pool (renumbering, recording the secret backend) uses ``MetadataStore.update``.
     """
 
     accounts: dict[str, Account]
     sessions: dict[str, SessionBinding]
+    added: dict[str, Account] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
 
     def get(self, account_id: str) -> Account:
         """The account ``account_id``.
@@ -284,15 +288,47 @@ class Rows:
         except KeyError:
             raise AccountNotFound(account_id) from None
 
+    def add(self, account: Account) -> Account:
+        """Insert a new account (the store refuses a taken id or ``provider/label``)."""
+        self.accounts[account.id] = account
+        self.added[account.id] = account
+        self.removed.discard(account.id)
+        return account
+
+    def remove(self, account_id: str) -> Account:
+        """Delete the account ``account_id`` (named in the update).
+
+        Raises:
+            AccountNotFound: it was removed meanwhile.
+        """
+        acc = self.get(account_id)
+        del self.accounts[account_id]
+        if self.added.pop(account_id, None) is None:
+            self.removed.add(account_id)
+        return acc
+
 
 class PoolFile(_Model):
-    """The whole pool file: schema version, which secret backend holds the secrets, accounts."""
+    """The pool's metadata: schema version, which secret backend holds the secrets, accounts, sessions.
+
+    A store hands out *snapshots*: frozen (:meth:`freeze`), never changed afterwards, and indexed
+    on first use (by id, by ``provider/label``, by provider), so lookups cost the same in a pool
+    of ten accounts or ten thousand. A snapshot a store derived from the previous one says which
+    accounts changed in between (:meth:`changed_since`), so whoever keeps its own index of a
+    snapshot (the rotation's roster) updates it instead of rebuilding it. An unfrozen PoolFile
+    (the copy ``MetadataStore.update`` gives a change function) is searched, not indexed.
+    """
 
     schema_version: int = SCHEMA_VERSION
     secret_backend: str | None = None
     accounts: list[Account] = Field(default_factory=list)
     # "provider/session key" -> binding; shared by every process, pruned when expired.
     sessions: dict[str, SessionBinding] = Field(default_factory=dict)
+
+    _index: _Index | None = PrivateAttr(default=None)
+    _frozen: bool = PrivateAttr(default=False)
+    _revision: int = PrivateAttr(default=0)
+    _history: ChangeLog | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique(self) -> PoolFile:
@@ -308,6 +344,34 @@ class PoolFile(_Model):
             seen_names.add(key)
         return self
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def freeze(self, revision: int = 0, history: ChangeLog | None = None) -> PoolFile:
+        """Mark this pool a snapshot (read-only from now on) at ``revision`` of ``history``."""
+        self._frozen, self._revision, self._history = True, revision, history
+        return self
+
+    @property
+    def revision(self) -> int:
+        """The store's change number this snapshot shows (0 for one nobody numbered)."""
+        return self._revision
+
+    def changed_since(self, other: PoolFile) -> frozenset[str] | None:
+        """The ids of the accounts added, changed or removed between ``other`` and this snapshot,
+        or None if that is not known (not snapshots of one store's history, or too far apart)."""
+        if self._history is None or other._history is not self._history:
+            return None
+        return self._history.since(other._revision, self._revision)
+
+    def _indexed(self) -> _Index | None:
+        if not self._frozen:
+            return None
+        if self._index is None:
+            self._index = _Index(self.accounts)
+        return self._index
+
+    # -- lookups -----------------------------------------------------------------------------
+
     def find(self, ref: str) -> Account:
         """The account whose id is ``ref``, or whose ``provider/label`` is ``ref``.
 
@@ -315,10 +379,16 @@ class PoolFile(_Model):
             AccountNotFound: nothing matches.
         """
         ref = ref.strip()
+        provider, sep, label = ref.partition("/")
+        index = self._indexed()
+        if index is not None:
+            found = index.by_id.get(ref) or (index.by_name.get((provider, label.strip().casefold())) if sep else None)
+            if found is None:
+                raise AccountNotFound(ref)
+            return found
         for acc in self.accounts:
             if acc.id == ref:
                 return acc
-        provider, sep, label = ref.partition("/")
         if sep:
             folded = label.strip().casefold()
             for acc in self.accounts:
@@ -326,22 +396,161 @@ class PoolFile(_Model):
                     return acc
         raise AccountNotFound(ref)
 
+    def get(self, account_id: str) -> Account | None:
+        """The account with id ``account_id``, or None."""
+        index = self._indexed()
+        if index is not None:
+            return index.by_id.get(account_id)
+        return next((a for a in self.accounts if a.id == account_id), None)
+
     def for_provider(self, provider: str) -> list[Account]:
+        """The provider's accounts in pool order (a snapshot's list is shared: do not change it)."""
+        index = self._indexed()
+        if index is not None:
+            return index.by_provider.get(provider, [])
         return [a for a in self.accounts if a.provider == provider]
+
+    def next_order(self, provider: str) -> int:
+        """The ``order`` a new account of ``provider`` gets: after every existing one."""
+        index = self._indexed()
+        if index is not None:
+            return index.next_order.get(provider, 0)
+        return max((a.order for a in self.accounts if a.provider == provider), default=-1) + 1
 
     def check_label_free(self, provider: str, label: str, *, except_id: str | None = None) -> None:
         """Raise :class:`DuplicateLabel` if another account of ``provider`` has ``label``."""
         folded = label.casefold()
-        for acc in self.accounts:
-            if acc.provider == provider and acc.label.casefold() == folded and acc.id != except_id:
+        index = self._indexed()
+        if index is not None:
+            taken = index.by_name.get((provider, folded))
+            holders = [taken] if taken is not None else []
+        else:
+            holders = [a for a in self.accounts if a.provider == provider and a.label.casefold() == folded]
+        for acc in holders:
+            if acc.id != except_id:
                 raise DuplicateLabel(f"{provider}/{label} already exists (account {acc.id})")
 
     def new_id(self) -> str:
-        taken = {a.id for a in self.accounts}
+        taken = self._indexed()
+        ids = taken.by_id if taken is not None else {a.id for a in self.accounts}
         while True:
             candidate = new_account_id()
-            if candidate not in taken:
+            if candidate not in ids:
                 return candidate
+
+    def derive(self, revision: int, history: ChangeLog, changed: dict[str, Account], gone: Collection[str],
+               bindings: dict[str, SessionBinding], ended: Collection[str],
+               fields: dict[str, Any] | None = None) -> PoolFile:
+        """The snapshot at ``revision``: this one with ``changed`` accounts replaced (or appended) and
+        ``gone`` ones dropped, session bindings set or ``ended``, and the pool's own ``fields`` if
+        they changed. Unchanged accounts are the very objects this snapshot holds, and the index
+        is derived, not rebuilt, so the cost follows the change, not the pool (removing accounts
+        rebuilds it). The step is recorded in ``history``."""
+        index = self._indexed() or _Index(self.accounts)
+        removed = {i for i in gone if i in index.by_id and i not in changed}
+        accounts = [a for a in self.accounts if a.id not in removed] if removed else list(self.accounts)
+        new_index = _Index(_replaced(accounts, changed)) if removed else index.evolved(accounts, changed)
+        sessions = self.sessions
+        if bindings or ended:
+            sessions = {k: v for k, v in sessions.items() if k not in ended} if ended else dict(sessions)
+            sessions.update(bindings)
+        own = fields if fields is not None else self.model_dump(exclude={"accounts", "sessions"})
+        pool = PoolFile.model_construct(**own, accounts=accounts, sessions=sessions)
+        pool._index = new_index
+        history.record(self._revision, revision, frozenset(changed) | frozenset(gone))
+        return pool.freeze(revision, history)
+
+
+class _Index:
+    """A snapshot's lookups, built once per snapshot (a snapshot never changes), or derived from
+    the previous snapshot's by copying its tables (C speed) and applying only what changed."""
+
+    def __init__(self, accounts: list[Account] | None = None) -> None:
+        self.by_id: dict[str, Account] = {}
+        self.position: dict[str, int] = {}  # index in the snapshot's account list
+        self.by_name: dict[tuple[str, str], Account] = {}
+        self.by_provider: dict[str, list[Account]] = {}
+        self.in_provider: dict[str, int] = {}  # index in its provider's list
+        self.next_order: dict[str, int] = {}
+        for n, a in enumerate(accounts or ()):
+            self.by_id[a.id] = a
+            self.position[a.id] = n
+            self.by_name[(a.provider, a.label.casefold())] = a
+            same = self.by_provider.setdefault(a.provider, [])
+            self.in_provider[a.id] = len(same)
+            same.append(a)
+            self.next_order[a.provider] = max(self.next_order.get(a.provider, 0), a.order + 1)
+
+    def evolved(self, accounts: list[Account], changed: dict[str, Account]) -> _Index:
+        """The index of ``accounts`` (this index's list, copied) once ``changed`` are replaced in it
+        or appended to it; ``accounts`` is updated in place. No account is removed here."""
+        new = _Index()
+        new.by_id, new.by_name, new.next_order = dict(self.by_id), dict(self.by_name), dict(self.next_order)
+        new.by_provider = dict(self.by_provider)
+        new.position, new.in_provider = self.position, self.in_provider
+        copied: set[str] = set()
+        appended = False
+        for account_id, acc in changed.items():
+            old = self.by_id.get(account_id)
+            if old is not None and old.provider != acc.provider:
+                return _Index(_replaced(accounts, changed))  # an account changing provider: rebuild
+            if acc.provider not in copied:
+                new.by_provider[acc.provider] = list(new.by_provider.get(acc.provider, ()))
+                copied.add(acc.provider)
+            same = new.by_provider[acc.provider]
+            if old is None:
+                if not appended:
+                    new.position, new.in_provider, appended = dict(self.position), dict(self.in_provider), True
+                new.position[account_id] = len(accounts)
+                new.in_provider[account_id] = len(same)
+                accounts.append(acc)
+                same.append(acc)
+            else:
+                accounts[new.position[account_id]] = acc
+                same[new.in_provider[account_id]] = acc
+                new.by_name.pop((old.provider, old.label.casefold()), None)
+            new.by_id[account_id] = acc
+            new.by_name[(acc.provider, acc.label.casefold())] = acc
+            new.next_order[acc.provider] = max(new.next_order.get(acc.provider, 0), acc.order + 1)
+        return new
+
+
+def _replaced(accounts: list[Account], changed: dict[str, Account]) -> list[Account]:
+    seen = {a.id for a in accounts}
+    accounts[:] = [changed.get(a.id, a) for a in accounts] + [a for i, a in changed.items() if i not in seen]
+    return accounts
+
+
+class ChangeLog:
+    """Which accounts each recent step of a store's history touched (bounded).
+
+    A step goes from one change number to a later one (several commits of another process
+    read at once make one step). Shared by the snapshots a store hands out; pure bookkeeping,
+    no I/O; one writer (the store, under its own guard), any number of readers.
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        self._keep = keep
+        self._steps: dict[int, tuple[int, frozenset[str]]] = {}  # from -> (to, ids)
+
+    def record(self, start: int, end: int, ids: frozenset[str]) -> None:
+        """The step from change ``start`` to ``end`` touched ``ids``; the oldest steps are forgotten."""
+        self._steps[start] = (end, ids)
+        while len(self._steps) > self._keep:
+            del self._steps[next(iter(self._steps))]
+
+    def since(self, start: int, end: int) -> frozenset[str] | None:
+        """Every id touched from change ``start`` to ``end``; None if that history is not all kept."""
+        steps = self._steps.copy()  # a consistent view: the writer may add meanwhile
+        out: set[str] = set()
+        at = start
+        while at != end:
+            step = steps.get(at)
+            if step is None or step[0] > end:
+                return None
+            at = step[0]
+            out |= step[1]
+        return frozenset(out)
 
 
 def _clock(ts: float) -> str:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from authpool.accounts.model import WHOLE_ACCOUNT, Account, PoolFile
 from authpool.providers.provider import Provider
-from authpool.rotation.strategy import UsageView, order_accounts
+from authpool.rotation.strategy import StrategyKey, UsageView, key_of
 
-__all__ = ["Selection", "in_scope", "renewal_blocked_until", "select"]
+__all__ = ["Selection", "in_scope", "renewal_blocked_until", "select", "without_reserve"]
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,15 @@ def select(accounts: Sequence[Account], provider: Provider, *, now: float, exclu
                 continue
         if until is not None:
             soonest = until if soonest is None else min(soonest, until)
-    ordered = order_accounts(provider.strategy, ready, usage)
-    if provider.reserve is not None:
-        ordered = _reserved_last(ordered, provider.reserve / 100, usage)
-    return Selection(ordered, soonest, len(accounts))
+    keyed = sorted(((key_of(provider.strategy, provider.reserve, a, usage(a), now)[0], a) for a in ready),
+                   key=lambda pair: pair[0])
+    return Selection(without_reserve([a for _, a in keyed], [k for k, _ in keyed], provider.reserve), soonest,
+                     len(accounts))
 
 
-def _reserved_last(ordered: list[Account], share: float, usage: Callable[[Account], UsageView]) -> list[Account]:
-    """Accounts whose busiest usage window is under ``share``; only if none is, the others (kept in reserve)."""
-    under = [a for a in ordered if max((w.used for w in usage(a).windows.values()), default=0.0) < share]
-    return under or ordered
+def without_reserve(ordered: list[Account], keys: list[StrategyKey], reserve: float | None) -> list[Account]:
+    """With ``reserve``, the accounts kept in reserve (at or above it) are out of rotation while
+    any account below it is ready; ``keys`` are ``ordered``'s keys (their first item says which)."""
+    if reserve is None or not keys or keys[0][0] != 0:
+        return ordered
+    return [a for a, k in zip(ordered, keys, strict=True) if k[0] == 0]

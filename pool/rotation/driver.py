@@ -46,6 +46,7 @@ from authpool.rotation.effects import (
 )
 from authpool.rotation.engine import Clock, Engine, Served
 from authpool.rotation.result import RequestResult, RotationOptions
+from authpool.rotation.roster import Rosters
 from authpool.rotation.streams import is_event_stream, peek_async, peek_sync
 from authpool.rotation.usage import UsageLog
 from authpool.storage.protocols import HeldLock, MetadataStore
@@ -54,13 +55,16 @@ __all__ = ["PoolTransport", "RotationHost", "StoreClock", "facts_of"]
 
 
 class RotationHost(Protocol):
-    """What a transport needs of a pool: its store, secrets, usage log and connection pools."""
+    """What a transport needs of a pool: its store, secrets, usage log, rosters and connection pools."""
 
     @property
     def store(self) -> MetadataStore: ...
 
     @property
     def usage(self) -> UsageLog: ...
+
+    @property
+    def rosters(self) -> Rosters: ...
 
     def cached_secret(self, account: Account) -> Secret | None: ...
 
@@ -112,7 +116,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
         weights = self.provider.weights
         return Engine(self.provider, self.options, facts_of(request), pinned=self._pinned_id,
                       usage=lambda a, now: self.usage.view(a, weights, now),
-                      clock=self.clock or StoreClock(self.host.store))
+                      clock=self.clock or StoreClock(self.host.store),
+                      roster=self.host.rosters.get(self.provider, self.options.namespace))
 
     # -- the sync driver -------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from authpool.providers.cooldown import decide_cooldown, latest_reset
 from authpool.providers.provider import Provider, origin_of
 from authpool.providers.ratelimit import model_of_request, read_body_limit
 from authpool.providers.windows import read_windows
-from authpool.rotation.candidates import in_scope, select
+from authpool.rotation.candidates import Selection, in_scope, select
 from authpool.rotation.effects import (
     Answer,
     Drop,
@@ -79,6 +79,7 @@ from authpool.rotation.effects import (
     Write,
 )
 from authpool.rotation.result import Attempt, Outcome, RotationOptions
+from authpool.rotation.roster import Roster
 from authpool.rotation.sse import StreamVerdict
 from authpool.rotation.strategy import UsageView
 
@@ -137,8 +138,10 @@ class Engine:
 
     def __init__(self, provider: Provider, options: RotationOptions, request: RequestFacts, *,
                  pinned: str | None = None, usage: Callable[[Account, float], UsageView],
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, roster: Roster | None = None) -> None:
         self.provider = provider
+        # The provider's accounts kept ordered between requests (a large pool); None: sort them here.
+        self.roster = roster if pinned is None else None
         self.options = options
         self.request = request
         self.pinned = pinned
@@ -256,14 +259,12 @@ class Engine:
         while True:
             pool: PoolFile = yield ReadPool()
             now = self.clock.now()
-            scope = self._scope(pool)
-            if not scope:
+            selection = self._select(pool, now, self.tried)
+            if not selection.considered:
                 raise self._no_accounts()
-            selection = select(scope, self.provider, now=now, exclude=self.tried, model=self.model,
-                               usage=self._usage_at(now))
             soonest = selection.soonest
             probing = False
-            for acc in self._session_first(pool, selection.ready, now):
+            for acc in selection.ready:
                 if self._on_probation(acc) and acc.id not in self.probing:
                     if not (yield TryProbe(acc.id)):
                         probing = True  # another request is probing it: try the next account
@@ -296,14 +297,25 @@ class Engine:
         """
         return acc.probation and any(scope in acc.cooldowns for scope in self._scopes())
 
-    def _session_first(self, pool: PoolFile, ready: list[Account], now: float) -> list[Account]:
+    def _select(self, pool: PoolFile, now: float, exclude: set[str], offered: int | None = None) -> Selection:
+        """The ready accounts in order (the session's bound account first), the soonest other one."""
+        bound = self._bound(pool, now)
+        if self.roster is not None:
+            return self.roster.select(pool, now=now, exclude=exclude, model=self.model, usage=self._usage_at(now),
+                                      prefer=bound, **({"offered": offered} if offered is not None else {}))
+        selection = select(self._scope(pool), self.provider, now=now, exclude=exclude, model=self.model,
+                           usage=self._usage_at(now))
+        if bound is None:
+            return selection
+        ready = [a for a in selection.ready if a.id == bound] + [a for a in selection.ready if a.id != bound]
+        return Selection(ready, selection.soonest, selection.considered)
+
+    def _bound(self, pool: PoolFile, now: float) -> str | None:
+        """The account this request's session is bound to, while the binding lasts."""
         if self.session_key is None:
-            return ready
+            return None
         binding = pool.sessions.get(self.session_key)
-        if binding is None or binding.expires_at <= now:
-            return ready
-        bound = [a for a in ready if a.id == binding.account_id]
-        return bound + [a for a in ready if a.id != binding.account_id]
+        return binding.account_id if binding is not None and binding.expires_at > now else None
 
     def _wait_for(self, soonest: float, now: float, pool: PoolFile) -> Generator[Effect, Any, None]:
         wait = max(0.0, soonest - now)
@@ -556,10 +568,7 @@ class Engine:
         if self.picks >= self.provider.max_attempts:
             return False
         pool: PoolFile = yield ReadPool()
-        now = self.clock.now()
-        selection = select(self._scope(pool), self.provider, now=now, exclude=self.tried | {acc.id},
-                           model=self.model, usage=self._usage_at(now))
-        return bool(selection.ready)
+        return bool(self._select(pool, self.clock.now(), self.tried | {acc.id}, offered=1).ready)
 
     def _usage_at(self, now: float) -> Callable[[Account], UsageView]:
         return lambda a: self.usage(a, now)

@@ -1,17 +1,19 @@
-"""Rotation strategies: small pure functions that order the ready accounts of a request.
+"""Rotation strategies: the order in which the ready accounts of a request are tried.
 
-Each takes the candidate accounts (already filtered to enabled, not needing re-auth, not
-cooling) and a view of their use, and returns them in the order they should be tried.
+Each strategy is a sort key over an account and a view of its use (smallest first), so the same
+order serves a one-off sort (:func:`order_accounts`) and the roster's heap, which keeps it
+between requests (:mod:`authpool.rotation.roster`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from authpool.accounts.model import Account, QuotaWindow
 
-__all__ = ["STRATEGIES", "UsageView", "order_accounts"]
+__all__ = ["STRATEGIES", "StrategyKey", "UsageView", "key_of", "order_accounts"]
 
 
 @dataclass(frozen=True)
@@ -28,26 +30,25 @@ class UsageView:
     windows: Mapping[str, QuotaWindow] = field(default_factory=dict)
 
 
-Strategy = Callable[[Sequence[Account], Callable[[Account], UsageView]], list[Account]]
+# A strategy is a sort key: the account with the smallest key is tried first. Keys are tuples
+# of numbers ending with the account id (so no two accounts tie).
+StrategyKey = tuple[float | str, ...]
+KeyFn = Callable[[Account, UsageView], StrategyKey]
 
 
-def ordered(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
+def _ordered(a: Account, u: UsageView) -> StrategyKey:
     """Fill first: by configured order; least recently used among equal orders."""
-    return sorted(accounts, key=lambda a: (a.order, usage(a).last_used, a.id))
+    return (a.order, u.last_used, a.id)
 
 
-def round_robin(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
+def _round_robin(a: Account, u: UsageView) -> StrategyKey:
     """Spread evenly: least recently used first (never-used first), order breaks ties."""
-    return sorted(accounts, key=lambda a: (usage(a).last_used, a.order, a.id))
+    return (u.last_used, a.order, a.id)
 
 
-def least_used(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
+def _least_used(a: Account, u: UsageView) -> StrategyKey:
     """Fewest requests per unit of weight first, so weights give proportional shares."""
-    return sorted(
-        accounts,
-        key=lambda a: (_share(a.counters.requests + usage(a).unrecorded, usage(a).weight),
-                       usage(a).last_used, a.order, a.id),
-    )
+    return (_share(a.counters.requests + u.unrecorded, u.weight), u.last_used, a.order, a.id)
 
 
 def _share(requests: int, weight: float) -> float:
@@ -55,12 +56,12 @@ def _share(requests: int, weight: float) -> float:
     return requests / weight if weight > 0 else float("inf")
 
 
-def drain_soonest_reset(accounts: Sequence[Account], usage: Callable[[Account], UsageView]) -> list[Account]:
+def _drain_soonest_reset(a: Account, u: UsageView) -> StrategyKey:
     """Use first the account whose quota window resets soonest: its remaining quota would be
     lost at the reset anyway. A subscription's usage windows with quota left count first (the
     soonest-resetting one), then the reset headers of the last answer; accounts with no known
     reset come last, in configured order."""
-    return sorted(accounts, key=lambda a: (_soonest_reset(usage(a)), a.order, usage(a).last_used, a.id))
+    return (_soonest_reset(u), a.order, u.last_used, a.id)
 
 
 def _soonest_reset(view: UsageView) -> float:
@@ -70,17 +71,40 @@ def _soonest_reset(view: UsageView) -> float:
     return view.quota_resets_at if view.quota_resets_at is not None else float("inf")
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "ordered": ordered,
-    "round-robin": round_robin,
-    "least-used": least_used,
-    "drain-soonest-reset": drain_soonest_reset,
-    "sticky": ordered,  # sessions pin a request to its account; the rest fill first
+KEYS: dict[str, KeyFn] = {
+    "ordered": _ordered,
+    "round-robin": _round_robin,
+    "least-used": _least_used,
+    "drain-soonest-reset": _drain_soonest_reset,
+    "sticky": _ordered,  # sessions pin a request to its account; the rest fill first
 }
+STRATEGIES = tuple(KEYS)
 
 
-def order_accounts(
-    strategy: str, accounts: Sequence[Account], usage: Callable[[Account], UsageView]
-) -> list[Account]:
+def key_of(strategy: str, reserve: float | None, a: Account, view: UsageView,
+           now: float) -> tuple[StrategyKey, float | None]:
+    """``a``'s place in ``strategy``'s order, and when that place changes by itself (a usage window
+    or quota resetting), if it depends on one.
+
+    With ``reserve`` (a percentage), an account whose busiest usage window is at the reserve or
+    above comes after every account below it; only when none is below is it used, in order.
+    """
+    key = KEYS.get(strategy, _ordered)(a, view)
+    depends = strategy == "drain-soonest-reset"
+    if reserve is not None:
+        busiest = max((w.used for w in view.windows.values()), default=0.0)
+        key = (0 if busiest < reserve / 100 else 1, *key)
+        depends = True
+    if not depends:
+        return key, None
+    resets = [w.resets_at for w in view.windows.values() if w.resets_at is not None and w.resets_at > now]
+    if view.quota_resets_at is not None and view.quota_resets_at > now:
+        resets.append(view.quota_resets_at)
+    return key, min(resets, default=None)
+
+
+def order_accounts(strategy: str, accounts: Sequence[Account], usage: Callable[[Account], UsageView], *,
+                   reserve: float | None = None, now: float | None = None) -> list[Account]:
     """Order ``accounts`` by ``strategy`` (unknown names fall back to ``ordered``)."""
-    return STRATEGIES.get(strategy, ordered)(accounts, usage)
+    at = time.time() if now is None else now
+    return sorted(accounts, key=lambda a: key_of(strategy, reserve, a, usage(a), at)[0])

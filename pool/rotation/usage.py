@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from authpool.accounts import transitions
@@ -38,9 +39,12 @@ class _Pending:
 class UsageLog:
     """Pending per-account usage of this process."""
 
-    def __init__(self, store: MetadataStore, interval: float = 2.0) -> None:
+    def __init__(self, store: MetadataStore, interval: float = 2.0,
+                 on_change: Callable[[str], None] | None = None) -> None:
         self.store = store
         self.interval = interval
+        # Told the account id whenever this process's view of its use changes (the rosters re-rank it).
+        self.on_change = on_change
         self._pending: dict[str, _Pending] = {}
         self._last_used: dict[str, float] = {}  # this process's view, for least-recently-used ordering
         self._quota_resets: dict[str, float] = {}
@@ -65,6 +69,8 @@ class UsageLog:
                 p.windows.update(windows)
                 self._windows.setdefault(account_id, {}).update(windows)
             self._last_used[account_id] = now
+        if self.on_change is not None:
+            self.on_change(account_id)
 
     def quota_resets_at(self, account_id: str, persisted: float | None) -> float | None:
         """When the account's current rate-limit window resets, as this process last heard."""
@@ -75,6 +81,8 @@ class UsageLog:
         """Note that this process just picked the account (for least-recently-used ordering)."""
         with self._guard:
             self._last_used[account_id] = self.store.now()
+        if self.on_change is not None:
+            self.on_change(account_id)
 
     def unrecorded(self, account_id: str) -> int:
         """Requests served by this process that the pool file does not count yet."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authpool.storage.filestore import Store
+from authpool.storage.localstore import Store
 from authpool.storage.lock import Lock
 from authpool.storage.secrets import VAULT_BACKEND, SecretStore, canonical_backend
 

@@ -12,7 +12,7 @@ import tomllib
 
 from authpool.errors import ConfigError
 from authpool.home import Home
-from authpool.storage.filestore import Store
+from authpool.storage.localstore import Store
 from authpool.storage.lock import DEFAULT_TIMEOUT
 from authpool.storage.protocols import MetadataStore
 

@@ -10,7 +10,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
-from authpool import Home, Pool, PoolError, Store, StoreCorrupt
+from authpool import Home, Pool, PoolError, Store
 from authpool.accounts import Account, PoolFile
 from authpool.accounts.secret import Secret
 from authpool.auth.linked import changed_since
@@ -57,7 +57,7 @@ def run_doctor(*, restore: bool = False, force: bool = False, as_json: bool = Fa
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR0911 - one per check
+def _checks(restore: bool, force: bool = False) -> list[Finding]:
     out: list[Finding] = []
     home = Home.open(repair=False)
     out.append(Finding("home", "ok", str(home.path)))
@@ -76,33 +76,46 @@ def _checks(restore: bool, force: bool = False) -> list[Finding]:  # noqa: PLR09
         out.append(Finding("store", "fail", str(e)))
         return out
     if url is not None:
-        out.extend(_team_checks(home, url, providers))
-        return out
-    out.append(Finding("store", "ok", f"local: {home.pool_file} (set AUTHPOOL_STORE to use a team store)"))
+        return out + _team_checks(home, url, providers)
+    return out + _local_checks(home, providers, restore, force)
+
+
+def _local_checks(home: Home, providers: Providers | None, restore: bool,
+                  force: bool) -> list[Finding]:
+    """The local store: the database (or a pool.json not yet moved), its backup, the credential store."""
+    out: list[Finding] = []
+    out.append(Finding("store", "ok", f"local: {home.pool_db} (set AUTHPOOL_STORE to use a team store)"))
     store = Store(home)
     if restore:
         out.append(_restore(store, force))
+    exists = store.path.exists()
+    what = "pool database" if exists or not home.pool_file.exists() else "pool file"
     try:
         pool_file = store.read()
-    except StoreCorrupt as e:
-        out.append(Finding("pool file", "fail", str(e)))
-        return out
     except PoolError as e:
-        out.append(Finding("pool file", "fail", str(e)))
+        out.append(Finding(what, "fail", str(e)))
         return out
-    exists = store.path.exists()
-    out.append(Finding(
-        "pool file",
-        "ok",
-        f"{store.path} (schema {pool_file.schema_version}, {len(pool_file.accounts)} accounts)"
-        if exists else f"{store.path} does not exist yet (created on first change)",
-    ))
+    problem = store.check()
+    if problem is not None:
+        out.append(Finding(what, "fail", f"{store.path} is damaged ({problem}); `authpool doctor --restore` "
+                                         f"puts back the last good copy"))
+        return out
+    if exists:
+        detail = f"{store.path} ({len(pool_file.accounts)} accounts, change {pool_file.revision})"
+    elif what == "pool file":
+        detail = f"{home.pool_file} ({len(pool_file.accounts)} accounts; moved into {store.path} on the next change)"
+    else:
+        detail = f"{store.path} does not exist yet (created on first change)"
+    out.append(Finding(what, "ok", detail))
+    if exists and home.pool_file.exists():
+        out.append(Finding("pool file", "warn", f"{home.pool_file} is no longer read (the pool lives in {store.path} "
+                                                "now); an older authpool still running may have written it"))
     if providers is not None:
         out.extend(_unknown_providers(pool_file, providers))
     out.append(Finding(
         "backup",
         "ok" if store.backup_path.exists() or not exists else "warn",
-        str(store.backup_path) if store.backup_path.exists() else "none yet (kept from the second write on)",
+        str(store.backup_path) if store.backup_path.exists() else "none yet (taken on the next change)",
     ))
 
     if pool_file.secret_backend is None:
@@ -204,8 +217,8 @@ def _restore(store: Store, force: bool) -> Finding:
     except PoolError as e:
         return Finding("restore", "fail", str(e))
     if aside.name.startswith(f"{store.path.name}.replaced-"):  # it was healthy: --force
-        return Finding("restore", "warn", f"restored {store.backup_path} over a healthy pool file: this undid the "
-                                          f"last write; the replaced file is kept as {aside}")
+        return Finding("restore", "warn", f"restored {store.backup_path} over a working database: this undid every "
+                                          f"change since the backup was taken; the replaced file is kept as {aside}")
     return Finding("restore", "fixed", f"restored {store.backup_path}; damaged file kept as {aside}")
 
 

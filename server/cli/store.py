@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 def cmd_store_copy(args: argparse.Namespace) -> int:
     """Copy the local pool into a team store (``--to``) or a team store into the local pool (``--from``)."""
-    from authpool.storage.filestore import Store
+    from authpool.storage.localstore import Store
     from authpool.storage.selection import open_team_store, store_url
     from authpool.transfer import copy_pool
 

@@ -4,7 +4,7 @@
 it is never stored. Otherwise the key is generated on first use and kept in the pool's own
 credential store (the same one that holds the accounts' secrets, under the pool secret
 ``gateway-key``), so every process of the pool — the gateway, ``authpool gateway key`` — sees
-the same one, and ``authpool secrets move`` takes it along. It never appears in ``pool.json``,
+the same one, and ``authpool secrets move`` takes it along. It never appears in the metadata store,
 argv, a log line or a response.
 
 A running gateway re-reads the stored key every few seconds and at once when a client presents

@@ -33,7 +33,15 @@ from pydantic import ValidationError
 
 from authpool.accounts.model import SCHEMA_VERSION as POOL_SCHEMA
 from authpool.accounts.model import Account, PoolFile, Rows, SessionBinding
-from authpool.errors import InvalidInput, LockTimeout, StoreCorrupt, StoreError, StoreUnavailable, StoreVersionError
+from authpool.errors import (
+    DuplicateLabel,
+    InvalidInput,
+    LockTimeout,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+    StoreVersionError,
+)
 from authpool.storage.lock import DEFAULT_TIMEOUT
 from authpool.storage.postgres.access import Cursor
 from authpool.storage.postgres.connection import Database, parse_address
@@ -202,11 +210,15 @@ class PostgresStore:
         rows = Rows(accounts, bindings)
         result = change(rows)
         try:
-            checked = [Account.model_validate(a.model_dump()) for a in rows.accounts.values() if a.id in before]
+            checked = [Account.model_validate(a.model_dump()) for a in rows.accounts.values()
+                       if a.id in before or a.id in rows.added]
             new_sessions = {k: SessionBinding.model_validate(v.model_dump()) for k, v in rows.sessions.items()}
         except ValidationError as e:
             raise InvalidInput(f"change rejected: {_summary(e)}") from None
-        wrote = self._write_accounts(cur, before, checked, insert=False)
+        wrote = self._write_accounts(cur, before, checked, insert=bool(rows.added))
+        for gone in rows.removed & before.keys():
+            cur.execute("DELETE FROM authpool_accounts WHERE id = %s", (gone,))
+            wrote = True
         wrote |= self._write_sessions(cur, sessions, new_sessions)
         if wrote:
             cur.execute("SELECT pg_notify(%s, 'rows')", (CHANNEL,))
@@ -292,6 +304,8 @@ class PostgresStore:
             except psycopg.errors.LockNotAvailable:
                 raise LockTimeout(self.location, self.lock_timeout, "another update holding its rows") from None
             except psycopg.errors.UniqueViolation as e:
+                if "label_key" in _reason(e):  # an account added meanwhile took the label
+                    raise DuplicateLabel(f"that label is taken: {_reason(e)}") from None
                 raise InvalidInput(f"change rejected: {_reason(e)}") from None
             except psycopg.OperationalError as e:
                 if committing and xid is not None and self._committed(xid, deadline):
