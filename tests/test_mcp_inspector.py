@@ -171,7 +171,7 @@ def test_the_inspector_calls_proxy_request_with_string_arguments(inspector: str,
 
 
 def test_the_inspector_sees_tool_errors_as_is_error_results(inspector: str, lab: Lab) -> None:
-    """An unknown provider comes back as an isError result with the message (Inspector exit 5), not a protocol failure."""
+    """An unknown provider comes back as an isError result with its message (Inspector exits 5), no protocol error."""
     r = run_inspector(inspector, lab, "stdio", "legacy", "--method", "tools/call", "--tool-name", "proxy_request",
                       "--tool-arg", "provider=nope", "--tool-arg", "method=GET", "--tool-arg", "path=/v1/models",
                       expect=5)

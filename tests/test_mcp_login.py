@@ -141,7 +141,7 @@ async def test_a_client_without_url_elicitation_gets_the_device_flow(acme: Path,
 
 async def test_a_provider_without_any_login_settings_is_one_clear_error(home: Path, lp: LoopbackProvider) -> None:
     """No OAuth settings at all: the error names the config.toml table to add."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # noqa: ASYNC240 (setup before the server runs)
     write_config(home, {"bare": {"base_url": lp.base_url, "auth": "bearer"}})
     result = await call_login(home, "auto", User(), {"provider": "bare"}, ServerLog())
     assert result.is_error is True and "[providers.bare.oauth]" in result.content[0].text  # type: ignore[union-attr]
