@@ -84,7 +84,9 @@ def lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
     return out
 
 
-def next_step(proc: subprocess.Popen[str], lines: queue.Queue[str | None], step: str) -> dict[str, Any]:
+def next_step(proc: subprocess.Popen[str], lines: queue.Queue[str | None], step: str,
+              seen: list[str]) -> dict[str, Any]:
+    """The client's next JSON line, which must report ``step`` (kept in ``seen``, for the secret scan)."""
     try:
         line = lines.get(timeout=DEADLINE)
     except queue.Empty:
@@ -94,6 +96,7 @@ def next_step(proc: subprocess.Popen[str], lines: queue.Queue[str | None], step:
         proc.wait()
         assert proc.stderr is not None
         raise AssertionError(f"the TypeScript client exited {proc.returncode}: {proc.stderr.read()[-3000:]}")
+    seen.append(line)
     doc: dict[str, Any] = json.loads(line)
     assert doc["step"] == step, doc
     return doc
@@ -108,16 +111,20 @@ def test_the_typescript_client_uses_the_tools_and_hears_of_a_cli_change(
     env = {**os.environ, **home_env(lab.home), "AUTHPOOL_GATEWAY_KEY": key}
     proc = subprocess.Popen(["node", str(SCRIPT), str(sdk), transport, target, mode, "authpool://accounts"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    seen: list[str] = []
     try:
         lines = lines_of(proc)
-        ready = next_step(proc, lines, "ready")
+        ready = next_step(proc, lines, "ready", seen)
         assert ready["protocol"] == ("2025-11-25" if mode == "legacy" else "2026-07-28")
         assert {"proxy_request", "list_accounts", "login", "list_models"} <= set(ready["tools"])
         assert f"ts/{transport}-{mode}" in ready["accounts"] and ready["resource"] == 4
         changed = lab.cli("accounts", "disable", f"ts/{transport}-{mode}")
         assert changed.returncode == 0, changed.stderr
-        assert next_step(proc, lines, "updated")["uri"] == "authpool://accounts"
+        assert next_step(proc, lines, "updated", seen)["uri"] == "authpool://accounts"
         assert proc.wait(timeout=DEADLINE) == 0
+        assert proc.stderr is not None
+        # The client's output and, on stdio, the server's log it passed through: no token, key or gateway key.
+        assert_no_secrets([*seen, proc.stderr.read()], [*lab.secrets(), key])
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -23,7 +23,7 @@ if (kind === "stdio") {
     args: ["-m", "authpool.server.cli", "serve"],
     env: { ...getDefaultEnvironment(), AUTHPOOL_HOME: process.env.AUTHPOOL_HOME,
            PYTHON_KEYRING_BACKEND: process.env.PYTHON_KEYRING_BACKEND },
-    stderr: "ignore",
+    stderr: "inherit",  // the server's log joins ours, for the test to scan for secrets
   });
 } else {
   transport = new sdk.StreamableHTTPClientTransport(new URL(target), {
