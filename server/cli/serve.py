@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from authpool.server.cli.errors import UsageError
-from authpool.server.cli.gateway import _port, _seconds
+from authpool.server.cli.gateway import grace_seconds, port_number
 
 __all__ = ["DEFAULT_PORT", "add_parser", "cmd_serve"]
 
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--http", action="store_true", help="serve Streamable HTTP at /mcp instead of stdio")
     p.add_argument("--host", default=None, help="with --http: address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=None,
+    p.add_argument("--port", type=port_number, default=None,
                    help=f"with --http: port (default {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--port-file", type=Path, metavar="FILE",
                    help="with --http: write the port to FILE once the server accepts connections")
@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="with --http: allow a --host other machines can reach (they still need the key)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="with --http: also answer requests whose Host header is NAME")
-    p.add_argument("--grace", type=_seconds, default=None, metavar="S",
+    p.add_argument("--grace", type=grace_seconds, default=None, metavar="S",
                    help="with --http: seconds responses in flight may take to finish after SIGTERM (default 10)")
     p.set_defaults(handler=cmd_serve)
 
