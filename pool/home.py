@@ -93,6 +93,10 @@ class Home:
         return self.path / "pool.json"
 
     @property
+    def events_file(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
     def config_file(self) -> Path:
         return self.path / "config.toml"
 

@@ -26,6 +26,7 @@ from authpool.accounts.model import (
 from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.auth.linked import digest, read_login
 from authpool.errors import AccountNotFound, InvalidInput, SecretError, SecretMissing, SharingRefused
+from authpool.events import Event, EventKind, EventLog
 from authpool.home import Home
 from authpool.providers.config import Providers
 from authpool.providers.provider import Provider
@@ -77,6 +78,7 @@ class Pool:
         self._ahttp: weakref.WeakKeyDictionary[object, httpx2.AsyncHTTPTransport] = weakref.WeakKeyDictionary()
         self._lazy_guard = threading.Lock()
         self._owns_store = False  # opened by Pool.open(): closed with the pool (a team store's connections)
+        self._events: EventLog | None = None
 
     @classmethod
     def open(cls, home: Path | None = None) -> Pool:
@@ -234,6 +236,18 @@ class Pool:
         _pool_entry(name)
         return self.store.named_lock(f"pool-secret-{name}", DEFAULT_TIMEOUT)
 
+    @property
+    def events(self) -> EventLog:
+        """This process's writer of the event log (``events.jsonl`` in the home, one per machine)."""
+        with self._lazy_guard:
+            if self._events is None:
+                self._events = EventLog(self.home.events_file, lock_path=self.home.lock_file("events"))
+            return self._events
+
+    def _state_event(self, acc: Account, what: str, kind: EventKind = "state") -> Account:
+        self.events.emit(Event(kind, acc.provider, acc.name, acc.id, what))
+        return acc
+
     # -- providers and requests --------------------------------------------------------------
 
     @property
@@ -322,8 +336,10 @@ class Pool:
         self.usage.flush()
 
     def close(self) -> None:
-        """Flush counters and close connections."""
-        self.usage.flush()
+        """Flush counters and events and close connections."""
+        self.usage.close()
+        if self._events is not None:
+            self._events.close()
         with self._lazy_guard:
             if self._http is not None:
                 self._http.close()
@@ -416,10 +432,11 @@ class Pool:
             ))
 
         try:
-            return self.store.update_accounts((), insert)
+            added = self.store.update_accounts((), insert)
         except BaseException:
             self._delete_secret_quietly(account_id)
             raise
+        return self._state_event(added, "added", "login" if kind == "oauth" else "state")
 
     def save_login(
         self, provider: str, label: str, tokens: TokenSet, *, namespace: str = "default"
@@ -440,7 +457,7 @@ class Pool:
             raise InvalidInput(f"{existing.name} is an API-key account; pick another label for the login")
         tokens = self._as_stored(provider, tokens)
         account = self.set_secret(existing.id, tokens.to_secret(), lifetime=tokens.issued_lifetime())
-        return account, False
+        return self._state_event(account, "logged-in", "login"), False
 
     def _as_stored(self, provider: str, tokens: TokenSet) -> TokenSet:
         """A login as the pool keeps it. Where the provider's API wants an exchanged token (GitHub
@@ -531,7 +548,7 @@ class Pool:
 
     def unlink(self, ref: str) -> Account:
         """Stop keeping the account in step with a tool's file; both keep the login they have."""
-        return self._change(ref, lambda acc: transitions.linked(acc, None))
+        return self._state_event(self._change(ref, lambda acc: transitions.linked(acc, None)), "unlinked")
 
     # -- changing --------------------------------------------------------------------------
 
@@ -544,16 +561,17 @@ class Pool:
             # Metadata first: once gone, no process will start using the account, so deleting
             # the secret cannot pull it from under a request that just picked it.
             self.secrets.delete(account_id)
-        return removed
+        return self._state_event(removed, "removed")
 
     def set_enabled(self, ref: str, enabled: bool) -> Account:
         """Enable or disable an account (disabled accounts are never picked)."""
-        return self._change(ref, lambda acc: transitions.set_enabled(acc, enabled))
+        return self._state_event(self._change(ref, lambda acc: transitions.set_enabled(acc, enabled)),
+                                 "enabled" if enabled else "disabled")
 
     def reset(self, ref: str) -> Account:
         """Clear cooldowns (and their probation), backoffs (of requests and of a failing token endpoint),
         needs-reauth and the last error."""
-        return self._change(ref, transitions.reset)
+        return self._state_event(self._change(ref, transitions.reset), "reset")
 
     def _change(self, ref: str, change: Callable[[Account], None]) -> Account:
         account_id = self.get(ref).id

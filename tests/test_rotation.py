@@ -769,3 +769,31 @@ def test_a_library_request_cannot_leave_the_provider_s_base_path(acme: LoopbackP
         client.get(path.format(port=acme.lp.port))
     assert "leads outside the base path /v1 of provider acme" in str(info.value)
     assert acme.lp.snapshot()["calls_by_path"] == {}
+
+
+@pytest.mark.parametrize(("sent", "arrives"), [
+    pytest.param(None, "oauth-2025-04-20", id="the caller sends none: the provider's"),
+    pytest.param("claude-code-20250219, interleaved-thinking-2025-05-14",
+                 "claude-code-20250219,interleaved-thinking-2025-05-14,oauth-2025-04-20",
+                 id="the caller's flags first, the login's appended"),
+    pytest.param("oauth-2025-04-20,claude-code-20250219", "oauth-2025-04-20,claude-code-20250219",
+                 id="already there: not repeated"),
+])
+def test_an_oauth_login_s_beta_flag_joins_the_flags_the_caller_sends(
+        acme: LoopbackPool, sent: str | None, arrives: str) -> None:
+    """Claude Code sends its own anthropic-beta; the login's required flag is added to it, not dropped."""
+    acme.configure(oauth_headers={"anthropic-beta": "oauth-2025-04-20"})
+    acme.add_oauth("a")
+    headers = {"anthropic-beta": sent} if sent is not None else {}
+    with acme.pool.sync_client("acme") as client:
+        r = client.get("/echo-request", headers=headers)
+    assert r.status_code == 200 and r.json()["anthropic_beta"] == arrives
+
+
+def test_an_api_key_leaves_the_caller_s_beta_flags_as_they_are(acme: LoopbackPool) -> None:
+    """The login's flag belongs to OAuth logins only: an API key's request carries the caller's flags unchanged."""
+    acme.configure(oauth_headers={"anthropic-beta": "oauth-2025-04-20"})
+    acme.add_api_key("k")
+    with acme.pool.sync_client("acme") as client:
+        r = client.get("/echo-request", headers={"anthropic-beta": "claude-code-20250219"})
+    assert r.status_code == 200 and r.json()["anthropic_beta"] == "claude-code-20250219"

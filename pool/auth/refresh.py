@@ -66,6 +66,7 @@ from authpool.errors import (
     RefreshPending,
     RefreshUnanswered,
 )
+from authpool.events.event import Event
 from authpool.providers.provider import Provider
 from authpool.storage.lock import DEFAULT_TIMEOUT
 from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend
@@ -283,6 +284,7 @@ class Refresher:
             self._wait_for_interrupted(acc, interrupted, mode, now)
         mark_sending(flight, f"account {acc.name}")
         self._journal(acc, provider, interrupted)
+        started = time.monotonic()
         try:
             try:
                 tokens = self._call(provider, secret.refresh_token or "")
@@ -297,15 +299,18 @@ class Refresher:
             why = describe_interrupted(interrupted) if interrupted is not None else None
             mark = f"{why}; the provider then revoked the login" if why else "refresh token rejected (invalid_grant)"
             self._update(account_id, lambda a: transitions.mark_needs_reauth(a, mark))
+            self._event(acc, "invalid_grant", started, mark)
             raise ReauthRequired(_reauth_message(acc, interrupted=why)) from None
         except RefreshError as e:
             self._failed(acc.id, e, token_refused=mode == "force", journal=interrupted)
+            self._event(acc, "failed", started, e.reason)
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at,
                                  {"link_seen": digest(tokens.refresh_token or secret.refresh_token)}
                                  if acc.link is not None else None)
         renewal = self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+        self._event(acc, "renewed" if renewal.performed else "adopted", started, None)
         if acc.link is not None and renewal.performed:
             newer = self._to_linked(acc, new, seen)
             if newer is not None:
@@ -404,6 +409,13 @@ class Refresher:
             raise
         new = secret.with_tokens(tokens.access_token, None, tokens.expires_at, tokens.extra)
         return self._store(acc, secret, new, tokens.issued_lifetime(), "exchanged the login of %s for a new API token")
+
+    def _event(self, acc: Account, outcome: str, started: float, detail: str | None) -> None:
+        """Tell the pool's event log about a token call (a keeper without one keeps no log)."""
+        events = getattr(self.keeper, "events", None)
+        if events is not None:
+            events.emit(Event("refresh", acc.provider, acc.name, acc.id, outcome,
+                              latency_ms=(time.monotonic() - started) * 1e3, detail=detail))
 
     def _failed(self, account_id: str, error: RefreshError, *, token_refused: bool,
                 journal: RefreshJournal | None) -> None:

@@ -25,8 +25,11 @@ from authpool.accounts.model import Account
 from authpool.accounts.secret import Secret
 from authpool.auth.refresh import Refresher
 from authpool.errors import AllAccountsCooling, InvalidInput, LockTimeout
+from authpool.events.event import Event
+from authpool.events.log import EventLog
 from authpool.providers.provider import Provider
 from authpool.rotation.effects import (
+    LIST_HEADERS,
     Answer,
     Drop,
     Effect,
@@ -65,6 +68,9 @@ class RotationHost(Protocol):
 
     @property
     def rosters(self) -> Rosters: ...
+
+    @property
+    def events(self) -> EventLog | None: ...
 
     def cached_secret(self, account: Account) -> Secret | None: ...
 
@@ -124,8 +130,9 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         run = _Run(self, request)
         inner = self._inner or self.host.http_transport()
+        engine = self._engine(request)
         try:
-            flow = self._engine(request).run()
+            flow = engine.run()
             value: Any = None
             error: BaseException | None = None
             while True:
@@ -144,16 +151,18 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             return _cooling_response(e)
         finally:
             run.close()
+            self._report(engine)
             if self.usage.due():
-                self.usage.flush()
+                self.usage.flush_soon()
 
     # -- the async driver ------------------------------------------------------------------
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         run = _Run(self, request)
         inner = self._ainner or self.host.async_http_transport()
+        engine = self._engine(request)
         try:
-            flow = self._engine(request).run()
+            flow = engine.run()
             value: Any = None
             error: BaseException | None = None
             while True:
@@ -172,18 +181,40 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
             return _cooling_response(e)
         finally:
             await run.aclose()
+            self._report(engine)
             if self.usage.due():
-                await anyio.to_thread.run_sync(self.usage.flush)
+                self.usage.flush_soon()
+
+    def _report(self, engine: Engine) -> None:
+        """Put the request's attempts in the event log (queued: the writer thread writes them)."""
+        events = self.host.events
+        if events is None or not engine.attempts:
+            return
+        provider, model = self.provider.id, engine.model
+        for a in engine.attempts:
+            events.emit(Event("attempt", provider, a.account, a.account_id, a.outcome, a.status, a.elapsed_ms,
+                              a.cooldown_until, model, a.detail))
+            if a.cooldown_until is not None:
+                events.emit(Event("cooldown", provider, a.account, a.account_id, a.outcome, a.status,
+                                  until=a.cooldown_until, model=model))
+            if a.outcome == "needs_reauth":
+                events.emit(Event("state", provider, a.account, a.account_id, "needs-reauth", a.status,
+                                  detail=a.detail))
+        for account_id in engine.probing:
+            last = next((a for a in reversed(engine.attempts) if a.account_id == account_id), None)
+            if last is not None:
+                events.emit(Event("probation", provider, last.account, account_id,
+                                  "passed" if last.outcome == "ok" else "failed", last.status, model=model))
 
     # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
     # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
     def close(self) -> None:
         if self.usage.due():
-            self.usage.flush()
+            self.usage.flush_soon()
 
     async def aclose(self) -> None:
         if self.usage.due():
-            await anyio.to_thread.run_sync(self.usage.flush)
+            self.usage.flush_soon()
 
 
 class StoreClock:
@@ -377,6 +408,8 @@ def facts_of(request: httpx2.Request) -> RequestFacts:
         header_names=frozenset(k.lower() for k in request.headers),
         body=body,
         replayable=replayable,
+        list_values={name: ", ".join(request.headers.get_list(name))
+                     for name in LIST_HEADERS if name in request.headers},
     )
 
 

@@ -10,13 +10,14 @@ a driver that fails an effect throws the error into the engine instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from authpool.accounts.model import Account, Rows
 from authpool.auth.flight import RefreshMode
 
 __all__ = [
+    "LIST_HEADERS",
     "Answer",
     "Drop",
     "Effect",
@@ -36,6 +37,12 @@ __all__ = [
 ]
 
 
+# Headers whose value is a comma-separated list of flags. When the caller sends one the provider
+# also needs (Claude Code sends its own ``anthropic-beta``; an OAuth login needs ``oauth-2025-04-20``
+# in it), the provider's items are appended to the caller's rather than dropped.
+LIST_HEADERS = frozenset({"anthropic-beta"})
+
+
 @dataclass(frozen=True)
 class RequestFacts:
     """A caller's request as the engine needs it: where it goes, what it carries."""
@@ -49,6 +56,9 @@ class RequestFacts:
     header_names: frozenset[str]  # lower-cased
     body: bytes | None  # None when the body is a stream (or unknown)
     replayable: bool  # the body can be sent again (bytes or JSON, not a consumed stream)
+    # The caller's values of the LIST_HEADERS it sent (lower-cased names): the pool adds its own
+    # items to these instead of leaving them out.
+    list_values: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def origin(self) -> str:

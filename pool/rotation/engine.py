@@ -390,8 +390,13 @@ class Engine:
         ChatGPT backend's ``chatgpt-account-id``).
         """
         name, prefix, extra = self.provider.credential_headers(acc.kind)
-        headers = {k.lower(): v for k, v in {**self.provider.headers, **extra}.items()
-                   if k.lower() not in self.request.header_names}
+        headers: dict[str, str] = {}
+        for key, value in {**self.provider.headers, **extra}.items():
+            k = key.lower()
+            if k not in self.request.header_names:
+                headers[k] = value
+            elif k in self.request.list_values:
+                headers[k] = merge_list(self.request.list_values[k], value)
         if acc.kind == "oauth":
             headers.update({header.lower(): secret.extra[key] for header, key in self.provider.secret_headers.items()
                             if secret.extra.get(key)})
@@ -533,7 +538,7 @@ class Engine:
         # The account as it is now: another process may have cooled it while this request was out,
         # and a success in that scope makes such a cooldown stale (a cached read: one fstat).
         pool: PoolFile = yield ReadPool()
-        current = next((a for a in pool.accounts if a.id == acc.id), acc)
+        current = pool.get(acc.id) or acc
         stale = any(scope in current.cooldowns for scope in self._scopes())
         if (success and (current.backoff_level > 0 or stale or self._on_probation(current))) or bind is not None:
             # Cooldown state is written before the response returns, like a cooldown itself:
@@ -646,6 +651,14 @@ def _refresh_outcome(e: PoolError) -> Outcome:
     if isinstance(e, ReauthRequired):
         return "needs_reauth"
     return "refresh_pending" if isinstance(e, RefreshPending) else "refresh_failed"
+
+
+def merge_list(theirs: str, ours: str) -> str:
+    """A comma-separated header list: the caller's items in their order, then ours it lacks."""
+    items = [item.strip() for item in theirs.split(",") if item.strip()]
+    seen = {item.lower() for item in items}
+    items += [item.strip() for item in ours.split(",") if item.strip() and item.strip().lower() not in seen]
+    return ",".join(items)
 
 
 def _clock(ts: float) -> str:

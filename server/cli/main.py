@@ -156,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         gateway,
         imports,
         keys,
+        log,
         login,
         models,
         request,
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_parser(sub)
     keys.add_parser(sub)
     status.add_parser(sub)
+    log.add_parser(sub)
     imports.add_parser(sub)
     serve.add_parser(sub)
     gateway.add_parser(sub)

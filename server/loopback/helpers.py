@@ -43,13 +43,15 @@ class HelperRoutes:
 
     def _route_echo_request(self, request: LoopbackRequest) -> LoopbackResponse | None:
         """Report what arrived — method, path, the names of query parameters and headers, the body's
-        size — never a value, so a test can see what a proxy forwarded without any credential showing."""
+        size — never a value, so a test can see what a proxy forwarded without any credential showing.
+        The one value shown is ``anthropic-beta`` (a list of feature flags, never a credential)."""
         return LoopbackResponse.json(200, {
             "method": request.method,
             "path": request.path,
             "query": sorted(request.query),
             "headers": sorted(request.headers),
             "body_bytes": len(request.body),
+            "anthropic_beta": request.headers.get("anthropic-beta"),
         })
 
     def _route_slow(self, request: LoopbackRequest) -> LoopbackResponse | None:
