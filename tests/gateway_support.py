@@ -55,17 +55,17 @@ class Transcript:
 
 
 class Gateway:
-    """``authpool gateway`` running on ``home``, stderr kept in a file."""
+    """``authpool gateway`` (or ``command``, e.g. ``serve --http``) running on ``home``, stderr kept in a file."""
 
     def __init__(self, home: Path, workdir: Path, *args: str, env: dict[str, str] | None = None,
-                 wait: bool = True) -> None:
+                 wait: bool = True, command: tuple[str, ...] = ("gateway",)) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port_file = workdir / "gateway.port"
         self.stderr_file = workdir / "gateway.stderr"
         inherited = {k: v for k, v in os.environ.items() if k != "AUTHPOOL_GATEWAY_KEY"}
         self.env = {**inherited, "AUTHPOOL_HOME": str(home), "PYTHON_KEYRING_BACKEND": VAULT_BACKEND,
                     "AUTHPOOL_LOG": "INFO", **(env or {})}
-        self.argv = [sys.executable, "-m", "authpool.server.cli", "gateway", "--port", "0", "--port-file",
+        self.argv = [sys.executable, "-m", "authpool.server.cli", *command, "--port", "0", "--port-file",
                      str(self.port_file), *args]
         with self.stderr_file.open("wb") as err:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,

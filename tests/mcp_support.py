@@ -34,9 +34,12 @@ from authpool.storage import VAULT_BACKEND
 from tests.conftest import REPO, assert_no_secrets, raw_pool, run_cli
 
 SERVE_ARGS = ["-m", "authpool.server.cli", "serve"]
-INSPECTOR_VERSION = "0.15.0"
+INSPECTOR_VERSION = "2.12.0"
+TS_SDK_VERSION = "2.4.0"
 TOOLS = ("proxy_request", "list_accounts", "account_status", "pool_status", "set_account_enabled",
          "reset_cooldown", "list_providers")
+#: Where .ci/run installs the Node clients (or $AUTHPOOL_NODE_MODULES).
+NODE_MODULES = Path(os.environ.get("AUTHPOOL_NODE_MODULES") or REPO / ".ci" / "node" / "node_modules")
 
 
 def home_env(home: Path) -> dict[str, str]:
@@ -342,10 +345,27 @@ def inspector_command() -> str | None:
     env = os.environ.get("AUTHPOOL_INSPECTOR")
     if env:
         return env
-    local = REPO / ".ci" / "node" / "node_modules" / ".bin" / "mcp-inspector"
+    local = NODE_MODULES / ".bin" / "mcp-inspector"
     if local.exists():
         return str(local)
     return None
+
+
+def ts_sdk_dir() -> Path | None:
+    """The installed TypeScript SDK v2 client package (``@modelcontextprotocol/client``), or None."""
+    package = NODE_MODULES / "@modelcontextprotocol" / "client"
+    return package if (package / "package.json").exists() else None
+
+
+def require_node_tool(flag: str, what: str, reason: str | None) -> None:
+    """Skip (``reason`` given), or fail when ``flag`` is set to 1 (.ci/run sets it after a good install)."""
+    import pytest
+
+    if reason is None:
+        return
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{flag}=1 but {what}: {reason}")
+    pytest.skip(f"{what}: {reason}")
 
 
 def node_available() -> bool:

@@ -146,12 +146,39 @@ async def test_tools_list_names_every_tool_with_input_and_output_schemas(mcp: Se
         assert set(tool.output_schema["required"]) == output_required, name
         assert set(tool.output_schema["properties"]) >= output_required, name
         assert tool.annotations is not None and tool.annotations.read_only_hint is (name in READ_ONLY), name
+    for name, tool in tools.items():
+        hints = tool.annotations
+        assert hints is not None and None not in (hints.read_only_hint, hints.destructive_hint,
+                                                  hints.idempotent_hint, hints.open_world_hint), name
+        for where, schema in (("input", tool.input_schema), ("output", tool.output_schema)):
+            assert untyped(schema) == [], f"{name} {where} schema: untyped {untyped(schema)}"
     props = tools["proxy_request"].input_schema["properties"]
     assert "ctx" not in props
     assert props["wait_s"]["type"] == "number" and props["wait_s"]["minimum"] == 0
     assert props["max_body_chars"]["type"] == "integer" and props["max_body_chars"]["minimum"] == 1000
     assert props["body"]["type"] == "string"
     assert tools["set_account_enabled"].input_schema["properties"]["enabled"]["type"] == "boolean"
+
+
+def untyped(schema: Any, path: str = "") -> list[str]:
+    """The places in a JSON schema that accept anything: no type, no $ref, no anyOf/oneOf/allOf, no enum/const."""
+    if not isinstance(schema, dict):
+        return []
+    found: list[str] = []
+    keys = {"type", "$ref", "anyOf", "oneOf", "allOf", "enum", "const"}
+    if path and not keys & schema.keys():
+        found.append(path)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for i, sub in enumerate(schema.get(key, [])):
+            found += untyped(sub, f"{path}.{key}[{i}]")
+    for name, sub in schema.get("properties", {}).items():
+        found += untyped(sub, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            found += untyped(schema[key], f"{path}.{key}")
+    for name, sub in schema.get("$defs", {}).items():
+        found += untyped(sub, f"$defs.{name}")
+    return found
 
 
 # -- every tool with good arguments -------------------------------------------------------------
@@ -322,10 +349,21 @@ async def test_an_unknown_tool_is_a_tool_error(mcp: Session) -> None:
 
 
 async def test_resources_list_and_read_as_json(mcp: Session, lab: Lab) -> None:
-    """authpool://accounts and authpool://providers are listed and read as JSON; an unknown URI is -32602."""
+    """The pool's resources and the account template are listed and read as JSON; an unknown URI is -32602."""
     listed = {str(r.uri): r for r in (await mcp.client.list_resources()).resources}
-    assert set(listed) == {"authpool://accounts", "authpool://providers"}
+    assert set(listed) == {"authpool://accounts", "authpool://pool-status", "authpool://providers"}
     assert all(r.mime_type == "application/json" and r.description for r in listed.values())
+    templates = (await mcp.client.list_resource_templates()).resource_templates
+    assert [t.uri_template for t in templates] == ["authpool://accounts/{id}"]
+
+    status = json.loads((await mcp.client.read_resource("authpool://pool-status")).contents[0].text)  # type: ignore[union-attr]
+    assert next(p for p in status["providers"] if p["provider"] == "main")["ready"] >= 1
+    carol = lab.pool.get("main/carol")
+    one = json.loads((await mcp.client.read_resource(f"authpool://accounts/{carol.id}")).contents[0].text)  # type: ignore[union-attr]
+    assert one["name"] == "main/carol" and one["kind"] == "api_key" and "recent_attempts" in one
+    with pytest.raises(MCPError) as e:
+        await mcp.client.read_resource("authpool://accounts/nosuchid")
+    assert "nosuchid" in str(e.value) and "Traceback" not in str(e.value)
 
     accounts = await mcp.client.read_resource("authpool://accounts")
     assert accounts.contents[0].mime_type == "application/json"

@@ -73,3 +73,14 @@ async def test_bad_tool_arguments_come_back_as_one_line_per_field(tmp_path: Path
             assert text.splitlines() == [f"invalid arguments for {tool}:", *lines], text
             assert "pydantic" not in text and "input_value" not in text and "type=" not in text, text
     assert_no_traceback(log.text())
+
+
+async def test_an_unknown_prompt_is_invalid_params_with_its_name_not_a_crash(tmp_path: Path) -> None:
+    """prompts/get for a name authpool does not have (it has none): -32602 naming it, no traceback in the log."""
+    log = ServerLog()
+    async with memory_session(_home_with(tmp_path), log) as client:
+        assert (await client.list_prompts()).prompts == []
+        with pytest.raises(MCPError) as e:
+            await client.get_prompt("summarise_pool")
+    assert (e.value.error.code, e.value.error.message) == (-32602, "unknown prompt: summarise_pool")
+    assert_no_traceback(log.text())

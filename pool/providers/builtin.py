@@ -85,6 +85,7 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
             token_exchange=TokenExchange(url="https://api.github.com/copilot_internal/v2/token",
                                          headers={"x-github-api-version": "2025-04-01"}),
             reset_headers=["x-ratelimit-reset"],
+            models_path="/models",
             shared_logins=False,
             terms="GitHub's terms for Copilot, https://docs.github.com/en/site-policy/github-terms/"
                   "github-terms-for-additional-products-and-features#github-copilot",
@@ -102,6 +103,7 @@ BUILTIN_PROVIDERS: dict[str, Provider] = {
             ),
             reset_headers=["x-codex-primary-reset-at", "x-codex-secondary-reset-at",
                            "x-codex-primary-reset-after-seconds", "x-codex-secondary-reset-after-seconds"],
+            models_style="none",  # the backend's own list is not a public API
             shared_logins=False,  # a ChatGPT subscription
             terms="OpenAI's Terms of Use, https://openai.com/policies/terms-of-use",
         ),

@@ -145,6 +145,11 @@ class Provider(BaseModel):
     # organisation whose agreement permits sharing sets it to true itself. API keys are always fine.
     shared_logins: bool = True
     terms: str | None = None  # the terms that govern its logins (name and URL), for that refusal
+    # Its model list (authpool.catalog): the list's style (None: read from `auth`; "none": it has
+    # no list), its path (None: the style's), and how long a fetched list is used before asking again.
+    models_style: Literal["openai", "anthropic", "gemini", "none"] | None = None
+    models_path: str | None = None
+    models_ttl: float = Field(default=86400.0, gt=0)
 
     @field_validator("id")
     @classmethod
@@ -157,6 +162,13 @@ class Provider(BaseModel):
         if v == "bearer" or (v.startswith("header:") and re.fullmatch(r"[A-Za-z0-9-]+", v[7:])):
             return v
         raise ValueError("must be 'bearer' or 'header:NAME'")
+
+    @field_validator("models_path")
+    @classmethod
+    def _models_path_ok(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("must start with '/' (a path under base_url)")
+        return v
 
     @field_validator("base_url")
     @classmethod

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-__all__ = ["add_parser", "cmd_gateway", "cmd_gateway_key"]
+__all__ = ["add_parser", "cmd_gateway", "cmd_gateway_key", "grace_seconds", "port_number"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,13 +26,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; another than a loopback address needs "
                         "--allow-remote)")
-    p.add_argument("--port", type=_port, default=8787, help="port (default 8787; 0 picks a free one)")
+    p.add_argument("--port", type=port_number, default=8787, help="port (default 8787; 0 picks a free one)")
     p.add_argument("--port-file", type=Path, metavar="FILE", help="write the port to FILE once the gateway listens")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other machines can reach (they still need the gateway key)")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also answer requests whose Host header is NAME (a name you reach the gateway by)")
-    p.add_argument("--grace", type=_seconds, default=60.0, metavar="S",
+    p.add_argument("--grace", type=grace_seconds, default=60.0, metavar="S",
                    help="seconds responses in flight may take to finish after SIGTERM (default 60)")
     p.set_defaults(handler=cmd_gateway)
     actions = p.add_subparsers(title="gateway commands", metavar="ACTION")
@@ -65,7 +65,8 @@ def cmd_gateway_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 (pick a free one) to 65535 (``gateway`` and ``serve --http``)."""
     try:
         port = int(text)
     except ValueError:
@@ -75,7 +76,8 @@ def _port(text: str) -> int:
     return port
 
 
-def _seconds(text: str) -> float:
+def grace_seconds(text: str) -> float:
+    """An argparse type: seconds to let responses finish after SIGTERM, 0 to 86400."""
     try:
         seconds = float(text)
     except ValueError:

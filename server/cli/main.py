@@ -158,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
         keys,
         log,
         login,
+        models,
         request,
+        serve,
         status,
         store,
         top,
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     accounts.add_parser(sub)
     login.add_parser(sub)
     request.add_parser(sub)
+    models.add_parser(sub)
     credentials.add_parser(sub)
     store.add_parser(sub)
     keys.add_parser(sub)
@@ -179,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     log.add_parser(sub)
     top.add_parser(sub)
     imports.add_parser(sub)
-    p = sub.add_parser("serve", help="run the MCP server on stdio (for Claude Desktop and other MCP clients)")
-    p.set_defaults(handler=cmd_serve)
+    serve.add_parser(sub)
     gateway.add_parser(sub)
     demo.add_parser(sub)
     doctor.add_parser(sub)
@@ -188,10 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """``authpool serve``: the MCP server on stdio (the SDK is imported only now)."""
-    from authpool.server.mcp.serve import serve
+    """``authpool serve``: the MCP server on stdio or over HTTP (see :mod:`authpool.server.cli.serve`)."""
+    from authpool.server.cli.serve import cmd_serve as serve
 
-    return serve()
+    return serve(args)
 
 
 if __name__ == "__main__":

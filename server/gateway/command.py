@@ -34,7 +34,7 @@ from typing import Any
 import uvicorn
 
 from authpool import Pool, PoolError
-from authpool.server.gateway.app import build_app
+from authpool.server.gateway.app import build_app, build_mcp_app
 from authpool.server.gateway.errors import GatewayError
 from authpool.server.gateway.guard import Site
 from authpool.server.gateway.keys import GatewayKey
@@ -59,33 +59,54 @@ def is_loopback(host: str) -> bool:
 
 
 def run_gateway(*, host: str, port: int, port_file: Path | None = None, allow_remote: bool = False,
-                allow_hosts: list[str] | None = None, grace: float = DEFAULT_GRACE) -> int:
-    """Serve the gateway until a signal; returns the exit status (0 after a clean stop).
+                allow_hosts: list[str] | None = None, grace: float = DEFAULT_GRACE, mcp_only: bool = False,
+                no_auth: bool = False) -> int:
+    """Serve the gateway (or, with ``mcp_only``, MCP alone: ``authpool serve --http``) until a signal.
+
+    Both serve MCP at ``/mcp`` (:mod:`~authpool.server.gateway.endpoint`). Returns the exit
+    status (0 after a clean stop).
 
     Raises:
-        GatewayError: a non-loopback ``host`` without ``allow_remote``, an address that cannot be
-            bound, an unusable ``AUTHPOOL_GATEWAY_KEY``.
+        GatewayError: a non-loopback ``host`` without ``allow_remote``, ``no_auth`` off loopback, an
+            address that cannot be bound, an unusable ``AUTHPOOL_GATEWAY_KEY``.
         PoolError: the pool or its credential store cannot be read.
     """
     host = host.strip("[]")
+    what = "the MCP server" if mcp_only else "the gateway"
     if not is_loopback(host) and not allow_remote:
-        raise GatewayError(f"--host {host} is reachable from other machines; the gateway binds loopback addresses "
+        raise GatewayError(f"--host {host} is reachable from other machines; {what} binds loopback addresses "
                            "only, unless you add --allow-remote (every client then still needs the gateway key)")
+    if no_auth and not is_loopback(host):
+        raise GatewayError(f"--no-auth is accepted on a loopback address only, not on {host}: other machines "
+                           "would reach every account in the pool without a key")
     pool = Pool.open()
-    key = GatewayKey(pool)
-    key.load()
+    key = None if no_auth else GatewayKey(pool)
+    if key is not None:
+        key.load()
     sock = _listen(host, port)
     bound = int(sock.getsockname()[1])
     site = Site.of(host, bound, allow_hosts or [])
     if not is_loopback(host):
-        print(f"authpool: warning: the gateway on {host}:{bound} is reachable from other machines: anyone with "
+        print(f"authpool: warning: {what} on {host}:{bound} is reachable from other machines: anyone with "
               "the gateway key can use every account in the pool, and several providers' terms forbid sharing "
               "a subscription login with other people", file=sys.stderr, flush=True)
-    config = uvicorn.Config(build_app(pool, key, site), log_config=None, access_log=False, lifespan="on",
+    if no_auth:
+        print(f"authpool: warning: --no-auth: any program of any user of this machine can use every account in "
+              f"the pool through {site.origin}/mcp; leave it off unless this machine is yours alone",
+              file=sys.stderr, flush=True)
+    from authpool.server.gateway.endpoint import McpEndpoint
+    from authpool.server.mcp.server import build_server
+
+    endpoint = McpEndpoint(build_server(pool), key, site)
+    # The gateway has no --no-auth: it always has a key.
+    app = build_mcp_app(endpoint, site) if mcp_only or key is None else build_app(pool, key, site, mcp=endpoint)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=math.ceil(grace), server_header=False, date_header=False,
                             ws="none")
     _quiet_uvicorn()
-    server = _Server(config, announce=lambda: _started(pool, key, host, bound, port_file), grace=grace)
+    announce = _serving_mcp if mcp_only else _started
+    server = _Server(config, announce=lambda: announce(pool, key, host, bound, port_file), grace=grace,
+                     name="the MCP server" if mcp_only else "the gateway")
     early: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in _SIGNALS}
     server.early = early
@@ -99,17 +120,18 @@ def run_gateway(*, host: str, port: int, port_file: Path | None = None, allow_re
         sock.close()
         if port_file is not None:
             _remove_port_file(port_file, bound)
-    _finish(pool)
+    _finish(pool, "MCP server" if mcp_only else "gateway")
     return 0
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, announcing itself once it accepts and honouring a signal that came before."""
 
-    def __init__(self, config: uvicorn.Config, *, announce: Any, grace: float) -> None:
+    def __init__(self, config: uvicorn.Config, *, announce: Any, grace: float, name: str) -> None:
         super().__init__(config)
         self.announce = announce
         self.grace = grace
+        self.name = name
         self.early: list[int] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -122,7 +144,7 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:
             busy = len(self.server_state.tasks)
-            print(f"authpool: {signal.Signals(sig).name}: the gateway stops accepting; "
+            print(f"authpool: {signal.Signals(sig).name}: {self.name} stops accepting; "
                   + (f"waiting up to {self.grace:g}s for {busy} response(s) in flight (Ctrl-C again to stop "
                      "waiting)" if busy else "no response in flight"), file=sys.stderr, flush=True)
         super().handle_exit(sig, frame)
@@ -149,10 +171,21 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _started(pool: Pool, key: GatewayKey, host: str, port: int, port_file: Path | None) -> None:
+def _started(pool: Pool, key: GatewayKey | None, host: str, port: int, port_file: Path | None) -> None:
     shown = f"[{host}]" if ":" in host else host
-    print(f"authpool: gateway listening on http://{shown}:{port} for the pool in {pool.home.path}; clients send "
-          f"the gateway key from {key.source} (`authpool gateway key` prints it)", file=sys.stderr, flush=True)
+    source = key.source if key is not None else "nowhere"
+    print(f"authpool: gateway listening on http://{shown}:{port} for the pool in {pool.home.path} (MCP at /mcp); "
+          f"clients send the gateway key from {source} (`authpool gateway key` prints it)", file=sys.stderr, flush=True)
+    if port_file is not None:
+        _write_port_file(port_file, port)
+
+
+def _serving_mcp(pool: Pool, key: GatewayKey | None, host: str, port: int, port_file: Path | None) -> None:
+    shown = f"[{host}]" if ":" in host else host
+    how = (f"clients send the gateway key from {key.source} as Authorization: Bearer (`authpool gateway key` prints "
+           "it)" if key is not None else "no key is asked for (--no-auth)")
+    print(f"authpool: serving MCP at http://{shown}:{port}/mcp for the pool in {pool.home.path}; {how}",
+          file=sys.stderr, flush=True)
     if port_file is not None:
         _write_port_file(port_file, port)
 
@@ -174,7 +207,7 @@ def _remove_port_file(path: Path, port: int) -> None:
             path.expanduser().unlink()
 
 
-def _finish(pool: Pool) -> None:
+def _finish(pool: Pool, name: str) -> None:
     """Wait for sent token refreshes, then write the counters; a further signal leaves at once."""
     from authpool.auth import Flight, drain
 
@@ -198,7 +231,7 @@ def _finish(pool: Pool) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    print("authpool: gateway stopped", file=sys.stderr, flush=True)
+    print(f"authpool: {name} stopped", file=sys.stderr, flush=True)
 
 
 class _OneLine(logging.Filter):
@@ -220,6 +253,8 @@ def _quiet_uvicorn() -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("authpool: gateway: %(message)s"))
     handler.addFilter(_OneLine())
+    # The SDK logs each Host/Origin refusal; the refused client gets the reason in its answer.
+    logging.getLogger("mcp.server.transport_security").setLevel(logging.ERROR)
     for name in ("uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler] if name == "uvicorn" else []

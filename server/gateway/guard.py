@@ -15,6 +15,9 @@ error in the provider's shape, :mod:`authpool.server.gateway.errors`):
    ``Authorization: Bearer KEY``, ``x-api-key``, ``x-goog-api-key`` or ``?key=``. Compared in
    constant time (:class:`~authpool.server.gateway.keys.GatewayKey`); the relay removes it before
    the request goes on.
+
+The MCP endpoint (``/mcp``) makes the same checks itself, in MCP's terms (a foreign ``Host`` is
+``421`` there): :mod:`authpool.server.gateway.endpoint`, with :func:`key_refusal` from here.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from authpool.providers import Provider
 from authpool.server.gateway.errors import Dialect, Refusal, dialect_of
 from authpool.server.gateway.keys import GatewayKey
 
-__all__ = ["DASHBOARD_PREFIX", "KEY_HEADERS", "Guard", "Site", "is_dashboard_path", "presented_keys", "send_refusal"]
+__all__ = ["DASHBOARD_PREFIX", "KEY_HEADERS", "MCP_PATH", "Guard", "Site", "is_dashboard_path", "key_refusal",
+           "presented_keys", "send_refusal"]
+
+#: Where the gateway serves MCP (Streamable HTTP); that endpoint makes its own checks.
+MCP_PATH = "/mcp"
 
 #: Headers a client's SDK puts an API key in (``Authorization`` as a bearer token).
 KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
@@ -47,6 +54,7 @@ DASHBOARD_PREFIX = "/_dashboard/"
 def is_dashboard_path(path: str) -> bool:
     """The paths the dashboard answers (and authenticates) itself: ``/``, ``/metrics``, ``/_dashboard/...``."""
     return path in ("/", "/metrics") or path.startswith(DASHBOARD_PREFIX)
+_AS_API_KEY = "as an API key (x-api-key, Authorization: Bearer, x-goog-api-key or ?key=)"
 
 
 @dataclass(frozen=True)
@@ -105,20 +113,17 @@ class Guard:
             return
         if scope["type"] != "http":
             return  # websockets are not served (uvicorn runs without them); nothing to answer
+        if scope["path"] == MCP_PATH:
+            # The MCP endpoint makes the same checks itself, answering as MCP prescribes
+            # (a foreign Host is 421 there): see authpool.server.gateway.endpoint.
+            await self.app(scope, receive, send)
+            return
         refusal = self.check_caller(scope)
         if refusal is None and is_dashboard_path(scope.get("path", "")):
             await self.app(scope, receive, send)  # the dashboard takes the key or its session cookie itself
             return
         if refusal is None:
-            keys = presented_keys(scope)
-            if not keys:
-                refusal = Refusal(401, "this gateway needs its key: send it as an API key (x-api-key, "
-                                       "Authorization: Bearer, x-goog-api-key or ?key=); "
-                                       "`authpool gateway key` prints it", "gateway_key_missing")
-            elif not self.key.matches(keys) and not (
-                    await anyio.to_thread.run_sync(self.key.reload_after_miss) and self.key.matches(keys)):
-                refusal = Refusal(401, "wrong gateway key (`authpool gateway key` prints the right one)",
-                                  "gateway_key_invalid")
+            refusal = await key_refusal(self.key, scope)
         if refusal is None:
             await self.app(scope, receive, send)
             return
@@ -160,6 +165,21 @@ class Guard:
         path: str = scope.get("path", "")
         provider_id, _, rest = path.lstrip("/").partition("/")
         return dialect_of(_known_provider(self.pool, provider_id), rest)
+
+
+async def key_refusal(key: GatewayKey, scope: Scope, *, send_it: str = _AS_API_KEY) -> Refusal | None:
+    """The 401 for a request that does not present ``key`` (None: it does), compared in constant time.
+
+    A key the gateway does not know makes it re-read the stored key (at most once a second), so
+    a key rotated by another process works at once. ``send_it`` says where the key goes.
+    """
+    keys = presented_keys(scope)
+    if not keys:
+        return Refusal(401, f"this server needs the gateway key: send it {send_it}; "
+                            "`authpool gateway key` prints it", "gateway_key_missing")
+    if not key.matches(keys) and not (await anyio.to_thread.run_sync(key.reload_after_miss) and key.matches(keys)):
+        return Refusal(401, "wrong gateway key (`authpool gateway key` prints the right one)", "gateway_key_invalid")
+    return None
 
 
 def presented_keys(scope: Scope) -> list[str]:

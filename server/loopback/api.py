@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from authpool.server.loopback.clock import Clock
@@ -27,6 +27,8 @@ from authpool.server.loopback.tokens import AccessToken
 
 #: Gemini names the model in the path: ``POST /v1beta/models/<model>:generateContent``.
 GEMINI_PATH: Final = re.compile(r"^/v1beta/models/([^/:]+):generateContent$")
+#: The most models one page of a paged model list holds (real APIs cap pages too), so paging is exercised.
+PAGE_CAP: Final = 2
 #: Seconds between looks at a held stream's socket: how soon a client's hang-up is noticed.
 _GATE_POLL: Final = 0.02
 
@@ -45,6 +47,7 @@ class ApiRoutes:
     _stream_errors: dict[str, str]
     _stream_delay: float
     _stream_length: int | None
+    _model_names: list[str]
     _always_failing: dict[str, int]
     _quota_windows: dict[str, tuple[str, float, float]]
     _usage_windows: dict[str, tuple[str, dict[str, tuple[float, float]]]]
@@ -330,8 +333,22 @@ class ApiRoutes:
                 return  # stop() during a pause: the stream breaks off, as a dying server's would
             yield chunk
 
+    def set_models(self, *names: str) -> None:
+        """The models every list answers with (default ``loopback-small``, ``loopback-large``)."""
+        with self._lock:
+            self._model_names = list(names)
+
     def _route_models(self, request: LoopbackRequest) -> LoopbackResponse | None:
-        return self._api_call(request, _build_models, bearer_api_keys=True)
+        """``GET /v1/models``: OpenAI's list, which is Anthropic's too (``?limit=&after_id=`` pages it)."""
+        with self._lock:
+            names = list(self._model_names)
+        return self._api_call(request, _build_models(names, request.query), bearer_api_keys=True)
+
+    def _route_gemini_models(self, request: LoopbackRequest) -> LoopbackResponse | None:
+        """``GET /v1beta/models``: Google's list (``?pageSize=&pageToken=`` pages it)."""
+        with self._lock:
+            names = list(self._model_names)
+        return self._api_call(request, _build_gemini_models(names, request.query), bearer_api_keys=True)
 
     def _build_message(self, subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
         model = str(payload.get("model") or "loopback-model")
@@ -412,10 +429,39 @@ def _build_generate_content(path: str) -> Callable[[str, int, dict[str, Any]], L
     return build
 
 
-def _build_models(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
-    del seq, payload
-    models = [
-        {"id": name, "type": "model", "object": "model", "display_name": name, "owned_by": "loopback"}
-        for name in ("loopback-small", "loopback-large")
-    ]
-    return LoopbackResponse.json(200, {"object": "list", "data": models, "has_more": False, "subject": subject})
+def _build_models(names: list[str], query: Mapping[str, str]) -> Callable[[str, int, dict[str, Any]], LoopbackResponse]:
+    """OpenAI's model list, with Anthropic's fields and paging (``limit``, ``after_id``) too."""
+
+    def build(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
+        del seq, payload
+        start = names.index(query["after_id"]) + 1 if query.get("after_id") in names else 0
+        # OpenAI's list has no pages; Anthropic's pages when asked to (``limit``).
+        limit = min(max(int(query["limit"]), 1), PAGE_CAP) if query.get("limit", "").isdigit() else len(names)
+        page = names[start:start + limit]
+        models = [{"id": name, "type": "model", "object": "model", "display_name": name, "owned_by": "loopback",
+                   "created": 1_700_000_000 + i, "created_at": "2025-01-01T00:00:00Z"} for i, name in enumerate(page)]
+        return LoopbackResponse.json(200, {
+            "object": "list", "data": models, "has_more": start + len(page) < len(names),
+            "first_id": page[0] if page else None, "last_id": page[-1] if page else None, "subject": subject})
+
+    return build
+
+
+def _build_gemini_models(names: list[str],
+                         query: Mapping[str, str]) -> Callable[[str, int, dict[str, Any]], LoopbackResponse]:
+    """Google's model list: ``models/NAME`` entries, ``nextPageToken`` while more remain."""
+
+    def build(subject: str, seq: int, payload: dict[str, Any]) -> LoopbackResponse:
+        del seq, payload
+        start = int(query["pageToken"]) if query.get("pageToken", "").isdigit() else 0
+        size = int(query["pageSize"]) if query.get("pageSize", "").isdigit() else 50
+        page = names[start:start + min(max(size, 1), PAGE_CAP)]
+        doc: dict[str, Any] = {"models": [
+            {"name": f"models/{name}", "displayName": name.replace("-", " ").title(), "inputTokenLimit": 1_048_576,
+             "outputTokenLimit": 8192, "supportedGenerationMethods": ["generateContent"]} for name in page],
+            "subject": subject}
+        if start + len(page) < len(names):
+            doc["nextPageToken"] = str(start + len(page))
+        return LoopbackResponse.json(200, doc)
+
+    return build

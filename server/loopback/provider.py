@@ -97,6 +97,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
         self._limits: dict[str, RateLimit] = {}
         self._stream_errors: dict[str, str] = {}
         self._stream_delay, self._stream_length = 0.0, None  # pauses between events; deltas per stream
+        self._model_names = ["loopback-small", "loopback-large"]  # every model list answers with these
         self._model_limits: dict[tuple[str, str], RateLimit] = {}
         self._always_failing: dict[str, int] = {}
         self._quota_windows: dict[str, tuple[str, float, float]] = {}  # subject -> (style, length, start)
@@ -128,6 +129,7 @@ class LoopbackProvider(TokenRoutes, ApiRoutes, SubscriptionRoutes, HelperRoutes)
             ("POST", "/v1/messages"): self._route_messages,
             ("POST", "/v1/chat/completions"): self._route_chat_completions,
             ("GET", "/v1/models"): self._route_models,
+            ("GET", "/v1beta/models"): self._route_gemini_models,
             ("GET", "/redirect"): self._route_redirect,
             ("POST", "/redirect"): self._route_redirect,
             ("GET", "/echo-auth-present"): self._route_echo_auth_present,

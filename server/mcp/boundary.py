@@ -5,7 +5,9 @@ nobody: a resource that raises anything but ``ResourceError`` becomes ``-32603 E
 resource URI`` (the reason withheld) plus a traceback on stderr; and arguments that fail the
 input schema come back as pydantic's multi-line dump with a documentation link and the echoed
 input (``Tool.run`` wraps the ``ValidationError`` in a ``ToolError``). :class:`PoolServer`
-translates both where the SDK raises them, in ``read_resource`` and ``call_tool``. Its stdio
+translates both where the SDK raises them, in ``read_resource`` and ``call_tool``. authpool has no
+prompts, and the SDK answers ``prompts/get`` for an unknown name with error code 0 and a traceback
+on stderr; :class:`PoolServer` answers it as the specification says, ``-32602`` (invalid params). Its stdio
 transport also answers the JSON-RPC frames the SDK's would drop (:mod:`authpool.server.mcp.stdio`).
 Inside a tool, :func:`tool_errors` turns the library's expected errors into tool errors.
 """
@@ -18,10 +20,13 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedResourceError, UnexpectedToolError
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 from pydantic import AnyUrl, ValidationError
 from pydantic_core import ErrorDetails
 
 from authpool import PoolError
+from authpool.server.mcp.subscriptions import Subscriptions
 
 __all__ = ["PoolServer", "describe_argument_errors", "tool_errors"]
 
@@ -41,6 +46,14 @@ class PoolServer(MCPServer[Any]):
         async with guarded_stdio() as (read_stream, write_stream):
             await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
+    def serve_subscriptions(self, subscriptions: Subscriptions) -> None:
+        """Serve the 2025 era's ``resources/subscribe`` / ``unsubscribe`` through ``subscriptions``.
+
+        ``MCPServer`` registers neither; they go on the low-level server this one drives (the
+        2026 era's ``subscriptions/listen`` is served by the SDK from the bus given at construction).
+        """
+        subscriptions.register(self._lowlevel_server)
+
     async def read_resource(self, uri: AnyUrl | str, context: Context[Any, Any] | None = None) -> Any:
         try:
             return await super().read_resource(uri, context)
@@ -50,6 +63,14 @@ class PoolServer(MCPServer[Any]):
             if isinstance(e.__cause__, PoolError):
                 raise ResourceError(str(e.__cause__)) from None
             raise
+
+    async def get_prompt(self, name: str, arguments: dict[str, Any] | None = None,
+                         context: Context[Any, Any] | None = None) -> Any:
+        # The SDK raises a bare ValueError for a name it does not know, which its dispatcher logs
+        # with a traceback and answers with code 0; a client's typo is neither a crash nor code 0.
+        if self._prompt_manager.get_prompt(name) is None:
+            raise MCPError(INVALID_PARAMS, f"unknown prompt: {name}")
+        return await super().get_prompt(name, arguments, context)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None) -> Any:
         try:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from typing_extensions import TypeAliasType
 
 from authpool import Pool
 from authpool.accounts import (
@@ -24,6 +25,7 @@ from authpool.accounts import (
     pool_status,
 )
 from authpool.accounts.views import ATTENTION_LIMIT
+from authpool.catalog import ModelList
 from authpool.rotation import Attempt, Outcome
 
 __all__ = [
@@ -34,10 +36,15 @@ __all__ = [
     "AccountsResource",
     "AttemptView",
     "AttentionView",
+    "BodyValue",
     "CooldownView",
     "Counters",
+    "JsonBody",
     "LoginFinished",
+    "LoginOutcome",
     "LoginStarted",
+    "ModelListView",
+    "ModelView",
     "OptionalText",
     "PoolStatus",
     "ProviderList",
@@ -49,6 +56,7 @@ __all__ = [
     "accounts_resource",
     "attempt_view",
     "iso",
+    "model_list",
     "pool_report",
     "provider_list",
     "view",
@@ -67,6 +75,14 @@ def _null_to_empty(value: Any) -> Any:
 # text arrives verbatim; an explicit JSON null still means "not given" (as does "", which the
 # tools map to None).
 OptionalText = Annotated[str, BeforeValidator(_null_to_empty)]
+
+#: Any JSON value, spelled out (recursively) so that every schema a client sees says what it accepts.
+JsonValue = TypeAliasType(
+    "JsonValue", "dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None")
+#: A JSON request body: an object or an array.
+JsonBody = dict[str, JsonValue] | list[JsonValue]
+#: A response body as a tool returns it: parsed JSON (any JSON value) or text; null when empty.
+BodyValue = dict[str, JsonValue] | list[JsonValue] | str | int | float | bool | None
 
 
 # -- models ----------------------------------------------------------------------------------
@@ -101,7 +117,8 @@ class ProxyResponse(BaseModel):
 
     status: int = Field(description="the provider's HTTP status")
     headers: dict[str, str] = Field(description="selected response headers (content type, request id, rate limits)")
-    body: Any = Field(description="the response body: parsed JSON when the response is JSON, else text")
+    body: BodyValue = Field(description="the response body: parsed JSON when the response is JSON, else text; "
+                                        "null when empty")
     body_format: Literal["json", "text", "empty", "binary"]
     body_bytes: int = Field(description="full size of the response body in bytes")
     truncated: bool = Field(description="true if body was cut to max_body_chars; the text then ends with a marker")
@@ -262,6 +279,40 @@ class LoginFinished(BaseModel):
     created: bool = Field(description="true for a new account, false if an existing one got new tokens")
 
 
+class LoginOutcome(BaseModel):
+    """What ``login`` did: logged in through the browser (the account), or started the device flow (the code)."""
+
+    status: Literal["logged_in", "device_code"] = Field(
+        description="logged_in: the account is in the pool; device_code: show the user device's page and code, "
+                    "then call finish_login")
+    account: LoginFinished | None = Field(default=None,
+                                          description="the account the login added or renewed (logged_in)")
+    device: LoginStarted | None = Field(default=None, description="the device flow's page and code (device_code)")
+    next_step: str = Field(description="what to do next, in a sentence")
+
+
+class ModelView(BaseModel):
+    """One model as the provider lists it; ``id`` is what a request's ``model`` names."""
+
+    id: str = Field(description="the model's id, as a request names it")
+    display_name: str | None = Field(None, description="the provider's human name for it")
+    created: str | None = Field(None, description="ISO time the provider says it was released")
+    input_token_limit: int | None = Field(None, description="the most input tokens it takes, if the provider says")
+    output_token_limit: int | None = Field(None, description="the most output tokens it gives, if the provider says")
+
+
+class ModelListView(BaseModel):
+    """A provider's models, fetched through the pool (or its cached copy)."""
+
+    provider: str
+    namespace: str | None = Field(None, description="the sub-pool whose accounts fetched it, if one was named")
+    models: list[ModelView]
+    fetched_at: str = Field(description="ISO time the list was fetched from the provider")
+    expires_at: str = Field(description="ISO time until which the cached copy is used (refresh=true asks again)")
+    cached: bool = Field(description="true if this is the cached copy, false if fetched just now")
+    account: str | None = Field(None, description="provider/label of the account that fetched it just now")
+
+
 # -- conversions -----------------------------------------------------------------------------
 
 
@@ -322,6 +373,17 @@ def pool_report(pool: Pool, now: float) -> PoolStatus:
                                "attention": [AttentionView(**a) for a in p["attention"]]})
             for p in report["providers"]
         ],
+    )
+
+
+def model_list(listing: ModelList) -> ModelListView:
+    """A provider's model list as the ``list_models`` tool shows it."""
+    return ModelListView(
+        provider=listing.provider, namespace=listing.namespace, cached=listing.cached, account=listing.account,
+        fetched_at=iso(listing.fetched_at) or "", expires_at=iso(listing.expires_at) or "",
+        models=[ModelView(id=m.id, display_name=m.display_name, created=iso(m.created),
+                          input_token_limit=m.input_token_limit, output_token_limit=m.output_token_limit)
+                for m in listing.models],
     )
 
 

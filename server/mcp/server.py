@@ -21,11 +21,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 
 from authpool import Pool, PoolError
 from authpool.auth import Flight, drain
 from authpool.server.mcp.boundary import PoolServer
+from authpool.server.mcp.catalog import register_catalog_tools
 from authpool.server.mcp.login import register_login_tools
 from authpool.server.mcp.resources import register_resources
 from authpool.server.mcp.state import ServerState
@@ -57,11 +59,24 @@ def build_server(pool: Pool | None = None) -> MCPServer[Any]:
     """
     state = ServerState(pool)
     server = PoolServer("authpool", version=_version(), instructions=INSTRUCTIONS,
-                        lifespan=functools.partial(lifespan, state), log_level="WARNING")
+                        lifespan=functools.partial(lifespan, state), log_level="WARNING",
+                        subscriptions=state.subscriptions.bus)
     register_tools(server)
     register_login_tools(server)
+    register_catalog_tools(server)
     register_resources(server, state)
+    server.serve_subscriptions(state.subscriptions)
+    server.middleware.append(_kick_watcher_after_tools)
     return server
+
+
+async def _kick_watcher_after_tools(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """After a tool call (it may have changed the pool), let the watcher look at once instead of at its next poll."""
+    try:
+        return await call_next(ctx)
+    finally:
+        if ctx.method == "tools/call" and isinstance(ctx.lifespan_context, ServerState):
+            ctx.lifespan_context.watcher.kick()
 
 
 @contextlib.asynccontextmanager
@@ -74,6 +89,7 @@ async def lifespan(state: ServerState, server: MCPServer[Any]) -> AsyncIterator[
     with contextlib.redirect_stdout(sys.stderr):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_flush_periodically, state)
+            await tg.start(state.watcher.run)
             try:
                 yield state
             finally:

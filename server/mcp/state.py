@@ -1,4 +1,4 @@
-"""What one MCP server keeps between calls: its pool, the attempts it made, the logins it started.
+"""What one MCP server keeps between calls: its pool, the attempts it made, the logins it started, its subscribers.
 
 ``build_server`` creates one :class:`ServerState`; the lifespan hands it to the SDK, and every
 tool reaches it as ``ctx.request_context.lifespan_context`` (:func:`state_of`). Nothing here
@@ -20,9 +20,13 @@ from mcp.server.mcpserver import Context
 
 from authpool import Pool
 from authpool.auth import DeviceFlow
+from authpool.auth.login import AuthorizationCodeLogin
+from authpool.auth.redirect import RedirectListener
 from authpool.rotation import Attempt
+from authpool.server.mcp.subscriptions import Subscriptions
+from authpool.server.mcp.watcher import PoolWatcher
 
-__all__ = ["HISTORY", "MAX_PENDING_LOGINS", "PendingLogin", "ServerState", "ToolContext", "state_of"]
+__all__ = ["HISTORY", "MAX_PENDING_LOGINS", "BrowserLogin", "PendingLogin", "ServerState", "ToolContext", "state_of"]
 
 HISTORY = 20  # attempts remembered per account, for account_status
 MAX_PENDING_LOGINS = 20  # started logins kept per server; the oldest is dropped beyond this
@@ -43,6 +47,27 @@ class PendingLogin:
         return self.flow.event().remaining <= 0
 
 
+@dataclass
+class BrowserLogin:
+    """An authorization-code login started by ``login`` (2026 era), waiting for its redirect between rounds.
+
+    The listener, the PKCE verifier and the state stay in this process; the client only ever
+    holds the login's id, sealed in the multi-round-trip ``request_state``.
+    """
+
+    provider: str
+    label: str | None
+    login: AuthorizationCodeLogin
+    listener: RedirectListener[str]
+    deadline: float  # time.monotonic() after which the redirect is no longer waited for
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 class ServerState:
     """The pool a server serves (opened on first use) and what the server remembers between calls."""
 
@@ -55,6 +80,14 @@ class ServerState:
         self.history: dict[str, collections.deque[tuple[Attempt, float]]] = {}
         #: Device logins started by start_login, by login_id.
         self.logins: dict[str, PendingLogin] = {}
+        #: Browser logins between the rounds of a 2026-era ``login`` call, by login_id.
+        self.browser_logins: dict[str, BrowserLogin] = {}
+        #: Who is subscribed to which resource, in both protocol eras.
+        self.subscriptions = Subscriptions()
+        #: Notices pool changes from any process and tells the subscribers (run by the lifespan).
+        self.watcher = PoolWatcher(lambda: self.pool, self.subscriptions.publish,
+                                   wanted=lambda: self.subscriptions.active)
+        self.subscriptions.on_subscribe(self.watcher.kick)
 
     @property
     def pool(self) -> Pool:
@@ -82,6 +115,16 @@ class ServerState:
         while len(self.logins) >= MAX_PENDING_LOGINS:
             del self.logins[next(iter(self.logins))]
         self.logins[login_id] = login
+
+
+    def add_browser_login(self, login_id: str, login: BrowserLogin) -> None:
+        """Keep a browser login between rounds, closing expired ones and, beyond the limit, the oldest."""
+        for known, pending in list(self.browser_logins.items()):
+            if pending.expired():
+                self.browser_logins.pop(known).close()
+        while len(self.browser_logins) >= MAX_PENDING_LOGINS:
+            self.browser_logins.pop(next(iter(self.browser_logins))).close()
+        self.browser_logins[login_id] = login
 
 
 #: The ``Context`` a tool receives: its lifespan context is the server's state.

@@ -28,6 +28,7 @@ from authpool.server.mcp.schemas import (
     AccountList,
     AccountRef,
     AccountView,
+    JsonBody,
     OptionalText,
     PoolStatus,
     ProviderList,
@@ -72,7 +73,7 @@ async def proxy_request(
                                            "an absolute URL is accepted only on one of the provider's origins")],
     query: Annotated[dict[str, str] | None, Field(description="query parameters")] = None,
     headers: Annotated[dict[str, str] | None, Field(description="extra request headers (not credentials)")] = None,
-    json: Annotated[Any, Field(description="a JSON request body (object or array)")] = None,
+    json: Annotated[JsonBody | None, Field(description="a JSON request body (object or array)")] = None,
     body: Annotated[OptionalText, Field(description="a raw text request body, instead of json")] = "",
     account: Annotated[OptionalText, Field(description="use only this account (id or provider/label)")] = "",
     namespace: Annotated[OptionalText, Field(description="rotate only within this sub-pool")] = "",
@@ -182,11 +183,14 @@ async def list_providers(ctx: ToolContext) -> ProviderList:
 
 def register_tools(server: MCPServer[Any]) -> None:
     """Add the seven pool tools to ``server`` (whose lifespan yields a ``ServerState``)."""
-    reads = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    # Every hint stated, and true: reads change nothing; enabling and resetting change the pool only,
+    # the same way however often; proxy_request sends whatever the caller asks (a DELETE included)
+    # to a provider, so it is neither read-only nor safe to repeat.
+    reads = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
     changes = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True,
                               open_world_hint=False)
-    server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True),
-                description=PROXY_REQUEST_DESCRIPTION)(proxy_request)
+    sends = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=True)
+    server.tool(annotations=sends, description=PROXY_REQUEST_DESCRIPTION)(proxy_request)
     server.tool(annotations=reads)(list_accounts)
     server.tool(annotations=reads)(account_status)
     server.tool(annotations=reads)(pool_status)
