@@ -133,6 +133,11 @@ class Dashboard:
         now = time.time()
         accounts = self.pool.accounts()
         status = pool_status(accounts, now)
+        views: dict[str, list[dict[str, Any]]] = {}
+        for a in sorted(accounts, key=lambda a: (a.provider, a.order, a.label)):
+            views.setdefault(a.provider, []).append(account_view(a, now))
+        for p in status["providers"]:
+            p["accounts"] = views.get(p["provider"], [])
         series: dict[str, dict[str, list[int]]] = {}
         for a in accounts:
             lines: dict[str, list[int]] = {m: self.activity.series(a.id, m, now) for m in METRICS}
