@@ -260,6 +260,26 @@ def test_a_failed_write_changes_nothing(home: Path) -> None:
     assert len(Pool.open(home).accounts()) == 1
 
 
+def test_a_commit_whose_snapshot_could_not_be_derived_is_still_seen_by_the_next_read(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot after a commit is derived outside the pool lock; if that fails, the committed
+    change is not hidden behind the old snapshot: the next read loads the database afresh."""
+    from authpool.storage import localstore
+
+    pool = make_pool_with(home, "a")
+    account_id = pool.get("openai/a").id
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("deriving failed")
+
+    monkeypatch.setattr(localstore._Written, "derive", broken)
+    with pytest.raises(RuntimeError):
+        pool.set_enabled(account_id, False)
+    monkeypatch.undo()
+    assert not pool.store.read().find(account_id).enabled
+    assert not raw_pool(home)["accounts"][0]["enabled"]
+
+
 def test_wrong_modes_are_repaired_on_open_and_reported_by_doctor(home: Path) -> None:
     """A world-readable pool database is made 0600 again; doctor says so."""
     make_pool_with(home, "a")

@@ -215,6 +215,7 @@ class Store:
 
     def _locked(self, body: Callable[[sqlite3.Connection, PoolFile], tuple[T, _Written]], timeout: float) -> T:
         self.lock.acquire(timeout)
+        held = True
         backup_due = False
         try:
             with self._guard:
@@ -247,11 +248,23 @@ class Store:
                     if isinstance(e, sqlite3.DatabaseError):
                         raise self._damaged(e) from None
                     raise
-                self._cache = written.derive(base, version, self._history)
-                self._data_version = _data_version(conn)
+                # Committed: other processes may write now. The version mark is read before they can
+                # (our own commit does not move it), so a later commit of theirs is seen as a change;
+                # deriving our snapshot (a copy of the pool's index: ~2 ms at 10,000 accounts) then
+                # happens outside the pool lock, under this process's guard only.
+                mark = _data_version(conn)
+                self.lock.release()
+                held = False
+                try:
+                    self._cache = written.derive(base, version, self._history)
+                except BaseException:
+                    self._cache = None  # never a snapshot without our commit: the next read loads afresh
+                    raise
+                self._data_version = mark
                 backup_due = self._backup_due()
         finally:
-            self.lock.release()
+            if held:
+                self.lock.release()
         if backup_due:
             self._backup()
         return result
