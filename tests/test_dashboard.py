@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,9 +97,40 @@ def test_without_the_key_the_dashboard_shows_a_login_form_and_nothing_of_the_poo
         wrong = c.post("/_dashboard/login", data={"key": "authpool-gw-not-the-key-at-all"})
         assert wrong.status_code == 401 and "wrong key" in wrong.text and "acme/" not in wrong.text
         assert "set-cookie" not in wrong.headers
-        assert c.get("/_dashboard/state", headers={"cookie": "authpool_dashboard=9999999999.forged"}).status_code == 401
-        expired = f"authpool_dashboard={int(time.time()) - 10}.{'0' * 64}"
-        assert c.get("/_dashboard/state", headers={"cookie": expired}).status_code == 401
+        name = f"authpool_dashboard_{gateway.port}"
+        for cookie in (f"{name}=9999999999.forged", f"{name}={int(time.time()) - 10}.{'0' * 64}",
+                       f"{name}={'9' * 5000}.x"):
+            assert c.get("/_dashboard/state", headers={"cookie": cookie}).status_code == 401, cookie[:40]
+    # A digit that is not ASCII ("²", one byte in latin-1) is no expiry: a 401, not a 500.
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=DEADLINE) as sock:
+        sock.sendall(f"GET /_dashboard/state HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+                     f"Cookie: {name}=\u00b2.x\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        assert sock.recv(64).startswith(b"HTTP/1.1 401")
+    with httpx2.Client(base_url=gateway.url, timeout=DEADLINE) as c:
+        # The key is never taken from a URL here (it would be in logs and the history).
+        assert c.get("/_dashboard/state", params={"key": key}).status_code == 401
+        assert c.get("/metrics", params={"key": key}).status_code == 401
+        # Only the dashboard's exact routes go without the key: nothing else answers, not even a 404.
+        for method, path in (("GET", "/_dashboard/login"), ("POST", "/_dashboard/state"), ("GET", "/_dashboard/x"),
+                             ("POST", "/"), ("DELETE", "/metrics"), ("GET", "/_dashboard/static/a/b")):
+            r = c.request(method, path)
+            assert r.status_code == 401, (method, path)
+            assert "acme" not in r.text
+
+
+def test_the_login_form_reads_a_few_kilobytes_at_most(gateway: Gateway) -> None:
+    """A huge login body is refused from its length, or while it streams in, before it is read whole."""
+    with httpx2.Client(base_url=gateway.url, timeout=DEADLINE) as c:
+        r = c.post("/_dashboard/login", content=b"key=" + b"k" * 100_000,
+                   headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
+
+        def body() -> Iterator[bytes]:
+            for _ in range(1000):
+                yield b"k" * 1024
+
+        r = c.post("/_dashboard/login", content=body(), headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413
 
 
 def test_logging_in_sets_an_httponly_strict_cookie_and_never_puts_the_key_in_a_url(
@@ -162,7 +194,7 @@ def test_dashboard_pages_forbid_everything_but_their_own_assets(gateway: Gateway
             assert "default-src 'none'" in r.headers["content-security-policy"]
             assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
             assert r.headers["cache-control"] == "no-store"
-        assert c.get("/_dashboard/static/../app.py").status_code in (404, 400)
+        assert c.get("/_dashboard/static/../app.py").status_code in (400, 401, 404)
 
 
 # -- in a browser -------------------------------------------------------------------------------------
@@ -222,7 +254,8 @@ def test_a_browser_sees_the_cooling_countdown_move_and_the_dead_login(
 
     # The session is an HttpOnly, SameSite=Strict cookie: no script reads it, no other site sends it.
     cookies = context.cookies()
-    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("authpool_dashboard", True, "Strict")]
+    assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [
+        (f"authpool_dashboard_{gateway.port}", True, "Strict")]
     assert page.evaluate("document.cookie") == ""
     # Everything came from the gateway, and the key was never in a URL.
     assert requested and all(url.startswith(gateway.url + "/") for url in requested), requested

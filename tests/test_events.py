@@ -232,3 +232,20 @@ def test_lines_that_are_not_events_are_skipped(tmp_path: Path) -> None:
     path.write_text("\n".join(["not json", '{"kind": "nope", "at": 1}', '[1, 2]', good,
                                '{"kind": "attempt", "at": "soon"}', good[: len(good) // 2]]))
     assert [e.outcome for e in read_events(path)] == ["disabled"]
+
+
+def test_a_caller_s_strange_model_name_costs_one_short_ascii_line(tmp_path: Path) -> None:
+    """A lone surrogate, an escape sequence or a megabyte of model name: the event is still one short
+    ASCII line, and the writer lives on to write the next one."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    for model in ("bad-\ud800", "\x1b]0;owned\x07", "m" * 1_000_000):
+        log.emit(Event("attempt", "acme", "acme/a", "id-a", "ok", 200, 1.0, model=model))
+        log.flush()
+    log.emit(Event("state", "acme", "acme/a", "id-a", "disabled"))
+    log.close()
+    raw = path.read_bytes()
+    assert raw.isascii() and len(raw) < 4000
+    events = list(read_events(path))
+    assert [e.outcome for e in events] == ["ok", "ok", "ok", "disabled"] and log.dropped == 0
+    assert len(events[2].model or "") <= 200

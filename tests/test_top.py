@@ -101,7 +101,7 @@ def fixed_pool(acme: LoopbackPool) -> Pool:
         rows.get(ids["cooling"]).cooldowns["*"] = Cooldown(until=NOW + 42, reason="429 Too Many Requests", set_at=NOW)
         rows.get(ids["cooling"]).windows["5h"] = QuotaWindow(used=0.8, resets_at=NOW + 3600, seen_at=NOW)
         dead = rows.get(ids["dead"])
-        dead.needs_reauth, dead.last_error = True, "refresh token rejected (invalid_grant)"
+        dead.needs_reauth, dead.last_error = True, "refresh token rejected [/x] (invalid_grant)"
         dead.access_expires_at = NOW - 10
         rows.get(ids["off"]).enabled = False
 

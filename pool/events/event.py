@@ -26,6 +26,7 @@ EventKind = Literal[
 ]
 KINDS: frozenset[str] = frozenset(get_args(EventKind))
 _DETAIL_MAX = 300  # characters of a detail kept: a line, not a document
+_TEXT_MAX = 200  # characters of any other text (a model name is whatever a caller sent)
 
 
 @dataclass(frozen=True)
@@ -45,14 +46,25 @@ class Event:
     at: float = field(default_factory=time.time)
     pid: int = field(default_factory=os.getpid)
 
+    def __post_init__(self) -> None:
+        # Texts are cut when the event is made, not only when written: a queued event never holds a
+        # caller's megabyte-long "model" in memory.
+        for name in ("provider", "account", "account_id", "outcome", "model", "detail"):
+            value = getattr(self, name)
+            limit = _DETAIL_MAX if name == "detail" else _TEXT_MAX
+            if isinstance(value, str) and len(value) > limit:
+                object.__setattr__(self, name, value[: limit - 1] + "…")
+
     def to_json(self) -> str:
-        """The event as one JSON line (no newline); empty fields left out."""
+        """The event as one JSON line (no newline, ASCII only; empty fields left out).
+
+        ASCII escapes keep a lone surrogate or a control character in a caller's model name from
+        breaking the line or reaching a reader's terminal.
+        """
         doc = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.detail is not None and len(self.detail) > _DETAIL_MAX:
-            doc["detail"] = self.detail[: _DETAIL_MAX - 1] + "…"
         if self.latency_ms is not None:
             doc["latency_ms"] = round(self.latency_ms, 2)
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     @classmethod
     def from_json(cls, line: str) -> Event | None:

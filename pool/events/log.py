@@ -101,7 +101,14 @@ class EventLog:
                 self._pending.clear()
             if not batch:
                 return
-            data = "".join(e.to_json() + "\n" for e in batch).encode("utf-8")
+            lines = []
+            for e in batch:
+                try:
+                    lines.append(e.to_json() + "\n")
+                except (TypeError, ValueError):  # an event that cannot be a line: it alone is lost
+                    with self._guard:
+                        self.dropped += 1
+            data = "".join(lines).encode("ascii")
             try:
                 size = self._append(data)
                 self._failing_since = None
@@ -212,19 +219,20 @@ def follow_events(path: Path, want: EventFilter | None = None, *, poll: float = 
             else:
                 time.sleep(poll)
     finally:
-        tail.close()
+        tail.close_all()
 
 
 class _Tail:
     """The log read line by line as it grows, across rotations.
 
-    Files are told apart by identity, not name: the file being read may be renamed
-    to ``.1`` under the reader, and between two looks a new file may be written and rotated too.
-    So on a rotation the reader finishes its file, then reads every rotated file it has not read
-    (oldest first), then the file now at the path. A file rotated out of ``keep`` before anyone
-    read it is gone: the log is bounded, not a queue. An identity is (device, inode) while the file
-    is open (an open file keeps its inode), and (device, inode, first bytes) once it is closed: a
-    deleted file's inode is soon reused by a new one, whose first line tells it apart.
+    Files are told apart by identity, not name: the file being read may be renamed to ``.1`` under
+    the reader, and between two looks a new file may be written and rotated too. So on a rotation
+    the reader reads its file to the end, then every rotated file it has not read (oldest first),
+    then the file now at the path, each opened at once (an open file cannot be rotated away from
+    under the reader). A file rotated out of ``keep`` before anyone opened it is gone: the log is
+    bounded, not a queue. An identity is (device, inode) while the file is open (an open file keeps
+    its inode), and (device, inode, first bytes) once it is closed: a deleted file's inode is soon
+    reused by a new one, whose first line tells it apart.
     """
 
     def __init__(self, path: Path, *, from_end: bool) -> None:
@@ -234,36 +242,54 @@ class _Tail:
         self.partial = b""
         self.current = False  # the file being read is the one at the path (not a rotated one)
         self.done: set[_Key] = set()  # files read to their end, never to be read again
+        self.carry: list[bytes] = []  # the last lines of a file that was rotated away, not yet handed out
         rotated = [p for p in _files(path) if p != path]
         if from_end:
             self.done.update(k for k in map(_key, rotated) if k is not None)
-            self.backlog: list[Path] = []
-            self._open(path)
-            self._skip_to_end()
+            self.backlog: list[BinaryIO] = []
+            try:
+                self._take(path.open("rb"))
+            except FileNotFoundError:
+                pass
+            else:
+                self._skip_to_end()
         else:
-            self.backlog = [*rotated, path]
+            self.backlog = self._open_all([*rotated, path])
 
     def _skip_to_end(self) -> None:
         if self.file is not None:
             self.file.seek(0, os.SEEK_END)
 
-    def _open(self, path: Path) -> None:
+    def _open_all(self, paths: list[Path]) -> list[BinaryIO]:
+        """``paths`` opened now, those already read left out."""
+        opened: list[BinaryIO] = []
+        for p in paths:
+            try:
+                f = p.open("rb")
+            except FileNotFoundError:
+                continue
+            if _key_of(f) in self.done:
+                f.close()
+            else:
+                opened.append(f)
+        return opened
+
+    def _take(self, f: BinaryIO) -> None:
         self.close()
-        try:
-            self.file = path.open("rb")
-        except FileNotFoundError:
-            return
-        st = os.fstat(self.file.fileno())
-        self.identity, self.partial = (st.st_dev, st.st_ino), b""
-        self.current = path == self.path
+        st = os.fstat(f.fileno())
+        self.file, self.identity, self.partial = f, (st.st_dev, st.st_ino), b""
+        self.current = _identity(self.path) == self.identity
 
     def read(self) -> list[bytes]:
         """The complete lines written since the last read (a line still being written waits)."""
+        if self.carry:
+            lines, self.carry = self.carry, []
+            return lines
         while True:
             if self.file is None:
                 if not self.backlog:
                     return []
-                self._open_next()
+                self._take(self.backlog.pop(0))
                 continue
             chunk = self.file.read()
             if chunk:
@@ -274,22 +300,17 @@ class _Tail:
                 return []
             self._finish()  # a rotated file read to its end: on to the next
 
-    def _open_next(self) -> None:
-        self._open(self.backlog.pop(0))
-        if self.file is not None and _key_of(self.file) in self.done:
-            self.close()
-
     def rotated(self) -> bool:
-        """When the file being read is no longer at the path: queue every file that came after it
-        (rotated ones not read yet, then the one at the path); True if there is any."""
-        if self.backlog or (self.file is not None and _identity(self.path) == self.identity):
+        """When the file being read is no longer at the path: keep its last lines, queue every file
+        that came after it (rotated ones not read yet, then the one at the path); True if any."""
+        if self.backlog or self.carry or (self.file is not None and _identity(self.path) == self.identity):
             return False
+        if self.file is not None:  # what was appended between the last read and the rotation
+            rest = (self.partial + self.file.read()).split(b"\n")
+            self.carry = [line for line in rest if line]
         self._finish()
-        fresh = [p for p in _files(self.path) if p != self.path and _key(p) not in self.done]
-        if self.path.exists():
-            fresh.append(self.path)  # skipped when opened if it is one already read
-        self.backlog = fresh
-        return bool(fresh)
+        self.backlog = self._open_all([*(p for p in _files(self.path) if p != self.path), self.path])
+        return bool(self.backlog or self.carry)
 
     def _finish(self) -> None:
         if self.file is not None:
@@ -299,7 +320,13 @@ class _Tail:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
-        self.file, self.identity, self.current = None, None, False
+        self.file, self.identity, self.current, self.partial = None, None, False, b""
+
+    def close_all(self) -> None:
+        self.close()
+        for f in self.backlog:
+            f.close()
+        self.backlog = []
 
 
 _Key = tuple[int, int, bytes]

@@ -6,6 +6,7 @@ import argparse
 import re
 import sys
 import time
+from collections import deque
 from datetime import datetime
 
 from authpool import Home
@@ -42,15 +43,30 @@ def cmd_log(args: argparse.Namespace) -> int:
                        kinds=frozenset(args.kind) if args.kind else None)
     path = Home.open().events_file
     show = (lambda e: e.to_json()) if args.json else format_event
+    if args.follow:
+        # One reader from the start: the events written while the old ones print are not missed.
+        # Until it has caught up, the last --lines events are held back, then printed at once.
+        held: deque[Event] | None = deque(maxlen=args.lines) if args.lines is not None else None
+
+        def caught_up() -> None:
+            nonlocal held
+            if held is not None:
+                for e in held:
+                    print(show(e), flush=True)
+                held = None
+
+        for event in follow_events(path, want, on_idle=caught_up):
+            if held is not None:
+                held.append(event)
+            else:
+                print(show(event), flush=True)
+        return 0
     events = list(read_events(path, want))
     if args.lines is not None:
         events = events[len(events) - args.lines:] if args.lines else []
     for event in events:
-        print(show(event), flush=args.follow)
-    if args.follow:
-        for event in follow_events(path, want, from_end=True):
-            print(show(event), flush=True)
-    elif not events and not args.json:
+        print(show(event))
+    if not events and not args.json:
         print(f"no events{' match' if (args.account or args.provider or since or args.kind) else ' yet'} in {path}",
               file=sys.stderr)
     return 0
@@ -72,6 +88,11 @@ def parse_since(text: str, now: float) -> float:
         raise UsageError(f"--since {text!r}: give a time (2026-12-02T10:00) or a span (30s, 10m, 2h, 1d)") from None
 
 
+def _printable(text: str) -> str:
+    """``text`` with anything a terminal would act on (escape sequences, control characters) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def format_event(e: Event) -> str:
     """One event as one line for people: time, kind, account, what happened, how long, until when."""
     when = datetime.fromtimestamp(e.at).strftime("%Y-%m-%d %H:%M:%S")
@@ -90,4 +111,4 @@ def format_event(e: Event) -> str:
         parts.append(f"({e.detail})")
     if e.pid:
         parts.append(f"[pid {e.pid}]")
-    return "  ".join(parts)
+    return _printable("  ".join(parts))

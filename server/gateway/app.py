@@ -79,7 +79,7 @@ def build_app(pool: Pool, key: GatewayKey, site: Site, *, max_body: int = MAX_BO
 
     routes = [Route(MCP_PATH, mcp)] if mcp is not None else []
     app = Starlette(
-        routes=[*routes, *dashboard_routes(pool, key, feed.activity),
+        routes=[*routes, *dashboard_routes(pool, key, feed.activity, site.port),
                 Route("/{provider}/{path:path}", Relay(pool, max_body=max_body))],
         middleware=[Middleware(Guard, pool=pool, key=key, site=site)],
         exception_handlers={404: not_found, 405: not_found},

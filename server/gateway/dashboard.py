@@ -3,10 +3,14 @@
 Who may look: whoever holds the gateway key, either as ``Authorization: Bearer KEY`` (scripts,
 Prometheus) or through the login form, which takes the key in a POST body (never a URL, so it is
 never in a log or the browser's history) and sets a session cookie: ``HttpOnly`` (no script reads
-it), ``SameSite=Strict`` (no other site's page sends it), signed with the gateway key (replacing
-the key ends every session), valid for 12 hours. The :class:`~authpool.server.gateway.guard.Guard`
-still runs first: a foreign ``Host`` or a request from another site's page is refused before any
-of this. The cookie opens the dashboard's own routes only; the relay always wants the key.
+it), ``SameSite=Strict`` (no other site's page sends it), named for the gateway's port (browsers
+share cookies across ports), valid for 12 hours, and signed with a secret of the gateway process
+over the key's digest: replacing the key or restarting the gateway ends every session, and a
+cookie gives no way to test guesses of the key. The key is never taken from a URL here (``?key=``
+works for the relay's SDKs only), and the login form reads at most 4 KB. The
+:class:`~authpool.server.gateway.guard.Guard` still runs first: a foreign ``Host`` or a request
+from another site's page is refused before any of this, and it lets through without the key only
+the dashboard's exact routes. The cookie opens the dashboard's own routes only; the relay always wants the key.
 
 What it shows: the same as ``authpool top`` (per provider and account: state, cooldown, quota
 windows, token expiry, last error), requests, 429s and token calls per account and minute over
@@ -40,8 +44,9 @@ from authpool.server.gateway.keys import GatewayKey
 
 __all__ = ["COOKIE", "dashboard_routes", "metrics_text"]
 
-COOKIE = "authpool_dashboard"
+COOKIE = "authpool_dashboard"  # the session cookie's name, followed by _PORT
 SESSION_SECONDS = 12 * 3600
+LOGIN_BODY_MAX = 4096
 EVENTS_SHOWN = 50
 _HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -63,10 +68,13 @@ def _asset(name: str) -> str:
 class Dashboard:
     """The dashboard's routes for one pool, key and activity."""
 
-    def __init__(self, pool: Pool, key: GatewayKey, activity: Activity) -> None:
+    def __init__(self, pool: Pool, key: GatewayKey, activity: Activity, port: int) -> None:
         self.pool = pool
         self.key = key
         self.activity = activity
+        # Browsers do not keep cookies apart by port: one name per gateway port, so two gateways on
+        # one machine do not overwrite each other's session.
+        self.cookie = f"{COOKIE}_{port}"
 
     # -- who is asking ---------------------------------------------------------------------
 
@@ -74,12 +82,17 @@ class Dashboard:
         mac = self.key.sign(f"dashboard-session:{expires}".encode())
         return None if mac is None else f"{expires}.{mac}"
 
-    def _authorized(self, request: Request) -> bool:
-        if self.key.matches(presented_keys(request.scope)):
+    async def _authorized(self, request: Request) -> bool:
+        """The gateway key in a header (never ``?key=``: a URL is logged), or a live session cookie."""
+        keys = presented_keys(request.scope, query=False)
+        if keys and (self.key.matches(keys) or (
+                await anyio.to_thread.run_sync(self.key.reload_after_miss) and self.key.matches(keys))):
             return True
-        cookie = request.cookies.get(COOKIE, "")
+        cookie = request.cookies.get(self.cookie, "")
         expires_text, _, _ = cookie.partition(".")
-        if not expires_text.isdigit() or int(expires_text) < time.time():
+        if not (expires_text.isascii() and expires_text.isdigit() and len(expires_text) <= 12):
+            return False
+        if int(expires_text) < time.time():
             return False
         expected = self._session_value(int(expires_text))
         return expected is not None and hmac.compare_digest(cookie.encode(), expected.encode())
@@ -87,15 +100,20 @@ class Dashboard:
     # -- pages -----------------------------------------------------------------------------
 
     async def home(self, request: Request) -> Response:
-        if not self._authorized(request):
-            tried = COOKIE in request.cookies or bool(presented_keys(request.scope))
+        if not await self._authorized(request):
+            tried = self.cookie in request.cookies or bool(presented_keys(request.scope, query=False))
             return _page(_login_html("wrong or expired key: log in again" if tried else None), 401 if tried else 200)
         return _page(_asset("dashboard.html"))
 
     async def login(self, request: Request) -> Response:
-        body = await request.body()
-        if len(body) > 4096:
-            return _page(_login_html("that is not a gateway key"), 400)
+        # Nobody is known yet: read at most a few kilobytes, whatever the request says it sends.
+        if int(request.headers.get("content-length") or 0) > LOGIN_BODY_MAX:
+            return _page(_login_html("that is not a gateway key"), 413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > LOGIN_BODY_MAX:
+                return _page(_login_html("that is not a gateway key"), 413)
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"))
         presented = [v.strip() for v in fields.get("key", []) if v.strip()]
         if not presented or not (self.key.matches(presented) or (
@@ -104,12 +122,13 @@ class Dashboard:
         expires = int(time.time()) + SESSION_SECONDS
         value = self._session_value(expires)
         response = Response(status_code=303, headers={"location": "/", **_HEADERS})
-        response.set_cookie(COOKIE, value or "", max_age=SESSION_SECONDS, path="/", httponly=True, samesite="strict")
+        response.set_cookie(self.cookie, value or "", max_age=SESSION_SECONDS, path="/", httponly=True,
+                            samesite="strict")
         return response
 
     async def logout(self, request: Request) -> Response:
         response = Response(status_code=303, headers={"location": "/", **_HEADERS})
-        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+        response.delete_cookie(self.cookie, path="/", httponly=True, samesite="strict")
         return response
 
     async def asset(self, request: Request) -> Response:
@@ -121,7 +140,7 @@ class Dashboard:
     # -- data ------------------------------------------------------------------------------
 
     async def state(self, request: Request) -> Response:
-        if not self._authorized(request):
+        if not await self._authorized(request):
             return _json({"error": "the dashboard needs the gateway key: log in at /"}, 401)
         try:
             doc = await anyio.to_thread.run_sync(self._state)
@@ -148,7 +167,7 @@ class Dashboard:
                 "events": events}
 
     async def metrics(self, request: Request) -> Response:
-        if not self._authorized(request):
+        if not await self._authorized(request):
             return Response("the metrics need the gateway key (Authorization: Bearer KEY)\n", status_code=401,
                             media_type="text/plain; charset=utf-8", headers={"www-authenticate": "Bearer"})
         try:
@@ -159,9 +178,9 @@ class Dashboard:
                         headers={"cache-control": "no-store"})
 
 
-def dashboard_routes(pool: Pool, key: GatewayKey, activity: Activity) -> list[BaseRoute]:
+def dashboard_routes(pool: Pool, key: GatewayKey, activity: Activity, port: int) -> list[BaseRoute]:
     """The dashboard's routes, to be listed before the relay's."""
-    d = Dashboard(pool, key, activity)
+    d = Dashboard(pool, key, activity, port)
     return [
         Route("/", d.home, methods=["GET"]),
         Route("/metrics", d.metrics, methods=["GET"]),

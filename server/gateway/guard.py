@@ -51,9 +51,18 @@ _BROWSER_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site values tha
 DASHBOARD_PREFIX = "/_dashboard/"
 
 
-def is_dashboard_path(path: str) -> bool:
-    """The paths the dashboard answers (and authenticates) itself: ``/``, ``/metrics``, ``/_dashboard/...``."""
-    return path in ("/", "/metrics") or path.startswith(DASHBOARD_PREFIX)
+_DASHBOARD_ROUTES = frozenset({("GET", "/"), ("GET", "/metrics"), ("POST", DASHBOARD_PREFIX + "login"),
+                               ("POST", DASHBOARD_PREFIX + "logout"), ("GET", DASHBOARD_PREFIX + "state")})
+
+
+def is_dashboard_path(method: str, path: str) -> bool:
+    """The requests the dashboard answers (and authenticates) itself: exactly its routes and
+    assets; any other method or path wants the gateway key like every route."""
+    assets = DASHBOARD_PREFIX + "static/"
+    return (method, path) in _DASHBOARD_ROUTES or (
+        method == "GET" and path.startswith(assets) and "/" not in path[len(assets):])
+
+
 _AS_API_KEY = "as an API key (x-api-key, Authorization: Bearer, x-goog-api-key or ?key=)"
 
 
@@ -119,7 +128,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         refusal = self.check_caller(scope)
-        if refusal is None and is_dashboard_path(scope.get("path", "")):
+        if refusal is None and is_dashboard_path(scope.get("method", ""), scope.get("path", "")):
             await self.app(scope, receive, send)  # the dashboard takes the key or its session cookie itself
             return
         if refusal is None:
@@ -182,8 +191,9 @@ async def key_refusal(key: GatewayKey, scope: Scope, *, send_it: str = _AS_API_K
     return None
 
 
-def presented_keys(scope: Scope) -> list[str]:
-    """Every value the request offers as a key: bearer token, ``x-api-key``, ``x-goog-api-key``, ``?key=``."""
+def presented_keys(scope: Scope, *, query: bool = True) -> list[str]:
+    """Every value the request offers as a key: bearer token, ``x-api-key``, ``x-goog-api-key``, and
+    ``?key=`` unless ``query`` is false (the dashboard keeps keys out of URLs)."""
     found: list[str] = []
     for name, value in scope["headers"]:
         if name in KEY_HEADERS:
@@ -193,9 +203,9 @@ def presented_keys(scope: Scope) -> list[str]:
                 text = token.strip() if scheme.lower() == "bearer" else text
             if text:
                 found.append(text)
-    query: bytes = scope.get("query_string", b"")
-    if b"key=" in query:
-        found += [v for k, v in urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    raw: bytes = scope.get("query_string", b"")
+    if query and b"key=" in raw:
+        found += [v for k, v in urllib.parse.parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
                   if k == "key" and v]
     return found
 

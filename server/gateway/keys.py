@@ -15,6 +15,7 @@ without a restart: the new key works at once, the old one stops working within
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -60,6 +61,7 @@ class GatewayKey:
         env = os.environ if environ is None else environ
         self.from_env: str | None = env.get(ENV_KEY) or None
         self._value: bytes | None = None
+        self._session_secret = secrets.token_bytes(32)  # signs dashboard sessions; never leaves the process
         self._loaded_at = 0.0
         self._guard = threading.Lock()
 
@@ -112,14 +114,17 @@ class GatewayKey:
         return found
 
     def sign(self, message: bytes) -> str | None:
-        """An HMAC-SHA256 of ``message`` under the current key (hex), or None before the key is loaded.
+        """An HMAC-SHA256 (hex) of the current key's digest and ``message`` under a secret of this
+        process, or None before the key is loaded.
 
-        The dashboard's session cookie is such a signature: replacing the key ends every session.
+        The dashboard's session cookie is such a signature: replacing the key, or restarting the
+        gateway, ends every session, and a cookie gives no way to test guesses of the key offline
+        (the MAC's key is random, not the gateway key).
         """
         current = self._value
         if current is None:
             return None
-        return hmac.new(current, message, "sha256").hexdigest()
+        return hmac.new(self._session_secret, hashlib.sha256(current).digest() + message, "sha256").hexdigest()
 
     def reload(self) -> None:
         """Re-read the stored key (a running gateway calls this periodically); keeps the last one on failure."""

@@ -4,8 +4,10 @@ Live: every ``poll`` seconds (0.5 by default) the store is read (a cached read u
 process changed it) and the event log's new lines are counted (an :class:`ActivityFeed` thread),
 so a change made anywhere shows within a second. The table keeps its rows and changes only the
 cells that changed; it is a Textual ``DataTable``, which draws only the visible rows, so a pool of
-1,000 accounts scrolls like one of ten. Keys act on the selected account through the library,
-each in a worker thread (a change waits for the pool's lock, never the screen).
+1,000 accounts scrolls like one of ten. Every cell is plain text (``rich.text.Text``), never
+markup: a label or a provider's error message in brackets is shown as it is. Keys act on the
+selected account through the library, each in a worker thread (a change waits for the pool's
+lock, never the screen).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static
@@ -84,12 +87,12 @@ class TopApp(App[None]):
         try:
             accounts = self.pool.accounts()
         except PoolError as e:
-            self.query_one("#message", Static).update(f"cannot read the pool: {e}")
+            self.query_one("#message", Static).update(Text(f"cannot read the pool: {e}"))
             return
         status = pool_status(accounts, now)
         lines = [provider_line(p, now) for p in status["providers"]] or [
             f"no accounts yet in {self.pool.home.path}: add one with `authpool accounts add-key PROVIDER --label NAME`"]
-        self.query_one("#summary", Static).update("\n".join(lines))
+        self.query_one("#summary", Static).update(Text("\n".join(lines)))
         views = [account_view(a, now) for a in sorted(accounts, key=lambda a: (a.provider, a.order, a.label))]
         wanted = [v for v in views if self._shown(v)]
         self._draw([(v["id"], account_cells(v, self.feed.activity, now)) for v in wanted])
@@ -106,7 +109,7 @@ class TopApp(App[None]):
             selected = self.selected_id()
             table.clear()
             for account_id, cells in rows:
-                table.add_row(*cells, key=account_id)
+                table.add_row(*map(Text, cells), key=account_id)
             self._order, self._cells = order, dict(rows)
             if selected in order:
                 table.move_cursor(row=order.index(selected))
@@ -117,7 +120,7 @@ class TopApp(App[None]):
                 continue
             for (title, _), old, new in zip(COLUMNS, before or ("",) * len(cells), cells, strict=True):
                 if old != new:
-                    table.update_cell(account_id, title, new)
+                    table.update_cell(account_id, title, Text(new))
             self._cells[account_id] = cells
 
     def selected_id(self) -> str | None:
@@ -158,7 +161,7 @@ class TopApp(App[None]):
         self.run_worker(work, thread=True, exclusive=False)
 
     def _after_action(self, text: str) -> None:
-        self.query_one("#message", Static).update(text)
+        self.query_one("#message", Static).update(Text(text))
         self.refresh_view()
 
     def action_filter(self) -> None:

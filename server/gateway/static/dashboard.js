@@ -137,6 +137,12 @@ async function poll() {
   }
 }
 
-poll();
-setInterval(poll, 1000);
+// The next poll is asked for a second after the last one ended (never two at once on a slow
+// gateway), and not while the tab is hidden.
+async function loop() {
+  if (!document.hidden) await poll();
+  setTimeout(loop, 1000);
+}
+
+loop();
 setInterval(tick, 1000);
