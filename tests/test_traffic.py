@@ -23,6 +23,7 @@ import httpx2
 import pytest
 
 from authpool import Pool
+from authpool.events import EventFilter, read_events
 from authpool.providers.builtin import BUILTIN_PROVIDERS
 from authpool.server.loopback import LoopbackProvider, LoopbackRequest, LoopbackResponse
 from tests.conftest import LoopbackPool, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
@@ -412,10 +413,11 @@ def test_a_model_scoped_cooldown_is_probed_for_that_model_only(acme: LoopbackPoo
 def test_a_long_lived_process_uses_an_account_again_once_a_cooldown_set_by_another_process_ends(
     acme: LoopbackPool, tmp_path: Path
 ) -> None:
-    """A worker loops on a; the CLI cools a for 1.5 s: the worker moves to b and comes back to a after the deadline."""
+    """A worker loops on a; the CLI cools a for 5 s: the worker moves to b and comes back to a after the deadline."""
 
     def limited(request: LoopbackRequest) -> LoopbackResponse:
-        return LoopbackResponse.error(429, "rate limit exceeded", {"retry-after-ms": "1500"})
+        # Long enough that a busy machine's worker still sends a request or two to b meanwhile.
+        return LoopbackResponse.error(429, "rate limit exceeded", {"retry-after-ms": "5000"})
 
     acme.lp.routes[("POST", "/v1/limited")] = limited
     acme.add_oauth_accounts(2)
@@ -427,7 +429,11 @@ def test_a_long_lived_process_uses_an_account_again_once_a_cooldown_set_by_anoth
         cli = run_cli("request", "acme", "POST", "/v1/limited", "--account", "acme/a", "--json", "{}")
         assert cli.returncode == 1
         assert cli.stderr.strip().splitlines()[-1].startswith("authpool: error: all acme accounts are cooling down")
-        until = acme.account_json("a")["cooldowns"]["*"]["until"]
+        # The deadline as the CLI set it (its cooldown event): read from the pool, a cooldown that
+        # already ended on a slow machine would be gone from the account's view.
+        until = next(e.until for e in read_events(acme.home / "events.jsonl",
+                                                  EventFilter(account="acme/a", kinds=frozenset({"cooldown"}))))
+        assert until is not None
         b_calls = calls(acme.lp, "b")
         wait_for(lambda: calls(acme.lp, "b") > b_calls + 2, "the worker to move to b")
         sleep_until(until)
