@@ -4,14 +4,17 @@ Why SQLite and not the JSON file it replaces: a change rewrote and re-validated 
 so a pool of thousands of accounts paid for all of them on every cooldown, every counter flush
 and every account added (quadratic to build). Here a change writes the rows it changed, in one
 transaction, and a reader fetches only the rows changed since its cached snapshot. SQLite is in
-Python's standard library, atomic, crash-safe (write-ahead log, ``synchronous=FULL``) and
-detects a damaged file. See ``docs/design.md``, "The local store is SQLite".
+Python's standard library, atomic, crash-safe (write-ahead log, flushed before an update returns)
+and detects a damaged file. See ``docs/design.md``, "The local store is SQLite".
 
 - Every change runs under the home's pool lock (:class:`~authpool.storage.lock.Lock`: waiters
   queue in the kernel, in order, unlike SQLite's own sleep-and-retry busy handler) and in one
-  ``BEGIN IMMEDIATE`` transaction: catch up with other processes' commits, apply the caller's
-  change to fresh copies of the rows it names, validate what changed, write only that, commit.
-  Nobody ever writes a snapshot taken earlier over another process's change.
+  ``BEGIN IMMEDIATE`` transaction: read the rows the change names fresh (from the snapshot if no
+  other process committed since, else from the database), apply the caller's change to copies,
+  validate what changed, write only that, commit. Nobody ever writes a snapshot taken earlier
+  over another process's change. The lock is held for the transaction alone: the snapshot after
+  it, and the flush of the log to the disk, come after the lock is let go (and before the update
+  returns), so writers of other processes do not wait for them.
 - Each commit moves a change number (``meta.version``) and stamps the rows it wrote with it;
   removals leave a row in ``removed``. A reader that has a snapshot at change N reads the rows
   stamped after N and derives the next snapshot from its own, reusing every unchanged account.
@@ -66,6 +69,7 @@ LAYOUT_VERSION = 1  # the tables of pool.db; a newer one is refused (see _check_
 _LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: someone keeps deleting it
 _BACKUP_EVERY = 3600.0  # seconds between backups (each copies the whole database)
 _REMOVED_KEPT = 10_000  # change numbers a removal stays visible for; an older snapshot reloads whole
+_IDS_PER_QUERY = 500  # accounts read by id in one query (SQLite allows 32,766 parameters since 3.32)
 
 _TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -175,7 +179,7 @@ class Store:
             LockTimeout, LockLost, StoreCorrupt, StoreVersionError, StoreWriteError: as :meth:`update`.
         """
         wanted = list(dict.fromkeys(ids))
-        return self._transaction(lambda conn, base: self._apply_rows(conn, base, wanted, change))
+        return self._transaction(lambda conn, version: self._apply_rows(conn, version, wanted, change))
 
     def update(self, change: Callable[[PoolFile], T]) -> T:
         """Apply ``change`` to a fresh copy of the whole pool under the lock and save what changed.
@@ -193,13 +197,13 @@ class Store:
             StoreWriteError: the disk refused the write (nothing was written).
             LockLost: the lock file kept being deleted while held (nothing was written).
         """
-        return self._transaction(lambda conn, base: self._apply_whole(conn, base, change))
+        return self._transaction(lambda conn, version: self._apply_whole(conn, self._catch_up(conn), change))
 
     async def aupdate(self, change: Callable[[PoolFile], T]) -> T:
         """:meth:`update` for async callers: waits for the lock in a worker thread."""
         return await anyio.to_thread.run_sync(self.update, change)
 
-    def _transaction(self, body: Callable[[sqlite3.Connection, PoolFile], tuple[T, _Written]]) -> T:
+    def _transaction(self, body: Callable[[sqlite3.Connection, int], tuple[T, _Written]]) -> T:
         deadline = time.monotonic() + self.lock.timeout
         for attempt in range(1, _LOCK_LOST_ATTEMPTS + 1):
             try:
@@ -213,9 +217,10 @@ class Store:
                 log.warning("%s; applying the change again (attempt %d/%d)", e, attempt + 1, _LOCK_LOST_ATTEMPTS)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _locked(self, body: Callable[[sqlite3.Connection, PoolFile], tuple[T, _Written]], timeout: float) -> T:
+    def _locked(self, body: Callable[[sqlite3.Connection, int], tuple[T, _Written]], timeout: float) -> T:
         self.lock.acquire(timeout)
         held = True
+        committed = False
         backup_due = False
         try:
             with self._guard:
@@ -228,18 +233,19 @@ class Store:
                 except sqlite3.DatabaseError as e:
                     raise self._damaged(e) from None
                 try:
-                    base = self._catch_up(conn)
-                    result, written = body(conn, base)
+                    current = _meta_int(conn, "version")
+                    result, written = body(conn, current)
                     if written.empty:
                         conn.execute("ROLLBACK")
                         return result
-                    version = base.revision + 1
+                    version = current + 1
                     written.commit_rows(conn, version)
                     _set_meta(conn, "version", version)
                     if version % 1000 == 0:
                         _prune_removed(conn, version)
                     self.lock.ensure_held()  # a lost lock: another process may be writing too
                     conn.execute("COMMIT")
+                    committed = True
                 except BaseException as e:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
@@ -248,33 +254,68 @@ class Store:
                     if isinstance(e, sqlite3.DatabaseError):
                         raise self._damaged(e) from None
                     raise
-                # Committed: other processes may write now. The version mark is read before they can
-                # (our own commit does not move it), so a later commit of theirs is seen as a change;
-                # deriving our snapshot (a copy of the pool's index: ~2 ms at 10,000 accounts) then
-                # happens outside the pool lock, under this process's guard only.
+                # Committed (written, not yet flushed: see _flush): other processes may write now.
+                # The version mark is read before they can (our own commit does not move it), so a
+                # later commit of theirs is seen as a change. Whatever else is left (the snapshot,
+                # the flush) happens outside the pool lock, so the lock is held for the transaction
+                # alone and the next writer in line goes on meanwhile.
                 mark = _data_version(conn)
                 self.lock.release()
                 held = False
-                try:
-                    self._cache = written.derive(base, version, self._history)
-                except BaseException:
-                    self._cache = None  # never a snapshot without our commit: the next read loads afresh
-                    raise
-                self._data_version = mark
+                self._committed(written, current, mark)
                 backup_due = self._backup_due()
         finally:
             if held:
                 self.lock.release()
+            if committed:
+                self._flush()
         if backup_due:
             self._backup()
         return result
 
-    def _apply_rows(self, conn: sqlite3.Connection, base: PoolFile, ids: list[str],
+    def _committed(self, written: _Written, current: int, mark: int) -> None:
+        """The snapshot after our commit of change ``current + 1`` (under the guard, not the lock)."""
+        cache = self._cache
+        if cache is None or cache.revision != current:
+            # Others committed since our snapshot, and the change read only its own rows: the next
+            # read catches up (their changes and ours, at once), instead of every writer copying
+            # the whole pool's index for each commit it sees.
+            self._data_version = None
+            return
+        try:
+            self._cache = written.derive(cache, current + 1, self._history)
+        except BaseException:
+            self._cache = None  # never a snapshot without our commit: the next read loads afresh
+            raise
+        self._data_version = mark
+
+    def _flush(self) -> None:
+        """Make the last commit durable before the update returns: fsync the write-ahead log.
+
+        SQLite runs with ``synchronous=NORMAL``: a commit is written to the log (so every process
+        sees it, and a killed process loses nothing) but not flushed to the disk, and the log is
+        flushed before each checkpoint, so a power loss can only lose the last commits, never
+        damage the file. The writer flushes the log itself, after letting go of the pool lock and
+        before returning: ``update`` still returns only once its change survives a power loss,
+        but the next writer does not wait for this one's disk flush, and writers flushing at once
+        share one. A later commit is written after ours in the same log (or ours was already
+        checkpointed into the database, flushed), so whoever flushes flushes ours too.
+        """
+        for path in (self.path.with_name(self.path.name + "-wal"), self.path):
+            try:
+                _fsync(path)
+            except FileNotFoundError:
+                continue  # no log (not in WAL mode): the database file itself
+            except OSError as e:
+                raise StoreWriteError(f"could not flush {path} to disk: {e}") from None
+            return
+
+    def _apply_rows(self, conn: sqlite3.Connection, version: int, ids: list[str],
                     change: Callable[[Rows], T]) -> tuple[T, _Written]:
-        originals = {i: a for i in ids if (a := base.get(i)) is not None}
-        rows = Rows({i: a.model_copy(deep=True) for i, a in originals.items()}, dict(base.sessions))
+        originals, sessions = self._fresh_rows(conn, version, ids)
+        rows = Rows({i: _copied(a) for i, a in originals.items()}, dict(sessions))
         result = change(rows)
-        written = _Written(self.path, conn, base)
+        written = _Written()
         for account_id in rows.removed:
             if account_id in originals:
                 written.remove(account_id)
@@ -283,8 +324,41 @@ class Store:
                 written.insert(acc)
             elif account_id in originals:
                 written.maybe_update(originals[account_id], acc)
-        written.sessions(base.sessions, rows.sessions)
+        written.sessions(sessions, rows.sessions)
         return result, written
+
+    def _fresh_rows(self, conn: sqlite3.Connection, version: int,
+                    ids: list[str]) -> tuple[dict[str, Account], dict[str, SessionBinding]]:
+        """The accounts ``ids`` (those that exist) and the session bindings at change ``version``
+        (inside the transaction). From the snapshot if it is current; else the named rows are read
+        (reusing the snapshot's object for a row unchanged since) and the bindings caught up, without
+        deriving a whole snapshot under the lock."""
+        cache = self._cache
+        if cache is None or cache.revision > version:
+            cache = self._catch_up(conn)
+        if cache.revision == version:
+            return {i: a for i in ids if (a := cache.get(i)) is not None}, cache.sessions
+        since = cache.revision
+        found: dict[str, Account] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            chunk = ids[start:start + _IDS_PER_QUERY]
+            marks = ", ".join("?" * len(chunk))
+            for account_id, doc, stamped in conn.execute(
+                    f"SELECT id, doc, changed FROM accounts WHERE id IN ({marks})", chunk):  # noqa: S608 - only ?s
+                kept = cache.get(account_id) if stamped <= since else None
+                found[account_id] = kept if kept is not None else self._account(account_id, doc)
+        originals = {i: found[i] for i in ids if i in found}
+        if since < _meta_int(conn, "removed_floor"):  # which bindings ended is forgotten: read them all
+            return originals, {k: self._session(k, doc) for k, doc in conn.execute("SELECT key, doc FROM sessions")}
+        bound = {k: self._session(k, doc) for k, doc in
+                 conn.execute("SELECT key, doc FROM sessions WHERE changed > ?", (since,))}
+        ended = {k for (k,) in conn.execute(
+            "SELECT key FROM removed WHERE kind = 'session' AND changed > ?", (since,))} - bound.keys()
+        if not bound and not ended:
+            return originals, cache.sessions
+        sessions = {k: v for k, v in cache.sessions.items() if k not in ended}
+        sessions.update(bound)
+        return originals, sessions
 
     def _apply_whole(self, conn: sqlite3.Connection, base: PoolFile,
                      change: Callable[[PoolFile], T]) -> tuple[T, _Written]:
@@ -297,7 +371,7 @@ class Store:
             checked = PoolFile.model_validate(pool.model_dump())
         except ValidationError as e:
             raise InvalidInput(f"change rejected: {validation_summary(e)}") from None
-        written = _Written(self.path, conn, base)
+        written = _Written()
         written.always = True
         after = {a.id: a for a in checked.accounts}
         for account_id in {a.id for a in base.accounts} - after.keys():
@@ -333,7 +407,7 @@ class Store:
         except sqlite3.Error as e:
             raise StoreError(f"cannot open {self.path}: {e}") from None
         try:
-            conn.execute("PRAGMA synchronous=FULL")  # a commit is on disk when it returns
+            conn.execute("PRAGMA synchronous=NORMAL")  # flushed by the writer, outside the lock: _flush
             _check_layout(conn, self.path)
         except sqlite3.OperationalError as e:
             conn.close()
@@ -587,10 +661,7 @@ class Store:
 class _Written:
     """What one transaction writes: rows inserted, updated, removed; sessions; the pool's fields."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, base: PoolFile) -> None:
-        self.path = path
-        self.conn = conn
-        self.base = base
+    def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}  # inserted or updated, validated
         self.inserted: set[str] = set()
         self.removed: set[str] = set()
@@ -670,6 +741,12 @@ class _Written:
         """The snapshot after this transaction, from the one before it (no read)."""
         return base.derive(version, history, self.accounts, self.removed, self.bindings, self.ended,
                            {**self.fields, "schema_version": DOC_SCHEMA} if self.fields is not None else None)
+
+
+def _copied(acc: Account) -> Account:
+    """A copy of a snapshot's account for a change to mutate: rebuilt from its fields, a quarter of
+    the time of ``model_copy(deep=True)`` (``copy.deepcopy``, inside the pool lock)."""
+    return Account.model_validate(acc.model_dump())
 
 
 def _validated(acc: Account, doc: dict[str, Any] | None = None) -> Account:
