@@ -69,6 +69,7 @@ LAYOUT_VERSION = 1  # the tables of pool.db; a newer one is refused (see _check_
 _LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: someone keeps deleting it
 _BACKUP_EVERY = 3600.0  # seconds between backups (each copies the whole database)
 _REMOVED_KEPT = 10_000  # change numbers a removal stays visible for; an older snapshot reloads whole
+_fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 _IDS_PER_QUERY = 500  # accounts read by id in one query (SQLite allows 32,766 parameters since 3.32)
 
 _TABLES = """
@@ -303,7 +304,7 @@ class Store:
         """
         for path in (self.path.with_name(self.path.name + "-wal"), self.path):
             try:
-                _fsync(path)
+                _fsync(path, data_only=True)
             except FileNotFoundError:
                 continue  # no log (not in WAL mode): the database file itself
             except OSError as e:
@@ -844,10 +845,12 @@ def _prune_removed(conn: sqlite3.Connection, version: int) -> None:
         _set_meta(conn, "removed_floor", floor)
 
 
-def _fsync(path: Path) -> None:
+def _fsync(path: Path, *, data_only: bool = False) -> None:
+    """Flush ``path`` to the disk; ``data_only``: its data and what reading it needs (its size), as
+    SQLite itself flushes its log (``fdatasync`` where there is one)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        (_fdatasync if data_only else os.fsync)(fd)
     finally:
         os.close(fd)
 
