@@ -209,3 +209,27 @@ def test_a_pool_file_that_is_not_utf8_is_reported_as_such(home: Path, data: byte
     assert "line 1 column 1" not in str(e.value)
     r = cli("accounts", "list")
     assert r.returncode == 1 and "not UTF-8 text" in r.stderr
+
+
+def test_a_writer_flushing_its_commit_to_disk_holds_no_lock_and_returns_only_after_the_flush(
+        home: Path, tmp_path: Path) -> None:
+    """The pool lock covers the transaction alone: while one process flushes its commit to the disk, its
+    change is already visible and another process's update goes through; its own update returns after."""
+    make_pool_with(home, "a", "b")
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    flushing = start_worker("flush-when", "openai/a", str(ready), str(go))
+    try:
+        wait_until(ready.exists, "the writer to be flushing its commit")
+        assert Pool.open(home).get("openai/a").enabled is False  # committed: every process sees it
+        r = subprocess.run([sys.executable, "-m", "authpool.server.cli", "accounts", "disable", "openai/b"],
+                           capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 0, r.stderr  # not stuck behind the flush
+        assert flushing.poll() is None  # still flushing: its update has not returned
+        go.touch()
+        out, err = flushing.communicate(timeout=60)
+    finally:
+        flushing.kill()
+    assert flushing.returncode == 0, err
+    assert out.strip() == "done"
+    pool = Pool.open(home)
+    assert pool.get("openai/a").enabled is False and pool.get("openai/b").enabled is False

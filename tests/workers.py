@@ -150,6 +150,26 @@ def disable_when(account: str, ready_file: str, go_file: str) -> None:
     print("done", flush=True)
 
 
+def flush_when(account: str, ready_file: str, go_file: str) -> None:
+    """Disable ``account`` with one store update whose flush of the log to the disk stops (creating
+    ``ready_file``) until ``go_file`` exists; prints "done" when the update returns."""
+    from authpool.storage import localstore
+
+    real = localstore._fsync
+
+    def slow_flush(path: object, *, data_only: bool = False) -> None:
+        if data_only:
+            open(ready_file, "a").close()
+            _wait_for(go_file)
+        real(path, data_only=data_only)  # type: ignore[arg-type]
+
+    localstore._fsync = slow_flush  # type: ignore[assignment]
+    pool = Pool.open()
+    pool.store.update_accounts([pool.get(account).id], lambda rows: setattr(rows.accounts[pool.get(account).id],
+                                                                            "enabled", False))
+    print("done", flush=True)
+
+
 def take_turn(lock_file: str, name: str, log_file: str, release_file: str, again: str) -> None:
     """Take the lock at ``lock_file`` (a real flock) and append ``name`` to ``log_file``; print "held".
     Release it once ``release_file`` exists ("-": at once); with ``again`` = "again", ask for it
@@ -255,6 +275,8 @@ if __name__ == "__main__":
         refresh_holding_lock(rest[0], rest[1], rest[2])
     elif command == "disable-when":
         disable_when(rest[0], rest[1], rest[2])
+    elif command == "flush-when":
+        flush_when(rest[0], rest[1], rest[2])
     elif command == "take-turn":
         take_turn(rest[0], rest[1], rest[2], rest[3], rest[4])
     elif command == "add-when":
