@@ -102,6 +102,11 @@ class Home:
 
     @property
     def vault_file(self) -> Path:
+        return self.path / "vault.db"
+
+    @property
+    def legacy_vault_file(self) -> Path:
+        """The vault as authpool wrote it before 0.2's ``vault.db`` (moved in on the first write)."""
         return self.path / "vault.json"
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,8 +34,23 @@ def jsonl(*entries: dict[str, Any] | str) -> str:
 
 def vault_entries(home: Path) -> set[str]:
     """The vault's entry names (service and account id; the values are sealed)."""
-    path = home / "vault.json"
-    return set(json.loads(path.read_text())["entries"]) if path.exists() else set()
+    path = home / "vault.db"
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(path)
+    try:
+        return {entry for (entry,) in conn.execute("SELECT entry FROM entries")}
+    finally:
+        conn.close()
+
+
+def vault_commits(home: Path) -> int:
+    """How many write transactions the vault has committed."""
+    conn = sqlite3.connect(home / "vault.db")
+    try:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0])
+    finally:
+        conn.close()
 
 
 @pytest.fixture
@@ -309,21 +325,12 @@ def test_add_api_keys_checks_every_entry_first_and_names_the_wrong_one_by_positi
     assert [a.label for a in pool.accounts()] == ["existing"] and vault_entries(home) == before
 
 
-def test_add_api_keys_writes_the_vault_once_for_a_thousand_keys(pool: Pool, home: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """1,000 new secrets cost one replace of vault.json (counted at the OS call), then one metadata update."""
-    replaced: list[str] = []
-    real_replace = os.replace
-
-    def counting_replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
-        replaced.append(os.path.basename(os.fspath(dst)))
-        real_replace(src, dst, *args, **kwargs)
-
+def test_add_api_keys_writes_the_vault_once_for_a_thousand_keys(pool: Pool, home: Path) -> None:
+    """1,000 new secrets cost one commit of the vault (its own count of transactions), then one metadata update."""
     keys = [new_key() for _ in range(1000)]
-    with monkeypatch.context() as patched:
-        patched.setattr(os, "replace", counting_replace)
-        added = pool.add_api_keys("openai", [(f"k{i:04d}", k) for i, k in enumerate(keys)])
-    assert replaced.count("vault.json") == 1
+    before = vault_commits(home)
+    added = pool.add_api_keys("openai", [(f"k{i:04d}", k) for i, k in enumerate(keys)])
+    assert vault_commits(home) == before + 1
     assert len(added) == 1000 and [a.label for a in added][:2] == ["k0000", "k0001"]
     fresh = Pool.open(home)
     assert fresh.secret_of(fresh.get("openai/k0999")).api_key == keys[999]

@@ -30,7 +30,7 @@ def test_adding_an_account_for_an_unknown_provider_is_refused_listing_the_known_
     with pytest.raises(ProviderNotFound):
         pool.save_login("nosuchprov", "x", TokenSet.parse(tokens))
     assert pool.accounts() == []
-    assert not (home / "vault.json").exists()  # refused before any secret was stored
+    assert not (home / "vault.db").exists()  # refused before any secret was stored
     # An account whose provider has gone from config.toml (or was added before this check):
     # doctor does not call it healthy.
     _write_config(home, '[providers.gone]\nbase_url = "http://127.0.0.1:9"\n')

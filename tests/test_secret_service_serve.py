@@ -94,4 +94,4 @@ def test_serve_with_the_clients_default_environment_reaches_the_secret_service(
 
         outputs = anyio.run(drive)
         assert_no_secrets([*outputs, errlog.read_text()], [tokens["access_token"], tokens["refresh_token"]])
-        assert not (home / "vault.json").exists()  # nothing quietly went to another store
+        assert not (home / "vault.db").exists()  # nothing quietly went to another store

@@ -304,7 +304,8 @@ def test_no_secret_appears_in_the_pool_file_logs_or_cli_output(home: Path) -> No
     all_secrets = [key, access, refresh, big]
     assert_no_secrets(outputs, all_secrets)
     assert_no_secrets(home_texts(home), all_secrets)
-    assert_no_secrets((home / "vault.json").read_text(), all_secrets)  # encrypted, not plain
+    assert_no_secrets([p.read_bytes().decode(errors="replace") for p in home.glob("vault.db*")],
+                      all_secrets)  # encrypted, not plain
     assert "Traceback" not in "".join(outputs)
 
 
@@ -341,7 +342,7 @@ def test_the_secret_service_is_chosen_recorded_and_shared_by_every_process(
     assert r.returncode == 0, r.stderr
     pool_file = raw_pool(tmp_path / "home")
     assert pool_file["secret_backend"] == "keyring.backends.SecretService.Keyring"
-    assert not (tmp_path / "home" / "vault.json").exists()
+    assert not (tmp_path / "home" / "vault.db").exists()
     r = cli("doctor")
     assert r.returncode == 0 and "SecretService" in r.stdout and "have their secret" in r.stdout, r.stdout
     account_id = pool_file["accounts"][0]["id"]
