@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from authpool.events.event import Event
+from authpool.events.writer import Writer
 from authpool.storage.lock import Lock
 
 __all__ = ["EventFilter", "EventLog", "follow_events", "read_events"]
@@ -64,9 +65,8 @@ class EventLog:
         self.dropped = 0  # events lost because the writer fell behind (or the disk failed)
         self._guard = threading.Lock()
         self._writing = threading.Lock()
-        self._kick = threading.Event()
-        self._writer: threading.Thread | None = None
-        self._stopped = False
+        # A command that exits without closing its pool still logs: closed at exit once in use.
+        self._writer = Writer(self.flush, name="authpool-events", on_start=self._close_at_exit)
         self._failing_since: float | None = None
 
     def emit(self, event: Event) -> None:
@@ -76,22 +76,7 @@ class EventLog:
                 self._pending.popleft()
                 self.dropped += 1
             self._pending.append(event)
-            if self._stopped:
-                return  # after close(): flush() writes it
-            if self._writer is None or not self._writer.is_alive():
-                if self._writer is None:  # a command that exits without closing its pool still logs
-                    atexit.register(_close_at_exit, weakref.ref(self))
-                self._writer = threading.Thread(target=self._write_when_kicked, name="authpool-events", daemon=True)
-                self._writer.start()
-        self._kick.set()
-
-    def _write_when_kicked(self) -> None:
-        while True:
-            self._kick.wait()
-            self._kick.clear()
-            if self._stopped:
-                return
-            self.flush()
+        self._writer.kick()  # after close() it does not: close()'s own flush() writes what is pending
 
     def flush(self) -> None:
         """Write every pending event now (the writer thread does this on its own)."""
@@ -122,14 +107,12 @@ class EventLog:
             if size > self.max_bytes:
                 self._rotate()
 
+    def _close_at_exit(self) -> None:
+        atexit.register(_close_at_exit, weakref.ref(self))
+
     def close(self) -> None:
         """Stop the writer thread (after its current write) and write what is pending."""
-        with self._guard:
-            self._stopped = True
-            writer = self._writer
-        self._kick.set()
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
+        self._writer.stop()
         self.flush()
 
     def _append(self, data: bytes) -> int:

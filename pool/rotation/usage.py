@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from authpool.accounts import transitions
 from authpool.accounts.model import Account, QuotaWindow, Rows
 from authpool.errors import PoolError
+from authpool.events.writer import Writer
 from authpool.rotation.strategy import UsageView
 from authpool.storage.protocols import MetadataStore
 
@@ -53,9 +54,7 @@ class UsageLog:
         self._flushing = threading.Lock()
         self._last_flush = time.monotonic()
         # The writer thread that flushes when a request finds the log due (started on first use).
-        self._writer: threading.Thread | None = None
-        self._kick = threading.Event()
-        self._stopped = False
+        self._writer = Writer(self._flush_logged, name="authpool-usage")
 
     def record(self, account_id: str, status: int, *, quota_resets_at: float | None = None,
                windows: dict[str, QuotaWindow] | None = None) -> None:
@@ -127,35 +126,18 @@ class UsageLog:
     def flush_soon(self) -> None:
         """Flush on this log's writer thread: the request that found the log due does not wait for
         the write (at 10,000 accounts used round-robin, one flush writes a thousand rows)."""
-        with self._guard:
-            stopped = self._stopped
-            if not stopped and (self._writer is None or not self._writer.is_alive()):
-                self._writer = threading.Thread(target=self._write_when_kicked, name="authpool-usage", daemon=True)
-                self._writer.start()
-        if stopped:  # used after close(): write here, as before there was a writer
+        if not self._writer.kick():  # used after close(): write here, as before there was a writer
             self.flush()
-        else:
-            self._kick.set()
 
-    def _write_when_kicked(self) -> None:
-        while True:
-            self._kick.wait()
-            self._kick.clear()
-            if self._stopped:
-                return
-            try:
-                self.flush()
-            except Exception as e:  # noqa: BLE001 - counters are best-effort; the writer must live on
-                log.warning("could not record usage counters: %s", e)
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - counters are best-effort; the writer must live on
+            log.warning("could not record usage counters: %s", e)
 
     def close(self) -> None:
         """Stop the writer thread (after its current write) and flush what is pending."""
-        with self._guard:
-            self._stopped = True
-            writer = self._writer
-        self._kick.set()
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
+        self._writer.stop()
         self.flush()
 
     def flush(self) -> None:
