@@ -174,7 +174,7 @@ def test_metrics_are_prometheus_text_per_account_with_no_secret(
         gateway: Gateway, key: str, pool_with_trouble: LoopbackPool) -> None:
     r = httpx2.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {key}"}, timeout=DEADLINE)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
-    sample = re.compile(r'^[a-z_]+\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\} -?[0-9.e+]+$')
+    sample = re.compile(r'^[a-z_]+(\{([a-z_]+="(?:[^"\\]|\\.)*",?)*\})? -?[0-9.e+]+$')
     for line in r.text.splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
     assert 'authpool_requests_total{provider="acme",account="acme/ready"} 1' in r.text
@@ -182,6 +182,7 @@ def test_metrics_are_prometheus_text_per_account_with_no_secret(
     assert cooling is not None and float(cooling.group(1)) > 500
     assert 'authpool_account_state{provider="acme",account="acme/dead",state="needs-reauth"} 1' in r.text
     assert 'authpool_accounts{provider="acme",state="cooling"} 1' in r.text
+    assert "\nauthpool_events_dropped_total 0\n" in r.text
     assert_no_secrets(r.text, secrets_of(pool_with_trouble, key))
 
 

@@ -249,3 +249,23 @@ def test_a_caller_s_strange_model_name_costs_one_short_ascii_line(tmp_path: Path
     events = list(read_events(path))
     assert [e.outcome for e in events] == ["ok", "ok", "ok", "disabled"] and log.dropped == 0
     assert len(events[2].model or "") <= 200
+
+
+def test_a_writer_that_falls_behind_drops_the_oldest_counts_them_and_warns_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past the pending limit the oldest events go (counted in ``dropped``), with one warning until the
+    writer takes the pending events again; the newest are the ones written."""
+    from authpool.events.log import PENDING_MAX
+
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.close()  # no writer thread: emit only queues, so the overflow is exact
+    with caplog.at_level("WARNING", logger="authpool"):
+        for n in range(PENDING_MAX + 3):
+            log.emit(Event("state", "acme", "acme/a", "id-a", f"e{n}"))
+    assert log.dropped == 3
+    warnings = [r for r in caplog.records if "fell" in r.getMessage()]
+    assert len(warnings) == 1 and "authpool_events_dropped_total" in warnings[0].getMessage()
+    log.flush()
+    outcomes = [e.outcome for e in read_events(path)]
+    assert len(outcomes) == PENDING_MAX and outcomes[0] == "e3" and outcomes[-1] == f"e{PENDING_MAX + 2}"

@@ -63,6 +63,7 @@ class EventLog:
         self._lock_path = lock_path or path.with_name(path.name + ".lock")
         self._pending: deque[Event] = deque()
         self.dropped = 0  # events lost because the writer fell behind (or the disk failed)
+        self._overflowing = False  # dropping since the writer last took the pending events
         self._guard = threading.Lock()
         self._writing = threading.Lock()
         # A command that exits without closing its pool still logs: closed at exit once in use.
@@ -72,10 +73,16 @@ class EventLog:
     def emit(self, event: Event) -> None:
         """Queue ``event`` for the writer thread; returns at once."""
         with self._guard:
-            if len(self._pending) >= PENDING_MAX:
+            overflow = len(self._pending) >= PENDING_MAX
+            if overflow:
                 self._pending.popleft()
                 self.dropped += 1
             self._pending.append(event)
+            first = overflow and not self._overflowing  # one warning until the writer catches up
+            self._overflowing = self._overflowing or overflow
+        if first:
+            log.warning("the event log %s fell %d events behind: the oldest are dropped (counted in "
+                        "authpool_events_dropped_total)", self.path, PENDING_MAX)
         self._writer.kick()  # after close() it does not: close()'s own flush() writes what is pending
 
     def flush(self) -> None:
@@ -84,6 +91,7 @@ class EventLog:
             with self._guard:
                 batch = list(self._pending)
                 self._pending.clear()
+                self._overflowing = False
             if not batch:
                 return
             lines = []

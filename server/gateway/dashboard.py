@@ -201,7 +201,7 @@ def metrics_text(pool: Pool, now: float) -> str:
         out.append(f"# TYPE {name} {kind}")
         for labels, value in rows:
             inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            out.append(f"{name}{{{inner}}} {value:g}")
+            out.append(f"{name}{{{inner}}} {value:g}" if inner else f"{name} {value:g}")
 
     def who(a: Any) -> dict[str, str]:
         return {"provider": a.provider, "account": a.name}
@@ -226,6 +226,9 @@ def metrics_text(pool: Pool, now: float) -> str:
     windows = [({**who(a), "window": name}, w["used_percent"] / 100)
                for a in accounts for name, w in account_view(a, now)["windows"].items()]
     family("authpool_quota_used_ratio", "gauge", "share of a subscription usage window used (0..1)", windows)
+    family("authpool_events_dropped_total", "counter",
+           "events this gateway could not add to the event log (its writer fell behind, or the disk failed)",
+           [({}, float(pool.events.dropped))])
     return "\n".join(out) + "\n"
 
 
