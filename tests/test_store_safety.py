@@ -233,3 +233,16 @@ def test_a_writer_flushing_its_commit_to_disk_holds_no_lock_and_returns_only_aft
     assert out.strip() == "done"
     pool = Pool.open(home)
     assert pool.get("openai/a").enabled is False and pool.get("openai/b").enabled is False
+
+
+def test_a_running_process_writes_into_the_restored_database_not_the_replaced_one(home: Path) -> None:
+    """A process with the pool open while `doctor --restore --force` (another process) puts the backup in
+    place: its next change lands in the restored pool.db, where every other process sees it, and its reads
+    follow the new file too."""
+    running = make_pool_with(home, "a", "b")
+    assert len(running.accounts()) == 2  # its connection is open on the current pool.db
+    r = cli("doctor", "--restore", "--force")
+    assert r.returncode == 0, r.stdout + r.stderr
+    running.add_api_key("openai", "after", KEYS["a"])
+    assert [a.label for a in Pool.open(home).accounts()] == ["after"]  # the backup was taken before a and b
+    assert [a.label for a in running.accounts()] == ["after"]

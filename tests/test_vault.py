@@ -9,6 +9,7 @@ secret missing.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import sqlite3
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from keyring.errors import PasswordDeleteError
 
 from authpool.errors import SecretBackendLocked, SecretError
 from authpool.storage.vault import VaultKeyring
@@ -75,7 +77,7 @@ def test_an_older_vault_json_is_read_until_the_first_write_moves_it_into_vault_d
     assert vault.get_password(SERVICE, "acc1") == "sk-legacy-one"
     assert not (home / "vault.db").exists()  # reading moves nothing
     vault.set_password(SERVICE, "acc3", "sk-new-three")
-    assert (home / "vault.db").exists() and not (home / "vault.json").exists()
+    assert (home / "vault.db").exists() and json.loads((home / "vault.json").read_text())["moved_to"] == "vault.db"
     assert (home / "vault.json.moved").exists()
     assert (home / "vault.db").stat().st_mode & 0o777 == 0o600
     for user, value in {"acc1": "sk-legacy-one", "acc2": "lprt-legacy-two", "acc3": "sk-new-three"}.items():
@@ -169,3 +171,57 @@ def test_a_symlinked_vault_db_is_refused(tmp_path: Path) -> None:
     (home / "vault.db").symlink_to(elsewhere)
     with pytest.raises(SecretError, match="symbolic link"):
         VaultKeyring(home).get_password(SERVICE, "acc")
+
+
+def test_deleting_a_secret_that_is_not_there_leaves_the_vault_writable_by_everyone(tmp_path: Path) -> None:
+    """A delete of a missing entry (routine: removing an account whose secret never landed) raises, and
+    rolls back: this process and another one can still write (a rotated token must always be storable)."""
+    home = tmp_path / "home"
+    vault = VaultKeyring(home)
+    vault.set_password(SERVICE, "acc", "sk-first")
+    with pytest.raises(PasswordDeleteError):
+        vault.delete_password(SERVICE, "never-stored")
+    code = ("import sys, pathlib; from authpool.storage.vault import VaultKeyring; "
+            "VaultKeyring(pathlib.Path(sys.argv[1])).set_password('authpool', 'acc', 'lprt-rotated')")
+    r = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, cwd=REPO,
+                       timeout=60, env={**os.environ, "PYTHONPATH": str(REPO), "AUTHPOOL_LOCK_TIMEOUT": "20"})
+    assert r.returncode == 0, r.stderr
+    vault.set_password(SERVICE, "other", "sk-other")
+    assert vault.get_password(SERVICE, "acc") == "lprt-rotated"
+
+
+def _vault_before_vault_db(tmp_path: Path) -> type:
+    """authpool's vault class as it was before vault.db (from the repository's history), reading vault.json."""
+    source = subprocess.run(["git", "show", f"{VAULT_JSON_COMMIT}:pool/storage/vault.py"], capture_output=True,
+                            text=True, cwd=REPO, timeout=60)
+    if source.returncode != 0:
+        pytest.skip(f"the repository's history does not reach {VAULT_JSON_COMMIT} (a shallow clone)")
+    path = tmp_path / "vault_before_vault_db.py"
+    path.write_text(source.stdout)
+    spec = importlib.util.spec_from_file_location("vault_before_vault_db", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cls: type = module.VaultKeyring
+    return cls
+
+
+VAULT_JSON_COMMIT = "7a08b52"  # the last commit whose vault was vault.json
+
+
+def test_an_older_authpool_still_running_after_the_move_fails_closed_instead_of_losing_tokens(tmp_path: Path) -> None:
+    """A server started before the upgrade, still running the old code: after the move it neither reads every
+    secret as missing nor writes a rotated token where nobody reads it; it says to upgrade."""
+    home = tmp_path / "home"
+    old_class = _vault_before_vault_db(tmp_path)
+    old = old_class(home)
+    old.path = home / "vault.json"  # its home knew the vault only as vault.json
+    old.set_password(SERVICE, "alice", "lprt-one")
+    assert old.get_password(SERVICE, "alice") == "lprt-one"
+    VaultKeyring(home).set_password(SERVICE, "bob", "sk-bob")  # the upgraded CLI's first write: the move
+    with pytest.raises(SecretError, match="upgrade authpool"):
+        old.get_password(SERVICE, "alice")
+    with pytest.raises(SecretError, match="upgrade authpool"):
+        old.set_password(SERVICE, "alice", "lprt-two")
+    assert read_in_another_process(home, "alice") == "lprt-one"
+    assert json.loads((home / "vault.json.moved").read_text())["entries"]  # the old entries, kept

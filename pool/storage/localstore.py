@@ -70,6 +70,7 @@ _LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: som
 _BACKUP_EVERY = 3600.0  # seconds between backups (each copies the whole database)
 _REMOVED_KEPT = 10_000  # change numbers a removal stays visible for; an older snapshot reloads whole
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+_IDENTITY_EVERY = 0.5  # seconds between a reader's looks at whether pool.db was replaced
 _IDS_PER_QUERY = 500  # accounts read by id in one query (SQLite allows 32,766 parameters since 3.32)
 
 _TABLES = """
@@ -112,6 +113,9 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._cache: PoolFile | None = None
         self._data_version: int | None = None  # PRAGMA data_version when the cache was current
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the pool.db the connection has open
+        self._identity_checked = 0.0  # monotonic time of the last look at the path (reads look twice a second)
+        self._dir_flushed = False  # the home directory flushed since the connection opened (its -wal entry)
         self._legacy: tuple[tuple[int, int, int], PoolFile] | None = None
         self._history = ChangeLog()
 
@@ -305,6 +309,9 @@ class Store:
         for path in (self.path.with_name(self.path.name + "-wal"), self.path):
             try:
                 _fsync(path, data_only=True)
+                if not self._dir_flushed:  # the log's name in the directory, once per connection
+                    fsync_dir(self.path.parent)
+                    self._dir_flushed = True
             except FileNotFoundError:
                 continue  # no log (not in WAL mode): the database file itself
             except OSError as e:
@@ -395,7 +402,12 @@ class Store:
         ``create`` (only under the pool lock): make the database, moving ``pool.json`` into it.
         """
         if self._conn is not None:
-            return self._conn
+            if not self._replaced(exact=create):
+                return self._conn
+            # `doctor --restore` put another pool.db in place (or it was deleted): commits to the
+            # file this connection has open would reach nobody. Open the one at the path.
+            log.warning("%s was replaced since this process opened it; opening it again", self.path)
+            self._close()
         if self.path.is_symlink():
             raise self._symlink_refused()
         if not self.path.exists():
@@ -403,9 +415,11 @@ class Store:
                 return None
             self._create()
         try:
-            conn = sqlite3.connect(self.path, timeout=self.lock.timeout, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as e:
+            # mode=rw: never create an empty file if it went away since exists() (refused as damaged after)
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=self.lock.timeout,
+                                   isolation_level=None, check_same_thread=False)
+            st = os.stat(self.path)
+        except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open {self.path}: {e}") from None
         try:
             conn.execute("PRAGMA synchronous=NORMAL")  # flushed by the writer, outside the lock: _flush
@@ -420,7 +434,22 @@ class Store:
             conn.close()
             raise
         self._conn = conn
+        self._identity, self._identity_checked = (st.st_dev, st.st_ino), time.monotonic()
+        self._dir_flushed = False
         return conn
+
+    def _replaced(self, *, exact: bool) -> bool:
+        """Whether ``pool.db`` at the path is no longer the file this process's connection has open.
+        Writers look every time (under the lock), readers at most twice a second."""
+        now = time.monotonic()
+        if not exact and now - self._identity_checked < _IDENTITY_EVERY:
+            return False
+        self._identity_checked = now
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (st.st_dev, st.st_ino) != self._identity
 
     def _catch_up(self, conn: sqlite3.Connection) -> PoolFile:
         """Bring the cache up to the database's change number (inside a transaction); returns it."""

@@ -16,7 +16,8 @@ disk before a write returns), written under the vault's lock in one transaction 
 added to a vault of 10,000 costs what it costs in a vault of 10. (Until 0.2 the vault was
 ``vault.json``, rewritten whole on every change: 40 ms at 10,000 entries, growing with them. Such a
 file is read until the first write, which builds ``vault.db`` from it, puts it in place, and only
-then moves the file aside as ``vault.json.moved``, so a reader never finds a secret missing.)
+then copies the file to ``vault.json.moved`` and leaves a marker in ``vault.json`` that an older
+authpool still running refuses with "upgrade authpool": a reader never finds a secret missing.)
 
 The security of the key-file mode is that of the file's permissions, like an SSH key without a
 passphrase: it protects against other users and against secrets ending up in backups of the
@@ -68,7 +69,7 @@ class VaultKeyring(KeyringBackend):
         self._lock = Lock(self._home.lock_file("vault"))
         self._conn: sqlite3.Connection | None = None
         self._kept_header: dict[str, Any] | None = None
-        self._legacy_cache: tuple[tuple[int, int, int], dict[str, Any]] | None = None
+        self._legacy_cache: tuple[tuple[int, int, int], dict[str, Any] | None] | None = None
         self._key: bytes | None = None
         self._guard = threading.RLock()
         self._pending = threading.local()  # this thread's batch: its open transaction
@@ -212,8 +213,9 @@ class VaultKeyring(KeyringBackend):
                 return None
             self._create()
         try:
-            conn = sqlite3.connect(self.path, timeout=self._lock.timeout, isolation_level=None,
-                                   check_same_thread=False)
+            # mode=rw: never create an empty file if it went away since exists() (refused as damaged after)
+            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=self._lock.timeout,
+                                   isolation_level=None, check_same_thread=False)
         except sqlite3.Error as e:
             raise SecretError(f"cannot open the vault {self.path}: {e}") from None
         try:
@@ -234,8 +236,13 @@ class VaultKeyring(KeyringBackend):
 
     def _create(self) -> None:
         """Make ``vault.db`` (under the vault lock) from ``vault.json`` if there is one: built aside,
-        renamed into place whole, and only then ``vault.json`` moved aside (``vault.json.moved``)."""
-        legacy = self._legacy()
+        renamed into place whole; only then is ``vault.json`` copied to ``vault.json.moved`` and
+        replaced by a marker (see :data:`_MOVED`)."""
+        try:
+            raw: bytes | None = self.legacy_path.read_bytes()  # afresh, under the lock: not the cached read
+        except FileNotFoundError:
+            raw = None
+        legacy = self._parse(raw) if raw is not None else None
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -268,8 +275,9 @@ class VaultKeyring(KeyringBackend):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if legacy is not None:
-            os.replace(self.legacy_path, self.legacy_path.with_name(self.legacy_path.name + ".moved"))
+        if legacy is not None and raw is not None:
+            write_atomic(self.legacy_path.with_name(self.legacy_path.name + ".moved"), raw)
+            write_atomic(self.legacy_path, _MOVED)
 
     def _legacy(self) -> dict[str, Any] | None:
         """An older authpool's ``vault.json``, parsed (cached by the file's identity); None if absent."""
@@ -285,11 +293,14 @@ class VaultKeyring(KeyringBackend):
         self._legacy_cache = (sig, doc)
         return doc
 
-    def _parse(self, data: bytes) -> dict[str, Any]:
+    def _parse(self, data: bytes) -> dict[str, Any] | None:
+        """``vault.json`` parsed; None for the marker a move into ``vault.db`` leaves."""
         try:
             doc = json.loads(data)
         except ValueError:
             doc = None
+        if isinstance(doc, dict) and doc.get("moved_to") == "vault.db":
+            return None
         if not isinstance(doc, dict) or not isinstance(doc.get("entries"), dict):
             raise SecretError(f"the vault {self.legacy_path} is damaged and cannot be read")
         if doc.get("version", 0) > _VERSION:
@@ -334,7 +345,11 @@ class VaultKeyring(KeyringBackend):
             conn = self._connection(create=True)
             assert conn is not None  # noqa: S101 - create=True
             batch = self._begin(conn)
-            change(batch)
+            try:
+                change(batch)
+            except BaseException:
+                batch.rollback()  # never leave the shared connection inside a transaction (it holds the write lock)
+                raise
             batch.commit()
 
     def _begin(self, conn: sqlite3.Connection) -> _Batch:
@@ -468,6 +483,13 @@ def _decode_key(text: str) -> bytes | None:
 
 
 _LAYOUT = 1  # of vault.db; a newer one is refused with "upgrade authpool"
+# What vault.json holds once its entries moved into vault.db. An authpool from before the move, still
+# running (a server started before the upgrade), refuses a vault of a newer version: it fails with
+# "upgrade authpool" instead of reading every secret as missing (and writing the next rotated
+# refresh token into a vault.json nobody reads any more, which would log its user out).
+_MOVED = (json.dumps({"version": 2, "entries": {}, "moved_to": "vault.db",
+                      "note": "the secrets are in vault.db; this authpool is too old to read it: upgrade authpool"},
+                     indent=1) + "\n").encode()
 _TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE entries (entry TEXT PRIMARY KEY, sealed TEXT NOT NULL) WITHOUT ROWID;
