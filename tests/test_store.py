@@ -212,7 +212,8 @@ def test_a_home_of_an_older_authpool_moves_into_pool_db_on_the_first_write_and_k
     assert [a.label for a in older.accounts()] == ["a", "b"]
     assert not home.joinpath("pool.db").exists(), "reading moves nothing"
     older.set_enabled("openai/b", False)
-    assert home.joinpath("pool.json.moved").read_text() == legacy and not home.joinpath("pool.json").exists()
+    assert home.joinpath("pool.json.moved").read_text() == legacy
+    assert json.loads(home.joinpath("pool.json").read_text())["moved_to"] == "pool.db"  # the marker
     moved = raw_pool(home)
     assert [(a["label"], a["enabled"]) for a in moved["accounts"]] == [("a", True), ("b", False)]
     assert older.secret_of(older.get("openai/a")).api_key == KEYS_SEEN["a"]

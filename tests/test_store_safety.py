@@ -14,8 +14,11 @@ from typing import Any
 
 import pytest
 
-from authpool import Pool, StoreCorrupt
+from authpool import Home, Pool, StoreCorrupt
+from authpool.accounts.model import Account
+from authpool.errors import StoreVersionError
 from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
+from tests.history import module_at
 
 KEYS = {label: f"sk-test-safety-{label}-5f0c7e1d9a2b" for label in ("a", "b")}
 PIPED_KEY = "sk-test-safety-piped-3e8d1c0b"  # given on stdin to commands that fail
@@ -246,3 +249,25 @@ def test_a_running_process_writes_into_the_restored_database_not_the_replaced_on
     running.add_api_key("openai", "after", KEYS["a"])
     assert [a.label for a in Pool.open(home).accounts()] == ["after"]  # the backup was taken before a and b
     assert [a.label for a in running.accounts()] == ["after"]
+
+
+POOL_JSON_COMMIT = "b933724"  # the last commit whose store was pool.json
+
+
+def test_an_older_authpool_still_running_after_the_pool_moves_into_pool_db_fails_closed(home: Path,
+                                                                                      tmp_path: Path) -> None:
+    """A server started before the upgrade, still running the pool.json store: after the move it neither
+    serves an empty pool nor writes a pool.json nobody reads; it says to upgrade."""
+    old_store = module_at(POOL_JSON_COMMIT, "pool/storage/filestore.py", tmp_path).Store(Home.open(home))
+    acc = Account.model_validate({"id": "a1b2c3d4", "provider": "openai", "label": "kept", "kind": "api_key"})
+    old_store.update(lambda p: p.accounts.append(acc))
+    assert [a.label for a in old_store.read().accounts] == ["kept"]
+    Pool.open(home).store.update_accounts(["a1b2c3d4"], lambda rows: setattr(rows.get("a1b2c3d4"), "enabled", False))
+    with pytest.raises(StoreVersionError):
+        old_store.read()
+    with pytest.raises(StoreVersionError):
+        old_store.update(lambda p: p.accounts.clear())
+    assert Pool.open(home).get("openai/kept").enabled is False
+    assert json.loads((home / "pool.json.moved").read_text())["accounts"][0]["label"] == "kept"
+    r = cli("doctor")
+    assert "no longer read" not in r.stdout, r.stdout  # the marker is not an older authpool's pool.json

@@ -583,7 +583,7 @@ def test_a_version_1_pool_file_is_read_and_upgraded_on_the_first_write_keeping_e
         assert {k: new[k] for k in old} == old
         assert (new["probation"], new["quota_resets_at"]) == (False, None)
     assert (home / "pool.json.moved").read_bytes() == v1_bytes
-    assert not (home / "pool.json").exists()
+    assert json.loads((home / "pool.json").read_text())["moved_to"] == "pool.db"  # what an older authpool refuses
 
     pool = Pool.open(home)
     assert [a.name for a in pool.accounts()] == ["anthropic/work", "openai/personal"]

@@ -9,7 +9,6 @@ secret missing.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import sqlite3
@@ -24,6 +23,7 @@ from keyring.errors import PasswordDeleteError
 from authpool.errors import SecretBackendLocked, SecretError
 from authpool.storage.vault import VaultKeyring
 from tests.conftest import REPO, assert_no_secrets
+from tests.history import module_at
 
 SERVICE = "authpool"
 
@@ -190,22 +190,6 @@ def test_deleting_a_secret_that_is_not_there_leaves_the_vault_writable_by_everyo
     assert vault.get_password(SERVICE, "acc") == "lprt-rotated"
 
 
-def _vault_before_vault_db(tmp_path: Path) -> type:
-    """authpool's vault class as it was before vault.db (from the repository's history), reading vault.json."""
-    source = subprocess.run(["git", "show", f"{VAULT_JSON_COMMIT}:pool/storage/vault.py"], capture_output=True,
-                            text=True, cwd=REPO, timeout=60)
-    if source.returncode != 0:
-        pytest.skip(f"the repository's history does not reach {VAULT_JSON_COMMIT} (a shallow clone)")
-    path = tmp_path / "vault_before_vault_db.py"
-    path.write_text(source.stdout)
-    spec = importlib.util.spec_from_file_location("vault_before_vault_db", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cls: type = module.VaultKeyring
-    return cls
-
-
 VAULT_JSON_COMMIT = "7a08b52"  # the last commit whose vault was vault.json
 
 
@@ -213,7 +197,7 @@ def test_an_older_authpool_still_running_after_the_move_fails_closed_instead_of_
     """A server started before the upgrade, still running the old code: after the move it neither reads every
     secret as missing nor writes a rotated token where nobody reads it; it says to upgrade."""
     home = tmp_path / "home"
-    old_class = _vault_before_vault_db(tmp_path)
+    old_class = module_at(VAULT_JSON_COMMIT, "pool/storage/vault.py", tmp_path).VaultKeyring
     old = old_class(home)
     old.path = home / "vault.json"  # its home knew the vault only as vault.json
     old.set_password(SERVICE, "alice", "lprt-one")

@@ -54,7 +54,32 @@ def read_legacy(path: Path) -> PoolFile | None:
         return None
     except OSError as e:
         raise StoreError(f"cannot read {path}: {e.strerror}") from e
-    return parse_legacy(path, data)
+    try:
+        return parse_legacy(path, data)
+    except MovedToDatabase:
+        return None
+
+
+# What pool.json holds once the pool moved into pool.db: a pool of a schema no authpool reads.
+# An authpool from before pool.db, still running (a server started before the upgrade), refuses it
+# with "upgrade authpool" instead of finding the file gone and serving an empty pool, or writing a
+# new pool.json nobody reads (its renewals would then bump no generation a newer process sees).
+MOVED_MARKER = (json.dumps({"schema_version": 1_000_000, "moved_to": "pool.db",
+                            "note": "the pool is in pool.db; this authpool is too old to read it: upgrade authpool"},
+                           indent=1) + "\n").encode()
+
+
+class MovedToDatabase(Exception):  # a signal between two functions of this module, never raised out
+    """``pool.json`` is the marker a move into ``pool.db`` leaves."""
+
+
+def is_moved_marker(path: Path) -> bool:
+    """Whether ``path`` is the marker a move into ``pool.db`` leaves."""
+    try:
+        raw = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and raw.get("moved_to") == "pool.db"
 
 
 def parse_legacy(path: Path, data: bytes) -> PoolFile:
@@ -82,6 +107,8 @@ def parse_legacy(path: Path, data: bytes) -> PoolFile:
         raise StoreCorrupt(path, "JSON nested too deeply", backup_found) from None
     if not isinstance(raw, dict):
         raise StoreCorrupt(path, "top level is not a JSON object", backup_found)
+    if raw.get("moved_to") == "pool.db":
+        raise MovedToDatabase(path)
     version = raw.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise StoreCorrupt(path, "missing or invalid schema_version", backup_found)

@@ -55,8 +55,8 @@ from authpool.errors import (
     StoreWriteError,
 )
 from authpool.home import FILE_MODE, Home
-from authpool.storage.atomicfile import fsync_dir
-from authpool.storage.legacy import extras_too_deep, read_legacy, validation_summary
+from authpool.storage.atomicfile import fsync_dir, write_atomic
+from authpool.storage.legacy import MOVED_MARKER, extras_too_deep, read_legacy, validation_summary
 from authpool.storage.lock import DEFAULT_TIMEOUT, Lock
 
 __all__ = ["LAYOUT_VERSION", "Store"]
@@ -571,7 +571,8 @@ class Store:
                 os.unlink(tmp)
         if legacy is not None:
             moved = self.legacy_path.with_name(self.legacy_path.name + ".moved")
-            os.replace(self.legacy_path, moved)
+            write_atomic(_unused(moved), self.legacy_path.read_bytes())  # the old file kept...
+            write_atomic(self.legacy_path, MOVED_MARKER)  # ...and the marker in its place (see MOVED_MARKER)
             log.info("moved the pool from %s into %s (the old file is kept as %s)", self.legacy_path, self.path,
                      moved)
 

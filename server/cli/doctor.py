@@ -16,6 +16,7 @@ from authpool.accounts.secret import Secret
 from authpool.auth.linked import changed_since
 from authpool.providers import Providers
 from authpool.server.cli.errors import UsageError
+from authpool.storage.legacy import is_moved_marker
 from authpool.storage.protocols import SecretBackend
 from authpool.storage.selection import open_team_store, store_url
 
@@ -107,7 +108,7 @@ def _local_checks(home: Home, providers: Providers | None, restore: bool,
     else:
         detail = f"{store.path} does not exist yet (created on first change)"
     out.append(Finding(what, "ok", detail))
-    if exists and home.pool_file.exists():
+    if exists and home.pool_file.exists() and not is_moved_marker(home.pool_file):
         out.append(Finding("pool file", "warn", f"{home.pool_file} is no longer read (the pool lives in {store.path} "
                                                 "now); an older authpool still running may have written it"))
     if providers is not None:
