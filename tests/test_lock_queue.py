@@ -231,3 +231,111 @@ def test_the_queue_file_is_private_and_kept(lock_file: Path) -> None:
     assert queue.exists() and lock_file.exists()
     assert queue.stat().st_mode & 0o777 == 0o600
     assert lock_file.read_text().startswith(f"pid {os.getpid()} ")
+
+
+FORK_INSIDE = """
+import os, sys, time
+from pathlib import Path
+from authpool import LockTimeout
+from authpool.storage.lock import Lock
+lock = Lock(Path(sys.argv[1]), timeout=5)
+lock.acquire()
+pid = os.fork()
+if pid == 0:
+    lock.release()  # the child leaves the locked section too: that must let go of nothing of the parent's
+    try:
+        Lock(Path(sys.argv[1]), timeout=0).acquire()
+        os._exit(3)  # took the lock while the parent holds it
+    except LockTimeout:
+        os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status), flush=True)
+print("holding", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_child_forked_inside_the_lock_never_takes_it_and_never_lets_it_go(lock_file: Path) -> None:
+    """A fork while holding the lock: the child's release lets go of nothing of the parent's, the child
+    cannot take the lock through a descriptor it inherited, and the parent still holds it after."""
+    holder = subprocess.Popen([sys.executable, "-c", FORK_INSIDE, str(lock_file)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "child 0"
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(LockTimeout):  # still the parent's, for every other process too
+            Lock(lock_file, timeout=0).acquire()
+    finally:
+        holder.kill()
+        holder.communicate(timeout=DEADLINE)
+    with Lock(lock_file, timeout=DEADLINE):  # and its death let it go
+        pass
+
+
+FORK_THEN_DIE = """
+import os, sys, time
+from pathlib import Path
+from authpool.storage.lock import Lock
+lock = Lock(Path(sys.argv[1]), timeout=5)
+lock.acquire(); lock.release()  # a kept descriptor and a kept node
+child = os.fork()
+if child == 0:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # not the test's pipes: it waits for its holder's output only
+    os.dup2(null, 2)
+    time.sleep(600)  # a long-lived child that never execs
+    os._exit(0)
+lock.acquire()
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_goes_when_its_holder_dies_even_with_a_child_it_forked_still_alive(lock_file: Path) -> None:
+    """A process forks a long-lived child, takes the lock and is killed: the child's copies of the
+    parent's kept descriptors were closed at the fork, so the lock is free at once for the next process."""
+    holder = subprocess.Popen([sys.executable, "-c", FORK_THEN_DIE, str(lock_file)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=REPO)
+    child = 0
+    try:
+        assert holder.stdout is not None
+        child = int(holder.stdout.readline())
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=DEADLINE)
+        with Lock(lock_file, timeout=DEADLINE):  # lined up: waits on the dead holder's node, then the lock file
+            pass
+        with Lock(lock_file, timeout=0):  # and the lock file alone
+            pass
+    finally:
+        holder.kill()
+        if child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+
+
+def test_a_replaced_lock_file_does_not_fail_a_zero_timeout_while_nobody_holds_it(lock_file: Path) -> None:
+    """The descriptors this process keeps of the lock file point at the old file once it is replaced:
+    ``timeout=0`` moves on to the file at the path instead of reporting a holder that is not there."""
+    for _ in range(3):  # every kept descriptor in use at once would be 2: keep some
+        with Lock(lock_file, timeout=0):
+            pass
+    replacement = lock_file.with_name("replacement")
+    replacement.write_text("")
+    os.replace(replacement, lock_file)
+    with Lock(lock_file, timeout=0):
+        pass
+
+
+def test_a_lock_granted_and_then_interrupted_is_let_go(lock_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the moment after the lock is granted (the sweep of the line on a first acquisition):
+    acquire raises, and nothing keeps the lock for a caller who never got it."""
+    def interrupted(self: Lock) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Lock, "_sweep", interrupted)
+    fresh = lock_file.with_name("fresh.lock")  # this process's first acquisition of it: it sweeps
+    with pytest.raises(KeyboardInterrupt):
+        Lock(fresh, timeout=5).acquire()
+    r = run_worker("take-turn", str(fresh), "other", str(lock_file.with_name("turns")), "-", "once", timeout=DEADLINE)
+    assert r.returncode == 0, r.stderr

@@ -185,6 +185,14 @@ class _Spare:
         if old is not None and old[0] == os.getpid():
             os.close(old[2])
 
+    def after_fork(self) -> None:
+        """In a forked child: close the child's copy of the parent's node (see _after_fork_in_child)."""
+        self._guard = threading.Lock()
+        node, self._node = self._node, None
+        if node is not None:
+            with contextlib.suppress(OSError):
+                os.close(node[2])
+
 
 _spares: dict[str, _Spare] = {}
 
@@ -227,6 +235,14 @@ class _Descriptors:
                 return
         os.close(fd)
 
+    def after_fork(self) -> None:
+        """In a forked child: close the child's copies of the parent's descriptors."""
+        self._guard = threading.Lock()
+        free, self._free = self._free, []
+        for _, fd in free:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
 
 _descriptors: dict[str, _Descriptors] = {}
 
@@ -256,6 +272,7 @@ class _Turn:
         self.before: int | None = None  # the node of the one before us in line, until it lets go
         self.passed: str | None = None  # the node we waited on: deleted once we are done
         self.mutex: int | None = None  # the lock file, once locked
+        self.pid = os.getpid()  # a turn inherited across a fork is the parent's: see finish
         self._lined_up = not in_line  # not in line: timeout=0 takes the lock file or nothing
 
     def advance(self, *, block: bool, wanted: Callable[[], bool] = lambda: True) -> bool:
@@ -343,6 +360,15 @@ class _Turn:
     def finish(self, *, keep: bool = False) -> None:
         """Let go of everything: the lock file if ours, then our node (the next in line goes on).
         With ``keep``, our node stays open as this process's spare for its next turn."""
+        if self.pid != os.getpid():
+            # Inherited across a fork (a fork inside `with lock:`): the flocks are the parent's, on
+            # descriptions the parent shares; unlocking here would let go of the parent's lock.
+            for fd in (self.mutex, self.before, self.node):
+                if fd is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+            self.mutex = self.before = self.node = None
+            return
         try:
             if self.mutex is not None:
                 mutex, self.mutex = self.mutex, None
@@ -390,6 +416,11 @@ class _Helpers:
             threading.Thread(target=self._serve, args=(jobs,), name=name, daemon=True).start()
         jobs.put(lambda: self._named(job, name))
 
+    def after_fork(self) -> None:
+        """In a forked child: none of the parent's threads exist here."""
+        self._guard = threading.Lock()
+        self._pid, self._idle = os.getpid(), []
+
     @staticmethod
     def _named(job: Callable[[], None], name: str) -> None:
         threading.current_thread().name = name
@@ -409,6 +440,27 @@ class _Helpers:
 
 
 _helpers = _Helpers()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (``os.fork``, multiprocessing's ``fork``) starts with none of its parent's lock
+    state. Its copies of the parent's kept descriptors are closed: closing a copy never lets go of
+    the parent's flock (a flock belongs to the open file description, which the parent still has
+    open), whereas keeping them would let the child lock through the parent's description (both
+    would "hold" the lock) and keep the parent's lock alive after the parent dies. Guards and
+    thread locks are made afresh, since another thread of the parent may have held one at the fork."""
+    global _registry_guard  # noqa: PLW0603 - module state, replaced once in a new process
+    _registry_guard = threading.Lock()
+    _thread_locks.clear()
+    for spare in _spares.values():
+        spare.after_fork()
+    for descriptors in _descriptors.values():
+        descriptors.after_fork()
+    _helpers.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Waiter:
@@ -483,7 +535,7 @@ class Lock:
         self.queue_path = path.with_name(path.name + ".queue")
         # The line's node files, one per acquisition in line or holding.
         self.line_dir = path.with_name(path.name + ".line")
-        self._thread_lock = _thread_lock(path)
+        self._thread_lock = _thread_lock(path)  # looked up again at each acquisition (a fork makes new ones)
         self.spare = _spare(path)
         self.descriptors = _descriptors_of(path)
         self._turn: _Turn | None = None  # while held
@@ -493,37 +545,46 @@ class Lock:
         """Block until held, or raise :class:`LockTimeout` (``timeout`` defaults to the lock's own)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
-        if not self._thread_lock.acquire(timeout=max(0.0, timeout)):
+        thread_lock = _thread_lock(self.path)
+        if not thread_lock.acquire(timeout=max(0.0, timeout)):
             raise LockTimeout(self.path, timeout, f"another thread of this process (pid {os.getpid()})")
         try:
             turn = self._try_now() if timeout <= 0 else self._wait_turn(deadline)
             if turn is None:
                 raise LockTimeout(self.path, timeout, _describe_holder(self.path))
-            assert turn.mutex is not None  # noqa: S101 - a granted turn holds the lock file
-            st = os.fstat(turn.mutex)
-            self._turn, self._identity = turn, (st.st_dev, st.st_ino)
-            _record_holder(turn.mutex)
-            if _count(self.path) % _SWEEP_EVERY == 1:  # a process's first acquisition, then now and then
-                self._sweep()
+            try:
+                assert turn.mutex is not None  # noqa: S101 - a granted turn holds the lock file
+                st = os.fstat(turn.mutex)
+                self._turn, self._identity, self._thread_lock = turn, (st.st_dev, st.st_ino), thread_lock
+                with contextlib.suppress(OSError):  # who holds it is for messages only (a full disk)
+                    _record_holder(turn.mutex)
+                if _count(self.path) % _SWEEP_EVERY == 1:  # a process's first acquisition, then now and then
+                    self._sweep()
+            except BaseException:
+                # Granted, then failed (Ctrl-C in the sweep): never keep a lock nobody will release.
+                self._turn = self._identity = None
+                turn.finish(keep=True)
+                raise
         except BaseException:
-            self._thread_lock.release()
+            thread_lock.release()
             raise
 
     def _try_now(self) -> _Turn | None:
         """``timeout=0``: the lock file if it is free now, without lining up (nobody may wait on us)."""
-        fd = self.descriptors.take()
-        try:
-            if _flock(fd, block=False):
+        for _ in range(_Descriptors._KEPT + 1):  # kept descriptors of a replaced file, then a fresh one
+            fd = self.descriptors.take()
+            try:
+                if not _flock(fd, block=False):
+                    self.descriptors.give_back(fd)
+                    return None
                 if _same_file(self.path, fd):
                     turn = _Turn(self, in_line=False)
                     turn.mutex = fd
                     return turn
-                _close(fd)  # a file no longer at the path: never lent again
-                return None
-        except BaseException:
-            os.close(fd)
-            raise
-        self.descriptors.give_back(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            _close(fd)  # a file no longer at the path: never lent again; try the next
         return None
 
     def _wait_turn(self, deadline: float) -> _Turn | None:
