@@ -339,3 +339,13 @@ def test_a_lock_granted_and_then_interrupted_is_let_go(lock_file: Path, monkeypa
         Lock(fresh, timeout=5).acquire()
     r = run_worker("take-turn", str(fresh), "other", str(lock_file.with_name("turns")), "-", "once", timeout=DEADLINE)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_process_that_takes_many_locks_keeps_descriptors_for_the_last_few_only(tmp_path: Path) -> None:
+    """A refresh lock per account, a home per test: descriptors are kept for the 16 locks used last, not
+    one more per lock file ever taken (a process with thousands would run out at 1,024)."""
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(300):
+        with Lock(tmp_path / f"account-{n}.lock", timeout=5):
+            pass
+    assert len(os.listdir("/proc/self/fd")) - before <= 3 * 16

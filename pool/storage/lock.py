@@ -52,6 +52,7 @@ import secrets
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -63,6 +64,7 @@ __all__ = ["DEFAULT_TIMEOUT", "Lock"]
 DEFAULT_TIMEOUT = float(os.environ.get("AUTHPOOL_LOCK_TIMEOUT", "15"))
 _REPLACED_ATTEMPTS = 100  # a lock file replaced under us this often in a row while we lock it: give up
 _SWEEP_EVERY = 256  # acquisitions of a lock by one process between two sweeps of its line's directory
+_KEPT_LOCKS = 16  # locks whose node and descriptors a process keeps between turns (the ones used last)
 
 _registry_guard = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
@@ -163,12 +165,45 @@ def _same_file(path: Path, fd: int) -> bool:
     return (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
 
 
+class _Kept:
+    """Which locks keep descriptors between turns: the ones used last, at most ``_KEPT_LOCKS``.
+
+    A process may touch thousands of lock files (a refresh lock per account, a probe lock per
+    account, a home per test): keeping descriptors for all of them would run it out of descriptors
+    (1,024 by default). The least recently used lock's kept descriptors are closed instead; the
+    next turn on it opens what it needs, as without keeping.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._order: OrderedDict[tuple[str, str], Callable[[], None]] = OrderedDict()
+
+    def touch(self, key: tuple[str, str], close: Callable[[], None]) -> None:
+        """``key`` keeps descriptors (``close`` lets them go); the least recently used beyond the bound go."""
+        with self._guard:
+            self._order[key] = close
+            self._order.move_to_end(key)
+            evicted = []
+            while len(self._order) > _KEPT_LOCKS:
+                evicted.append(self._order.popitem(last=False)[1])
+        for close_kept in evicted:
+            close_kept()
+
+    def after_fork(self) -> None:
+        self._guard = threading.Lock()
+        self._order = OrderedDict()
+
+
+_kept = _Kept()
+
+
 class _Spare:
     """This process's node from its last turn on a lock, let go of but kept open: the next turn
     reuses it if nobody lined up after it meanwhile (the usual case without contention), so an
     uncontended lock creates and deletes no file."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
+        self._key = key
         self._guard = threading.Lock()
         self._node: tuple[int, str, int] | None = None  # (pid, name, descriptor)
 
@@ -184,6 +219,15 @@ class _Spare:
             old, self._node = self._node, (os.getpid(), name, fd)
         if old is not None and old[0] == os.getpid():
             os.close(old[2])
+        _kept.touch(("spare", self._key), self.let_go)
+
+    def let_go(self) -> None:
+        """Close the kept node (nobody waits on a node nobody holds: a later waiter goes straight on)."""
+        with self._guard:
+            node, self._node = self._node, None
+        if node is not None and node[0] == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(node[2])
 
     def after_fork(self) -> None:
         """In a forked child: close the child's copy of the parent's node (see _after_fork_in_child)."""
@@ -202,7 +246,7 @@ def _spare(path: Path) -> _Spare:
     with _registry_guard:
         spare = _spares.get(key)
         if spare is None:
-            spare = _spares[key] = _Spare()
+            spare = _spares[key] = _Spare(key)
         return spare
 
 
@@ -230,10 +274,22 @@ class _Descriptors:
     def give_back(self, fd: int) -> None:
         """Take ``fd`` back, unlocked (or close it if enough are kept)."""
         with self._guard:
-            if len(self._free) < self._KEPT:
+            kept = len(self._free) < self._KEPT
+            if kept:
                 self._free.append((os.getpid(), fd))
-                return
-        os.close(fd)
+        if not kept:
+            os.close(fd)
+            return
+        _kept.touch(("descriptors", str(self.path)), self.let_go)
+
+    def let_go(self) -> None:
+        """Close every kept descriptor (unlocked, lent to nobody)."""
+        with self._guard:
+            free, self._free = self._free, []
+        for pid, fd in free:
+            if pid == os.getpid():
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def after_fork(self) -> None:
         """In a forked child: close the child's copies of the parent's descriptors."""
@@ -452,6 +508,7 @@ def _after_fork_in_child() -> None:
     global _registry_guard  # noqa: PLW0603 - module state, replaced once in a new process
     _registry_guard = threading.Lock()
     _thread_locks.clear()
+    _kept.after_fork()
     for spare in _spares.values():
         spare.after_fork()
     for descriptors in _descriptors.values():
