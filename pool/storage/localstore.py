@@ -58,6 +58,7 @@ from authpool.home import FILE_MODE, Home
 from authpool.storage.atomicfile import fsync_dir, write_atomic
 from authpool.storage.legacy import MOVED_MARKER, extras_too_deep, read_legacy, validation_summary
 from authpool.storage.lock import DEFAULT_TIMEOUT, Lock
+from authpool.storage.sqlite import open_existing
 
 __all__ = ["LAYOUT_VERSION", "Store"]
 
@@ -415,9 +416,7 @@ class Store:
                 return None
             self._create()
         try:
-            # mode=rw: never create an empty file if it went away since exists() (refused as damaged after)
-            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=self.lock.timeout,
-                                   isolation_level=None, check_same_thread=False)
+            conn = open_existing(self.path, self.lock.timeout)
             st = os.stat(self.path)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open {self.path}: {e}") from None

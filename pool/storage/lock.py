@@ -56,6 +56,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from authpool.errors import LockLost, LockTimeout, StoreError
 
@@ -66,18 +67,24 @@ _REPLACED_ATTEMPTS = 100  # a lock file replaced under us this often in a row wh
 _SWEEP_EVERY = 256  # acquisitions of a lock by one process between two sweeps of its line's directory
 _KEPT_LOCKS = 16  # locks whose node and descriptors a process keeps between turns (the ones used last)
 
+_T = TypeVar("_T")
 _registry_guard = threading.Lock()
 _thread_locks: dict[str, threading.Lock] = {}
 _acquisitions: dict[str, int] = {}
 
 
-def _thread_lock(path: Path) -> threading.Lock:
+def _registered(registry: dict[str, _T], path: Path, make: Callable[[], _T]) -> _T:
+    """This process's one ``registry`` entry for ``path``, made on first use."""
     key = str(path)
     with _registry_guard:
-        lock = _thread_locks.get(key)
-        if lock is None:
-            lock = _thread_locks[key] = threading.Lock()
-        return lock
+        found = registry.get(key)
+        if found is None:
+            found = registry[key] = make()
+        return found
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    return _registered(_thread_locks, path, threading.Lock)
 
 
 def _count(path: Path) -> int:
@@ -242,12 +249,7 @@ _spares: dict[str, _Spare] = {}
 
 
 def _spare(path: Path) -> _Spare:
-    key = str(path)
-    with _registry_guard:
-        spare = _spares.get(key)
-        if spare is None:
-            spare = _spares[key] = _Spare(key)
-        return spare
+    return _registered(_spares, path, lambda: _Spare(str(path)))
 
 
 class _Descriptors:
@@ -304,12 +306,7 @@ _descriptors: dict[str, _Descriptors] = {}
 
 
 def _descriptors_of(path: Path) -> _Descriptors:
-    key = str(path)
-    with _registry_guard:
-        found = _descriptors.get(key)
-        if found is None:
-            found = _descriptors[key] = _Descriptors(path)
-        return found
+    return _registered(_descriptors, path, lambda: _Descriptors(path))
 
 
 class _Turn:

@@ -46,6 +46,7 @@ from authpool.home import FILE_MODE, Home, resolve_home
 from authpool.storage.atomicfile import fsync_dir, write_atomic
 from authpool.storage.lock import Lock
 from authpool.storage.sealing import decode_key, encode_key, fingerprint
+from authpool.storage.sqlite import open_existing
 
 __all__ = ["VaultKeyring"]
 
@@ -213,9 +214,7 @@ class VaultKeyring(KeyringBackend):
                 return None
             self._create()
         try:
-            # mode=rw: never create an empty file if it went away since exists() (refused as damaged after)
-            conn = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=rw", uri=True, timeout=self._lock.timeout,
-                                   isolation_level=None, check_same_thread=False)
+            conn = open_existing(self.path, self._lock.timeout)
         except sqlite3.Error as e:
             raise SecretError(f"cannot open the vault {self.path}: {e}") from None
         try:
