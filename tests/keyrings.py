@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from keyring.backend import KeyringBackend
@@ -110,3 +111,27 @@ class FileFullKeyring(FileLimitedKeyring):
         if f"{service}\n{username}" not in data and len(data) >= self.capacity:
             raise PasswordSetError(f"the store is full; refused {password}")
         super().set_password(service, username, password)
+
+
+# -- the vault's database, read as it is on disk ------------------------------------------------
+
+
+def vault_entries(home: Path) -> set[str]:
+    """The names of the vault's entries (service and account id; the values are sealed)."""
+    path = home / "vault.db"
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(path)
+    try:
+        return {entry for (entry,) in conn.execute("SELECT entry FROM entries")}
+    finally:
+        conn.close()
+
+
+def vault_commits(home: Path) -> int:
+    """How many write transactions the vault has committed."""
+    conn = sqlite3.connect(home / "vault.db")
+    try:
+        return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0])
+    finally:
+        conn.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from authpool import Account, DuplicateLabel, InvalidInput, Pool, SecretError, SecretStore
 from authpool.accounts.secret import Secret
 from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
-from tests.keyrings import FullKeyring
+from tests.keyrings import FullKeyring, vault_commits, vault_entries
 
 
 def new_key() -> str:
@@ -30,27 +29,6 @@ def new_key() -> str:
 
 def jsonl(*entries: dict[str, Any] | str) -> str:
     return "".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in entries)
-
-
-def vault_entries(home: Path) -> set[str]:
-    """The vault's entry names (service and account id; the values are sealed)."""
-    path = home / "vault.db"
-    if not path.exists():
-        return set()
-    conn = sqlite3.connect(path)
-    try:
-        return {entry for (entry,) in conn.execute("SELECT entry FROM entries")}
-    finally:
-        conn.close()
-
-
-def vault_commits(home: Path) -> int:
-    """How many write transactions the vault has committed."""
-    conn = sqlite3.connect(home / "vault.db")
-    try:
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0])
-    finally:
-        conn.close()
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from authpool.errors import SecretBackendLocked, SecretError
 from authpool.storage.vault import VaultKeyring
 from tests.conftest import REPO, assert_no_secrets
 from tests.history import module_at
+from tests.keyrings import vault_commits
 
 SERVICE = "authpool"
 
@@ -54,14 +55,6 @@ def read_in_another_process(home: Path, user: str) -> str:
                        cwd=REPO, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
-
-
-def changes(home: Path) -> int:
-    conn = sqlite3.connect(home / "vault.db")
-    try:
-        return int(conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()[0])
-    finally:
-        conn.close()
 
 
 @pytest.fixture(autouse=True)
@@ -103,21 +96,21 @@ def test_each_write_is_one_commit_and_a_batch_is_one(tmp_path: Path) -> None:
     home = tmp_path / "home"
     vault = VaultKeyring(home)
     vault.set_password(SERVICE, "first", "sk-first")
-    before = changes(home)
+    before = vault_commits(home)
     vault.set_password(SERVICE, "second", "sk-second")
-    assert changes(home) == before + 1
+    assert vault_commits(home) == before + 1
     with vault.batch():
         for i in range(500):
             vault.set_password(SERVICE, f"b{i}", f"sk-batch-{i}")
         assert VaultKeyring(home).get_password(SERVICE, "b0") is None  # nobody else sees it yet
         assert vault.get_password(SERVICE, "b499") == "sk-batch-499"  # this thread does
-    assert changes(home) == before + 2
+    assert vault_commits(home) == before + 2
     assert read_in_another_process(home, "b250") == "sk-batch-250"
     with pytest.raises(RuntimeError), vault.batch():
         vault.set_password(SERVICE, "lost", "sk-lost")
         vault.delete_password(SERVICE, "first")
         raise RuntimeError("the caller failed midway")
-    assert changes(home) == before + 2
+    assert vault_commits(home) == before + 2
     assert vault.get_password(SERVICE, "lost") is None and vault.get_password(SERVICE, "first") == "sk-first"
 
 
@@ -125,14 +118,14 @@ def test_a_wrong_key_is_refused_before_anything_is_written(tmp_path: Path) -> No
     """Another vault.key cannot read or add entries: a clear error naming the key, and the vault is unchanged."""
     home = tmp_path / "home"
     VaultKeyring(home).set_password(SERVICE, "acc", "sk-kept")
-    before = changes(home)
+    before = vault_commits(home)
     (home / "vault.key").write_bytes(base64.b64encode(os.urandom(32)) + b"\n")
     other = VaultKeyring(home)
     with pytest.raises(SecretBackendLocked, match="different key"):
         other.get_password(SERVICE, "acc")
     with pytest.raises(SecretBackendLocked, match="different key"):
         other.set_password(SERVICE, "new", "sk-refused")
-    assert changes(home) == before
+    assert vault_commits(home) == before
 
 
 @pytest.mark.parametrize(("damage", "message"), [
