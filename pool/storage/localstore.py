@@ -58,7 +58,7 @@ from authpool.home import FILE_MODE, Home
 from authpool.storage.atomicfile import fsync_dir, write_atomic
 from authpool.storage.legacy import MOVED_MARKER, extras_too_deep, read_legacy, validation_summary
 from authpool.storage.lock import DEFAULT_TIMEOUT, Lock
-from authpool.storage.sqlite import open_existing
+from authpool.storage.sqlite import create_aside, open_existing
 
 __all__ = ["LAYOUT_VERSION", "Store"]
 
@@ -533,41 +533,25 @@ class Store:
     def _create(self) -> None:
         """Make ``pool.db`` (under the pool lock): built aside, then renamed into place whole."""
         legacy = read_legacy(self.legacy_path)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        os.close(fd)
+        pool = legacy if legacy is not None else PoolFile()
+
+        def fill(conn: sqlite3.Connection) -> None:
+            _set_meta(conn, "layout", LAYOUT_VERSION)
+            _set_meta(conn, "version", 1)
+            _set_meta(conn, "pool_changed", 1)
+            _set_meta(conn, "removed_floor", 0)
+            conn.execute("INSERT INTO meta VALUES ('pool', ?)", (json.dumps(_pool_fields(pool)),))
+            conn.executemany(
+                "INSERT INTO accounts (id, provider, label_key, position, doc, changed) VALUES (?, ?, ?, ?, ?, 1)",
+                [(a.id, a.provider, a.label.casefold(), n, a.model_dump_json()) for n, a in
+                 enumerate(pool.accounts, 1)])
+            conn.executemany("INSERT INTO sessions (key, doc, changed) VALUES (?, ?, 1)",
+                             [(k, b.model_dump_json()) for k, b in pool.sessions.items()])
+
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: every connection uses it
-                conn.executescript(_TABLES)  # a file nobody else sees yet: no transaction needed
-                conn.execute("BEGIN")
-                _set_meta(conn, "layout", LAYOUT_VERSION)
-                _set_meta(conn, "version", 1)
-                _set_meta(conn, "pool_changed", 1)
-                _set_meta(conn, "removed_floor", 0)
-                pool = legacy if legacy is not None else PoolFile()
-                conn.execute("INSERT INTO meta VALUES ('pool', ?)", (json.dumps(_pool_fields(pool)),))
-                conn.executemany(
-                    "INSERT INTO accounts (id, provider, label_key, position, doc, changed) VALUES (?, ?, ?, ?, ?, 1)",
-                    [(a.id, a.provider, a.label.casefold(), n, a.model_dump_json()) for n, a in
-                     enumerate(pool.accounts, 1)])
-                conn.executemany("INSERT INTO sessions (key, doc, changed) VALUES (?, ?, 1)",
-                                 [(k, b.model_dump_json()) for k, b in pool.sessions.items()])
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            _fsync(tmp)
-            self.lock.ensure_held()
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            create_aside(self.path, _TABLES, fill, before_replace=self.lock.ensure_held)
         except sqlite3.Error as e:
             raise StoreError(f"cannot create {self.path}: {e}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         if legacy is not None:
             moved = self.legacy_path.with_name(self.legacy_path.name + ".moved")
             write_atomic(_unused(moved), self.legacy_path.read_bytes())  # the old file kept...

@@ -42,11 +42,11 @@ from keyring.backend import KeyringBackend
 from keyring.errors import PasswordDeleteError
 
 from authpool.errors import InvalidInput, SecretBackendLocked, SecretError
-from authpool.home import FILE_MODE, Home, resolve_home
-from authpool.storage.atomicfile import fsync_dir, write_atomic
+from authpool.home import Home, resolve_home
+from authpool.storage.atomicfile import write_atomic
 from authpool.storage.lock import Lock
 from authpool.storage.sealing import decode_key, encode_key, fingerprint
-from authpool.storage.sqlite import open_existing
+from authpool.storage.sqlite import create_aside, open_existing
 
 __all__ = ["VaultKeyring"]
 
@@ -242,38 +242,20 @@ class VaultKeyring(KeyringBackend):
         except FileNotFoundError:
             raw = None
         legacy = self._parse(raw) if raw is not None else None
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+
+        def fill(conn: sqlite3.Connection) -> None:
+            header = legacy or {}
+            meta = {"layout": str(_LAYOUT), "changes": "0"}
+            meta.update({k: str(header[k]) for k in ("salt", "check") if isinstance(header.get(k), str)})
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            conn.executemany("INSERT INTO entries VALUES (?, ?)",
+                             [(k, v) for k, v in (legacy or {"entries": {}})["entries"].items()
+                              if isinstance(k, str) and isinstance(v, str)])
+
         try:
-            conn = sqlite3.connect(tmp, isolation_level=None)
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")  # kept in the file
-                conn.executescript(_TABLES)
-                conn.execute("BEGIN")
-                header = legacy or {}
-                meta = {"layout": str(_LAYOUT), "changes": "0"}
-                meta.update({k: str(header[k]) for k in ("salt", "check") if isinstance(header.get(k), str)})
-                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-                conn.executemany("INSERT INTO entries VALUES (?, ?)",
-                                 [(k, v) for k, v in (legacy or {"entries": {}})["entries"].items()
-                                  if isinstance(k, str) and isinstance(v, str)])
-                conn.execute("COMMIT")
-            finally:
-                conn.close()
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            fsync_dir(self.path.parent)
+            create_aside(self.path, _TABLES, fill)
         except sqlite3.Error as e:
             raise SecretError(f"cannot create the vault {self.path}: {e}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         if legacy is not None and raw is not None:
             write_atomic(self.legacy_path.with_name(self.legacy_path.name + ".moved"), raw)
             write_atomic(self.legacy_path, _MOVED)
