@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 __all__ = ["Event", "EventKind"]
@@ -61,7 +61,9 @@ class Event:
         ASCII escapes keep a lone surrogate or a control character in a caller's model name from
         breaking the line or reaching a reader's terminal.
         """
-        doc = {k: v for k, v in asdict(self).items() if v is not None}
+        # Every field is a plain value: read them directly (dataclasses.asdict deep-copies each
+        # one, 28 µs an event, on the writer thread but holding the interpreter all the same).
+        doc = {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
         if self.latency_ms is not None:
             doc["latency_ms"] = round(self.latency_ms, 2)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
@@ -98,6 +100,9 @@ class Event:
         if account is not None and account not in (self.account_id, self.account):
             return False
         return kinds is None or self.kind in kinds
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Event))
 
 
 def _number(v: Any) -> bool:

@@ -36,6 +36,7 @@ log = logging.getLogger("authpool")
 MAX_BYTES = 8 * 1024 * 1024  # a file's size before it is rotated
 KEEP = 3  # rotated files kept (events.jsonl.1 .. .3): at most 32 MB in all
 PENDING_MAX = 10_000  # events waiting for the writer before the oldest are dropped
+LINGER = 0.05  # seconds the writer gathers events before a write (readers poll every 0.2 s)
 FILE_MODE = 0o600
 
 
@@ -67,7 +68,7 @@ class EventLog:
         self._guard = threading.Lock()
         self._writing = threading.Lock()
         # A command that exits without closing its pool still logs: closed at exit once in use.
-        self._writer = Writer(self.flush, name="authpool-events", on_start=self._close_at_exit)
+        self._writer = Writer(self.flush, name="authpool-events", on_start=self._close_at_exit, linger=LINGER)
         self._failing_since: float | None = None
 
     def emit(self, event: Event) -> None:

@@ -20,10 +20,16 @@ class Writer:
 
     ``on_start`` runs once, when the thread is first started (the event log registers its
     close at exit there, so a command that exits without closing its pool still writes).
+    ``linger``: seconds the thread waits after a kick before it writes, so a burst of kicks is
+    one write. The event log is kicked on every request; woken each time, its thread took the
+    interpreter from the requests for a write of one line. :meth:`stop` cuts the wait short.
     """
 
-    def __init__(self, write: Callable[[], None], *, name: str, on_start: Callable[[], None] | None = None) -> None:
+    def __init__(self, write: Callable[[], None], *, name: str, on_start: Callable[[], None] | None = None,
+                 linger: float = 0.0) -> None:
         self._write = write
+        self._linger = linger
+        self._stopping = threading.Event()
         self._name = name
         self._on_start = on_start
         self._guard = threading.Lock()
@@ -52,6 +58,7 @@ class Writer:
         with self._guard:
             self._stopped = True
             thread = self._thread
+        self._stopping.set()
         self._kick.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -59,6 +66,8 @@ class Writer:
     def _run(self) -> None:
         while True:
             self._kick.wait()
+            if self._linger:
+                self._stopping.wait(self._linger)
             self._kick.clear()
             if self._stopped:
                 return
