@@ -17,6 +17,7 @@ from the user's config, and refreshing or logging in without one is a clear erro
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Literal
@@ -196,13 +197,17 @@ class Provider(BaseModel):
             f"under [providers.{self.id}] in config.toml"
         )
 
+    # What every request checks against is worked out once per distinct configuration (cached by
+    # the fields it derives from, so a copy with other fields never reuses a stale answer).
     @property
     def allowed_origins(self) -> frozenset[str]:
         """The only origins this provider's credentials may be sent to."""
-        out = set(self.origins)
-        if self.base_url:
-            out.add(origin_of(self.base_url))
-        return frozenset(out)
+        return _allowed_origins(self.base_url, tuple(self.origins))
+
+    @property
+    def _base(self) -> tuple[str, str] | None:
+        """``(origin, decoded path without a trailing slash)`` of the base URL, if it has one."""
+        return _base_of(self.base_url) if self.base_url else None
 
     def refresh_windows(self, lifetime: float | None, *, linked: bool = False) -> tuple[float, float]:
         """``(advisory, mandatory)`` seconds before expiry for a token issued for ``lifetime`` seconds.
@@ -248,12 +253,7 @@ class Provider(BaseModel):
 
     def all_credential_header_names(self) -> frozenset[str]:
         """Every header that carries a credential for this provider (callers may not set these)."""
-        names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
-                 *(h.lower() for h in self.secret_headers)}
-        for style in (self.auth, self.oauth_auth):
-            if style.startswith("header:"):
-                names.add(style[7:].lower())
-        return frozenset(names)
+        return _credential_names(tuple(self.secret_headers), self.auth, self.oauth_auth)
 
     def resolve_url(self, path_or_url: str) -> str:
         """Turn a path (relative to base_url) or an absolute URL into a URL on an allowed origin.
@@ -313,22 +313,50 @@ class Provider(BaseModel):
                 f"{origin} is not an origin of provider {self.id} (allowed: "
                 f"{', '.join(sorted(self.allowed_origins)) or 'none'}); credentials are never sent elsewhere"
             )
-        if not self.base_url or origin != origin_of(self.base_url):
+        if self._base is None or origin != self._base[0]:
             return
-        import urllib.parse
-
-        base = urllib.parse.unquote(urllib.parse.urlsplit(self.base_url).path).rstrip("/")
+        base = self._base[1]
         if not base:
             return  # the whole origin is the provider's
         # Dot segments left in a decoded path were percent-encoded on the wire, where a server
         # may resolve them.
-        segments = re.split(r"[/\\]", path)
-        if any(_fully_unquoted(seg) in (".", "..") for seg in segments) or not (
+        segments = _SEPARATORS.split(path)
+        if "%" in path:
+            segments = [_fully_unquoted(seg) for seg in segments]
+        if any(seg in (".", "..") for seg in segments) or not (
                 path == base or path.startswith(base + "/")):
             raise OriginRefused(
                 f"path {given!r} leads outside the base path {base} of provider {self.id}; its credentials are only "
                 f"sent under {self.base_url}/"
             )
+
+
+_SEPARATORS = re.compile(r"[/\\]")
+
+
+@functools.lru_cache(maxsize=256)
+def _allowed_origins(base_url: str | None, origins: tuple[str, ...]) -> frozenset[str]:
+    out = set(origins)
+    if base_url:
+        out.add(origin_of(base_url))
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=256)
+def _base_of(base_url: str) -> tuple[str, str]:
+    import urllib.parse
+
+    return origin_of(base_url), urllib.parse.unquote(urllib.parse.urlsplit(base_url).path).rstrip("/")
+
+
+@functools.lru_cache(maxsize=256)
+def _credential_names(secret_headers: tuple[str, ...], auth: str, oauth_auth: str) -> frozenset[str]:
+    names = {"authorization", "proxy-authorization", "x-api-key", "api-key", "x-goog-api-key", "cookie",
+             *(h.lower() for h in secret_headers)}
+    for style in (auth, oauth_auth):
+        if style.startswith("header:"):
+            names.add(style[7:].lower())
+    return frozenset(names)
 
 
 def _fully_unquoted(segment: str) -> str:

@@ -398,6 +398,8 @@ def facts_of(request: httpx2.Request) -> RequestFacts:
             body = request.content
         except httpx2.RequestNotRead:
             body = None
+    headers = request.headers
+    names = frozenset(k.lower() for k in headers)
     return RequestFacts(
         method=request.method,
         scheme=url.scheme,
@@ -405,11 +407,10 @@ def facts_of(request: httpx2.Request) -> RequestFacts:
         port=url.port or (443 if url.scheme == "https" else 80),
         path=url.path,
         has_userinfo=bool(url.userinfo),
-        header_names=frozenset(k.lower() for k in request.headers),
+        header_names=names,
         body=body,
         replayable=replayable,
-        list_values={name: ", ".join(request.headers.get_list(name))
-                     for name in LIST_HEADERS if name in request.headers},
+        list_values={name: ", ".join(headers.get_list(name)) for name in LIST_HEADERS if name in names},
     )
 
 
