@@ -357,6 +357,42 @@ def test_reads_see_other_processes_writes_immediately(home: Path) -> None:
     assert pool.get("openai/a").enabled is False
 
 
+def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_when_none_came(home: Path) -> None:
+    """The read path's cheap check (the WAL-index header) never hides a commit, and costs no query."""
+    pool = make_pool_with(home, "a")
+    account_id = pool.get("openai/a").id
+    writer = Store(Home.open(home))  # its own connection: to SQLite, another process
+    reader = Store(Home.open(home))
+    statements: list[str] = []
+    try:
+        reader.read()
+        assert reader._conn is not None
+        reader._conn.set_trace_callback(statements.append)
+        for n in range(300):
+            def note(rows: Any, n: int = n) -> None:
+                rows.get(account_id).last_error = f"change {n}"
+            writer.update_accounts((account_id,), note)
+            assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
+            statements.clear()
+            assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
+            assert statements == [], statements  # nothing committed since: no statement at all
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_without_a_wal_index_header_to_trust_reads_fall_back_to_sqlite(tmp_path: Path) -> None:
+    from authpool.storage.sqlite import WalHeader
+
+    missing = WalHeader(tmp_path / "none.db")
+    assert missing.read() is None
+    (tmp_path / "odd.db-shm").write_bytes(b"\x01" * 4096)  # not a header this code knows
+    odd = WalHeader(tmp_path / "odd.db")
+    assert odd.read() is None
+    odd.close()
+    odd.close()
+
+
 @pytest.mark.parametrize("argv", [
     ["accounts", "list"],
     ["accounts", "list", "--json"],

@@ -58,7 +58,7 @@ from authpool.home import FILE_MODE, Home
 from authpool.storage.atomicfile import fsync_dir, write_atomic
 from authpool.storage.legacy import MOVED_MARKER, extras_too_deep, read_legacy, validation_summary
 from authpool.storage.lock import DEFAULT_TIMEOUT, Lock
-from authpool.storage.sqlite import create_aside, open_existing
+from authpool.storage.sqlite import WalHeader, create_aside, open_existing
 
 __all__ = ["LAYOUT_VERSION", "Store"]
 
@@ -114,6 +114,8 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._cache: PoolFile | None = None
         self._data_version: int | None = None  # PRAGMA data_version when the cache was current
+        self._wal: WalHeader | None = None  # the connection's WAL-index header, read before data_version
+        self._header: bytes | None = None  # the header when the cache was last known current
         self._identity: tuple[int, int] | None = None  # (device, inode) of the pool.db the connection has open
         self._identity_checked = 0.0  # monotonic time of the last look at the path (reads look twice a second)
         self._dir_flushed = False  # the home directory flushed since the connection opened (its -wal entry)
@@ -143,12 +145,18 @@ class Store:
                     # other threads out meanwhile): the transaction's view is the freshest there is,
                     # and a second BEGIN would fail.
                     return self._catch_up(conn)
+                # Read before data_version: a commit in between shows as a changed header next time.
+                header = self._wal.read() if self._wal is not None else None
+                if self._cache is not None and header is not None and header == self._header:
+                    return self._cache  # nobody committed: the common case, one pread
                 if self._cache is not None and self._data_version == _data_version(conn):
+                    self._header = header
                     return self._cache
                 conn.execute("BEGIN")
                 try:
                     self._catch_up(conn)
                     self._data_version = _data_version(conn)
+                    self._header = header
                 finally:
                     conn.execute("COMMIT")
             except sqlite3.OperationalError as e:
@@ -266,9 +274,10 @@ class Store:
                 # the flush) happens outside the pool lock, so the lock is held for the transaction
                 # alone and the next writer in line goes on meanwhile.
                 mark = _data_version(conn)
+                header = self._wal.read() if self._wal is not None else None  # ours, under the lock
                 self.lock.release()
                 held = False
-                self._committed(written, current, mark)
+                self._committed(written, current, mark, header)
                 backup_due = self._backup_due()
         finally:
             if held:
@@ -279,21 +288,21 @@ class Store:
             self._backup()
         return result
 
-    def _committed(self, written: _Written, current: int, mark: int) -> None:
+    def _committed(self, written: _Written, current: int, mark: int, header: bytes | None) -> None:
         """The snapshot after our commit of change ``current + 1`` (under the guard, not the lock)."""
         cache = self._cache
         if cache is None or cache.revision != current:
             # Others committed since our snapshot, and the change read only its own rows: the next
             # read catches up (their changes and ours, at once), instead of every writer copying
             # the whole pool's index for each commit it sees.
-            self._data_version = None
+            self._data_version = self._header = None
             return
         try:
             self._cache = written.derive(cache, current + 1, self._history)
         except BaseException:
             self._cache = None  # never a snapshot without our commit: the next read loads afresh
             raise
-        self._data_version = mark
+        self._data_version, self._header = mark, header
 
     def _flush(self) -> None:
         """Make the last commit durable before the update returns: fsync the write-ahead log.
@@ -433,6 +442,7 @@ class Store:
             conn.close()
             raise
         self._conn = conn
+        self._wal = WalHeader(self.path)  # after the first read: the -shm file exists and is kept
         self._identity, self._identity_checked = (st.st_dev, st.st_ino), time.monotonic()
         self._dir_flushed = False
         return conn
@@ -664,7 +674,9 @@ class Store:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-        self._conn, self._cache, self._data_version = None, None, None
+        if self._wal is not None:
+            self._wal.close()
+        self._conn, self._cache, self._data_version, self._wal, self._header = None, None, None, None, None
 
     def close(self) -> None:
         """Close this process's connection (the next use opens it again)."""

@@ -1,17 +1,19 @@
-"""Making and opening the SQLite databases of a home (``pool.db``, ``vault.db``) the same way."""
+"""Making and opening the SQLite databases of a home (``pool.db``, ``vault.db``) the same way, and
+noticing cheaply that another connection committed (:class:`WalHeader`)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from authpool.home import FILE_MODE
 from authpool.storage.atomicfile import fsync_dir
 
-__all__ = ["create_aside", "open_existing"]
+__all__ = ["WalHeader", "create_aside", "open_existing"]
 
 
 def open_existing(path: Path, timeout: float) -> sqlite3.Connection:
@@ -65,3 +67,47 @@ def create_aside(path: Path, tables: str, fill: Callable[[sqlite3.Connection], N
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_WAL_INDEX_VERSION = 3007000  # iVersion of the WAL-index header since SQLite 3.7.0
+_HEADER_BYTES = 48  # the first copy of the header (https://www.sqlite.org/walformat.html)
+
+
+class WalHeader:
+    """The WAL-index header of a database in write-ahead-log mode, read from its ``-shm`` file.
+
+    Every commit, by any connection of any process, rewrites the header: a counter every
+    transaction moves, the last valid frame, the salts, a checksum (SQLite's "WAL-index header",
+    https://www.sqlite.org/walformat.html). Reading its first 48 bytes is one ``pread`` (about
+    1 µs); ``PRAGMA data_version`` begins and ends a read transaction, two lock calls on the same
+    file and 4-15 µs, twice on every request through the pool. The header only ever answers
+    "unchanged since": equal bytes mean nobody committed in between; anything else (a different
+    header, a layout this code does not know, no file, no ``pread``) sends the caller to
+    ``PRAGMA data_version``. Open it only while a connection to the database is open: SQLite then
+    keeps the ``-shm`` file in place.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self._fd: int | None = None
+        if hasattr(os, "pread"):
+            with contextlib.suppress(OSError):
+                self._fd = os.open(f"{database}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+    def read(self) -> bytes | None:
+        """The header as it is now, or None if it cannot be relied on."""
+        fd = self._fd
+        if fd is None:
+            return None
+        try:
+            header = os.pread(fd, _HEADER_BYTES, 0)
+        except OSError:
+            return None
+        if len(header) < _HEADER_BYTES or int.from_bytes(header[:4], sys.byteorder) != _WAL_INDEX_VERSION:
+            return None
+        return header
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
