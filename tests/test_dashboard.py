@@ -170,6 +170,25 @@ def test_another_site_s_page_cannot_log_in_or_read(gateway: Gateway, key: str, h
         assert r.status_code in (403, 421)
 
 
+def test_a_pool_larger_than_the_limit_is_listed_attention_first_and_the_filter_narrows_it(
+        gateway: Gateway, key: str, pool_with_trouble: LoopbackPool) -> None:
+    """The page polls every second: at most ``limit`` accounts are viewed (the dead and cooling ones
+    first, shown in the pool's order), the rest counted; ``q`` filters on the server."""
+    ids = {a.name: a.id for a in pool_with_trouble.pool.accounts()}
+    with login(gateway, key) as client:
+        doc = client.get("/_dashboard/state", params={"limit": "2"}).json()
+        assert [a["name"] for p in doc["providers"] for a in p["accounts"]] == ["acme/cooling", "acme/dead"]
+        assert doc["listed"] == {"shown": 2, "matching": 3, "total": 3, "filter": "", "limit": 2}
+        assert set(doc["series"]) <= {ids["acme/cooling"], ids["acme/dead"]}  # charts for the listed only
+        assert doc["providers"][0]["total"] == 3 and doc["providers"][0]["ready"] == 1  # the summary is whole
+        doc = client.get("/_dashboard/state", params={"q": "READY"}).json()
+        assert [a["name"] for p in doc["providers"] for a in p["accounts"]] == ["acme/ready"]
+        assert doc["listed"]["matching"] == 1 and doc["series"] == {ids["acme/ready"]: doc["series"][ids["acme/ready"]]}
+        for bad in ("0", "1001", "x", "-1"):
+            r = client.get("/_dashboard/state", params={"limit": bad})
+            assert r.status_code == 400 and r.json() == {"error": "limit must be a whole number from 1 to 1000"}
+
+
 def test_metrics_are_prometheus_text_per_account_with_no_secret(
         gateway: Gateway, key: str, pool_with_trouble: LoopbackPool) -> None:
     r = httpx2.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {key}"}, timeout=DEADLINE)
@@ -252,6 +271,12 @@ def test_a_browser_sees_the_cooling_countdown_move_and_the_dead_login(
     expect(dead.locator("td.error")).to_contain_text("invalid_grant")
     expect(page.locator('[data-provider="acme"]')).to_contain_text("1 cooling")
     expect(page.locator("#events li").first).to_be_visible()
+    # The filter narrows the list on the server.
+    page.fill("#filter", "dead")
+    expect(page.locator("#accounts tbody tr")).to_have_count(1)
+    expect(page.locator("#listed")).to_have_text("1 of 3 accounts match")
+    page.fill("#filter", "")
+    expect(page.locator("#accounts tbody tr")).to_have_count(3)
 
     # The session is an HttpOnly, SameSite=Strict cookie: no script reads it, no other site sends it.
     cookies = context.cookies()

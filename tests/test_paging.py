@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from authpool import Account, InvalidInput, Pool
-from authpool.accounts import page_accounts, pool_status, transitions
+from authpool.accounts import page_accounts, pool_status, shown_accounts, transitions
+from authpool.accounts.model import Cooldown
 from authpool.accounts.listing import MAX_LIMIT, encode_cursor, listing_key
 from tests.conftest import assert_no_secrets, run_cli
 from tests.mcp_support import assert_tool_error, memory_session, pool_env, text_of
@@ -488,3 +489,21 @@ def test_status_stays_a_summary_with_the_accounts_that_need_attention_capped(
     assert_no_secrets([r.stdout, r.stderr], big.keys)
     doc = json.loads(run_cli("status", "--json", env=big_env).stdout)
     assert [p["total"] for p in doc["providers"]] == [3, 250]
+
+
+def test_a_live_view_lists_those_needing_a_person_first_in_pool_order_and_counts_the_rest() -> None:
+    """The dashboard and `authpool top` refresh every second: past the limit they keep the dead
+    login, then the cooling account, then ready ones by pool order (disabled last), shown in pool order."""
+    accounts = table()
+    by_id = {a.id: a for a in accounts}
+    by_id["oa000001"].enabled = False
+    by_id["oa00000a"].cooldowns["*"] = Cooldown(until=NOW + 60, reason="429")
+    by_id["oa000005"].needs_reauth = True
+    shown, matching = shown_accounts(accounts, NOW, limit=3)
+    assert [a.id for a in shown] == ["an000001", "oa00000a", "oa000005"] and matching == 7
+    shown, matching = shown_accounts(accounts, NOW, limit=6)
+    assert [a.id for a in shown] == [i for i in ORDER if i != "oa000001"] and matching == 7  # disabled last
+    assert [a.id for a in shown_accounts(accounts, NOW)[0]] == ORDER  # a small pool: whole, in order
+    assert [a.id for a in shown_accounts(accounts, NOW, needle="TIE")[0]] == ["oa00000a", "oa00000b"]
+    assert shown_accounts(accounts, NOW, needle="cool") == ([by_id["oa00000a"]], 1)  # a state matches too
+    assert shown_accounts(accounts, NOW, needle="openai", limit=0) == ([], 6)

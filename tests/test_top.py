@@ -200,24 +200,33 @@ def test_another_process_s_change_and_requests_appear_on_screen(acme: LoopbackPo
     run(app, script)
 
 
-def test_a_thousand_accounts_scroll_in_an_80x24_terminal(acme: LoopbackPool) -> None:
-    """1,000 rows: the last one is reached with Ctrl+End, then Page Up moves a screen; redraws go on."""
+def test_ten_thousand_accounts_are_listed_in_part_attention_first_and_the_filter_finds_any(
+        acme: LoopbackPool) -> None:
+    """10,000 rows would be built twice a second: 200 are listed (the dead and cooling ones among
+    them, wherever they are in the pool), the summary says so, the table scrolls, / finds any other."""
     pool = acme.pool
 
     def add(rows: Rows) -> None:
-        for n in range(1000):
-            rows.add(Account(id=f"id{n:04d}", provider="acme", label=f"key-{n:04d}", kind="api_key", order=n))
+        for n in range(10_000):
+            rows.add(Account(id=f"id{n:05d}", provider="acme", label=f"key-{n:05d}", kind="api_key", order=n))
+        rows.get("id09000").needs_reauth = True
+        rows.get("id07000").cooldowns["*"] = Cooldown(until=time.time() + 3600, reason="429")
 
     pool.store.update_accounts((), add)
     app = TopApp(pool, poll=0.2)
 
     async def script(pilot: Pilot[None]) -> None:
-        await until(pilot, lambda: len(app._order) == 1000, "1,000 rows")
+        await until(pilot, lambda: len(app._order) == 200, "200 rows")
+        assert {"id09000", "id07000"} <= set(app._order)
+        assert app._order == sorted(app._order)  # in the pool's order
+        assert "listing 200 of 10000 accounts" in app.screen_text()
         await pilot.press("ctrl+end")
-        await until(pilot, lambda: "acme/key-0999" in app.screen_text(), "the last row on screen")
-        assert app.selected_id() == "id0999"
+        await until(pilot, lambda: "acme/key-09000" in app.screen_text(), "the last row on screen")
+        assert app.selected_id() == "id09000"
         await pilot.press("pageup")
-        await until(pilot, lambda: "acme/key-0999" not in app.screen_text(), "a page up")
+        await until(pilot, lambda: "acme/key-09000" not in app.screen_text(), "a page up")
+        await pilot.press("slash", *"key-05555")
+        await until(pilot, lambda: app._order == ["id05555"], "the filter finds an account not listed before")
         seen = app.refreshes
         await until(pilot, lambda: app.refreshes >= seen + 3, "redraws going on")
 

@@ -23,10 +23,19 @@ from authpool.accounts.model import (
     validate_provider_id,
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
-from authpool.accounts.views import account_view, describe_windows, fix_command, pool_status, relogin_command
+from authpool.accounts.views import (
+    SHOWN_LIMIT,
+    account_view,
+    describe_windows,
+    fix_command,
+    pool_status,
+    relogin_command,
+    shown_accounts,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
+    "SHOWN_LIMIT",
     "WHOLE_ACCOUNT",
     "Account",
     "AccountKind",
@@ -49,6 +58,7 @@ __all__ = [
     "page_accounts",
     "pool_status",
     "relogin_command",
+    "shown_accounts",
     "time_left",
     "transitions",
     "validate_label",

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import collections
+import heapq
 import shlex
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from authpool.accounts.listing import listing_key
-from authpool.accounts.model import Account
+from authpool.accounts.listing import ListingKey, listing_key
+from authpool.accounts.model import Account, AccountState
 
 __all__ = [
     "ATTENTION_LIMIT",
+    "SHOWN_LIMIT",
     "account_view",
     "attention_view",
     "describe_windows",
     "fix_command",
     "pool_status",
     "relogin_command",
+    "shown_accounts",
 ]
 
 
@@ -59,15 +62,15 @@ def pool_status(accounts: Iterable[Account], now: float | None = None, *,
     state, when the next cooling one frees up, and the accounts that need a person (a dead login, a
     failing token endpoint), at most ``attention_limit`` of them with a count of the rest."""
     now = time.time() if now is None else now
-    by_provider: dict[str, list[Account]] = {}
-    for a in accounts:
-        by_provider.setdefault(a.provider, []).append(a)
+    by_provider: dict[str, list[tuple[Account, AccountState]]] = {}
+    for a in accounts:  # each account's state once: it is most of the cost at 10,000 accounts
+        by_provider.setdefault(a.provider, []).append((a, a.state(now)))
     providers = []
     for pid, group in sorted(by_provider.items()):
-        states = collections.Counter(a.state(now) for a in group)
-        cooling_until = [u for a in group if a.state(now) == "cooling" and (u := a.cooldown_until(now=now))]
-        attention = sorted((a for a in group if a.state(now) in ("needs-reauth", "refresh-failing")),
-                           key=lambda a: (a.state(now) != "needs-reauth", listing_key(a)))
+        states = collections.Counter(state for _, state in group)
+        cooling_until = [u for a, state in group if state == "cooling" and (u := a.cooldown_until(now=now))]
+        attention = sorted((a for a, state in group if state in ("needs-reauth", "refresh-failing")),
+                           key=lambda a: (not a.needs_reauth, listing_key(a)))
         providers.append({
             "provider": pid,
             "total": len(group),
@@ -81,6 +84,33 @@ def pool_status(accounts: Iterable[Account], now: float | None = None, *,
             "attention_more": max(0, len(attention) - attention_limit),
         })
     return {"now": now, "providers": providers}
+
+
+SHOWN_LIMIT = 200  # accounts a live view (the dashboard, `authpool top`) lists at once; the rest are counted
+# Which accounts a live view keeps when it cannot list them all: those that need a person, then the
+# cooling ones (they come back by themselves), then the ready ones, the disabled last.
+_SHOWN_FIRST: dict[AccountState, int] = {
+    "needs-reauth": 0, "refresh-failing": 1, "cooling": 2, "ready": 3, "disabled": 4}
+
+
+def shown_accounts(accounts: Iterable[Account], now: float, *, needle: str = "",
+                   limit: int = SHOWN_LIMIT) -> tuple[list[Account], int]:
+    """What a live view lists, refreshed every second whatever the pool's size: the accounts whose
+    name, provider or state contains ``needle`` (any case), at most ``limit`` of them (those that
+    need a person first, then cooling, ready, disabled), in the pool's order; and how many matched.
+
+    A small pool is listed whole and in order, as before; 10,000 accounts cost one look at each
+    (their state) and a bounded selection, not a view, a table row and a chart each per second.
+    """
+    folded = needle.casefold()
+    matching: list[tuple[int, ListingKey, Account]] = []
+    for a in accounts:
+        state = a.state(now)
+        if folded and not (folded in a.name.casefold() or folded in a.provider.casefold() or folded in state):
+            continue
+        matching.append((_SHOWN_FIRST[state], listing_key(a), a))
+    kept = heapq.nsmallest(max(0, limit), matching, key=lambda t: (t[0], t[1]))
+    return [a for _, _, a in sorted(kept, key=lambda t: t[1])], len(matching)
 
 
 def attention_view(a: Account, now: float) -> dict[str, Any]:

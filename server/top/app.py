@@ -3,8 +3,10 @@
 Live: every ``poll`` seconds (0.5 by default) the store is read (a cached read unless another
 process changed it) and the event log's new lines are counted (an :class:`ActivityFeed` thread),
 so a change made anywhere shows within a second. The table keeps its rows and changes only the
-cells that changed; it is a Textual ``DataTable``, which draws only the visible rows, so a pool of
-1,000 accounts scrolls like one of ten. Every cell is plain text (``rich.text.Text``), never
+cells that changed; it is a Textual ``DataTable``, which draws only the visible rows. A pool larger
+than 200 accounts is listed in part (those that need a person first, then cooling, ready,
+disabled; ``/`` narrows it): at 10,000 accounts a refresh would otherwise build 10,000 views and
+rows twice a second. Every cell is plain text (``rich.text.Text``), never
 markup: a label or a provider's error message in brackets is shown as it is. Keys act on the
 selected account through the library, each in a worker thread (a change waits for the pool's
 lock, never the screen).
@@ -22,7 +24,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Input, Static
 
 from authpool import Pool, PoolError
-from authpool.accounts import account_view, pool_status
+from authpool.accounts import SHOWN_LIMIT, account_view, pool_status, shown_accounts
 from authpool.events import ActivityFeed
 from authpool.server.top.rows import COLUMNS, account_cells, provider_line
 
@@ -49,10 +51,12 @@ class TopApp(App[None]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, pool: Pool, *, poll: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pool: Pool, *, poll: float = 0.5, clock: Callable[[], float] = time.time,
+                 limit: int = SHOWN_LIMIT) -> None:
         super().__init__()
         self.pool = pool
         self.poll = poll
+        self.limit = limit  # rows listed at once: a large pool is listed in part, attention first
         self.clock = clock
         self.feed = ActivityFeed(pool.home.events_file, poll=min(poll, 0.25), clock=clock)
         self.filter_text = ""
@@ -92,15 +96,15 @@ class TopApp(App[None]):
         status = pool_status(accounts, now)
         lines = [provider_line(p, now) for p in status["providers"]] or [
             f"no accounts yet in {self.pool.home.path}: add one with `authpool accounts add-key PROVIDER --label NAME`"]
+        shown, matching = shown_accounts(accounts, now, needle=self.filter_text, limit=self.limit)
+        if len(shown) < matching:
+            matched = f" matching {self.filter_text!r}" if self.filter_text else ""
+            lines.append(f"listing {len(shown)} of {matching} accounts{matched}: those that need attention first, "
+                         "then cooling, ready, disabled (/ narrows the list)")
         self.query_one("#summary", Static).update(Text("\n".join(lines)))
-        views = [account_view(a, now) for a in sorted(accounts, key=lambda a: (a.provider, a.order, a.label))]
-        wanted = [v for v in views if self._shown(v)]
-        self._draw([(v["id"], account_cells(v, self.feed.activity, now)) for v in wanted])
+        views = [account_view(a, now) for a in shown]
+        self._draw([(v["id"], account_cells(v, self.feed.activity, now)) for v in views])
         self.refreshes += 1
-
-    def _shown(self, view: dict[str, Any]) -> bool:
-        needle = self.filter_text.casefold()
-        return not needle or any(needle in str(view[k]).casefold() for k in ("name", "provider", "state"))
 
     def _draw(self, rows: list[tuple[str, tuple[str, ...]]]) -> None:
         table = self.query_one(DataTable)

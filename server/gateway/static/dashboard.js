@@ -1,6 +1,7 @@
 // The authpool dashboard: polls /_dashboard/state every second (the session cookie goes along,
-// same origin only) and redraws. Countdowns tick every second from the server's clock. Text is
-// always set with textContent, never parsed as HTML.
+// same origin only) and redraws. A large pool comes listed in part (the server picks the accounts
+// that need attention first); the filter box narrows the list on the server. Countdowns tick
+// every second from the server's clock. Text is always set with textContent, never parsed as HTML.
 "use strict";
 
 let state = null;
@@ -112,6 +113,12 @@ function draw() {
   if (!state.providers.length) providers.append(el("p", {}, `No accounts yet in ${state.home}.`));
   const rows = state.providers.flatMap(p => p.accounts).map(row);
   document.querySelector("#accounts tbody").replaceChildren(...rows);
+  const l = state.listed;
+  const matched = l.filter ? ` matching "${l.filter}"` : "";
+  document.getElementById("listed").textContent = l.shown < l.matching
+    ? `showing ${l.shown} of ${l.matching} accounts${matched}: those that need attention first, then cooling, ` +
+      `ready, disabled; filter to find others`
+    : (l.filter ? `${l.matching} of ${l.total} accounts match` : "");
   document.getElementById("events").replaceChildren(...state.events.slice().reverse().map(eventLine));
 }
 
@@ -125,7 +132,9 @@ function tick() {
 
 async function poll() {
   try {
-    const r = await fetch("/_dashboard/state", { credentials: "same-origin", cache: "no-store" });
+    const q = document.getElementById("filter").value.trim();
+    const url = q ? `/_dashboard/state?q=${encodeURIComponent(q)}` : "/_dashboard/state";
+    const r = await fetch(url, { credentials: "same-origin", cache: "no-store" });
     if (r.status === 401) { window.location.assign("/"); return; }
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     state = await r.json();
@@ -143,6 +152,13 @@ async function loop() {
   if (!document.hidden) await poll();
   setTimeout(loop, 1000);
 }
+
+// A new filter is asked for once typing pauses, not at the next second.
+let typing = null;
+document.getElementById("filter").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(poll, 250);
+});
 
 loop();
 setInterval(tick, 1000);
