@@ -354,7 +354,8 @@ class PoolFile(_Model):
     @property
     def revision(self) -> int:
         """The store's change number this snapshot shows (0 for one nobody numbered)."""
-        return self._revision
+        private = self.__pydantic_private__  # a slot read, not pydantic's __getattr__ (see _indexed)
+        return private["_revision"] if private is not None else 0
 
     def changed_since(self, other: PoolFile) -> frozenset[str] | None:
         """The ids of the accounts added, changed or removed between ``other`` and this snapshot,

@@ -69,6 +69,7 @@ T = TypeVar("T")
 LAYOUT_VERSION = 1  # the tables of pool.db; a newer one is refused (see _check_layout)
 _LOCK_LOST_ATTEMPTS = 3  # a lock file deleted under us this often in a row: someone keeps deleting it
 _BACKUP_EVERY = 3600.0  # seconds between backups (each copies the whole database)
+_BACKUP_LOOK_EVERY = 60.0  # seconds between a process's looks at the backup's age
 _REMOVED_KEPT = 10_000  # change numbers a removal stays visible for; an older snapshot reloads whole
 _fdatasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 _IDENTITY_EVERY = 0.5  # seconds between a reader's looks at whether pool.db was replaced
@@ -120,6 +121,7 @@ class Store:
         self._identity_checked = 0.0  # monotonic time of the last look at the path (reads look twice a second)
         self._dir_flushed = False  # the home directory flushed since the connection opened (its -wal entry)
         self._legacy: tuple[tuple[int, int, int], PoolFile] | None = None
+        self._backup_look_at = 0.0  # monotonic time before which the backup is not looked at again
         self._history = ChangeLog()
 
     # -- MetadataStore: reading -------------------------------------------------------------
@@ -589,11 +591,20 @@ class Store:
         return self.backup_path if self.backup_path.exists() else None
 
     def _backup_due(self) -> bool:
+        # The backup's age is looked at once a minute at most, not after every commit (a stat each).
+        if time.monotonic() < self._backup_look_at:
+            return False
         try:
             st = self.backup_path.stat()
         except FileNotFoundError:
             return True
-        return not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime >= _BACKUP_EVERY
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        left = _BACKUP_EVERY - (time.time() - st.st_mtime)
+        if left <= 0:
+            return True
+        self._backup_look_at = time.monotonic() + min(left, _BACKUP_LOOK_EVERY)
+        return False
 
     def _backup(self) -> None:
         """Copy the database to ``pool.db.bak`` (a consistent copy, taken while others keep writing)."""
