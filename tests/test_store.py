@@ -364,18 +364,28 @@ def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_
     writer = Store(Home.open(home))  # its own connection: to SQLite, another process
     reader = Store(Home.open(home))
     statements: list[str] = []
+    salts: set[bytes] = set()
     try:
         reader.read()
-        assert reader._conn is not None
+        writer.read()
+        assert reader._conn is not None and writer._conn is not None
+        # Checkpoints every few commits: the log restarts from its first frame again and again, so a
+        # header that named only the last frame would repeat; the salts SQLite changes on a restart
+        # must show.
+        writer._conn.execute("PRAGMA wal_autocheckpoint=4")
         reader._conn.set_trace_callback(statements.append)
         for n in range(300):
             def note(rows: Any, n: int = n) -> None:
                 rows.get(account_id).last_error = f"change {n}"
             writer.update_accounts((account_id,), note)
+            header = reader._wal.read() if reader._wal is not None else None
+            assert header is not None
+            salts.add(header[32:40])  # aSalt: see https://www.sqlite.org/walformat.html
             assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
             statements.clear()
             assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
             assert statements == [], statements  # nothing committed since: no statement at all
+        assert len(salts) > 10  # the log did restart, many times
     finally:
         writer.close()
         reader.close()
