@@ -357,8 +357,10 @@ def test_reads_see_other_processes_writes_immediately(home: Path) -> None:
     assert pool.get("openai/a").enabled is False
 
 
-def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_when_none_came(home: Path) -> None:
-    """The read path's cheap check (the WAL-index header) never hides a commit, and costs no query."""
+def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_when_none_came(
+        home: Path) -> None:
+    """The read path's cheap check (SQLite's WAL-index header) never hides a commit, even while
+    checkpoints restart the log again and again, and a read with nothing new costs no query."""
     pool = make_pool_with(home, "a")
     account_id = pool.get("openai/a").id
     writer = Store(Home.open(home))  # its own connection: to SQLite, another process
@@ -369,10 +371,7 @@ def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_
         reader.read()
         writer.read()
         assert reader._conn is not None and writer._conn is not None
-        # Checkpoints every few commits: the log restarts from its first frame again and again, so a
-        # header that named only the last frame would repeat; the salts SQLite changes on a restart
-        # must show.
-        writer._conn.execute("PRAGMA wal_autocheckpoint=4")
+        writer._conn.execute("PRAGMA wal_autocheckpoint=4")  # a checkpoint, then a log restart, every few commits
         reader._conn.set_trace_callback(statements.append)
         for n in range(300):
             def note(rows: Any, n: int = n) -> None:
@@ -380,12 +379,12 @@ def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_
             writer.update_accounts((account_id,), note)
             header = reader._wal.read() if reader._wal is not None else None
             assert header is not None
-            salts.add(header[32:40])  # aSalt: see https://www.sqlite.org/walformat.html
+            salts.add(header[32:40])  # aSalt (https://www.sqlite.org/walformat.html)
             assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
             statements.clear()
             assert reader.read().get(account_id).last_error == f"change {n}"  # type: ignore[union-attr]
             assert statements == [], statements  # nothing committed since: no statement at all
-        assert len(salts) > 10  # the log did restart, many times
+        assert len(salts) > 10  # the log did restart, many times: a header naming only the last frame repeats
     finally:
         writer.close()
         reader.close()
@@ -394,13 +393,12 @@ def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_
 def test_without_a_wal_index_header_to_trust_reads_fall_back_to_sqlite(tmp_path: Path) -> None:
     from authpool.storage.sqlite import WalHeader
 
-    missing = WalHeader(tmp_path / "none.db")
-    assert missing.read() is None
+    assert WalHeader(tmp_path / "none.db").read() is None
     (tmp_path / "odd.db-shm").write_bytes(b"\x01" * 4096)  # not a header this code knows
     odd = WalHeader(tmp_path / "odd.db")
-    assert odd.read() is None
-    odd.close()
-    odd.close()
+    assert odd.read() is None and odd.follows()
+    (tmp_path / "odd.db-shm").unlink()
+    assert not odd.follows()
 
 
 @pytest.mark.parametrize("argv", [

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from authpool import Home, Pool, StoreCorrupt
+from authpool import Home, Pool, Store, StoreCorrupt
 from authpool.accounts.model import Account
 from authpool.errors import StoreVersionError
 from tests.conftest import REPO, assert_no_secrets, home_texts, raw_pool, run_cli, start_worker
@@ -271,3 +271,53 @@ def test_an_older_authpool_still_running_after_the_pool_moves_into_pool_db_fails
     assert json.loads((home / "pool.json.moved").read_text())["accounts"][0]["label"] == "kept"
     r = cli("doctor")
     assert "no longer read" not in r.stdout, r.stdout  # the marker is not an older authpool's pool.json
+
+
+_DMS_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)  # SQLite's "someone uses this" byte of -shm
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def test_closing_one_store_keeps_the_locks_sqlite_holds_for_another_store_of_the_process(home: Path) -> None:
+    """POSIX locks belong to the process: closing *any* descriptor of a file drops all of them, those
+    SQLite holds for another connection included. Nothing of authpool may open and close pool.db's
+    files beside SQLite's own (an earlier freshness check read pool.db-shm through a descriptor of
+    its own: closing one Store then let the next process rebuild -shm under the other, SIGBUS)."""
+    make_pool_with(home, "a").store.close()
+    first, second = Store(Home.open(home)), Store(Home.open(home))
+    try:
+        first.read()
+        second.read()
+        first.close()
+        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(home / "pool.db-shm")],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == "held", probe.stderr
+        account_id = second.read().accounts[0].id
+        second.update_accounts((account_id,), lambda rows: setattr(rows.get(account_id), "last_error", "x"))
+        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(home / "pool.db-shm")],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == "held", probe.stderr
+    finally:
+        second.close()
+
+
+def test_the_descriptors_kept_for_reading_wal_headers_follow_the_files_that_exist(tmp_path: Path) -> None:
+    """Never closed while their -shm file exists (see above), so they must go once SQLite deletes the
+    file: 40 homes opened and closed one after another leave a handful, not 40."""
+    from authpool.storage import sqlite as sqlite_module
+
+    before = sqlite_module._shm_descriptors.count()
+    for n in range(40):
+        store = Store(Home.open(tmp_path / f"home-{n}"))
+        store.update(lambda pool: None)  # creates pool.db; reading it creates pool.db-shm
+        assert store._wal is not None and store._wal.read() is not None
+        store.close()  # the last connection: SQLite deletes pool.db-shm
+        assert not (tmp_path / f"home-{n}" / "pool.db-shm").exists()
+    assert sqlite_module._shm_descriptors.count() <= before + 2

@@ -318,17 +318,19 @@ class Store:
         share one. A later commit is written after ours in the same log (or ours was already
         checkpointed into the database, flushed), so whoever flushes flushes ours too.
         """
-        for path in (self.path.with_name(self.path.name + "-wal"), self.path):
-            try:
-                _fsync(path, data_only=True)
-                if not self._dir_flushed:  # the log's name in the directory, once per connection
-                    fsync_dir(self.path.parent)
-                    self._dir_flushed = True
-            except FileNotFoundError:
-                continue  # no log (not in WAL mode): the database file itself
-            except OSError as e:
-                raise StoreWriteError(f"could not flush {path} to disk: {e}") from None
+        path = self.path.with_name(self.path.name + "-wal")  # SQLite holds no lock on the log itself
+        try:
+            _fsync(path, data_only=True)
+            if not self._dir_flushed:  # the log's name in the directory, once per connection
+                fsync_dir(self.path.parent)
+                self._dir_flushed = True
+        except FileNotFoundError:
+            # No log: never while a connection is open (the database is made in WAL mode, which
+            # stays). pool.db itself is not flushed from here: closing a descriptor of it would drop
+            # the locks SQLite holds on it for this process's connections (see WalHeader).
             return
+        except OSError as e:
+            raise StoreWriteError(f"could not flush {path} to disk: {e}") from None
 
     def _apply_rows(self, conn: sqlite3.Connection, version: int, ids: list[str],
                     change: Callable[[Rows], T]) -> tuple[T, _Written]:
@@ -427,8 +429,10 @@ class Store:
                 return None
             self._create()
         try:
-            conn = open_existing(self.path, self.lock.timeout)
+            # The identity first: a file put in place between the two (doctor --restore) then shows
+            # as replaced and is opened again, never taken for the one the connection has open.
             st = os.stat(self.path)
+            conn = open_existing(self.path, self.lock.timeout)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open {self.path}: {e}") from None
         try:
@@ -456,6 +460,10 @@ class Store:
         if not exact and now - self._identity_checked < _IDENTITY_EVERY:
             return False
         self._identity_checked = now
+        if self._wal is not None and not self._wal.follows():
+            # pool.db-shm is not the file the header is read from (deleted by hand, say): the header
+            # would never move again. data_version answers from here on.
+            self._wal = self._header = None
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -685,8 +693,7 @@ class Store:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-        if self._wal is not None:
-            self._wal.close()
+        # The header's descriptor is not closed: it is the process's one for that file (WalHeader).
         self._conn, self._cache, self._data_version, self._wal, self._header = None, None, None, None, None
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +72,68 @@ def create_aside(path: Path, tables: str, fill: Callable[[sqlite3.Connection], N
 
 _WAL_INDEX_VERSION = 3007000  # iVersion of the WAL-index header since SQLite 3.7.0
 _HEADER_BYTES = 48  # the first copy of the header (https://www.sqlite.org/walformat.html)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class _ShmDescriptors:
+    """This process's read-only descriptors of ``-shm`` files: one per file, closed only once the
+    file is gone.
+
+    POSIX record locks belong to the process, and closing *any* descriptor of a file drops every
+    lock the process holds on it, those SQLite holds for its own connections included (SQLite's VFS
+    works around that for the descriptors it opens; one of ours is outside its reach). Dropping them
+    lets the next process to open the database take it for unused and rebuild ``-shm`` under our
+    connections (a review reproduced a SIGBUS). So a descriptor is never closed while its file can
+    still be opened by name. Once SQLite has deleted the file (the last connection to the database,
+    in any process, closed it) nobody can open it again and closing ours is harmless: that is looked
+    at whenever another file's descriptor is opened, so they follow the files that exist.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._open: dict[tuple[int, int], int] = {}  # (device, inode) -> descriptor
+
+    def of(self, shm: Path) -> tuple[tuple[int, int], int] | None:
+        """``((device, inode), descriptor)`` of the file at ``shm`` now, or None if there is none."""
+        try:
+            st = os.stat(shm)
+        except OSError:
+            return None
+        with self._guard:
+            fd = self._open.get((st.st_dev, st.st_ino))
+            if fd is not None:
+                return (st.st_dev, st.st_ino), fd
+            self._let_go_of_deleted()
+            try:
+                fd = os.open(shm, os.O_RDONLY | _CLOEXEC)
+            except OSError:
+                return None
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)
+            if key in self._open:  # replaced between the stat and the open by a file we hold: keep both
+                self._open[(opened.st_dev, -fd)] = fd  # (a key no file has; let go of once it is deleted)
+                return key, self._open[key]
+            self._open[key] = fd
+            return key, fd
+
+    def _let_go_of_deleted(self) -> None:
+        for key, fd in list(self._open.items()):
+            try:
+                gone = os.fstat(fd).st_nlink == 0
+            except OSError:
+                gone = True
+            if gone:
+                del self._open[key]
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def count(self) -> int:
+        """How many descriptors are kept (for tests)."""
+        with self._guard:
+            return len(self._open)
+
+
+_shm_descriptors = _ShmDescriptors()
 
 
 class WalHeader:
@@ -79,19 +142,23 @@ class WalHeader:
     Every commit, by any connection of any process, rewrites the header: a counter every
     transaction moves, the last valid frame, the salts, a checksum (SQLite's "WAL-index header",
     https://www.sqlite.org/walformat.html). Reading its first 48 bytes is one ``pread`` (about
-    1 µs); ``PRAGMA data_version`` begins and ends a read transaction, two lock calls on the same
-    file and 4-15 µs, twice on every request through the pool. The header only ever answers
-    "unchanged since": equal bytes mean nobody committed in between; anything else (a different
-    header, a layout this code does not know, no file, no ``pread``) sends the caller to
-    ``PRAGMA data_version``. Open it only while a connection to the database is open: SQLite then
-    keeps the ``-shm`` file in place.
+    1 µs); ``PRAGMA data_version`` begins and ends a read transaction (two lock calls on the same
+    file: 4 µs warm, 10-15 µs with the caches cold as they are inside a request), twice on every
+    request through the pool. The header only ever answers "unchanged since": equal bytes mean
+    nobody committed in between; anything else (a different header, a layout this code does not
+    know, no file, no ``pread``) sends the caller to ``PRAGMA data_version``. Make one after a
+    connection to the database has read from it (SQLite then keeps the file in place), and
+    :meth:`follows` tells whether the file at the path is still the one read.
+
+    The descriptor is this process's one for the file (:class:`_ShmDescriptors`), never closed
+    here: closing it would drop SQLite's locks on the file.
     """
 
     def __init__(self, database: Path) -> None:
-        self._fd: int | None = None
-        if hasattr(os, "pread"):
-            with contextlib.suppress(OSError):
-                self._fd = os.open(f"{database}-shm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._path = Path(f"{database}-shm")
+        found = _shm_descriptors.of(self._path) if hasattr(os, "pread") else None
+        self._file: tuple[int, int] | None = found[0] if found is not None else None
+        self._fd: int | None = found[1] if found is not None else None
 
     def read(self) -> bytes | None:
         """The header as it is now, or None if it cannot be relied on."""
@@ -106,8 +173,10 @@ class WalHeader:
             return None
         return header
 
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def follows(self) -> bool:
+        """Whether the ``-shm`` file at the path is still the one this reads (one stat)."""
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file
