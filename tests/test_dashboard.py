@@ -184,7 +184,7 @@ def test_a_pool_larger_than_the_limit_is_listed_attention_first_and_the_filter_n
         doc = client.get("/_dashboard/state", params={"q": "READY"}).json()
         assert [a["name"] for p in doc["providers"] for a in p["accounts"]] == ["acme/ready"]
         assert doc["listed"]["matching"] == 1 and doc["series"] == {ids["acme/ready"]: doc["series"][ids["acme/ready"]]}
-        for bad in ("0", "1001", "x", "-1"):
+        for bad in ("0", "1001", "x", "-1", "²", "١٢", "9" * 5001, " 5"):
             r = client.get("/_dashboard/state", params={"limit": bad})
             assert r.status_code == 400 and r.json() == {"error": "limit must be a whole number from 1 to 1000"}
 

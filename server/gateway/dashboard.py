@@ -148,7 +148,10 @@ class Dashboard:
             return _json({"error": "the dashboard needs the gateway key: log in at /"}, 401)
         needle = request.query_params.get("q", "")[:FILTER_MAX]
         raw_limit = request.query_params.get("limit", str(SHOWN_LIMIT))
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
+        # ASCII digits only, and few: str.isdigit() also accepts "²" and other scripts' digits,
+        # which int() then refuses or reads, and int() refuses 4,300 digits and more.
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4) or not (
+                1 <= int(raw_limit) <= MAX_LIMIT):
             return _json({"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}, 400)
         try:
             doc = await anyio.to_thread.run_sync(self._state, needle, int(raw_limit))
