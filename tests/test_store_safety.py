@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -309,8 +310,8 @@ def test_closing_one_store_keeps_the_locks_sqlite_holds_for_another_store_of_the
 
 
 def test_the_descriptors_kept_for_reading_wal_headers_follow_the_files_that_exist(tmp_path: Path) -> None:
-    """Never closed while their -shm file exists (see above), so they must go once SQLite deletes the
-    file: 40 homes opened and closed one after another leave a handful, not 40."""
+    """Never closed while a store of the process uses their -shm file (see above), and let go of
+    once SQLite deletes the file: 40 homes opened and closed one after another leave a handful."""
     from authpool.storage import sqlite as sqlite_module
 
     before = sqlite_module._shm_descriptors.count()
@@ -321,3 +322,67 @@ def test_the_descriptors_kept_for_reading_wal_headers_follow_the_files_that_exis
         store.close()  # the last connection: SQLite deletes pool.db-shm
         assert not (tmp_path / f"home-{n}" / "pool.db-shm").exists()
     assert sqlite_module._shm_descriptors.count() <= before + 2
+
+
+_KEEPER = """
+import sqlite3, sys
+held = [sqlite3.connect(path) for path in sys.argv[1:]]
+for conn in held:
+    conn.execute("SELECT count(*) FROM meta").fetchone()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_homes_that_other_processes_keep_open_do_not_pile_up_descriptors(tmp_path: Path) -> None:
+    """Their -shm files are never deleted while another process has them open: a process that
+    reads many such homes keeps a few idle descriptors, not one per home (or it runs out)."""
+    from authpool.storage import sqlite as sqlite_module
+
+    homes = [tmp_path / f"home-{n}" for n in range(30)]
+    for home in homes:
+        Store(Home.open(home)).update(lambda pool: None)
+    keeper = subprocess.Popen([sys.executable, "-c", _KEEPER, *(str(h / "pool.db") for h in homes)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert keeper.stdout is not None and keeper.stdout.readline().strip() == "ready"
+        before = sqlite_module._shm_descriptors.count()
+        for home in homes:
+            store = Store(Home.open(home))
+            assert store.read() is not None and store._wal is not None and store._wal.read() is not None
+            store.close()
+        assert sqlite_module._shm_descriptors.count() <= before + sqlite_module._ShmDescriptors._IDLE_KEPT
+        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(homes[-1] / "pool.db-shm")],
+                               capture_output=True, text=True, timeout=60)
+        assert probe.stdout.strip() == "held"  # the keeper's lock, untouched by what this process closed
+    finally:
+        assert keeper.stdin is not None
+        keeper.stdin.close()
+        keeper.wait(timeout=60)
+
+
+def test_a_child_forked_while_another_thread_holds_the_descriptor_registry_can_use_it(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from authpool.storage import sqlite as sqlite_module
+
+    store = Store(Home.open(tmp_path / "home"))
+    store.update(lambda pool: None)
+    shm = tmp_path / "home" / "pool.db-shm"
+
+    def child() -> None:
+        found = sqlite_module._shm_descriptors.take(shm)
+        os._exit(0 if found is not None else 3)
+
+    held = sqlite_module._shm_descriptors._guard
+    held.acquire()  # as if another thread were inside take() at the fork
+    try:
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+    finally:
+        held.release()
+    process.join(timeout=60)
+    if process.exitcode is None:
+        process.kill()
+    assert process.exitcode == 0
+    store.close()

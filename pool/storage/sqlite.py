@@ -8,7 +8,10 @@ import os
 import sqlite3
 import sys
 import threading
+import time
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from authpool.home import FILE_MODE
@@ -75,65 +78,99 @@ _HEADER_BYTES = 48  # the first copy of the header (https://www.sqlite.org/walfo
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
+@dataclass
+class _Descriptor:
+    fd: int
+    users: int = 0  # live WalHeaders (stores with a connection open) reading it
+    idle_since: float = 0.0  # monotonic time its users went to zero
+    extra: list[int] = field(default_factory=list)  # more descriptors of the same file, closed with it
+
+
 class _ShmDescriptors:
-    """This process's read-only descriptors of ``-shm`` files: one per file, closed only once the
-    file is gone.
+    """This process's read-only descriptors of ``-shm`` files: one per file, never closed while
+    this process may hold SQLite locks on the file.
 
     POSIX record locks belong to the process, and closing *any* descriptor of a file drops every
     lock the process holds on it, those SQLite holds for its own connections included (SQLite's VFS
     works around that for the descriptors it opens; one of ours is outside its reach). Dropping them
     lets the next process to open the database take it for unused and rebuild ``-shm`` under our
-    connections (a review reproduced a SIGBUS). So a descriptor is never closed while its file can
-    still be opened by name. Once SQLite has deleted the file (the last connection to the database,
-    in any process, closed it) nobody can open it again and closing ours is harmless: that is looked
-    at whenever another file's descriptor is opened, so they follow the files that exist.
+    connections (a review reproduced a SIGBUS). So a descriptor is closed only when no
+    :class:`WalHeader` uses it (no store of this process has a connection to that database) and
+    either its file is gone (SQLite deleted it: nobody can open it again) or more than
+    ``_IDLE_KEPT`` such idle descriptors are kept (the oldest go: a process reading many homes that
+    other processes keep open must not run out of descriptors).
     """
+
+    _IDLE_KEPT = 8
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._open: dict[tuple[int, int], int] = {}  # (device, inode) -> descriptor
+        self._open: dict[tuple[int, int], _Descriptor] = {}  # (device, inode) -> descriptor
 
-    def of(self, shm: Path) -> tuple[tuple[int, int], int] | None:
-        """``((device, inode), descriptor)`` of the file at ``shm`` now, or None if there is none."""
+    def take(self, shm: Path) -> tuple[tuple[int, int], int] | None:
+        """``((device, inode), descriptor)`` of the file at ``shm``, one more user of it; None if
+        there is none. Give it back with :meth:`give_back`."""
         try:
             st = os.stat(shm)
         except OSError:
             return None
         with self._guard:
-            fd = self._open.get((st.st_dev, st.st_ino))
-            if fd is not None:
-                return (st.st_dev, st.st_ino), fd
-            self._let_go_of_deleted()
-            try:
-                fd = os.open(shm, os.O_RDONLY | _CLOEXEC)
-            except OSError:
-                return None
-            opened = os.fstat(fd)
-            key = (opened.st_dev, opened.st_ino)
-            if key in self._open:  # replaced between the stat and the open by a file we hold: keep both
-                self._open[(opened.st_dev, -fd)] = fd  # (a key no file has; let go of once it is deleted)
-                return key, self._open[key]
-            self._open[key] = fd
-            return key, fd
+            found = self._open.get((st.st_dev, st.st_ino))
+            if found is None:
+                try:
+                    fd = os.open(shm, os.O_RDONLY | _CLOEXEC)
+                except OSError:
+                    return None
+                opened = os.fstat(fd)
+                key = (opened.st_dev, opened.st_ino)  # the file opened (replaced since the stat: that one)
+                found = self._open.get(key)
+                if found is None:
+                    found = self._open[key] = _Descriptor(fd)
+                else:  # a file already held: this descriptor goes with that one (closing it alone is unsafe)
+                    found.extra.append(fd)
+            else:
+                key = (st.st_dev, st.st_ino)
+            found.users += 1
+            return key, found.fd
 
-    def _let_go_of_deleted(self) -> None:
-        for key, fd in list(self._open.items()):
+    def give_back(self, key: tuple[int, int]) -> None:
+        """One user fewer; descriptors nobody uses are let go of as the class says."""
+        with self._guard:
+            found = self._open.get(key)
+            if found is not None:
+                found.users -= 1
+                if found.users <= 0:
+                    found.users, found.idle_since = 0, time.monotonic()
+            self._trim()
+
+    def _trim(self) -> None:
+        idle = sorted((d.idle_since, key) for key, d in self._open.items() if d.users == 0)
+        for n, (_, key) in enumerate(idle):
+            fd = self._open[key].fd
             try:
                 gone = os.fstat(fd).st_nlink == 0
             except OSError:
                 gone = True
-            if gone:
-                del self._open[key]
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            if gone or n < len(idle) - self._IDLE_KEPT:
+                for each in (fd, *self._open.pop(key).extra):
+                    with contextlib.suppress(OSError):
+                        os.close(each)
 
     def count(self) -> int:
         """How many descriptors are kept (for tests)."""
         with self._guard:
             return len(self._open)
 
+    def after_fork(self) -> None:
+        """In a forked child: a guard of its own (another thread may have held the parent's). The
+        descriptors stay: they are the child's copies, and closing them would drop the child's
+        locks, not the parent's."""
+        self._guard = threading.Lock()
+
 
 _shm_descriptors = _ShmDescriptors()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shm_descriptors.after_fork)
 
 
 class WalHeader:
@@ -150,15 +187,26 @@ class WalHeader:
     connection to the database has read from it (SQLite then keeps the file in place), and
     :meth:`follows` tells whether the file at the path is still the one read.
 
-    The descriptor is this process's one for the file (:class:`_ShmDescriptors`), never closed
-    here: closing it would drop SQLite's locks on the file.
+    The descriptor is this process's one for the file (:class:`_ShmDescriptors`): :meth:`close`
+    gives it back, and the registry closes it only when that cannot drop SQLite's locks.
     """
 
     def __init__(self, database: Path) -> None:
         self._path = Path(f"{database}-shm")
-        found = _shm_descriptors.of(self._path) if hasattr(os, "pread") else None
-        self._file: tuple[int, int] | None = found[0] if found is not None else None
-        self._fd: int | None = found[1] if found is not None else None
+        found = _shm_descriptors.take(self._path) if hasattr(os, "pread") else None
+        self._file: tuple[int, int] | None = None
+        self._fd: int | None = None
+        self._done: weakref.finalize[..., WalHeader] | None = None
+        if found is not None:
+            self._file, self._fd = found
+            # A store dropped without close() gives its use back when it is collected.
+            self._done = weakref.finalize(self, _shm_descriptors.give_back, found[0])
+
+    def close(self) -> None:
+        """This reader's use of the descriptor is over (the descriptor itself is the process's)."""
+        self._fd = None
+        if self._done is not None:
+            self._done()
 
     def read(self) -> bytes | None:
         """The header as it is now, or None if it cannot be relied on."""
