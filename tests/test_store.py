@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -361,6 +362,7 @@ def test_a_reader_sees_every_commit_of_another_connection_and_runs_no_statement_
         home: Path) -> None:
     """The read path's cheap check (SQLite's WAL-index header) never hides a commit, even while
     checkpoints restart the log again and again, and a read with nothing new costs no query."""
+    gc.collect()  # stores other tests left to the collector let go of their -shm descriptors
     pool = make_pool_with(home, "a")
     account_id = pool.get("openai/a").id
     writer = Store(Home.open(home))  # its own connection: to SQLite, another process

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -314,6 +315,7 @@ def test_the_descriptors_kept_for_reading_wal_headers_follow_the_files_that_exis
     once SQLite deletes the file: 40 homes opened and closed one after another leave a handful."""
     from authpool.storage import sqlite as sqlite_module
 
+    gc.collect()  # stores other tests left to the collector: their -shm files go, and their descriptors
     before = sqlite_module._shm_descriptors.count()
     for n in range(40):
         store = Store(Home.open(tmp_path / f"home-{n}"))
@@ -335,26 +337,39 @@ sys.stdin.read()
 
 
 def test_homes_that_other_processes_keep_open_do_not_pile_up_descriptors(tmp_path: Path) -> None:
-    """Their -shm files are never deleted while another process has them open: a process that
-    reads many such homes keeps a few idle descriptors, not one per home (or it runs out)."""
+    """Their -shm files are never deleted while another process has them open, and a descriptor of
+    a file that exists is never closed: past a bound, stores read without one (data_version)."""
     from authpool.storage import sqlite as sqlite_module
 
-    homes = [tmp_path / f"home-{n}" for n in range(30)]
+    kept = sqlite_module._ShmDescriptors._KEPT
+    homes = [tmp_path / f"home-{n}" for n in range(kept + 6)]
     for home in homes:
         Store(Home.open(home)).update(lambda pool: None)
     keeper = subprocess.Popen([sys.executable, "-c", _KEEPER, *(str(h / "pool.db") for h in homes)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert keeper.stdout is not None and keeper.stdout.readline().strip() == "ready"
-        before = sqlite_module._shm_descriptors.count()
+        without = 0
         for home in homes:
             store = Store(Home.open(home))
-            assert store.read() is not None and store._wal is not None and store._wal.read() is not None
+            account = store.read()
+            assert account is not None and store._wal is not None
+            without += store._wal.read() is None
             store.close()
-        assert sqlite_module._shm_descriptors.count() <= before + sqlite_module._ShmDescriptors._IDLE_KEPT
-        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(homes[-1] / "pool.db-shm")],
+        assert sqlite_module._shm_descriptors.count() <= kept
+        assert without >= 6
+        last = Store(Home.open(homes[-1]))  # without a descriptor: still sees another connection's commit
+        other = Store(Home.open(homes[-1]))
+        try:
+            first = last.read().revision
+            other.update(lambda pool: None)
+            assert last.read().revision == first + 1
+        finally:
+            last.close()
+            other.close()
+        probe = subprocess.run([sys.executable, "-c", _DMS_PROBE, str(homes[0] / "pool.db-shm")],
                                capture_output=True, text=True, timeout=60)
-        assert probe.stdout.strip() == "held"  # the keeper's lock, untouched by what this process closed
+        assert probe.stdout.strip() == "held"  # the keeper's lock, untouched by what this process did
     finally:
         assert keeper.stdin is not None
         keeper.stdin.close()

@@ -117,7 +117,6 @@ class Store:
         self._data_version: int | None = None  # PRAGMA data_version when the cache was current
         self._wal: WalHeader | None = None  # the connection's WAL-index header, read before data_version
         self._header: bytes | None = None  # the header when the cache was last known current
-        self._retired: list[WalHeader] = []  # headers of a -shm no longer at the path, until the connection closes
         self._identity: tuple[int, int] | None = None  # (device, inode) of the pool.db the connection has open
         self._identity_checked = 0.0  # monotonic time of the last look at the path (reads look twice a second)
         self._dir_flushed = False  # the home directory flushed since the connection opened (its -wal entry)
@@ -464,7 +463,6 @@ class Store:
         if self._wal is not None and not self._wal.follows():
             # pool.db-shm is not the file the header is read from (deleted by hand, say): the header
             # would never move again. data_version answers from here on.
-            self._retired.append(self._wal)  # given back with the connection, whose locks may be on that file
             self._wal = self._header = None
         try:
             st = os.stat(self.path)
@@ -695,10 +693,7 @@ class Store:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
-        for wal in (self._wal, *self._retired):  # after the connection: the descriptors may go now (WalHeader)
-            if wal is not None:
-                wal.close()
-        self._retired = []
+        # The header's descriptor is the process's (WalHeader): never closed with the store.
         self._conn, self._cache, self._data_version, self._wal, self._header = None, None, None, None, None
 
     def close(self) -> None:

@@ -8,10 +8,8 @@ import os
 import sqlite3
 import sys
 import threading
-import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from authpool.home import FILE_MODE
@@ -80,81 +78,71 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 @dataclass
 class _Descriptor:
-    fd: int
-    users: int = 0  # live WalHeaders (stores with a connection open) reading it
-    idle_since: float = 0.0  # monotonic time its users went to zero
-    extra: list[int] = field(default_factory=list)  # more descriptors of the same file, closed with it
+    fd: int | None  # None once closed (its file was deleted)
 
 
 class _ShmDescriptors:
-    """This process's read-only descriptors of ``-shm`` files: one per file, never closed while
-    this process may hold SQLite locks on the file.
+    """This process's read-only descriptors of ``-shm`` files: one per file, closed only once the
+    file is gone, at most ``_KEPT`` of them.
 
     POSIX record locks belong to the process, and closing *any* descriptor of a file drops every
     lock the process holds on it, those SQLite holds for its own connections included (SQLite's VFS
     works around that for the descriptors it opens; one of ours is outside its reach). Dropping them
     lets the next process to open the database take it for unused and rebuild ``-shm`` under our
-    connections (a review reproduced a SIGBUS). So a descriptor is closed only when no
-    :class:`WalHeader` uses it (no store of this process has a connection to that database) and
-    either its file is gone (SQLite deleted it: nobody can open it again) or more than
-    ``_IDLE_KEPT`` such idle descriptors are kept (the oldest go: a process reading many homes that
-    other processes keep open must not run out of descriptors).
+    connections (a review reproduced a SIGBUS). So a descriptor is never closed while its file can
+    still be opened by name: only once SQLite has deleted it (the last connection to the database,
+    in any process, closed), looked at whenever a descriptor is asked for. Counting the
+    connections that use a file instead was tried, and a review found connections it could not
+    count (a backup's, a check's, a store collected in a cycle or at exit). A process reading
+    more homes than ``_KEPT`` that other processes keep open (their files are never deleted) gets
+    no more descriptors: those stores ask ``PRAGMA data_version`` instead.
     """
 
-    _IDLE_KEPT = 8
+    _KEPT = 64
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._open: dict[tuple[int, int], _Descriptor] = {}  # (device, inode) -> descriptor
 
-    def take(self, shm: Path) -> tuple[tuple[int, int], int] | None:
-        """``((device, inode), descriptor)`` of the file at ``shm``, one more user of it; None if
-        there is none. Give it back with :meth:`give_back`."""
+    def take(self, shm: Path) -> tuple[tuple[int, int], _Descriptor] | None:
+        """``((device, inode), descriptor)`` of the file at ``shm``, or None (no file, or too many kept)."""
         try:
             st = os.stat(shm)
         except OSError:
             return None
         with self._guard:
             found = self._open.get((st.st_dev, st.st_ino))
-            if found is None:
-                try:
-                    fd = os.open(shm, os.O_RDONLY | _CLOEXEC)
-                except OSError:
-                    return None
-                opened = os.fstat(fd)
-                key = (opened.st_dev, opened.st_ino)  # the file opened (replaced since the stat: that one)
-                found = self._open.get(key)
-                if found is None:
-                    found = self._open[key] = _Descriptor(fd)
-                else:  # a file already held: this descriptor goes with that one (closing it alone is unsafe)
-                    found.extra.append(fd)
-            else:
-                key = (st.st_dev, st.st_ino)
-            found.users += 1
-            return key, found.fd
-
-    def give_back(self, key: tuple[int, int]) -> None:
-        """One user fewer; descriptors nobody uses are let go of as the class says."""
-        with self._guard:
-            found = self._open.get(key)
             if found is not None:
-                found.users -= 1
-                if found.users <= 0:
-                    found.users, found.idle_since = 0, time.monotonic()
-            self._trim()
-
-    def _trim(self) -> None:
-        idle = sorted((d.idle_since, key) for key, d in self._open.items() if d.users == 0)
-        for n, (_, key) in enumerate(idle):
-            fd = self._open[key].fd
+                return (st.st_dev, st.st_ino), found
+            self._let_go_of_deleted()
+            if len(self._open) >= self._KEPT:
+                return None
             try:
-                gone = os.fstat(fd).st_nlink == 0
+                fd = os.open(shm, os.O_RDONLY | _CLOEXEC)
+            except OSError:
+                return None
+            opened = os.fstat(fd)
+            key = (opened.st_dev, opened.st_ino)  # the file opened (replaced since the stat: that one)
+            found = self._open.get(key)
+            if found is None:
+                found = self._open[key] = _Descriptor(fd)
+            else:  # already held: this one is one too many, but closing it could drop SQLite's locks
+                self._open[(opened.st_dev, -fd)] = _Descriptor(fd)  # a key no file has; goes once deleted
+            return key, found
+
+    def _let_go_of_deleted(self) -> None:
+        for key, found in list(self._open.items()):
+            fd = found.fd
+            try:
+                gone = fd is None or os.fstat(fd).st_nlink == 0
             except OSError:
                 gone = True
-            if gone or n < len(idle) - self._IDLE_KEPT:
-                for each in (fd, *self._open.pop(key).extra):
+            if gone:
+                del self._open[key]
+                found.fd = None  # a reader still holding it reads nothing from now on (see WalHeader)
+                if fd is not None:
                     with contextlib.suppress(OSError):
-                        os.close(each)
+                        os.close(fd)
 
     def count(self) -> int:
         """How many descriptors are kept (for tests)."""
@@ -183,37 +171,27 @@ class WalHeader:
     file: 4 µs warm, 10-15 µs with the caches cold as they are inside a request), twice on every
     request through the pool. The header only ever answers "unchanged since": equal bytes mean
     nobody committed in between; anything else (a different header, a layout this code does not
-    know, no file, no ``pread``) sends the caller to ``PRAGMA data_version``. Make one after a
-    connection to the database has read from it (SQLite then keeps the file in place), and
-    :meth:`follows` tells whether the file at the path is still the one read.
-
-    The descriptor is this process's one for the file (:class:`_ShmDescriptors`): :meth:`close`
-    gives it back, and the registry closes it only when that cannot drop SQLite's locks.
+    know, no file, no ``pread``, a descriptor let go of) sends the caller to ``PRAGMA
+    data_version``. Make one after a connection to the database has read from it (SQLite then
+    keeps the file in place), and :meth:`follows` tells whether the file at the path is still the
+    one read. The descriptor is the process's one for the file (:class:`_ShmDescriptors`), never
+    closed here.
     """
 
     def __init__(self, database: Path) -> None:
         self._path = Path(f"{database}-shm")
         found = _shm_descriptors.take(self._path) if hasattr(os, "pread") else None
-        self._file: tuple[int, int] | None = None
-        self._fd: int | None = None
-        self._done: weakref.finalize[..., WalHeader] | None = None
-        if found is not None:
-            self._file, self._fd = found
-            # A store dropped without close() gives its use back when it is collected.
-            self._done = weakref.finalize(self, _shm_descriptors.give_back, found[0])
-
-    def close(self) -> None:
-        """This reader's use of the descriptor is over (the descriptor itself is the process's)."""
-        self._fd = None
-        if self._done is not None:
-            self._done()
+        self._file: tuple[int, int] | None = found[0] if found is not None else None
+        self._descriptor: _Descriptor | None = found[1] if found is not None else None
 
     def read(self) -> bytes | None:
         """The header as it is now, or None if it cannot be relied on."""
-        fd = self._fd
+        fd = self._descriptor.fd if self._descriptor is not None else None
         if fd is None:
             return None
         try:
+            # If the file was deleted and the number reused meanwhile, these are another file's
+            # bytes: never the saved header (salts and checksum differ), so data_version answers.
             header = os.pread(fd, _HEADER_BYTES, 0)
         except OSError:
             return None
