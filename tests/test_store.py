@@ -403,6 +403,31 @@ def test_without_a_wal_index_header_to_trust_reads_fall_back_to_sqlite(tmp_path:
     assert not odd.follows()
 
 
+def test_a_header_read_while_its_descriptor_was_let_go_of_is_not_trusted(
+        home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry marks a descriptor before closing it (its file was deleted); by the time the
+    read returns, the number may be another file's, whose header can equal the saved one."""
+    store = Store(Home.open(home))
+    try:
+        store.update(lambda pool: None)
+        wal = store._wal
+        assert wal is not None and wal._descriptor is not None and wal.read() is not None
+        descriptor, fd, real = wal._descriptor, wal._descriptor.fd, os.pread
+
+        def pread(n: int, size: int, offset: int) -> bytes:
+            data = real(n, size, offset)
+            descriptor.fd = None  # let go of during the read
+            return data
+
+        monkeypatch.setattr(os, "pread", pread)
+        assert wal.read() is None
+        monkeypatch.undo()
+        descriptor.fd = fd
+        assert wal.read() is not None
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize("argv", [
     ["accounts", "list"],
     ["accounts", "list", "--json"],

@@ -186,14 +186,18 @@ class WalHeader:
 
     def read(self) -> bytes | None:
         """The header as it is now, or None if it cannot be relied on."""
-        fd = self._descriptor.fd if self._descriptor is not None else None
+        descriptor = self._descriptor
+        fd = descriptor.fd if descriptor is not None else None
         if fd is None:
             return None
         try:
-            # If the file was deleted and the number reused meanwhile, these are another file's
-            # bytes: never the saved header (salts and checksum differ), so data_version answers.
             header = os.pread(fd, _HEADER_BYTES, 0)
         except OSError:
+            return None
+        if descriptor is not None and descriptor.fd != fd:
+            # Let go of meanwhile (its file was deleted: a restore, or by hand), and the number may
+            # already be another file's, whose header can be byte for byte the saved one. The
+            # registry marks a descriptor before closing it, so this catches every such read.
             return None
         if len(header) < _HEADER_BYTES or int.from_bytes(header[:4], sys.byteorder) != _WAL_INDEX_VERSION:
             return None
