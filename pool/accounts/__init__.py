@@ -31,6 +31,7 @@ from authpool.accounts.views import (
     pool_status,
     relogin_command,
     shown_accounts,
+    window_views,
 )
 
 __all__ = [
@@ -63,4 +64,5 @@ __all__ = [
     "transitions",
     "validate_label",
     "validate_provider_id",
+    "window_views",
 ]

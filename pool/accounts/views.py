@@ -22,6 +22,7 @@ __all__ = [
     "pool_status",
     "relogin_command",
     "shown_accounts",
+    "window_views",
 ]
 
 
@@ -42,8 +43,7 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
                       for scope, cd in a.cooldowns.items() if cd.until > now},
         "needs_reauth": a.needs_reauth,
         "refresh_failing": (failing.describe() if (failing := a.failing_refresh()) is not None else None),
-        "windows": {name: {"used_percent": round(w.used * 100, 1), "resets_at": w.resets_at, "status": w.status}
-                    for name, w in sorted(a.windows.items()) if w.resets_at is None or w.resets_at > now},
+        "windows": window_views(a, now),
         "token_expires_at": a.access_expires_at,
         "linked_to": f"{a.link.source}: {a.link.path}" if a.link is not None else None,
         "last_used_at": a.last_used_at,
@@ -51,6 +51,13 @@ def account_view(a: Account, now: float | None = None) -> dict[str, Any]:
         "last_error": a.last_error,
         "counters": a.counters.model_dump(),
     }
+
+
+def window_views(a: Account, now: float) -> dict[str, dict[str, Any]]:
+    """The account's usage windows that have not reset since they were reported, by name, as every
+    view shows them (percent used, when it resets, the provider's status)."""
+    return {name: {"used_percent": round(w.used * 100, 1), "resets_at": w.resets_at, "status": w.status}
+            for name, w in sorted(a.windows.items()) if w.resets_at is None or w.resets_at > now}
 
 
 ATTENTION_LIMIT = 20  # accounts needing attention listed per provider; the rest are counted
