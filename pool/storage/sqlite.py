@@ -187,14 +187,13 @@ class WalHeader:
     def read(self) -> bytes | None:
         """The header as it is now, or None if it cannot be relied on."""
         descriptor = self._descriptor
-        fd = descriptor.fd if descriptor is not None else None
-        if fd is None:
+        if descriptor is None or (fd := descriptor.fd) is None:
             return None
         try:
             header = os.pread(fd, _HEADER_BYTES, 0)
         except OSError:
             return None
-        if descriptor is not None and descriptor.fd != fd:
+        if descriptor.fd != fd:
             # Let go of meanwhile (its file was deleted: a restore, or by hand), and the number may
             # already be another file's, whose header can be byte for byte the saved one. The
             # registry marks a descriptor before closing it, so this catches every such read.
