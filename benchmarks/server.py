@@ -18,7 +18,9 @@ Measures, in one run:
 2. ``tools/call proxy_request`` round trips over one warm session (raw pipe and official client),
    against a direct request through a warm ``pool.client("acme")`` and the tool's body
    (``authpool.server.mcp.proxy.run_proxy``) called in-process, plus ``tools/call`` of the minimal server's
-   tool as the floor of the MCP framing; all interleaved, to the same loopback endpoint.
+   tool as the floor of the MCP framing, and ``tools/call`` of a minimal server whose one tool makes the
+   same POST on a bare ``httpx2.AsyncClient`` (the target: ``proxy_request`` within 1.10x of it); all
+   interleaved, to the same loopback endpoint.
 3. If the cold-start ratio misses the target (or with ``--imports``): ``-X importtime`` of
    ``authpool``, ``authpool.server.cli`` and ``authpool.server.mcp``, and of both real server start-ups, listing the
    modules ``authpool serve`` loads before answering ``initialize`` that the minimal server does
@@ -87,6 +89,34 @@ if __name__ == "__main__":
     server.run()
 '''
 
+MINIMAL_POST_SERVER = '''"""A minimal MCP server whose one tool makes proxy_request's POST on a bare httpx2 client (the
+round-trip baseline): what a hand-written tool for one account would do."""
+import logging
+import os
+from typing import Any
+
+import httpx2
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("minimal-post")
+# MCPServer logs at INFO through Rich, and httpx2 logs every request at INFO: a line per call that
+# authpool does not write. Quiet, so the baseline is the POST and the framing alone.
+logging.getLogger("httpx2").setLevel(logging.WARNING)
+client = httpx2.AsyncClient(base_url=os.environ["BENCH_BASE_URL"],
+                            headers={"Authorization": "Bearer " + os.environ["BENCH_TOKEN"]})
+
+
+@server.tool()
+async def post(path: str, json: dict[str, Any]) -> dict[str, Any]:
+    """POST ``json`` to ``path``; return the status and the JSON answer."""
+    r = await client.post(path, json=json)
+    return {"status": r.status_code, "body": r.json()}
+
+
+if __name__ == "__main__":
+    server.run()
+'''
+
 # In-process split of start-up; each prints one JSON line of seconds.
 AUTHPOOL_PHASES = """
 import json, time
@@ -146,6 +176,8 @@ class Setup:
     provider: LoopbackProvider
     authpool_cmd: list[str]
     minimal_cmd: list[str]
+    post_cmd: list[str]  # the minimal server whose tool makes the same POST on a bare client
+    post_env: dict[str, str]  # its environment: the provider's URL and an access token of its own
     extra_env: dict[str, str]  # what an MCP client config would add for authpool
     errlog: IO[str]  # both servers' stderr
 
@@ -176,6 +208,9 @@ def make_setup(base: Path) -> Setup:
     pool.close()
     minimal = base / "minimal_server.py"
     minimal.write_text(MINIMAL_SERVER)
+    post = base / "minimal_post_server.py"
+    post.write_text(MINIMAL_POST_SERVER)
+    bare_token = provider.add_oauth_account("acme-bare")["access_token"]
     # What users configure: the console script (falls back to the module if it is not installed).
     script = Path(sys.executable).parent / "authpool"
     authpool_cmd = [str(script), "serve"] if script.exists() else [sys.executable, "-m", "authpool.server.cli", "serve"]
@@ -185,6 +220,8 @@ def make_setup(base: Path) -> Setup:
         provider=provider,
         authpool_cmd=authpool_cmd,
         minimal_cmd=[sys.executable, str(minimal)],
+        post_cmd=[sys.executable, str(post)],
+        post_env={"BENCH_BASE_URL": provider.base_url, "BENCH_TOKEN": bare_token},
         extra_env={"AUTHPOOL_HOME": str(home), "PYTHON_KEYRING_BACKEND": "authpool.storage.vault.VaultKeyring"},
         errlog=(base / "servers-stderr.log").open("w", encoding="utf-8"),
     )
@@ -353,11 +390,13 @@ ARMS = [
     "tools/call proxy_request, raw pipe",
     "tools/call proxy_request, official client (legacy)",
     "tools/call ping, minimal server, raw pipe (MCP floor)",
+    "tools/call of a minimal tool making the same POST on a bare httpx2 client, raw pipe",
 ]
+TARGET_TOOL = 1.10  # proxy_request over the minimal tool making the same POST (raw pipe, medians)
 
 
 async def round_trips(setup: Setup, pool: Pool, sizes: Sizes, raw_auth: RawSession,
-                      raw_min: RawSession) -> dict[str, list[float]]:
+                      raw_min: RawSession, raw_post: RawSession) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in ARMS}
     params = StdioServerParameters(command=setup.authpool_cmd[0], args=setup.authpool_cmd[1:],
                                    env=setup.extra_env, cwd=setup.base)
@@ -387,7 +426,12 @@ async def round_trips(setup: Setup, pool: Pool, sizes: Sizes, raw_auth: RawSessi
             result = raw_min.request("tools/call", {"name": "ping", "arguments": {}})
             assert not result.get("isError"), result
 
-        fns: list[Callable[[], Awaitable[None]]] = [via_direct, via_run_proxy, via_raw, via_client, via_floor]
+        async def via_bare_tool() -> None:
+            result = raw_post.request("tools/call", {"name": "post", "arguments": {"path": PATH, "json": BODY}})
+            assert not result.get("isError") and result["structuredContent"]["status"] == 200, result
+
+        fns: list[Callable[[], Awaitable[None]]] = [via_direct, via_run_proxy, via_raw, via_client, via_floor,
+                                                     via_bare_tool]
         # A fresh random order every round: a call inherits some of the previous call's tail (the client
         # library's background work, a server process still finishing), so no arm may always follow the same one.
         rng = random.Random(1)
@@ -572,16 +616,17 @@ def import_report(setup: Setup, sizes: Sizes) -> ImportReport:
 
 
 @contextlib.contextmanager
-def sessions(setup: Setup) -> Iterator[tuple[RawSession, RawSession]]:
+def sessions(setup: Setup) -> Iterator[tuple[RawSession, RawSession, RawSession]]:
     raw_auth = RawSession(setup.authpool_cmd, setup.env, setup.errlog, cwd=setup.base)
     raw_min = RawSession(setup.minimal_cmd, setup.env, setup.errlog, cwd=setup.base)
+    raw_post = RawSession(setup.post_cmd, {**setup.env, **setup.post_env}, setup.errlog, cwd=setup.base)
     try:
-        raw_auth.open()
-        raw_min.open()
-        yield raw_auth, raw_min
+        for s in (raw_auth, raw_min, raw_post):
+            s.open()
+        yield raw_auth, raw_min, raw_post
     finally:
-        raw_auth.close()
-        raw_min.close()
+        for s in (raw_auth, raw_min, raw_post):
+            s.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -610,8 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             split_auth = phases(AUTHPOOL_PHASES, setup.env, sizes.phases, setup.base)
             split_min = phases(MINIMAL_PHASES, setup.env, sizes.phases, setup.base)
             print(f"  round trips: {sizes.calls} interleaved rounds of {len(ARMS)} ...", flush=True)
-            with sessions(setup) as (raw_auth, raw_min):
-                trips = anyio.run(round_trips, setup, pool, sizes, raw_auth, raw_min)
+            with sessions(setup) as (raw_auth, raw_min, raw_post):
+                trips = anyio.run(round_trips, setup, pool, sizes, raw_auth, raw_min, raw_post)
             imports: ImportReport | None = None
             if not raw.met or args.imports:
                 print("  import times (-X importtime) ...", flush=True)
@@ -669,6 +714,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"proxy_request over the raw pipe ({ms(tool_raw, 3)}) = run_proxy() {ms(body, 3)} + MCP floor "
           f"{ms(floor, 3)} {(tool_raw - body - floor) * 1e3:+.3f} ms (the rest: tool argument and result models, "
           "structured output, the tool's history)")
+    bare_tool = statistics.median(trips[ARMS[5]])
+    tool_ratio = tool_raw / bare_tool
+    tool_verdict = (f"tools/call proxy_request over a minimal tool making the same POST on a bare httpx2 client "
+                    f"(raw pipe, medians): {ms(tool_raw, 2)} / {ms(bare_tool, 2)} ms = {tool_ratio:.2f}x "
+                    f"(target ≤ {TARGET_TOOL:.2f}x: {'met' if tool_ratio <= TARGET_TOOL else 'not met'})")
+    print(tool_verdict)
     print(f"provider saw {snap['api_calls']} API calls, statuses {snap['statuses']}, "
           f"handler errors {snap['handler_errors']}")
 
@@ -714,6 +765,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "runs"], md_cold),
         "",
         md_table([f"Round trip, POST {PATH}", "median ms", "p95 ms"], md_trips),
+        "",
+        f"- {tool_verdict}",
         "<!-- /bench:server -->",
     ]
     print()
