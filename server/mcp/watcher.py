@@ -85,8 +85,12 @@ class PoolWatcher:
         self._seen: Fingerprints | None = None
 
     def kick(self) -> None:
-        """Look at the store now rather than at the next poll (something in this process changed it)."""
-        self._kicked.set()
+        """Look at the store now rather than at the next poll (something in this process changed it).
+
+        While nobody is subscribed the watcher would only wake to find that out (after every tool
+        call): it is left asleep instead."""
+        if self._wanted():
+            self._kicked.set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Watch until cancelled. A store that cannot be read is retried at the next poll (logged once).
