@@ -270,6 +270,20 @@ class Provider(BaseModel):
                 or no base_url is configured.
             InvalidInput: a URL the HTTP client cannot parse (e.g. a CR/LF in the path).
         """
+        # The same few paths come back request after request: an answer is kept, keyed by all it
+        # depends on (so a changed configuration misses); a refusal is never kept, it raises each time.
+        key = (self.id, self.base_url, tuple(self.origins), path_or_url)
+        found = _resolved.get(key)
+        if found is not None:
+            return found
+        url = self._resolve(path_or_url)
+        if len(path_or_url) <= _RESOLVED_MAX_LEN:
+            if len(_resolved) >= _RESOLVED_KEPT:
+                _resolved.clear()  # a handful of paths is the norm: start over rather than track age
+            _resolved[key] = url
+        return url
+
+    def _resolve(self, path_or_url: str) -> str:
         import httpx2  # loaded with the first request, not at start-up
 
         relative = not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path_or_url)
@@ -332,6 +346,10 @@ class Provider(BaseModel):
 
 
 _SEPARATORS = re.compile(r"[/\\]")
+_RESOLVED_MAX_LEN = 512  # longer paths are checked each time rather than kept
+_RESOLVED_KEPT = 1024
+# resolve_url's answers: (provider id, base URL, origins, path or URL) -> URL.
+_resolved: dict[tuple[str, str | None, tuple[str, ...], str], str] = {}
 
 
 @functools.lru_cache(maxsize=256)

@@ -207,7 +207,8 @@ class PoolTransport(httpx2.BaseTransport, httpx2.AsyncBaseTransport):
                                   "passed" if last.outcome == "ok" else "failed", last.status, model=model))
 
     # Closing a client does not force a write: usage is flushed when due, by Pool.close()/flush()
-    # and at exit, so a client per call (as the MCP tool makes) does not cost a locked write per call.
+    # and at exit, so a client or transport per call (as the MCP tool makes) does not cost a locked write
+    # per call.
     def close(self) -> None:
         if self.usage.due():
             self.usage.flush_soon()

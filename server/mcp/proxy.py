@@ -10,6 +10,7 @@ parsed when it is JSON, cut at ``max_body_chars`` with a marker, an event stream
 
 from __future__ import annotations
 
+import functools
 import json as jsonlib
 import time
 from collections.abc import Awaitable, Callable
@@ -85,32 +86,52 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     """
     out = prepare(pool, call.provider, call.method, call.path, headers=call.headers, json_body=call.json_body,
                   body=call.body, stream=call.stream)
-    async with pool.client(call.provider, account=call.account, namespace=call.namespace,
-                           wait_budget=call.wait_s, on_progress=progress, session=call.session) as client:
-        request = client.build_request(out.method, out.url, params=call.query, headers=out.headers,
-                                       content=out.content)
-        # Streamed, then read here, so a body that breaks off or cannot be decoded is one clear error.
-        with naming_the_home(pool):
-            response = await client.send(request, stream=True)
+    # Straight to the pool's transport, as the gateway does: a client object per call cost more
+    # than the rest of the tool's own work, and one shared client would carry cookies from one
+    # account's answers into another account's requests.
+    transport = pool.transport(out.provider, account=call.account, namespace=call.namespace,
+                               wait_budget=call.wait_s, on_progress=progress, session=call.session)
+    headers = httpx2.Headers(_default_headers())
+    headers.update(out.headers)
+    timeout = httpx2.Timeout(out.provider.timeout, connect=10.0)
+    request = httpx2.Request(out.method, out.url, params=call.query, headers=headers, content=out.content,
+                             extensions={"timeout": timeout.as_dict()})
+    # Streamed, then read here, so a body that breaks off or cannot be decoded is one clear error.
+    with naming_the_home(pool):
+        response = await transport.handle_async_request(request)
+    try:
+        response.request = request
         result: RequestResult = response.extensions["authpool"]
-        try:
-            raw = await _collect(response, progress)
-        except httpx2.HTTPError as e:
-            raise unreadable_body(call.provider, response, e) from None
-        finally:
-            await response.aclose()
+        raw = await _collect(response, progress)
+    except httpx2.HTTPError as e:
+        raise unreadable_body(call.provider, response, e) from None
+    finally:
+        await response.aclose()
     content_type = response.headers.get("content-type", "")
     body, body_format, truncated = _shape_body(raw, content_type, call.max_body_chars)
     return ProxyOutcome(
         status=response.status_code,
         headers=_select_headers(response.headers),
-        body=_scrub(body, pool, result.account_id),
+        body=_scrub(body, raw, pool, result.account_id),
         body_format=body_format,
         body_bytes=len(raw),
         truncated=truncated,
         result=result,
         stream=_summarize_stream(raw, content_type),
     )
+
+
+@functools.cache
+def _default_headers() -> dict[str, str]:
+    """What an httpx2 client sends by default (its answer is decoded from these encodings), naming
+    authpool as the agent. Looked up on first use: reading the package's version costs start-up time."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        agent = f"authpool/{version('authpool')}"
+    except PackageNotFoundError:
+        agent = "authpool"
+    return {"accept": "*/*", "accept-encoding": "gzip, deflate", "user-agent": agent}
 
 
 async def _collect(response: httpx2.Response, progress: ProgressFn | None) -> bytes:
@@ -173,13 +194,20 @@ def _select_headers(headers: httpx2.Headers) -> dict[str, str]:
     return out
 
 
-def _scrub(body: Any, pool: Pool, account_id: str) -> Any:
-    """Defence in depth: if a provider echoes the credential back, it does not reach the caller."""
+def _scrub(body: Any, raw: bytes, pool: Pool, account_id: str) -> Any:
+    """Defence in depth: if a provider echoes the credential back, it does not reach the caller.
+
+    ``body`` is ``raw`` shaped: when no credential is in ``raw`` as it is, JSON-escaped or with
+    escaped slashes, and ``raw`` has no ``\\u`` escape that could spell one, it cannot be in ``body``
+    either, and the body is not serialised again to look.
+    """
     try:
         values = pool.secret_of(pool.get(account_id)).values()
     except Exception:  # noqa: BLE001 - scrubbing must never turn a good answer into an error
         return body
     if not values:
+        return body
+    if b"\\u" not in raw and not any(form in raw for v in values for form in _wire_forms(v)):
         return body
     text = jsonlib.dumps(body) if not isinstance(body, str) else body
     if not any(v in text for v in values):
@@ -187,3 +215,9 @@ def _scrub(body: Any, pool: Pool, account_id: str) -> Any:
     for v in values:
         text = text.replace(v, "<redacted>")
     return text if isinstance(body, str) else jsonlib.loads(text)
+
+
+def _wire_forms(value: str) -> tuple[bytes, ...]:
+    """How ``value`` may appear in a body: as it is, JSON-escaped, and with slashes escaped too."""
+    escaped = jsonlib.dumps(value)[1:-1]
+    return value.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()
