@@ -576,7 +576,7 @@ class ImportReport:
 def import_report(setup: Setup, sizes: Sizes) -> ImportReport:
     env = setup.env
     totals = {m: importtime_of(m, env, sizes.imports, setup.base)
-              for m in ("pool", "authpool.server.cli", "server.app", "mcp.server.mcpserver")}
+              for m in ("authpool", "authpool.server.cli", "authpool.server.mcp", "mcp.server.mcpserver")}
     auth = importtime_of_startup(setup.authpool_cmd, env, setup.base)
     minimal = importtime_of_startup(setup.minimal_cmd, env, setup.base)
     added = {n: line for n, line in auth.items() if n not in minimal}
