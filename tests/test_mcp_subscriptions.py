@@ -143,6 +143,21 @@ def test_which_uris_a_change_touches() -> None:
         "authpool://accounts", "authpool://pool-status", "authpool://providers", "authpool://accounts/c"]
 
 
+async def test_the_watcher_s_first_look_does_not_wait_out_the_debounce(lab: Lab) -> None:
+    """The server waits for the baseline before answering anything: only changes are debounced."""
+    from authpool.server.mcp.watcher import PoolWatcher
+
+    published: list[list[str]] = []
+
+    async def publish(uris: list[str]) -> None:
+        published.append(uris)
+
+    watcher = PoolWatcher(lambda: lab.pool, publish, debounce=3600)
+    with anyio.fail_after(60):  # a generous deadline: before, the first look slept the debounce out
+        await watcher.check()
+    assert published == []  # the baseline reports nothing
+
+
 async def test_a_watcher_that_cannot_read_the_store_keeps_the_server_up(lab: Lab) -> None:
     """A store that fails mid-watch is logged once as one line; tools keep answering."""
     from authpool.server.mcp.watcher import PoolWatcher

@@ -130,7 +130,10 @@ class PoolWatcher:
         pool = self._pool()
         version = await anyio.to_thread.run_sync(pool.store.version)
         if version != self._version or self._accounts is None:
-            await anyio.sleep(self._debounce)
+            if self._accounts is not None:
+                # A change: let a burst of writes land first. The first look (the baseline, which
+                # the server waits for before answering anything) has nothing to coalesce.
+                await anyio.sleep(self._debounce)
             version, accounts = await anyio.to_thread.run_sync(_read, pool)
             self._version, self._accounts = version, accounts
         current = fingerprints(self._accounts, pool.store.now())
