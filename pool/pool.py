@@ -304,18 +304,16 @@ class Pool:
                 transport = self._ahttp[loop] = httpx2.AsyncHTTPTransport()
             return transport
 
-    def transport(self, provider: str | Provider, **options: Any) -> PoolTransport:
+    def transport(self, provider: str, **options: Any) -> PoolTransport:
         """An httpx2 transport (sync and async) that rotates over ``provider``'s accounts.
 
-        ``provider`` is an id, or a :class:`Provider` the caller already looked up. Options:
-        ``account`` (pin one account), ``namespace``, ``wait_budget`` (seconds to wait for a
-        cooling pool), ``on_progress`` (called while waiting).
+        Options: ``account`` (pin one account), ``namespace``, ``wait_budget`` (seconds to wait
+        for a cooling pool), ``on_progress`` (called while waiting).
         """
         from authpool.rotation.driver import PoolTransport
         from authpool.rotation.result import RotationOptions
 
-        found = self.provider(provider) if isinstance(provider, str) else provider
-        return PoolTransport(self, found, self.refresher, options=RotationOptions(**options))
+        return PoolTransport(self, self.provider(provider), self.refresher, options=RotationOptions(**options))
 
     def client(self, provider: str, **options: Any) -> httpx2.AsyncClient:
         """An ``httpx2.AsyncClient`` on the provider's base URL that rotates over its accounts."""

@@ -4,16 +4,17 @@ headers it adds, and the credential it scrubs from an answer that echoes it."""
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from authpool import InvalidInput, OriginRefused
 from authpool.providers.provider import Provider
-from authpool.server.mcp.proxy import ProxyCall, _scrub, run_proxy
+from authpool.server.mcp.proxy import ProxyCall, _echoes, run_proxy
 from tests.conftest import LoopbackPool
-
-KEY = "sk-test/echo+key=="  # a slash, a plus and padding: the characters encoders escape
-
 
 # -- resolving a path ---------------------------------------------------------------------------
 
@@ -82,33 +83,96 @@ async def test_a_caller_s_own_user_agent_replaces_authpool_s(acme: LoopbackPool)
 
 # -- scrubbing an echoed credential ---------------------------------------------------------------
 
+KEY2 = "sk-test/echo/two+key=="  # two slashes: a writer may escape one and not the other
+
+
+def _mixed(key: str) -> str:
+    """``key`` JSON-escaped with only its first slash written as ``\\/``."""
+    return json.dumps(key)[1:-1].replace("/", "\\/", 1)
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """A provider that echoes the caller's key back, in every place an answer can carry it."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        key = self.headers["authorization"].removeprefix("Bearer ")
+        if self.path == "/json":
+            self._answer(400, "application/json", ('{"error": {"message": "bad key ' + _mixed(key) + '"}}').encode())
+        elif self.path == "/unicode":
+            spelled = "".join(f"\\u{ord(c):04x}" for c in key)
+            self._answer(400, "application/json", ('{"error": {"message": "bad key ' + spelled + '"}}').encode())
+        elif self.path == "/text":
+            self._answer(400, "text/plain", f"invalid key {key}".encode())
+        elif self.path == "/stream":
+            delta = {"type": "content_block_delta", "delta": {"type": "text_delta", "text": f"you sent {key}"}}
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": f"bad key {key}"}}
+            events = (f"event: content_block_delta\ndata: {json.dumps(delta)}\n\n"
+                      f"event: error\ndata: {json.dumps(error)}\n\n")
+            self._answer(200, "text/event-stream", events.encode())
+        else:
+            self._answer(200, "application/json", b'{"ok": true, "note": "sk-test/echo is only part of it"}',
+                         {"x-request-id": key})
+
+    def _answer(self, status: int, ctype: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("content-type", ctype)
+        self.send_header("content-length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        pass
+
 
 @pytest.fixture
-def keyed(acme: LoopbackPool) -> tuple[LoopbackPool, str]:
-    return acme, acme.add_api_key("k", KEY).id
+def echo(acme: LoopbackPool) -> Iterator[LoopbackPool]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        acme.configure("echo", base_url=f"http://127.0.0.1:{server.server_address[1]}")
+        acme.add_api_key("k", KEY2, provider="echo")
+        yield acme
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
-@pytest.mark.parametrize("wire", [
-    KEY,  # as it is
-    json.dumps(KEY)[1:-1].replace("/", "\\/"),  # slashes escaped, as PHP and some JSON encoders write them
-    "".join(f"\\u{ord(c):04x}" for c in KEY),  # every character \u-escaped
-], ids=["plain", "escaped-slashes", "unicode-escapes"])
-def test_an_echoed_key_is_redacted_however_the_json_spells_it(keyed: tuple[LoopbackPool, str], wire: str) -> None:
-    acme, account_id = keyed
-    raw = ('{"error": {"message": "bad key ' + wire + '"}}').encode()
-    scrubbed = _scrub(json.loads(raw), raw, acme.pool, account_id)
-    assert KEY not in json.dumps(scrubbed, ensure_ascii=False)
-    assert "<redacted>" in scrubbed["error"]["message"]
+async def _call(pool: LoopbackPool, path: str) -> Any:
+    return await run_proxy(pool.pool, ProxyCall(provider="echo", method="GET", path=path))
 
 
-def test_an_echoed_key_in_a_text_answer_is_redacted(keyed: tuple[LoopbackPool, str]) -> None:
-    acme, account_id = keyed
-    raw = f"invalid key {KEY}".encode()
-    assert _scrub(raw.decode(), raw, acme.pool, account_id) == "invalid key <redacted>"
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/json", "/unicode", "/text"])
+async def test_an_echoed_key_is_redacted_however_the_answer_spells_it(echo: LoopbackPool, path: str) -> None:
+    outcome = await _call(echo, path)
+    shown = json.dumps(outcome.body, ensure_ascii=False)
+    assert KEY2 not in shown and "<redacted>" in shown, shown
 
 
-def test_an_answer_without_the_key_is_returned_as_it_is(keyed: tuple[LoopbackPool, str]) -> None:
-    acme, account_id = keyed
-    raw = b'{"content": [{"type": "text", "text": "sk-test/echo is only part of it"}]}'
-    body = json.loads(raw)
-    assert _scrub(body, raw, acme.pool, account_id) is body
+@pytest.mark.anyio
+async def test_an_echoed_key_is_redacted_from_a_stream_s_text_and_error(echo: LoopbackPool) -> None:
+    outcome = await _call(echo, "/stream")
+    assert outcome.stream is not None and outcome.stream.error is not None
+    assert outcome.stream.text == "you sent <redacted>"
+    assert outcome.stream.error["message"] == "bad key <redacted>"
+    assert KEY2 not in json.dumps(outcome.body)
+
+
+@pytest.mark.anyio
+async def test_an_echoed_key_is_redacted_from_the_headers_and_a_clean_body_is_left_alone(echo: LoopbackPool) -> None:
+    outcome = await _call(echo, "/clean")
+    assert outcome.headers["x-request-id"] == "<redacted>"
+    assert outcome.body == {"ok": True, "note": "sk-test/echo is only part of it"}
+
+
+def test_only_a_raw_answer_that_could_spell_a_key_is_searched() -> None:
+    key = (KEY2,)
+    assert not _echoes(b'{"text": "line one\\nline two"}', key)  # a \\n cannot spell a key
+    assert _echoes(KEY2.encode(), key)
+    assert _echoes(json.dumps({"k": KEY2}).encode(), key)
+    assert _echoes(_mixed(KEY2).encode(), key)  # an escaped slash: always searched
+    assert _echoes(b'"\\u0041"', key)  # a \\u escape: always searched
+    assert not _echoes(KEY2.encode(), ())

@@ -89,12 +89,12 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
     # Straight to the pool's transport, as the gateway does: a client object per call cost more
     # than the rest of the tool's own work, and one shared client would carry cookies from one
     # account's answers into another account's requests.
-    transport = pool.transport(out.provider, account=call.account, namespace=call.namespace,
+    transport = pool.transport(out.provider.id, account=call.account, namespace=call.namespace,
                                wait_budget=call.wait_s, on_progress=progress, session=call.session)
-    headers = httpx2.Headers(_default_headers())
-    headers.update(out.headers)
+    sent = httpx2.Headers(_default_headers())
+    sent.update(out.headers)
     timeout = httpx2.Timeout(out.provider.timeout, connect=10.0)
-    request = httpx2.Request(out.method, out.url, params=call.query, headers=headers, content=out.content,
+    request = httpx2.Request(out.method, out.url, params=call.query, headers=sent, content=out.content,
                              extensions={"timeout": timeout.as_dict()})
     # Streamed, then read here, so a body that breaks off or cannot be decoded is one clear error.
     with naming_the_home(pool):
@@ -109,15 +109,25 @@ async def run_proxy(pool: Pool, call: ProxyCall, progress: ProgressFn | None = N
         await response.aclose()
     content_type = response.headers.get("content-type", "")
     body, body_format, truncated = _shape_body(raw, content_type, call.max_body_chars)
+    stream = _summarize_stream(raw, content_type)
+    shown = _select_headers(response.headers)
+    # Defence in depth: a credential the provider echoes back (in the body, a stream's text or
+    # error, a header) does not reach the caller. The body and the stream's summary come from
+    # `raw`: when `raw` cannot spell a credential they are left as they are, unsearched.
+    secrets = _secret_values(pool, result.account_id)
+    if _echoes(raw, secrets):
+        body = _scrub(body, secrets)
+        if stream is not None:
+            stream = StreamSummary(stream.events, _scrub(stream.text, secrets), _scrub(stream.error, secrets))
     return ProxyOutcome(
         status=response.status_code,
-        headers=_select_headers(response.headers),
-        body=_scrub(body, raw, pool, result.account_id),
+        headers=_scrub(shown, secrets),
+        body=body,
         body_format=body_format,
         body_bytes=len(raw),
         truncated=truncated,
         result=result,
-        stream=_summarize_stream(raw, content_type),
+        stream=stream,
     )
 
 
@@ -194,30 +204,38 @@ def _select_headers(headers: httpx2.Headers) -> dict[str, str]:
     return out
 
 
-def _scrub(body: Any, raw: bytes, pool: Pool, account_id: str) -> Any:
-    """Defence in depth: if a provider echoes the credential back, it does not reach the caller.
-
-    ``body`` is ``raw`` shaped: when no credential is in ``raw`` as it is, JSON-escaped or with
-    escaped slashes, and ``raw`` has no ``\\u`` escape that could spell one, it cannot be in ``body``
-    either, and the body is not serialised again to look.
-    """
+def _secret_values(pool: Pool, account_id: str) -> tuple[str, ...]:
+    """The credential values of the account that answered (none if they cannot be read)."""
     try:
-        values = pool.secret_of(pool.get(account_id)).values()
+        return tuple(v for v in pool.secret_of(pool.get(account_id)).values() if v)
     except Exception:  # noqa: BLE001 - scrubbing must never turn a good answer into an error
-        return body
-    if not values:
-        return body
-    if b"\\u" not in raw and not any(form in raw for v in values for form in _wire_forms(v)):
-        return body
-    text = jsonlib.dumps(body) if not isinstance(body, str) else body
-    if not any(v in text for v in values):
-        return body
-    for v in values:
-        text = text.replace(v, "<redacted>")
-    return text if isinstance(body, str) else jsonlib.loads(text)
+        return ()
 
 
-def _wire_forms(value: str) -> tuple[bytes, ...]:
-    """How ``value`` may appear in a body: as it is, JSON-escaped, and with slashes escaped too."""
-    escaped = jsonlib.dumps(value)[1:-1]
-    return value.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()
+def _echoes(raw: bytes, secrets: tuple[str, ...]) -> bool:
+    """Whether ``raw`` may spell one of ``secrets``, so that what was read from it must be searched.
+
+    In JSON text a value appears as it is, or JSON-escaped (quotes, backslashes, control
+    characters), unless the writer used one of the two optional escapes: ``\\/`` for a slash (at
+    any slash, some and not others) and ``\\u`` for any character. Either escape in ``raw``
+    sends the caller to the full search.
+    """
+    if not secrets:
+        return False
+    if b"\\u" in raw or b"\\/" in raw:
+        return True
+    return any(form in raw for v in secrets for form in (v.encode(), jsonlib.dumps(v)[1:-1].encode()))
+
+
+def _scrub(value: Any, secrets: tuple[str, ...]) -> Any:
+    """``value`` (a body, a header map, a stream's summary) with every secret in its strings redacted."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, "<redacted>")
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    return value
