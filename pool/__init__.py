@@ -47,6 +47,7 @@ from authpool.errors import (
     TeamKeyError,
 )
 from authpool.home import Home, resolve_home
+from authpool.lazy import lazy_names
 from authpool.pool import Pool
 from authpool.storage.localstore import Store
 from authpool.storage.lock import Lock
@@ -120,10 +121,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'authpool' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, in_flight
 from authpool.auth.refresh import Keeper, Refresher
+from authpool.lazy import lazy_names
 
 if TYPE_CHECKING:  # the lazy names below, as type checkers must see them
     from authpool.auth.device import DeviceEvent, DeviceFlow, device_login
@@ -46,8 +46,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'authpool.auth' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_names(__name__, _LAZY)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from authpool.lazy import lazy_names
+
 if TYPE_CHECKING:
     from authpool.rotation.driver import PoolTransport
     from authpool.rotation.engine import Clock, Engine, Served, SystemClock
@@ -50,12 +52,4 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'authpool.rotation' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # once: later lookups find it without coming here
-    return value
+__getattr__ = lazy_names(__name__, _WHERE)

@@ -20,9 +20,9 @@ The web stack loads only with :mod:`~authpool.server.gateway.app` and the module
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
+from authpool.lazy import lazy_names
 from authpool.server.gateway.errors import GatewayError
 from authpool.server.gateway.keys import ENV_KEY, GatewayKey
 
@@ -40,8 +40,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'authpool.server.gateway' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_names(__name__, _LAZY)
