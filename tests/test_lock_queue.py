@@ -233,6 +233,17 @@ def test_the_queue_file_is_private_and_kept(lock_file: Path) -> None:
     assert lock_file.read_text().startswith(f"pid {os.getpid()} ")
 
 
+def test_the_holder_s_line_covers_a_longer_one_left_in_the_lock_file(lock_file: Path) -> None:
+    """The holder's line is written over the last one without trimming the file (it is padded to a
+    fixed width); a longer line, as an older authpool or a long program name leaves, is trimmed."""
+    lock_file.write_text("pid 1 (" + "an-older-tool-with-a-long-name-" * 10 + ") since 2020-01-01T00:00:00")
+    with Lock(lock_file):
+        held = lock_file.read_text()
+    assert held.rstrip() == held.strip() and held.startswith(f"pid {os.getpid()} ") and "older-tool" not in held
+    with Lock(lock_file):
+        assert lock_file.read_text().startswith(f"pid {os.getpid()} ") and lock_file.stat().st_size == len(held)
+
+
 FORK_INSIDE = """
 import os, sys, time
 from pathlib import Path

@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -58,6 +59,55 @@ def test_four_processes_of_250_updates_lose_no_update(home: Path) -> None:
     assert after.counters.requests == 1000
     assert after.model_dump(exclude={"counters"}) == before.model_dump(exclude={"counters"})
     assert Pool.open(home).get("openai/b").counters.requests == 0
+
+
+def test_row_updates_from_four_processes_see_their_own_and_each_other_s_last_writes(home: Path) -> None:
+    """4 processes x 150 rounds, each round one row update of each of three accounts: a process's
+    next update of a row takes its own last write without reading it again only while nobody else
+    wrote the row since, so every increment lands (600 each) whichever way the turns fall."""
+    pool = make_pool_with(home, "a", "b", "c")
+    ids = [pool.get(f"openai/{label}").id for label in "abc"]
+    orders = [ids, ids[::-1], ids[1:] + ids[:1], ids[:1]]  # the last one only ever writes "a"
+    procs = [start_worker("increment-rows", ",".join(order), "150") for order in orders]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err
+    after = Pool.open(home)
+    assert [after.get(f"openai/{label}").counters.requests for label in "abc"] == [600, 450, 450]
+
+
+def test_a_store_s_own_last_write_is_forgotten_when_an_older_database_is_put_back_by_hand(home: Path) -> None:
+    """An older ``pool.db`` copied into place by hand starts its change numbers again from the
+    copy's (``doctor --restore`` moves them on by a million; a copy does not): a row another process
+    then writes may carry the number of this process's last commit, and is read afresh, not taken
+    for this process's own write."""
+    pool = make_pool_with(home, "a", "b")
+    a, b = pool.get("openai/a").id, pool.get("openai/b").id
+    mine, other = Store(Home.open(home)), Store(Home.open(home))
+
+    def note(account_id: str, text: str) -> Any:
+        def change(rows: Any) -> None:
+            rows.get(account_id).last_error = text
+        return change
+
+    try:
+        other.update_accounts((a,), note(a, "in the copy"))
+        other._backup()
+        mine.update_accounts((a,), note(a, "mine, undone by the copy"))
+        copy = home / "copied-back.db"
+        shutil.copyfile(home / "pool.db.bak", copy)
+        os.replace(copy, home / "pool.db")
+        for suffix in ("-wal", "-shm"):
+            (home / f"pool.db{suffix}").unlink(missing_ok=True)
+        mine.update_accounts((a,), lambda rows: None)  # sees the new file, writes nothing
+        other.update_accounts((a,), note(a, "after the copy"))  # the number mine's last commit had
+        other.update_accounts((b,), note(b, "later"))  # mine's snapshot falls behind
+        seen: list[str | None] = []
+        mine.update_accounts((a,), lambda rows: seen.append(rows.get(a).last_error))
+        assert seen == ["after the copy"]
+    finally:
+        mine.close()
+        other.close()
 
 
 def _crash_child(home: str, account_id: str, done: Any) -> None:  # a raw shared c_long

@@ -25,6 +25,20 @@ def increment(account: str, times: int) -> None:
         pool.store.update(bump)
 
 
+def increment_rows(accounts: str, times: int) -> None:
+    """Increment each of the comma-separated accounts' request counters in turn, ``times`` rounds,
+    one row update (``update_accounts``) each: the rows another process wrote since are read
+    afresh, the row this process wrote last is taken from its own last commit."""
+    pool = Pool.open()
+
+    def bump(rows: object, account: str) -> None:
+        rows.get(account).counters.requests += 1  # type: ignore[attr-defined]
+
+    for _ in range(times):
+        for account in accounts.split(","):
+            pool.store.update_accounts((account,), lambda rows, a=account: bump(rows, a))
+
+
 def rotate(account: str) -> None:
     """Replace the account's tokens (JSON on stdin, as a refresh does); print the new generation."""
     tokens = json.loads(sys.stdin.read())
@@ -261,6 +275,8 @@ if __name__ == "__main__":
     command, *rest = sys.argv[1:]
     if command == "increment":
         increment(rest[0], int(rest[1]))
+    elif command == "increment-rows":
+        increment_rows(rest[0], int(rest[1]))
     elif command == "rotate":
         rotate(rest[0])
     elif command == "read-secret":

@@ -117,6 +117,10 @@ class Store:
         self._data_version: int | None = None  # PRAGMA data_version when the cache was current
         self._wal: WalHeader | None = None  # the connection's WAL-index header, read before data_version
         self._header: bytes | None = None  # the header when the cache was last known current
+        # The accounts this process's last commit wrote and its change number: while other processes
+        # commit too, the snapshot falls behind, and the next update of the same rows takes them from
+        # here instead of parsing its own last write again (see _fresh_rows).
+        self._own: tuple[int, dict[str, Account]] | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the pool.db the connection has open
         self._identity_checked = 0.0  # monotonic time of the last look at the path (reads look twice a second)
         self._dir_flushed = False  # the home directory flushed since the connection opened (its -wal entry)
@@ -292,6 +296,7 @@ class Store:
 
     def _committed(self, written: _Written, current: int, mark: int, header: bytes | None) -> None:
         """The snapshot after our commit of change ``current + 1`` (under the guard, not the lock)."""
+        self._own = (current + 1, written.accounts)
         cache = self._cache
         if cache is None or cache.revision != current:
             # Others committed since our snapshot, and the change read only its own rows: the next
@@ -361,13 +366,15 @@ class Store:
         if cache.revision == version:
             return {i: a for i in ids if (a := cache.get(i)) is not None}, cache.sessions
         since = cache.revision
+        own_version, own = self._own if self._own is not None else (0, {})
         found: dict[str, Account] = {}
         for start in range(0, len(ids), _IDS_PER_QUERY):
             chunk = ids[start:start + _IDS_PER_QUERY]
             marks = ", ".join("?" * len(chunk))
             for account_id, doc, stamped in conn.execute(
                     f"SELECT id, doc, changed FROM accounts WHERE id IN ({marks})", chunk):  # noqa: S608 - only ?s
-                kept = cache.get(account_id) if stamped <= since else None
+                kept = (cache.get(account_id) if stamped <= since
+                        else own.get(account_id) if stamped == own_version else None)
                 found[account_id] = kept if kept is not None else self._account(account_id, doc)
         originals = {i: found[i] for i in ids if i in found}
         if since < _meta_int(conn, "removed_floor"):  # which bindings ended is forgotten: read them all
@@ -695,6 +702,7 @@ class Store:
                 self._conn.close()
         # The header's descriptor is the process's (WalHeader): never closed with the store.
         self._conn, self._cache, self._data_version, self._wal, self._header = None, None, None, None, None
+        self._own = None  # a database put in place by hand may number other rows as our last commit
 
     def close(self) -> None:
         """Close this process's connection (the next use opens it again)."""

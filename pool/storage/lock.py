@@ -146,12 +146,28 @@ def _write_over(fd: int, data: bytes) -> None:
     os.ftruncate(fd, len(data))
 
 
-def _record_holder(fd: int) -> None:
-    # Runs with the flock held. Contenders never truncate the file (see _open), so what we
-    # write here names the current holder.
-    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
-    _write_over(fd, f"pid {os.getpid()} ({prog}) since {stamp}".encode())
+_HOLDER_WIDTH = 128  # bytes the holder's line is padded to: see _record_holder
+_holder_line: tuple[int, int, bytes] = (0, 0, b"")  # (pid, second, line) of the last line made
+
+
+def _record_holder(fd: int, size: int) -> None:
+    """Name this process as the holder in the lock file (``size`` bytes now); runs with the flock held.
+
+    Contenders never truncate the file (see _open), so what we write here names the current holder.
+    The line is padded to a fixed width so that it covers the last holder's and no ``ftruncate`` is
+    needed (it cost more than the write, inside every turn); a longer line, or a file
+    an older authpool left longer, is trimmed as before."""
+    global _holder_line  # noqa: PLW0603 - a per-process memo of one line
+    pid, now = os.getpid(), int(time.time())
+    if _holder_line[:2] != (pid, now):
+        prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+        _holder_line = (pid, now, f"pid {pid} ({prog}) since {stamp}".encode().ljust(_HOLDER_WIDTH))
+    line = _holder_line[2]
+    if size == len(line):
+        os.pwrite(fd, line, 0)
+    else:
+        _write_over(fd, line)
 
 
 def _describe_holder(lock_file: Path) -> str | None:
@@ -611,7 +627,7 @@ class Lock:
                 st = os.fstat(turn.mutex)
                 self._turn, self._identity, self._thread_lock = turn, (st.st_dev, st.st_ino), thread_lock
                 with contextlib.suppress(OSError):  # who holds it is for messages only (a full disk)
-                    _record_holder(turn.mutex)
+                    _record_holder(turn.mutex, st.st_size)
                 if _count(self.path) % _SWEEP_EVERY == 1:  # a process's first acquisition, then now and then
                     self._sweep()
             except BaseException:
