@@ -64,7 +64,8 @@ def test_four_processes_of_250_updates_lose_no_update(home: Path) -> None:
 def test_row_updates_from_four_processes_see_their_own_and_each_other_s_last_writes(home: Path) -> None:
     """4 processes x 150 rounds, each round one row update of each of three accounts: a process's
     next update of a row takes its own last write without reading it again only while nobody else
-    wrote the row since, so every increment lands (600 each) whichever way the turns fall."""
+    wrote the row since, so every increment lands whichever way the turns fall (600 for the row all
+    four write, 450 for the two that three of them write)."""
     pool = make_pool_with(home, "a", "b", "c")
     ids = [pool.get(f"openai/{label}").id for label in "abc"]
     orders = [ids, ids[::-1], ids[1:] + ids[:1], ids[:1]]  # the last one only ever writes "a"

@@ -155,8 +155,8 @@ def _record_holder(fd: int, size: int) -> None:
 
     Contenders never truncate the file (see _open), so what we write here names the current holder.
     The line is padded to a fixed width so that it covers the last holder's and no ``ftruncate`` is
-    needed (it cost more than the write, inside every turn); a longer line, or a file
-    an older authpool left longer, is trimmed as before."""
+    needed (it cost more than the write, inside every turn); a longer line, or a file an older
+    authpool left longer, is trimmed as before."""
     global _holder_line  # noqa: PLW0603 - a per-process memo of one line
     pid, now = os.getpid(), int(time.time())
     if _holder_line[:2] != (pid, now):
