@@ -205,6 +205,29 @@ def test_metrics_are_prometheus_text_per_account_with_no_secret(
     assert_no_secrets(r.text, secrets_of(pool_with_trouble, key))
 
 
+def test_metrics_escape_every_label_value_in_every_line(acme: LoopbackPool) -> None:
+    """Each account's labels are escaped once and reused for all of its lines: a quote and a
+    backslash in a label, and in a usage window's name, come out escaped everywhere."""
+    from authpool.accounts.model import QuotaWindow
+    from authpool.server.gateway.dashboard import metrics_text
+
+    acme.add_api_key('we"ird\\x')
+    (account,) = acme.pool.accounts()
+    now = time.time()
+
+    def windowed(rows: Rows) -> None:
+        rows.get(account.id).windows = {'5"h': QuotaWindow(used=0.42, resets_at=now + 3600, seen_at=now)}
+
+    acme.pool.store.update_accounts((account.id,), windowed)
+    text = metrics_text(acme.pool, now)
+    escaped = 'provider="acme",account="acme/we\\"ird\\\\x"'
+    lines = [line for line in text.splitlines() if "ird" in line]
+    assert len(lines) == 8, lines  # five counters, the state, the cooldown, the window
+    assert all(line.split("{", 1)[1].startswith(escaped) for line in lines), lines
+    assert f'authpool_quota_used_ratio{{{escaped},window="5\\"h"}} 0.42' in lines
+    assert f'authpool_account_state{{{escaped},state="ready"}} 1' in lines
+
+
 def test_dashboard_pages_forbid_everything_but_their_own_assets(gateway: Gateway, key: str) -> None:
     """A Content-Security-Policy that allows only the gateway's own scripts and styles; no framing."""
     with login(gateway, key) as c:
