@@ -301,6 +301,52 @@ def test_a_file_that_only_authpool_wrote_since_is_not_mistaken_for_a_renewal_by_
     assert write_login(link, secret, read_login(link)) is None, "rewriting the same login is no conflict"
 
 
+def test_a_write_back_that_fails_never_makes_authpool_adopt_the_spent_token_the_file_still_holds(
+        linked: tuple[Pool, str, Path], anthropic: LoopbackPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The renewed login cannot be written back (a full disk; a file mounted into a container, which
+    cannot be replaced): the file keeps the refresh token authpool just spent. Later renewals must not
+    take it for a renewal by the tool: presented again, it would revoke the login. The failure is
+    simulated (as root, a write cannot be refused without mounts); every token call is real."""
+    import authpool.auth.refresh as refresh_module
+    from authpool.errors import StoreWriteError
+
+    pool, account_id, file = linked
+    spent = file_login(file)["refreshToken"]
+
+    def refused(link: object, secret: object, seen: object) -> None:
+        raise StoreWriteError(f"could not write {file}: No space left on device")
+
+    monkeypatch.setattr(refresh_module, "write_login", refused)
+    for _ in range(2):  # the second renewal is the one that would have adopted the spent token
+        anthropic.lp.expire_access_tokens("linda")
+        assert request(pool) == [(401, "refreshed"), (200, "ok")]
+        assert file_login(file)["refreshToken"] == spent
+    stats = anthropic.lp.snapshot()
+    assert (stats["refresh_calls"], stats["reuse_detected_count"], stats["invalid_grant_count"]) == (2, 0, 0)
+    assert pool.get(account_id).needs_reauth is False
+    monkeypatch.undo()  # the file can be written again: the next renewal puts the login back in step
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    assert file_login(file)["refreshToken"] == pool.secret_of(pool.get(account_id)).refresh_token != spent
+    assert anthropic.lp.snapshot()["reuse_detected_count"] == 0
+
+
+def test_a_tool_that_writes_the_spent_token_back_from_its_memory_is_not_followed(
+        linked: tuple[Pool, str, Path], anthropic: LoopbackPool) -> None:
+    """The tool read the file before authpool renewed and writes that (now spent) login back later:
+    authpool keeps its own, newer login instead of adopting the spent one."""
+    pool, account_id, file = linked
+    stale = file.read_text()
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    file.write_text(stale)  # the tool's stale copy lands over authpool's write-back
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    stats = anthropic.lp.snapshot()
+    assert (stats["refresh_calls"], stats["reuse_detected_count"]) == (2, 0)
+    assert pool.get(account_id).needs_reauth is False
+
+
 def test_unlink_stops_writing_the_file_and_both_keep_their_login(
         linked: tuple[Pool, str, Path], anthropic: LoopbackPool) -> None:
     pool, account_id, file = linked

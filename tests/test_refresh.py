@@ -444,6 +444,30 @@ def test_an_advisory_refresh_does_not_wait_for_another_process_holding_the_lock(
     assert stored(acme, "a")[0] == 1
 
 
+def test_a_refresh_that_failed_with_a_timeout_of_its_own_is_not_reported_as_still_running(
+        acme: LoopbackPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LockTimeout is a TimeoutError, like the one a wait that ran out raises: a flight that ended
+    with one has failed, and saying "it goes on in the background and will be stored" would be false."""
+    from authpool.errors import LockTimeout, RefreshPending
+
+    acme.add_oauth("a", expires_in=-60)
+    account = acme.pool.get("acme/a")
+
+    def fails(provider: object, flight: object) -> None:
+        raise LockTimeout(acme.home / "locks" / "vault.lock", 1.0, "pid 1 (elsewhere)")
+
+    monkeypatch.setattr(acme.pool.refresher, "_renew_now", fails)
+    with pytest.raises(LockTimeout):
+        acme.pool.refresher.renew(acme.pool.provider("acme"), account.id, account.secret_generation, "mandatory",
+                                  wait=60)
+    slow = threading.Event()
+    monkeypatch.setattr(acme.pool.refresher, "_renew_now", lambda provider, flight: slow.wait(60))
+    with pytest.raises(RefreshPending, match="goes on in the background"):
+        acme.pool.refresher.renew(acme.pool.provider("acme"), account.id, account.secret_generation, "mandatory",
+                                  wait=0.05)
+    slow.set()
+
+
 def test_a_failed_refresh_in_the_mandatory_window_rotates_to_the_next_account(acme: LoopbackPool) -> None:
     """100 s left, mandatory 200 s, endpoint down: the account is skipped (not sent), the next account serves."""
     _windows(acme)

@@ -196,6 +196,60 @@ def test_a_request_with_no_other_account_fails_clearly_while_its_refresh_lands(a
     assert_refresh_landed(acme)
 
 
+_HOLD_VAULT = """
+import sys
+from authpool.home import Home
+from authpool.storage.lock import Lock
+with Lock(Home.open().lock_file("vault"), timeout=60):
+    print("holding", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_rotated_token_the_vault_cannot_take_yet_is_stored_once_it_can(acme: LoopbackPool) -> None:
+    """Another process holds the vault's lock past the lock timeout while a refresh is at the token
+    endpoint. The provider has spent the old refresh token, so the new one is not dropped: the store is
+    tried again, holding the account's refresh lock, until the vault takes it."""
+    acme.add_oauth("a", expires_in=-60)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_VAULT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ))
+    cli: subprocess.Popen[str] | None = None
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        cli = subprocess.Popen([sys.executable, "-m", "authpool.server.cli", *cli_request_args()],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "AUTHPOOL_LOCK_TIMEOUT": "1"}, cwd=REPO)
+        lines: list[str] = []
+        retrying = threading.Event()
+
+        def read_stderr() -> None:
+            assert cli is not None and cli.stderr is not None
+            for line in cli.stderr:
+                lines.append(line)
+                if "the renewed token could not be stored" in line:
+                    retrying.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        assert retrying.wait(120), "".join(lines)
+        assert acme.lp.snapshot()["refresh_calls"] == 1  # the login is rotated: the old token is spent
+        assert holder.stdin is not None
+        holder.stdin.close()  # the vault is free again
+        out = cli.stdout.read() if cli.stdout is not None else ""
+        assert cli.wait(timeout=120) == 0, "".join(lines)
+        reader.join(timeout=60)
+    finally:
+        for proc in (holder, cli):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    err = "".join(lines)
+    assert "trying again for up to 300s, holding the account's refresh lock meanwhile" in err
+    assert "the renewed token was stored after" in err
+    assert "Traceback" not in err
+    assert_refresh_landed(acme)
+    assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
+
+
 def test_sigkill_mid_refresh_is_explained_by_the_journal_when_the_provider_revokes_the_login(
     acme: LoopbackPool,
 ) -> None:

@@ -78,6 +78,11 @@ log = logging.getLogger("authpool")
 _BACKOFF_FIRST = 1.0  # seconds before the first retry of a failing token endpoint
 _BACKOFF_CAP = 60.0
 _LOCK_SLICE = 0.1  # a flight waiting for another process's refresh looks this often whether to give up
+# A rotated refresh token's store is retried this long (as the team store retries a lost database):
+# the provider has already spent the old one, so dropping the new one on a full disk or a busy vault
+# would log the user out at the next refresh.
+_LAND_FOR = 300.0
+_LAND_RETRY_CAP = 2.0  # seconds between two tries, at most
 
 
 class Keeper(Protocol):
@@ -140,6 +145,8 @@ class Refresher:
         try:
             return flight.future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
+            if flight.future.done():
+                raise  # the flight's own error: a LockTimeout is a TimeoutError too, not a wait that ran out
             raise _pending(provider, flight, wait) from None
 
     async def arenew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode, *,
@@ -307,9 +314,8 @@ class Refresher:
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at,
-                                 {"link_seen": digest(tokens.refresh_token or secret.refresh_token)}
-                                 if acc.link is not None else None)
-        renewal = self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s")
+                                 {"link_seen": _file_holds(secret, seen)} if acc.link is not None else None)
+        renewal = self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s", landing=True)
         self._event(acc, "renewed" if renewal.performed else "adopted", started, None)
         if acc.link is not None and renewal.performed:
             newer = self._to_linked(acc, new, seen)
@@ -317,14 +323,19 @@ class Refresher:
                 return Renewal(newer, performed=False)
         return renewal
 
-    def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str) -> Renewal:
+    def _store(self, acc: Account, old: Secret, new: Secret, lifetime: float | None, done: str, *,
+               landing: bool = False) -> Renewal:
         """Store a renewed secret before anyone can use the old one, and move the generation.
 
         A compare-and-swap: a secret someone else stored meanwhile (a lease that expired under us,
-        a re-login) is kept and used instead of ours.
+        a re-login) is kept and used instead of ours. ``landing``: the old secret is spent at the
+        provider (a rotation), so a failed store is retried (:meth:`_swap_landing`).
         """
         generation = acc.secret_generation + 1
-        stored = self.keeper.secrets.swap(acc.id, old, new, generation)
+        if landing:
+            stored = self._swap_landing(acc, old, new, generation)
+        else:
+            stored = self.keeper.secrets.swap(acc.id, old, new, generation)
         if stored is not new:
             log.warning("account %s: another process stored a newer secret while this renewal ran; using theirs",
                         acc.name)
@@ -335,6 +346,41 @@ class Refresher:
             a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
         log.info(done, acc.name)
         return Renewal(new, performed=True)
+
+    def _swap_landing(self, acc: Account, old: Secret, new: Secret, generation: int) -> Secret:
+        """``secrets.swap`` of a rotated secret, tried again until it lands or ``_LAND_FOR`` passes.
+
+        The provider has spent the old refresh token: the new one is the only way back into the
+        login, so a store that fails for a while (a full disk, another process holding the vault's
+        lock past the lock timeout, a keyring that is busy) is waited out rather than dropping it.
+        The account's refresh lock is held meanwhile, so no other process or thread presents the
+        spent token; a process asked to exit waits for this flight like any sent one (a second
+        Ctrl-C leaves, and the journal then says what happened).
+
+        Raises:
+            Exception: the store's last error, once ``_LAND_FOR`` has passed.
+        """
+        deadline = time.monotonic() + _LAND_FOR
+        delay = 0.05
+        failures = 0
+        while True:
+            try:
+                stored = self.keeper.secrets.swap(acc.id, old, new, generation)
+            except Exception as e:
+                failures += 1
+                if time.monotonic() + delay > deadline:
+                    log.error("account %s: the renewed token could not be stored for %.0fs (%s); the provider has "  # noqa: TRY400 - one line
+                              "spent the old one, so the login will need a new sign-in", acc.name, _LAND_FOR, e)
+                    raise
+                if failures == 1:
+                    log.warning("account %s: the renewed token could not be stored (%s); trying again for up to "
+                                "%.0fs, holding the account's refresh lock meanwhile", acc.name, e, _LAND_FOR)
+                time.sleep(delay)
+                delay = min(delay * 2, _LAND_RETRY_CAP)
+                continue
+            if failures:
+                log.warning("account %s: the renewed token was stored after %d failed tries", acc.name, failures)
+            return stored
 
     # -- a login linked to a tool's file ----------------------------------------------------
 
@@ -492,6 +538,22 @@ class Refresher:
             change(rows.get(account_id))
 
         self.keeper.store.update_accounts((account_id,), apply)
+
+
+def _file_holds(spent: Secret, seen: FileLogin | None) -> str:
+    """What a linked file holds for a renewal about to spend ``spent``: the digest of its refresh
+    token as read before the token call (``link_seen``), so that :func:`changed_since` never takes it
+    for a renewal by the tool.
+
+    Not the new token's: until the write-back lands (and it may never: a full disk, a file mounted
+    into a container that cannot be replaced), the file holds the spent token, which adopted would
+    be presented again and revoke the login. Once the write-back lands, the file holds the pool's own
+    token, which is never taken for a renewal either; and a tool that later writes the spent token
+    back from its memory is ignored for the same reason.
+    """
+    if seen is not None and seen.refresh_token:
+        return digest(seen.refresh_token)
+    return spent.extra.get("link_seen") or digest(spent.refresh_token)
 
 
 def _expiring(provider: Provider, acc: Account, secret: Secret) -> bool:
