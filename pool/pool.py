@@ -24,6 +24,7 @@ from authpool.accounts.model import (
     validate_provider_id,
 )
 from authpool.accounts.secret import Secret, TokenSet, time_left
+from authpool.auth.flight import guard_exit_signals
 from authpool.auth.linked import digest, read_login
 from authpool.errors import AccountNotFound, DuplicateLabel, InvalidInput, SecretError, SecretMissing, SharingRefused
 from authpool.events import Event, EventKind, EventLog
@@ -90,6 +91,7 @@ class Pool:
         h = Home.open(home)
         pool = cls(h, open_store(h))
         pool._owns_store = True
+        guard_exit_signals()  # SIGTERM or SIGHUP mid-refresh waits for the rotation to be stored
         return pool
 
     @property

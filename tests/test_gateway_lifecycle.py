@@ -82,9 +82,11 @@ def test_sigterm_lets_streams_in_flight_finish_then_writes_the_counters_and_exit
     assert_no_secrets([err, *texts], [*acme.secrets(), key])
 
 
-def test_sigterm_waits_for_a_token_refresh_in_flight_so_the_login_survives(acme: LoopbackPool,
-                                                                          tmp_path: Path) -> None:
-    """SIGTERM while the token endpoint is answering a refresh: the gateway stores it, answers, and exits 0."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_sigterm_waits_for_a_token_refresh_in_flight_so_the_login_survives(acme: LoopbackPool, tmp_path: Path,
+                                                                          sig: signal.Signals) -> None:
+    """SIGTERM, or SIGHUP (the terminal it ran in closed), while the token endpoint is answering a
+    refresh: the gateway stores it, answers, and exits 0."""
     acme.add_oauth("a")
     gw = Gateway(acme.home, tmp_path / "run")
     key = gateway_key(acme.home)
@@ -94,9 +96,10 @@ def test_sigterm_waits_for_a_token_refresh_in_flight_so_the_login_survives(acme:
     t = threading.Thread(target=lambda: answers.append(post(gw, key)))
     t.start()
     assert acme.lp.wait_for_token_calls(1, DEADLINE)
-    gw.signal(signal.SIGTERM)
+    gw.signal(sig)
     t.join(timeout=DEADLINE)
     assert gw.wait() == 0
+    assert f"{sig.name}: the gateway stops accepting" in gw.stderr()
     assert answers[0].status_code == 200 and answers[0].json()["subject"] == "a"
     a = acme.account_json("a")
     assert (a["secret_generation"], a["refresh_journal"], a["needs_reauth"]) == (2, None, False)

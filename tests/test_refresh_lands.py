@@ -77,11 +77,13 @@ def assert_refresh_landed(acme: LoopbackPool, label: str = "a") -> None:
 
 
 @pytest.mark.parametrize(("sig", "status", "said"), [(signal.SIGINT, 130, "interrupted"),
-                                                     (signal.SIGTERM, 143, "terminated")])
+                                                     (signal.SIGTERM, 143, "terminated"),
+                                                     (signal.SIGHUP, 129, "terminated (SIGHUP)")])
 def test_interrupting_the_cli_mid_refresh_waits_for_the_refresh_to_land(
     acme: LoopbackPool, sig: signal.Signals, status: int, said: str
 ) -> None:
-    """Ctrl-C or SIGTERM while `authpool request` refreshes: it says so, stores the rotation, and exits."""
+    """Ctrl-C, SIGTERM or SIGHUP (the terminal closed) while `authpool request` refreshes: it says so,
+    stores the rotation, and exits."""
     acme.add_oauth("a", expires_in=-60)
     acme.lp.set_token_delay(DELAY)
     cli = start_cli(*cli_request_args())
@@ -98,6 +100,77 @@ def test_interrupting_the_cli_mid_refresh_waits_for_the_refresh_to_land(
     assert "Traceback" not in err
     assert_refresh_landed(acme)
     assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
+
+
+_LIBRARY_APP = f"""
+from authpool import Pool
+pool = Pool.open()  # a program that uses authpool as a library, with Python's default signal handling
+with pool.sync_client("acme") as client:
+    print("answered", client.post({CHAT!r}, json={BODY!r}).status_code, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"])
+def test_a_program_using_the_library_told_to_stop_mid_refresh_stores_the_rotation_before_it_exits(
+    acme: LoopbackPool, sig: signal.Signals, status: int
+) -> None:
+    """`docker stop`, systemd or a closed terminal while a library program's refresh is at the token
+    endpoint: by default the signal would end the process at once and lose the rotation. The program
+    unwinds instead (exit status 128 + signal), and exits once the rotation is stored."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(DELAY)
+    app = subprocess.Popen([sys.executable, "-c", _LIBRARY_APP], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
+    try:
+        assert acme.lp.wait_for_token_calls(1), app.communicate()[1]
+        app.send_signal(sig)
+        out, err = app.communicate(timeout=120)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert app.returncode == status, err
+    assert f"{sig.name}: finishing a token refresh (acme/a) before exiting" in err
+    assert "answered" not in out  # the program was stopped, not allowed to finish its request
+    assert_refresh_landed(acme)
+    assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
+
+
+_IDLE_APP = """
+import sys
+from authpool import Pool
+pool = Pool.open()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_program_using_the_library_with_no_refresh_in_flight_ends_on_sigterm_as_it_always_did(
+    acme: LoopbackPool,
+) -> None:
+    app = subprocess.Popen([sys.executable, "-c", _IDLE_APP], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
+    try:
+        assert app.stdout is not None and app.stdout.readline().strip() == "ready"
+        app.send_signal(signal.SIGTERM)
+        app.wait(timeout=60)
+    finally:
+        if app.poll() is None:
+            app.kill()
+    assert app.returncode == -signal.SIGTERM  # ended by the signal itself, as with the default action
+
+
+def test_a_signal_handler_the_program_set_is_left_alone(acme: LoopbackPool) -> None:
+    script = (
+        "import signal\n"
+        "def mine(signum, frame): pass\n"
+        "signal.signal(signal.SIGTERM, mine)\n"
+        "from authpool import Pool\n"
+        "Pool.open()\n"
+        "print(signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGHUP) is not signal.SIG_DFL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ),
+                          cwd=REPO, timeout=60)
+    assert done.stdout.split() == ["True", "True"], done.stderr
 
 
 @pytest.mark.parametrize("how", ["sigterm", "stdin-eof"])
@@ -451,6 +524,15 @@ def test_the_backoff_is_shared_by_every_process(acme: LoopbackPool) -> None:
 
 
 # -- the journal record -----------------------------------------------------------------------------
+
+
+def test_a_journal_record_names_a_program_run_with_python_c_or_m_as_such_not_as_authpool(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "__main__.py").write_text("from authpool.auth.journal import _command\nprint(_command())\n")
+    ran_c = subprocess.run([sys.executable, "-c", "from authpool.auth.journal import _command; print(_command())"],
+                           capture_output=True, text=True, timeout=60)
+    ran_m = subprocess.run([sys.executable, "-m", "app"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert (ran_c.stdout.strip(), ran_m.stdout.strip()) == ("python -c", "python -m app"), ran_c.stderr + ran_m.stderr
 
 
 def test_a_journal_record_names_this_process_and_holds_no_secret(tmp_path: Path) -> None:

@@ -4,12 +4,17 @@ A refresh that has sent its token request may already have rotated the login at 
 losing its answer logs the user out. So a refresh never runs in its caller's thread, where a
 cancelled task, a passed deadline or Ctrl-C could interrupt it. It runs as a *flight*: a
 non-daemon thread that callers only wait on. A process about to exit calls :func:`drain`, which
-waits for the flights that have sent and stops the others from sending at all.
+waits for the flights that have sent and stops the others from sending at all. A program that
+uses the library and is told to stop (SIGTERM, SIGHUP) unwinds and waits for them too
+(:func:`guard_exit_signals`).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +24,10 @@ from typing import Literal
 from authpool.accounts.secret import Secret
 from authpool.errors import RefreshError
 
-__all__ = ["Flight", "RefreshMode", "Renewal", "drain", "exiting", "in_flight", "launch", "mark_sending"]
+__all__ = ["Flight", "RefreshMode", "Renewal", "drain", "exiting", "guard_exit_signals", "in_flight", "launch",
+           "mark_sending"]
+
+log = logging.getLogger("authpool")
 
 RefreshMode = Literal["force", "mandatory", "advisory"]
 
@@ -58,6 +66,7 @@ class Flight:
 _guard = threading.Lock()
 _flights: set[Flight] = set()
 _exiting = threading.Event()
+_signals_guarded = False
 
 
 def launch(flight: Flight, body: Callable[[], Renewal | None], on_done: Callable[[], None]) -> None:
@@ -134,3 +143,48 @@ def drain(timeout: float | None = None, *, notify: Callable[[list[Flight]], None
         if slice_ <= 0:
             return False
         concurrent.futures.wait([f.future for f in pending], timeout=slice_)
+
+
+def guard_exit_signals() -> None:
+    """Let a program that uses authpool as a library finish a sent refresh when it is told to stop.
+
+    SIGTERM (``docker stop``, systemd, ``kill``) and SIGHUP (a closed terminal) end a process at
+    once by default: a refresh whose token request has left would be lost, and the next refresh
+    would present the spent token, which revokes the login. Each of the two whose handler is still
+    the default gets one that:
+
+    - while a sent refresh is in flight, stops new token calls and raises ``SystemExit(128 +
+      signal)`` in the main thread: the program unwinds as on Ctrl-C, and the interpreter waits for
+      the refresh threads (not daemons) before it exits, so the rotation is stored;
+    - otherwise restores the default and sends the signal again: the program ends exactly as it
+      would have.
+
+    Either way a second signal ends the process at once. A handler the program sets is its own
+    (set before, this leaves it alone; set after, it replaces this one); the CLI, ``serve`` and the
+    gateway drain refreshes themselves. Only the main thread may set handlers: called from another,
+    this does nothing (the next call from the main thread does it). Not on Windows.
+    """
+    global _signals_guarded  # noqa: PLW0603 - once per process
+    if _signals_guarded or sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        return
+    _signals_guarded = True
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) == signal.SIG_DFL:
+                signal.signal(sig, _land_then_exit)
+        except (ValueError, OSError):  # pragma: no cover - an embedded interpreter that refuses
+            continue
+
+
+def _land_then_exit(signum: int, frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once, as by default
+    with _guard:
+        sent = sorted({f.name for f in _flights if f.sent and not f.future.done()})
+        if sent:
+            _exiting.set()  # nothing else leaves for a token endpoint from now on
+    if not sent:
+        signal.raise_signal(signum)  # nothing to wait for: end as the default would
+        return
+    log.warning("%s: finishing a token refresh (%s) before exiting: the provider may have rotated the login "
+                "already; send it again to leave anyway", signal.Signals(signum).name, ", ".join(sent))
+    raise SystemExit(128 + signum)

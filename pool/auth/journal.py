@@ -97,9 +97,14 @@ def _host() -> str:
 
 
 def _command() -> str:
+    """What this process is, for messages: ``authpool request``, ``python -c``, ``python -m app``, ``app.py``."""
     prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-    if prog in ("__main__.py", "cli.py", "-m", "-c"):
-        prog = "authpool"
+    if prog == "-c":
+        prog = "python -c"
+    elif prog in ("__main__.py", "cli.py", "-m"):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        name = spec.name.removesuffix(".__main__") if spec is not None else ""
+        prog = "authpool" if not name or name.startswith("authpool") else f"python -m {name}"
     sub = next((a for a in sys.argv[1:3] if a and not a.startswith("-")), "")
     return f"{prog} {sub}".strip()[:60]
 

@@ -5,7 +5,8 @@ Every command is a thin shell over the library, in a module named for its noun
 assembles their parsers and turns how a command ended into an exit status. Errors are one line
 on stderr and a non-zero exit status, never a traceback (``AUTHPOOL_DEBUG=1`` shows one for
 bugs). Whatever ends a command, a token refresh it sent is waited for before the process exits;
-SIGTERM unwinds a command like Ctrl-C and exits 143. Ad-hoc commands must stay fast, so nothing
+SIGTERM and SIGHUP (a closed terminal, a dropped SSH session) unwind a command like Ctrl-C and exit
+143 and 129. Ad-hoc commands must stay fast, so nothing
 here imports the MCP SDK except ``serve``/``demo``, and each command's module is imported only
 when the parser is built.
 """
@@ -28,23 +29,27 @@ log = logging.getLogger("authpool")
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the command unwinds."""
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so the command unwinds."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (the console script exits with it).
 
-    Whatever ends a command (success, an error, Ctrl-C, SIGTERM), a token refresh it sent is
+    Whatever ends a command (success, an error, Ctrl-C, SIGTERM, SIGHUP), a token refresh it sent is
     waited for before the process exits: the provider may have rotated the login already, and
     leaving before the answer is stored would log the user out.
     """
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
-    previous = _on_sigterm(_raise_terminated)
+    previous = _on_signals(_raise_terminated)
     try:
         status = _run(argv)
     finally:
-        _on_sigterm(previous)
+        _restore(previous)
     return _after_refreshes(status)
 
 
@@ -71,9 +76,12 @@ def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure
     except KeyboardInterrupt:
         print("authpool: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
-    except Terminated:
-        print("authpool: terminated", file=sys.stderr)
-        return EXIT_TERMINATED
+    except Terminated as e:
+        if e.signum == EXIT_TERMINATED - 128:
+            print("authpool: terminated", file=sys.stderr)
+        else:
+            print(f"authpool: terminated ({_name(e.signum)})", file=sys.stderr)
+        return 128 + e.signum
     except BrokenPipeError:
         return EXIT_ERROR  # stdout closed early (e.g. `| head`): nothing left to say
     except Exception as e:  # a bug: keep the one-line contract, offer the traceback on request
@@ -87,17 +95,35 @@ def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+    raise Terminated(signum)
 
 
-def _on_sigterm(handler: Any) -> Any:
-    """Install ``handler`` for SIGTERM (main thread only); returns the previous one."""
+def _name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _on_signals(handler: Any) -> dict[int, Any]:
+    """Install ``handler`` for SIGTERM and, where there is one, SIGHUP (main thread only); returns
+    the previous handlers. SIGHUP's default would end the process at once, a sent refresh with it."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler) if handler is not None else None
+        return {}
+    wanted = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    return {sig: signal.signal(sig, handler) for sig in wanted}
+
+
+def _restore(previous: dict[int, Any]) -> None:
+    import signal
+
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _after_refreshes(status: int) -> int:
@@ -116,7 +142,7 @@ def _after_refreshes(status: int) -> int:
         print(f"authpool: finishing a token refresh ({names}) before exiting: the provider may have rotated "
               "the login already; press Ctrl-C again to leave anyway", file=sys.stderr, flush=True)
 
-    previous = _on_sigterm(_raise_terminated)
+    previous = _on_signals(_raise_terminated)
     try:
         drain(notify=say)
     except (KeyboardInterrupt, Terminated):
@@ -125,7 +151,7 @@ def _after_refreshes(status: int) -> int:
         sys.stdout.flush()
         os._exit(status or EXIT_CANCELLED)  # the refresh threads must not hold the exit up any longer
     finally:
-        _on_sigterm(previous)
+        _restore(previous)
     return status
 
 

@@ -45,7 +45,8 @@ log = logging.getLogger("authpool")
 
 DEFAULT_PORT = 8787
 DEFAULT_GRACE = 60.0  # seconds in-flight responses get to finish after SIGTERM
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: a closed terminal or a dropped SSH session must not end the gateway mid-refresh.
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
 
 
 def is_loopback(host: str) -> bool:
@@ -108,7 +109,16 @@ def run_gateway(*, host: str, port: int, port_file: Path | None = None, allow_re
     server = _Server(config, announce=lambda: announce(pool, key, host, bound, port_file), grace=grace,
                      name="the MCP server" if mcp_only else "the gateway")
     early: list[int] = []
-    previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum)) for sig in _SIGNALS}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Before uvicorn listens, every signal waits for it here; then uvicorn takes SIGINT and SIGTERM
+        # itself, and SIGHUP, which it leaves alone, stops it the same way.
+        if not server.started:
+            early.append(signum)
+        elif not server.should_exit:
+            server.handle_exit(signum, frame)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
     server.early = early
     try:
         server.run(sockets=[sock])
