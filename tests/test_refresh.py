@@ -468,6 +468,43 @@ def test_a_refresh_that_failed_with_a_timeout_of_its_own_is_not_reported_as_stil
     slow.set()
 
 
+def test_an_account_disabled_while_its_refresh_waited_for_the_lock_makes_no_token_call(acme: LoopbackPool) -> None:
+    """`store copy` holds every account's refresh lock, copies, and disables the source's logins, so
+    that one pool alone rotates each. A refresh that waited for the lock meanwhile must not rotate
+    the login afterwards: that would spend the token the copy holds."""
+    from authpool.auth import in_flight
+    from authpool.errors import RefreshError
+
+    acme.add_oauth("a", expires_in=-60)
+    account = acme.pool.get("acme/a")
+    lock = acme.pool.secret_lock(account.id)
+    lock.acquire()
+    errors: list[BaseException] = []
+
+    def renew() -> None:
+        try:
+            acme.pool.refresher.renew(acme.pool.provider("acme"), account.id, account.secret_generation, "mandatory",
+                                      wait=60)
+        except BaseException as e:  # noqa: BLE001 - looked at below
+            errors.append(e)
+
+    caller = threading.Thread(target=renew)
+    try:
+        caller.start()
+        deadline = time.monotonic() + 60
+        while not in_flight():
+            assert time.monotonic() < deadline, "the refresh never started"
+            time.sleep(0.01)
+        acme.pool.set_enabled(account.id, False)  # what the copy does before it lets go of the locks
+    finally:
+        lock.release()
+    caller.join(60)
+    assert len(errors) == 1 and isinstance(errors[0], RefreshError), errors
+    assert "is disabled, so it was not renewed" in str(errors[0])
+    assert acme.lp.snapshot()["token_calls"] == 0
+    assert acme.pool.get(account.id).secret_generation == account.secret_generation
+
+
 def test_a_failed_refresh_in_the_mandatory_window_rotates_to_the_next_account(acme: LoopbackPool) -> None:
     """100 s left, mandatory 200 s, endpoint down: the account is skipped (not sent), the next account serves."""
     _windows(acme)

@@ -251,6 +251,10 @@ class Refresher:
             return Renewal(secrets.load(acc.id, acc.secret_generation), performed=False)
         if acc.needs_reauth:
             raise ReauthRequired(_reauth_message(acc))
+        if not acc.enabled:
+            # Disabled while this flight waited for the lock: `store copy` disables a login it copied
+            # so that one pool alone rotates it, and a rotation here would spend the copy's token.
+            raise RefreshError(f"account {acc.name} is disabled, so it was not renewed", reason="disabled")
         secret = secrets.load_fresh(acc.id)
         seen: FileLogin | None = None  # the linked tool's file as read now, for the write-back
         if acc.link is not None and provider.token_exchange is None:
