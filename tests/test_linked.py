@@ -347,6 +347,71 @@ def test_a_tool_that_writes_the_spent_token_back_from_its_memory_is_not_followed
     assert pool.get(account_id).needs_reauth is False
 
 
+def test_a_store_that_took_the_renewal_but_reported_a_failure_still_writes_it_back_to_the_file(
+        linked: tuple[Pool, str, Path], anthropic: LoopbackPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A keyring's D-Bus call can time out after the write went through. The store is tried again and
+    finds the renewal already there (an equal copy, read back): that is this renewal, not another
+    process's, so the tool's file still gets it (else the tool renews with the spent token). The
+    failure is simulated; the store, the file and every token call are real."""
+    import authpool.auth.refresh as refresh_module
+    from authpool.errors import SecretError
+
+    pool, account_id, file = linked
+    monkeypatch.setattr(refresh_module, "_LAND_RETRY_CAP", 0.05)
+    spent = file_login(file)["refreshToken"]
+    secrets = pool.secrets
+    real = secrets.swap
+    tries: list[int] = []
+
+    def lands_then_raises(account: str, old: Secret, new: Secret, generation: int) -> Secret:
+        tries.append(1)
+        stored = real(account, old, new, generation)
+        if len(tries) == 1:
+            raise SecretError("the credential store failed to write: D-Bus reply timeout")
+        return stored
+
+    monkeypatch.setattr(secrets, "swap", lands_then_raises)
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    assert len(tries) == 2
+    assert file_login(file)["refreshToken"] == pool.secret_of(pool.get(account_id)).refresh_token != spent
+    tool = Tool(file, anthropic)
+    try:
+        anthropic.lp.expire_access_tokens("linda")
+        assert tool.do("refresh") == {"ok": True}  # the tool renews from its file, on its own schedule
+    finally:
+        tool.close()
+    assert anthropic.lp.snapshot()["reuse_detected_count"] == 0
+
+
+def test_a_file_unreadable_during_a_renewal_never_gives_back_the_token_authpool_spent(
+        linked: tuple[Pool, str, Path], anthropic: LoopbackPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file cannot be read (nor written) while authpool renews, so it keeps the token authpool just
+    spent; readable again, it must not be taken for a renewal by the tool. authpool remembers the last
+    tokens it spent for this login. The unreadable file is simulated (as root, no permission refuses)."""
+    import authpool.auth.refresh as refresh_module
+    from authpool.errors import InvalidInput
+
+    pool, account_id, file = linked
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    in_step = file_login(file)["refreshToken"]
+
+    def unreadable(*args: object) -> None:
+        raise InvalidInput(f"cannot read the linked file {file}: Permission denied")
+
+    for name in ("read_login", "changed_since", "write_login"):
+        monkeypatch.setattr(refresh_module, name, unreadable)
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    assert file_login(file)["refreshToken"] == in_step  # spent now
+    monkeypatch.undo()
+    anthropic.lp.expire_access_tokens("linda")
+    assert request(pool) == [(401, "refreshed"), (200, "ok")]
+    assert anthropic.lp.snapshot()["reuse_detected_count"] == 0
+    assert pool.get(account_id).needs_reauth is False
+
+
 def test_unlink_stops_writing_the_file_and_both_keep_their_login(
         linked: tuple[Pool, str, Path], anthropic: LoopbackPool) -> None:
     pool, account_id, file = linked

@@ -102,6 +102,27 @@ def test_interrupting_the_cli_mid_refresh_waits_for_the_refresh_to_land(
     assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
 
 
+def test_a_cli_command_under_nohup_keeps_running_when_its_terminal_hangs_up(acme: LoopbackPool) -> None:
+    """`nohup` ignores SIGHUP so that a command outlives its terminal: authpool leaves an ignored SIGHUP
+    ignored, and the command finishes its request."""
+    acme.add_oauth("a", expires_in=-60)
+    acme.lp.set_token_delay(120)  # held until the hangup has been sent
+    cli = subprocess.Popen(["nohup", sys.executable, "-m", "authpool.server.cli", *cli_request_args()],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ), cwd=REPO)
+    try:
+        assert acme.lp.wait_for_token_calls(1), cli.communicate()[1]
+        cli.send_signal(signal.SIGHUP)
+        acme.lp.set_token_delay(0)
+        out, err = cli.communicate(timeout=120)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    assert cli.returncode == 0, err
+    assert "terminated" not in err and "HTTP 200 from acme/a" in err
+    assert_refresh_landed(acme)
+
+
 _LIBRARY_APP = f"""
 from authpool import Pool
 pool = Pool.open()  # a program that uses authpool as a library, with Python's default signal handling
@@ -110,29 +131,46 @@ with pool.sync_client("acme") as client:
 """
 
 
-@pytest.mark.parametrize(("sig", "status"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)], ids=["sigterm", "sighup"])
-def test_a_program_using_the_library_told_to_stop_mid_refresh_stores_the_rotation_before_it_exits(
-    acme: LoopbackPool, sig: signal.Signals, status: int
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_a_program_using_the_library_told_to_stop_mid_refresh_stores_the_rotation_before_it_ends(
+    acme: LoopbackPool, sig: signal.Signals
 ) -> None:
     """`docker stop`, systemd or a closed terminal while a library program's refresh is at the token
-    endpoint: by default the signal would end the process at once and lose the rotation. The program
-    unwinds instead (exit status 128 + signal), and exits once the rotation is stored."""
+    endpoint: by default the signal would end the process at once and lose the rotation. The process
+    still ends by the signal, once the rotation is stored. The token endpoint holds its answer until
+    the program has said it is waiting for it."""
     acme.add_oauth("a", expires_in=-60)
-    acme.lp.set_token_delay(DELAY)
+    acme.lp.set_token_delay(120)  # held: released below, once the program waits for it
     app = subprocess.Popen([sys.executable, "-c", _LIBRARY_APP], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read_stderr() -> None:
+        assert app.stderr is not None
+        for line in app.stderr:
+            lines.append(line)
+            if "finishing a token refresh (acme/a) before exiting" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
     try:
-        assert acme.lp.wait_for_token_calls(1), app.communicate()[1]
+        reader.start()
+        assert acme.lp.wait_for_token_calls(1), "".join(lines)
         app.send_signal(sig)
-        out, err = app.communicate(timeout=120)
+        assert waiting.wait(120), "".join(lines)
+        assert app.poll() is None  # still there, waiting for the answer
+        acme.lp.set_token_delay(0)
+        app.wait(timeout=120)
+        reader.join(timeout=60)
     finally:
         if app.poll() is None:
             app.kill()
-    assert app.returncode == status, err
-    assert f"{sig.name}: finishing a token refresh (acme/a) before exiting" in err
-    assert "answered" not in out  # the program was stopped, not allowed to finish its request
+    assert app.returncode == -sig, "".join(lines)  # ended by the signal itself, as by default
+    assert f"{sig.name}: finishing a token refresh (acme/a) before exiting" in "".join(lines)
     assert_refresh_landed(acme)
-    assert_no_secrets([out, err, *home_texts(acme.home)], acme.secrets())
+    out = app.stdout.read() if app.stdout is not None else ""
+    assert_no_secrets([out, *lines, *home_texts(acme.home)], acme.secrets())
 
 
 _IDLE_APP = """

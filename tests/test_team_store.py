@@ -177,6 +177,33 @@ def test_an_organisation_may_allow_sharing_and_user_defined_providers_allow_it(t
 # -- refresh across machines -----------------------------------------------------------------------
 
 
+def test_a_refresh_on_a_team_store_keeps_other_machines_off_for_as_long_as_its_store_is_retried(team: Team) -> None:
+    """The refresh lock is a lease another machine can take while this one, cut off from the database,
+    still tries to store the rotation (for up to 5 minutes): the journal's deadline covers that, so
+    the other machine waits instead of presenting the spent token."""
+    from authpool.auth.refresh import _LAND_FOR
+
+    pool = team.pool(0)
+    team.add_oauth(pool, "a")
+    account = pool.get("acme/a")
+    team.lp.expire_access_tokens("a")
+    team.lp.set_token_delay(120)  # held while the record is read
+    limit = pool.provider("acme").token_call_limit
+    worker = threading.Thread(target=lambda: pool.refresher.renew(pool.provider("acme"), account.id,
+                                                                  account.secret_generation, "force", wait=120))
+    worker.start()
+    try:
+        assert team.lp.wait_for_token_calls(1, 60)
+        record = pool.store.read().find(account.id).refresh_journal
+        assert record is not None and record.deadline is not None
+        assert record.deadline - record.started_at >= limit + _LAND_FOR
+    finally:
+        team.lp.set_token_delay(0)
+        worker.join(120)
+    assert pool.store.read().find(account.id).refresh_journal is None
+    assert team.lp.snapshot()["reuse_detected_count"] == 0
+
+
 def test_serve_and_clis_on_three_machines_across_a_hundred_rotations_never_reuse_a_refresh_token(
         team: Team) -> None:
     """`authpool serve` and `authpool request` on three homes while tokens keep expiring: 100+ rotations, 0 reuse."""

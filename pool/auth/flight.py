@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
+import queue
 import signal
 import sys
 import threading
@@ -65,7 +67,9 @@ class Flight:
 # Every flight of this process, whatever pool started it: what `drain` waits for at exit.
 _guard = threading.Lock()
 _flights: set[Flight] = set()
-_exiting = threading.Event()
+# Set once the process is exiting (drain, or a signal: see _land_then_exit). A plain flag, not an
+# Event: a signal handler sets it, and must take no lock the interrupted thread may be holding.
+_exit_requested = False
 _signals_guarded = False
 
 
@@ -98,7 +102,7 @@ def mark_sending(flight: Flight | None, what: str) -> None:
         RefreshError: the process is exiting: nothing may leave that it could not wait for.
     """
     with _guard:
-        if _exiting.is_set():
+        if _exit_requested:
             raise RefreshError(f"{what} was not renewed: this process is exiting")
         if flight is not None:
             flight.sent = True
@@ -106,7 +110,7 @@ def mark_sending(flight: Flight | None, what: str) -> None:
 
 def exiting() -> bool:
     """Whether :func:`drain` was called for the process's exit (flights waiting for a lock give up)."""
-    return _exiting.is_set()
+    return _exit_requested
 
 
 def in_flight() -> list[Flight]:
@@ -125,8 +129,10 @@ def drain(timeout: float | None = None, *, notify: Callable[[list[Flight]], None
     ``notify`` is called once, with the flights still running, if they take ``notify_after``
     seconds or more.
     """
+    global _exit_requested  # noqa: PLW0603 - the process's one flag
     if final:
-        _exiting.set()
+        with _guard:
+            _exit_requested = True
     deadline = None if timeout is None else time.monotonic() + timeout
     notify_at = time.monotonic() + notify_after if notify is not None else None
     while True:
@@ -145,46 +151,89 @@ def drain(timeout: float | None = None, *, notify: Callable[[list[Flight]], None
         concurrent.futures.wait([f.future for f in pending], timeout=slice_)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child has none of its parent's refresh threads: their flights are not its to wait for
+    (a drain would wait forever, a signal would be held for them), and another thread may have held
+    the guard at the fork."""
+    global _guard  # noqa: PLW0603 - module state, replaced once in a new process
+    _guard = threading.Lock()
+    _flights.clear()
+    if _exit_thread is not None:  # the parent's thread is not the child's; its handlers are inherited
+        _start_exit_thread()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def guard_exit_signals() -> None:
     """Let a program that uses authpool as a library finish a sent refresh when it is told to stop.
 
     SIGTERM (``docker stop``, systemd, ``kill``) and SIGHUP (a closed terminal) end a process at
     once by default: a refresh whose token request has left would be lost, and the next refresh
     would present the spent token, which revokes the login. Each of the two whose handler is still
-    the default gets one that:
+    the default gets one that restores the default and:
 
-    - while a sent refresh is in flight, stops new token calls and raises ``SystemExit(128 +
-      signal)`` in the main thread: the program unwinds as on Ctrl-C, and the interpreter waits for
-      the refresh threads (not daemons) before it exits, so the rotation is stored;
-    - otherwise restores the default and sends the signal again: the program ends exactly as it
-      would have.
+    - with no sent refresh in flight, sends the signal again: the program ends as it would have;
+    - otherwise hands the signal to a thread kept for it (``authpool-exit``), which stops new token
+      calls, waits for the sent refreshes to be stored, and then sends the signal again. The
+      program runs on meanwhile, undisturbed, and still ends by the signal.
 
-    Either way a second signal ends the process at once. A handler the program sets is its own
-    (set before, this leaves it alone; set after, it replaces this one); the CLI, ``serve`` and the
-    gateway drain refreshes themselves. Only the main thread may set handlers: called from another,
-    this does nothing (the next call from the main thread does it). Not on Windows.
+    A second signal ends the process at once. A handler the program sets is its own (set before,
+    this leaves it alone; set after, it replaces this one); the CLI, ``serve`` and the gateway drain
+    refreshes themselves. Python runs signal handlers in the main thread between two bytecodes, so
+    a main thread inside a long C call (``os.system``, a C extension) takes the signal when that
+    call returns. Only the main thread may set handlers: called from another, this does nothing
+    (the next call from the main thread does it). Not on Windows.
     """
     global _signals_guarded  # noqa: PLW0603 - once per process
     if _signals_guarded or sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
         return
     _signals_guarded = True
+    guarded = False
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
             if signal.getsignal(sig) == signal.SIG_DFL:
                 signal.signal(sig, _land_then_exit)
+                guarded = True
         except (ValueError, OSError):  # pragma: no cover - an embedded interpreter that refuses
             continue
+    if guarded:
+        _start_exit_thread()
+
+
+# The signals _land_then_exit hands on. SimpleQueue.put may be called from a signal handler (it is
+# reentrant and takes no lock the interrupted thread could hold).
+_exit_signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+_exit_thread: threading.Thread | None = None
 
 
 def _land_then_exit(signum: int, frame: object) -> None:
+    """The signal handler: takes no lock (the main thread, which runs it, may hold any)."""
+    global _exit_requested  # noqa: PLW0603 - the process's one flag
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once, as by default
-    with _guard:
-        sent = sorted({f.name for f in _flights if f.sent and not f.future.done()})
-        if sent:
-            _exiting.set()  # nothing else leaves for a token endpoint from now on
-    if not sent:
+    _exit_requested = True  # from now on no token request leaves (mark_sending)
+    # Copying the set is one step under the interpreter lock. A flight that marked itself sending
+    # just before the flag is in it; one that had not yet will not send.
+    if not any(f.sent and not f.future.done() for f in _flights.copy()) or _exit_thread is None:
         signal.raise_signal(signum)  # nothing to wait for: end as the default would
         return
-    log.warning("%s: finishing a token refresh (%s) before exiting: the provider may have rotated the login "
-                "already; send it again to leave anyway", signal.Signals(signum).name, ", ".join(sent))
-    raise SystemExit(128 + signum)
+    _exit_signals.put(signum)
+
+
+def _exit_after_landing() -> None:
+    """The ``authpool-exit`` thread: wait for the sent refreshes, then let the signal end the process."""
+    while True:
+        signum = _exit_signals.get()
+        names = sorted({f.name for f in in_flight() if f.sent})
+        if names:
+            log.warning("%s: finishing a token refresh (%s) before exiting: the provider may have rotated the "
+                        "login already; send it again to leave anyway", signal.Signals(signum).name, ", ".join(names))
+        drain()
+        os.kill(os.getpid(), signum)  # the default action, restored by the handler
+
+
+def _start_exit_thread() -> None:
+    global _exit_thread  # noqa: PLW0603 - one per process
+    _exit_thread = threading.Thread(target=_exit_after_landing, name="authpool-exit", daemon=True)
+    _exit_thread.start()

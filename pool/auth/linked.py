@@ -36,7 +36,7 @@ from authpool.accounts.secret import Secret
 from authpool.errors import InvalidInput, StoreWriteError
 from authpool.storage.atomicfile import write_atomic
 
-__all__ = ["LINKABLE", "FileLogin", "changed_since", "digest", "read_login", "write_login"]
+__all__ = ["LINKABLE", "FileLogin", "changed_since", "digest", "read_login", "spending", "spent", "write_login"]
 
 LINKABLE = ("claude-code", "codex", "gemini", "opencode")
 _MAX_BYTES = 1 << 20
@@ -62,6 +62,21 @@ def digest(refresh_token: str | None) -> str:
     return hashlib.sha256((refresh_token or "").encode()).hexdigest()[:16]
 
 
+_SPENT_KEPT = 8  # digests of refresh tokens authpool has spent, kept per linked login
+
+
+def spent(secret: Secret) -> list[str]:
+    """Digests of the refresh tokens authpool spent for this login, newest first (``link_spent``)."""
+    return [d for d in secret.extra.get("link_spent", "").split(",") if d]
+
+
+def spending(secret: Secret) -> str:
+    """``link_spent`` once ``secret``'s refresh token is spent (a rotation, or an adoption of the
+    tool's renewal): a file that still holds it, or gets it back from a tool that read it earlier,
+    must never be taken for a newer login."""
+    return ",".join(dict.fromkeys([digest(secret.refresh_token), *spent(secret)]))[: 17 * _SPENT_KEPT - 1]
+
+
 def read_login(link: LinkedFile) -> FileLogin:
     """The login in the linked file now.
 
@@ -83,8 +98,9 @@ def changed_since(link: LinkedFile, secret: Secret) -> FileLogin | None:
     login = read_login(link)
     if login.refresh_token is None or login.refresh_token == secret.refresh_token:
         return None
-    if digest(login.refresh_token) == secret.extra.get("link_seen"):
-        return None  # what authpool last saw there: authpool's own login is the newer
+    seen = digest(login.refresh_token)
+    if seen == secret.extra.get("link_seen") or seen in spent(secret):
+        return None  # what authpool last saw there, or a token it spent: authpool's own login is the newer
     return login
 
 
@@ -103,7 +119,7 @@ def write_login(link: LinkedFile, secret: Secret, seen: FileLogin | None) -> Fil
         doc = _parse(data, link)
         _, refresh, _, _ = _tokens(link, doc)
         if seen is not None and signature != seen.signature and refresh != secret.refresh_token and \
-                digest(refresh) != secret.extra.get("link_seen"):
+                digest(refresh) != secret.extra.get("link_seen") and digest(refresh) not in spent(secret):
             return read_login(link)  # the tool renewed it after our read: its login is the newer
         _merge(link, doc, secret)
         mode = stat.S_IMODE(os.stat(link.path).st_mode)

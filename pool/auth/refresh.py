@@ -36,7 +36,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import anyio
 import httpx2
@@ -47,7 +47,7 @@ from authpool.accounts.secret import Secret, TokenSet, time_left
 from authpool.accounts.views import relogin_command
 from authpool.auth.flight import Flight, RefreshMode, Renewal, drain, exiting, in_flight, launch, mark_sending
 from authpool.auth.journal import describe_interrupted, new_record
-from authpool.auth.linked import FileLogin, changed_since, digest, read_login, write_login
+from authpool.auth.linked import FileLogin, changed_since, digest, read_login, spending, write_login
 from authpool.auth.oauth import (
     call_timeouts,
     describe_transport_error,
@@ -74,6 +74,7 @@ from authpool.storage.protocols import HeldLock, MetadataStore, SecretBackend
 __all__ = ["Flight", "Keeper", "Refresher", "drain", "in_flight", "refresh_backoff"]
 
 log = logging.getLogger("authpool")
+_T = TypeVar("_T")
 
 _BACKOFF_FIRST = 1.0  # seconds before the first retry of a failing token endpoint
 _BACKOFF_CAP = 60.0
@@ -146,7 +147,8 @@ class Refresher:
             return flight.future.result(timeout=wait)
         except concurrent.futures.TimeoutError:
             if flight.future.done():
-                raise  # the flight's own error: a LockTimeout is a TimeoutError too, not a wait that ran out
+                # Its own outcome (a LockTimeout is a TimeoutError too), or one that came just as the wait ran out.
+                return flight.future.result()
             raise _pending(provider, flight, wait) from None
 
     async def arenew(self, provider: Provider, account_id: str, seen_generation: int, mode: RefreshMode, *,
@@ -318,7 +320,8 @@ class Refresher:
             raise
         # Nothing between the answer and storing it: the old refresh token is dead at the provider.
         new = secret.with_tokens(tokens.access_token, tokens.refresh_token, tokens.expires_at,
-                                 {"link_seen": _file_holds(secret, seen)} if acc.link is not None else None)
+                                 {"link_seen": _file_holds(secret, seen), "link_spent": spending(secret)}
+                                 if acc.link is not None else None)
         renewal = self._store(acc, secret, new, tokens.issued_lifetime(), "refreshed the token of %s", landing=True)
         self._event(acc, "renewed" if renewal.performed else "adopted", started, None)
         if acc.link is not None and renewal.performed:
@@ -333,33 +336,49 @@ class Refresher:
 
         A compare-and-swap: a secret someone else stored meanwhile (a lease that expired under us,
         a re-login) is kept and used instead of ours. ``landing``: the old secret is spent at the
-        provider (a rotation), so a failed store is retried (:meth:`_swap_landing`).
+        provider (a rotation), so a failed store is tried again (:meth:`_until_landed`).
         """
         generation = acc.secret_generation + 1
         if landing:
-            stored = self._swap_landing(acc, old, new, generation)
+            stored = self._until_landed(acc, "the renewed token could not be stored", "the renewed token was stored",
+                                        lambda: self.keeper.secrets.swap(acc.id, old, new, generation))
         else:
             stored = self.keeper.secrets.swap(acc.id, old, new, generation)
-        if stored is not new:
+        # By value: a try that landed but reported a failure (a keyring's D-Bus call timing out after
+        # the write) finds ours stored on the next try and reads back an equal copy.
+        if stored != new:
             log.warning("account %s: another process stored a newer secret while this renewal ran; using theirs",
                         acc.name)
             self._update(acc.id, lambda a: transitions.adopted(a, generation=generation,
                                                                expires_at=stored.expires_at))
             return Renewal(stored, performed=False)
-        self._update(acc.id, lambda a: transitions.renewed(
-            a, generation=generation, expires_at=new.expires_at, lifetime=lifetime))
+
+        def renewed(a: Account) -> None:
+            transitions.renewed(a, generation=generation, expires_at=new.expires_at, lifetime=lifetime)
+
+        if not landing:
+            self._update(acc.id, renewed)
+        else:
+            try:
+                self._until_landed(acc, "the renewal could not be recorded", "the renewal was recorded",
+                                   lambda: self._update(acc.id, renewed))
+            except Exception as e:  # noqa: BLE001 - the token is stored: the record only lags behind it
+                # The journal record stays: the next refresh waits it out, then renews from the stored token.
+                log.warning("account %s: the renewed token is stored, but its new generation is not recorded (%s)",
+                            acc.name, e)
         log.info(done, acc.name)
         return Renewal(new, performed=True)
 
-    def _swap_landing(self, acc: Account, old: Secret, new: Secret, generation: int) -> Secret:
-        """``secrets.swap`` of a rotated secret, tried again until it lands or ``_LAND_FOR`` passes.
+    def _until_landed(self, acc: Account, failed: str, landed: str, attempt: Callable[[], _T]) -> _T:
+        """``attempt`` (a store write after a rotation), tried again until it lands or ``_LAND_FOR`` passes.
 
         The provider has spent the old refresh token: the new one is the only way back into the
         login, so a store that fails for a while (a full disk, another process holding the vault's
         lock past the lock timeout, a keyring that is busy) is waited out rather than dropping it.
-        The account's refresh lock is held meanwhile, so no other process or thread presents the
-        spent token; a process asked to exit waits for this flight like any sent one (a second
-        Ctrl-C leaves, and the journal then says what happened).
+        The account's refresh lock is held meanwhile, so no other process or thread of a local
+        store presents the spent token (a team store's lock is a lease: see docs/design.md); a
+        process asked to exit waits for this flight like any sent one (a second signal leaves, and
+        the journal then says what happened).
 
         Raises:
             Exception: the store's last error, once ``_LAND_FOR`` has passed.
@@ -369,22 +388,22 @@ class Refresher:
         failures = 0
         while True:
             try:
-                stored = self.keeper.secrets.swap(acc.id, old, new, generation)
+                result = attempt()
             except Exception as e:
                 failures += 1
                 if time.monotonic() + delay > deadline:
-                    log.error("account %s: the renewed token could not be stored for %.0fs (%s); the provider has "  # noqa: TRY400 - one line
-                              "spent the old one, so the login will need a new sign-in", acc.name, _LAND_FOR, e)
+                    log.error("account %s: %s for %.0fs (%s); the provider has spent the old token, so the "  # noqa: TRY400 - one line
+                              "login may need a new sign-in", acc.name, failed, _LAND_FOR, e)
                     raise
                 if failures == 1:
-                    log.warning("account %s: the renewed token could not be stored (%s); trying again for up to "
-                                "%.0fs, holding the account's refresh lock meanwhile", acc.name, e, _LAND_FOR)
+                    log.warning("account %s: %s (%s); trying again for up to %.0fs, holding the account's refresh "
+                                "lock meanwhile", acc.name, failed, e, _LAND_FOR)
                 time.sleep(delay)
                 delay = min(delay * 2, _LAND_RETRY_CAP)
                 continue
             if failures:
-                log.warning("account %s: the renewed token was stored after %d failed tries", acc.name, failures)
-            return stored
+                log.warning("account %s: %s after %d failed tries", acc.name, landed, failures)
+            return result
 
     # -- a login linked to a tool's file ----------------------------------------------------
 
@@ -409,7 +428,8 @@ class Refresher:
 
     def _adopt(self, acc: Account, secret: Secret, login: FileLogin) -> tuple[Account, Secret]:
         adopted = secret.with_tokens(login.access_token, login.refresh_token, login.expires_at,
-                                     {**login.extra, "link_seen": digest(login.refresh_token)})
+                                     {**login.extra, "link_seen": digest(login.refresh_token),
+                                      "link_spent": spending(secret)})
         generation = acc.secret_generation + 1
         self.keeper.secrets.save(acc.id, adopted, generation)
         lifetime = time_left(login.expires_at)
@@ -477,8 +497,13 @@ class Refresher:
         self._update(account_id, note)
 
     def _journal(self, acc: Account, provider: Provider, interrupted: RefreshJournal | None) -> None:
-        record = new_record(acc.secret_generation, limit=provider.token_call_limit, earlier=interrupted,
-                            now=self.keeper.store.now())
+        limit = provider.token_call_limit
+        if getattr(self.keeper, "team", False):
+            # A team store's refresh lock is a lease: another machine may take it while this one, cut
+            # off from the database, still tries to store the rotation (_until_landed). The record
+            # keeps the others off the stored (spent) token for as long.
+            limit += _LAND_FOR
+        record = new_record(acc.secret_generation, limit=limit, earlier=interrupted, now=self.keeper.store.now())
         self._update(acc.id, lambda a: transitions.begin_refresh(a, record))
 
     def _wait_for_interrupted(self, acc: Account, interrupted: RefreshJournal, mode: RefreshMode,

@@ -14,6 +14,7 @@ when the parser is built.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -74,13 +75,11 @@ def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure
         print(f"authpool: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("authpool: interrupted", file=sys.stderr)
+        _tell("authpool: interrupted")
         return EXIT_CANCELLED
     except Terminated as e:
-        if e.signum == EXIT_TERMINATED - 128:
-            print("authpool: terminated", file=sys.stderr)
-        else:
-            print(f"authpool: terminated ({_name(e.signum)})", file=sys.stderr)
+        said = "" if e.signum == EXIT_TERMINATED - 128 else f" ({_name(e.signum)})"
+        _tell(f"authpool: terminated{said}")
         return 128 + e.signum
     except BrokenPipeError:
         return EXIT_ERROR  # stdout closed early (e.g. `| head`): nothing left to say
@@ -92,6 +91,13 @@ def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure
             file=sys.stderr,
         )
         return EXIT_ERROR
+
+
+def _tell(line: str) -> None:
+    """A line on stderr, if it can still be written: after a hangup the terminal answers EIO, and a
+    failed message must not skip the wait for a sent refresh."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -108,14 +114,16 @@ def _name(signum: int) -> str:
 
 
 def _on_signals(handler: Any) -> dict[int, Any]:
-    """Install ``handler`` for SIGTERM and, where there is one, SIGHUP (main thread only); returns
-    the previous handlers. SIGHUP's default would end the process at once, a sent refresh with it."""
+    """Install ``handler`` for SIGTERM and, where there is one and it is not ignored (``nohup``),
+    SIGHUP (main thread only); returns the previous handlers. SIGHUP's default would end the process
+    at once, a sent refresh with it."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}
-    wanted = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
+    hup = getattr(signal, "SIGHUP", None)
+    wanted = [signal.SIGTERM, *([hup] if hup is not None and signal.getsignal(hup) is not signal.SIG_IGN else [])]
     return {sig: signal.signal(sig, handler) for sig in wanted}
 
 
@@ -139,16 +147,17 @@ def _after_refreshes(status: int) -> int:
 
     def say(pending: list[Flight]) -> None:
         names = ", ".join(sorted({f.name for f in pending}))
-        print(f"authpool: finishing a token refresh ({names}) before exiting: the provider may have rotated "
-              "the login already; press Ctrl-C again to leave anyway", file=sys.stderr, flush=True)
+        _tell(f"authpool: finishing a token refresh ({names}) before exiting: the provider may have rotated "
+              "the login already; press Ctrl-C again to leave anyway")
 
     previous = _on_signals(_raise_terminated)
     try:
         drain(notify=say)
     except (KeyboardInterrupt, Terminated):
-        print("authpool: left before a token refresh finished; if the provider revoked the login, the next "
-              "request says so", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        _tell("authpool: left before a token refresh finished; if the provider revoked the login, the next "
+              "request says so")
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
         os._exit(status or EXIT_CANCELLED)  # the refresh threads must not hold the exit up any longer
     finally:
         _restore(previous)

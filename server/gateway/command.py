@@ -45,8 +45,14 @@ log = logging.getLogger("authpool")
 
 DEFAULT_PORT = 8787
 DEFAULT_GRACE = 60.0  # seconds in-flight responses get to finish after SIGTERM
-# SIGHUP too: a closed terminal or a dropped SSH session must not end the gateway mid-refresh.
-_SIGNALS = (signal.SIGINT, signal.SIGTERM, *((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ()))
+
+
+def _signals() -> tuple[int, ...]:
+    """The signals that stop the gateway: SIGINT, SIGTERM, and SIGHUP (a closed terminal or a dropped
+    SSH session must not end it mid-refresh) unless it is ignored (``nohup``: then it keeps running)."""
+    hup = getattr(signal, "SIGHUP", None)
+    taken = hup is not None and signal.getsignal(hup) is not signal.SIG_IGN
+    return (signal.SIGINT, signal.SIGTERM, *((hup,) if taken and hup is not None else ()))
 
 
 def is_loopback(host: str) -> bool:
@@ -118,7 +124,7 @@ def run_gateway(*, host: str, port: int, port_file: Path | None = None, allow_re
         elif not server.should_exit:
             server.handle_exit(signum, frame)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, on_signal) for sig in _signals()}
     server.early = early
     try:
         server.run(sockets=[sock])
@@ -231,7 +237,7 @@ def _finish(pool: Pool, name: str) -> None:
         print(f"authpool: finishing a token refresh ({names}) before exiting: the provider may have rotated the "
               "login already; press Ctrl-C again to leave anyway", file=sys.stderr, flush=True)
 
-    previous = {sig: signal.signal(sig, leave) for sig in _SIGNALS}
+    previous = {sig: signal.signal(sig, leave) for sig in _signals()}
     try:
         drain(notify=say)
         try:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class TokenRoutes:
     _oauth_mode: str
     _token_delay: float
     _token_calls_changed: threading.Condition
+    _stopping: threading.Event
     _login_subject: str
     _login_deny: bool
     _login_identity: bool
@@ -151,7 +153,7 @@ class TokenRoutes:
             self._token_calls_changed.notify_all()
         # A slow endpoint still does its work after the delay, like a real one: the rotation
         # happens whether or not the client is still there to read the answer.
-        if delay and not self._wait(delay):
+        if delay and not self._delayed(time.monotonic()):
             return None
         if mode == "down":
             return LoopbackResponse.json(500, {"error": "server_error", "error_description": "token service down"})
@@ -205,10 +207,22 @@ class TokenRoutes:
         """Answer every token request ``seconds`` late (0 to turn off); the grant is done after the delay.
 
         A slow identity provider: the client may give up, be interrupted or killed meanwhile,
-        while the provider still rotates the refresh token it was sent.
+        while the provider still rotates the refresh token it was sent. Requests already waiting
+        follow a change: a long delay, then 0 once the test has seen what it waited for, holds a
+        token call out exactly as long as the test needs.
         """
         with self._lock:
             self._token_delay = min(max(0.0, seconds), TOKEN_HANG_SECONDS * 4)
+            self._token_calls_changed.notify_all()
+
+    def _delayed(self, start: float) -> bool:
+        """Wait until ``start`` plus the token delay as it is now; False if ``stop()`` came first."""
+        with self._token_calls_changed:
+            while (left := start + self._token_delay - time.monotonic()) > 0:
+                if self._stopping.is_set():
+                    return False
+                self._token_calls_changed.wait(min(left, 0.1))
+        return True
 
     def wait_for_token_calls(self, count: int, timeout: float = 30.0) -> bool:
         """Block until the token endpoint has received ``count`` requests (True), or ``timeout`` passes."""
