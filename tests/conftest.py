@@ -273,3 +273,36 @@ def team_url(postgres: PostgresServer) -> str:
 
 
 TEAM_KEY = "Zm9yLXRlc3RzLW9ubHktbm90LWEtcmVhbC10ZWFtLWs="  # base64 of 32 bytes; scanned for like any secret
+
+
+# -- following a child process's output -----------------------------------------------------------
+
+import threading  # noqa: E402 - appended section: its imports stay with it
+from typing import IO  # noqa: E402
+
+
+class Follow:
+    """The lines a child process writes to one pipe, read as they come, and ``seen`` set at the first
+    that contains ``phrase``: a test waits for what the process says, not for a length of time."""
+
+    def __init__(self, stream: IO[str] | None, phrase: str) -> None:
+        assert stream is not None
+        self.lines: list[str] = []
+        self.seen = threading.Event()
+        self._phrase = phrase
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.append(line)
+            if self._phrase in line:
+                self.seen.set()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def finish(self, timeout: float = 60) -> str:
+        """Everything written, once the pipe has closed (the process ended)."""
+        self._reader.join(timeout)
+        return self.text()

@@ -19,7 +19,7 @@ import pytest
 
 from authpool import RequestFailed
 from authpool.events import Event, EventFilter, EventLog, follow_events, read_events
-from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
+from tests.conftest import REPO, Follow, LoopbackPool, assert_no_secrets, home_texts, run_cli
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "loopback-small", "messages": [{"role": "user", "content": "hi"}]}
@@ -110,24 +110,14 @@ def test_authpool_log_follow_shows_another_process_s_change(acme: LoopbackPool) 
     acme.add_api_key("a")
     proc = subprocess.Popen([sys.executable, "-m", "authpool.server.cli", "log", "-f", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-    lines: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if '"disabled"' in line:
-                seen.set()
-
-    threading.Thread(target=read, daemon=True).start()
+    followed = Follow(proc.stdout, '"disabled"')
     try:
         # -f prints the existing events first: once "added" is out, the follower is reading.
         deadline = time.monotonic() + DEADLINE
-        while not any('"added"' in line for line in lines) and time.monotonic() < deadline:
+        while not any('"added"' in line for line in followed.lines) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert run_cli("accounts", "disable", "acme/a").returncode == 0
-        assert seen.wait(DEADLINE), f"the disable never reached `authpool log -f`: {lines}"
+        assert followed.seen.wait(DEADLINE), f"the disable never reached `authpool log -f`: {followed.lines}"
     finally:
         proc.terminate()
         proc.wait(timeout=DEADLINE)

@@ -29,7 +29,7 @@ from authpool.auth import drain
 from authpool.auth.journal import describe_interrupted, new_record, owner_alive
 from authpool.auth.refresh import refresh_backoff
 from authpool.providers.builtin import BUILTIN_PROVIDERS
-from tests.conftest import REPO, LoopbackPool, assert_no_secrets, home_texts, run_cli
+from tests.conftest import REPO, Follow, LoopbackPool, assert_no_secrets, home_texts, run_cli
 from tests.mcp_support import RawServer
 
 CHAT = "/v1/chat/completions"
@@ -143,34 +143,23 @@ def test_a_program_using_the_library_told_to_stop_mid_refresh_stores_the_rotatio
     acme.lp.set_token_delay(120)  # held: released below, once the program waits for it
     app = subprocess.Popen([sys.executable, "-c", _LIBRARY_APP], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=dict(os.environ), cwd=REPO)
-    lines: list[str] = []
-    waiting = threading.Event()
-
-    def read_stderr() -> None:
-        assert app.stderr is not None
-        for line in app.stderr:
-            lines.append(line)
-            if "finishing a token refresh (acme/a) before exiting" in line:
-                waiting.set()
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
+    err = Follow(app.stderr, "finishing a token refresh (acme/a) before exiting")
     try:
-        reader.start()
-        assert acme.lp.wait_for_token_calls(1), "".join(lines)
+        assert acme.lp.wait_for_token_calls(1), err.text()
         app.send_signal(sig)
-        assert waiting.wait(120), "".join(lines)
+        assert err.seen.wait(120), err.text()
         assert app.poll() is None  # still there, waiting for the answer
         acme.lp.set_token_delay(0)
         app.wait(timeout=120)
-        reader.join(timeout=60)
     finally:
         if app.poll() is None:
             app.kill()
-    assert app.returncode == -sig, "".join(lines)  # ended by the signal itself, as by default
-    assert f"{sig.name}: finishing a token refresh (acme/a) before exiting" in "".join(lines)
+    said = err.finish()
+    assert app.returncode == -sig, said  # ended by the signal itself, as by default
+    assert f"{sig.name}: finishing a token refresh (acme/a) before exiting" in said
     assert_refresh_landed(acme)
     out = app.stdout.read() if app.stdout is not None else ""
-    assert_no_secrets([out, *lines, *home_texts(acme.home)], acme.secrets())
+    assert_no_secrets([out, said, *home_texts(acme.home)], acme.secrets())
 
 
 _IDLE_APP = """
@@ -330,30 +319,18 @@ def test_a_rotated_token_the_vault_cannot_take_yet_is_stored_once_it_can(acme: L
         cli = subprocess.Popen([sys.executable, "-m", "authpool.server.cli", *cli_request_args()],
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "AUTHPOOL_LOCK_TIMEOUT": "1"}, cwd=REPO)
-        lines: list[str] = []
-        retrying = threading.Event()
-
-        def read_stderr() -> None:
-            assert cli is not None and cli.stderr is not None
-            for line in cli.stderr:
-                lines.append(line)
-                if "the renewed token could not be stored" in line:
-                    retrying.set()
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        assert retrying.wait(120), "".join(lines)
+        said = Follow(cli.stderr, "the renewed token could not be stored")
+        assert said.seen.wait(120), said.text()
         assert acme.lp.snapshot()["refresh_calls"] == 1  # the login is rotated: the old token is spent
         assert holder.stdin is not None
         holder.stdin.close()  # the vault is free again
         out = cli.stdout.read() if cli.stdout is not None else ""
-        assert cli.wait(timeout=120) == 0, "".join(lines)
-        reader.join(timeout=60)
+        assert cli.wait(timeout=120) == 0, said.text()
     finally:
         for proc in (holder, cli):
             if proc is not None and proc.poll() is None:
                 proc.kill()
-    err = "".join(lines)
+    err = said.finish()
     assert "trying again for up to 300s, holding the account's refresh lock meanwhile" in err
     assert "the renewed token was stored after" in err
     assert "Traceback" not in err
