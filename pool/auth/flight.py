@@ -5,8 +5,8 @@ losing its answer logs the user out. So a refresh never runs in its caller's thr
 cancelled task, a passed deadline or Ctrl-C could interrupt it. It runs as a *flight*: a
 non-daemon thread that callers only wait on. A process about to exit calls :func:`drain`, which
 waits for the flights that have sent and stops the others from sending at all. A program that
-uses the library and is told to stop (SIGTERM, SIGHUP) unwinds and waits for them too
-(:func:`guard_exit_signals`).
+uses the library and is told to stop (SIGTERM, SIGHUP) waits for them too before the signal ends
+it (:func:`guard_exit_signals`).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def guard_exit_signals() -> None:
     would present the spent token, which revokes the login. Each of the two whose handler is still
     the default gets one that restores the default and:
 
-    - with no sent refresh in flight, sends the signal again: the program ends as it would have;
+    - with no refresh running, sends the signal again: the program ends as it would have;
     - otherwise hands the signal to a thread kept for it (``authpool-exit``), which stops new token
       calls, waits for the sent refreshes to be stored, and then sends the signal again. The
       program runs on meanwhile, undisturbed, and still ends by the signal.
@@ -213,9 +213,10 @@ def _land_then_exit(signum: int, frame: object) -> None:
     global _exit_requested  # noqa: PLW0603 - the process's one flag
     signal.signal(signum, signal.SIG_DFL)  # a second one ends the process at once, as by default
     _exit_requested = True  # from now on no token request leaves (mark_sending)
-    # Copying the set is one step under the interpreter lock. A flight that marked itself sending
-    # just before the flag is in it; one that had not yet will not send.
-    if not any(f.sent and not f.future.done() for f in _flights.copy()) or _exit_thread is None:
+    # Copying the set is one step under the interpreter lock. Any flight still running counts, sent
+    # or not: one may be inside mark_sending, past the flag, about to mark itself sent; the exit
+    # thread's drain takes the guard, so it sees that flight sent (and waits) or refused.
+    if not any(not f.future.done() for f in _flights.copy()) or _exit_thread is None:
         signal.raise_signal(signum)  # nothing to wait for: end as the default would
         return
     _exit_signals.put(signum)
