@@ -74,7 +74,13 @@ def spending(secret: Secret) -> str:
     """``link_spent`` once ``secret``'s refresh token is spent (a rotation, or an adoption of the
     tool's renewal): a file that still holds it, or gets it back from a tool that read it earlier,
     must never be taken for a newer login."""
-    return ",".join(dict.fromkeys([digest(secret.refresh_token), *spent(secret)]))[: 17 * _SPENT_KEPT - 1]
+    return ",".join(list(dict.fromkeys([digest(secret.refresh_token), *spent(secret)]))[:_SPENT_KEPT])
+
+
+def _known(secret: Secret, refresh_token: str | None) -> bool:
+    """Whether a file's refresh token is one authpool saw there or spent: never a renewal by the tool."""
+    found = digest(refresh_token)
+    return found == secret.extra.get("link_seen") or found in spent(secret)
 
 
 def read_login(link: LinkedFile) -> FileLogin:
@@ -98,8 +104,7 @@ def changed_since(link: LinkedFile, secret: Secret) -> FileLogin | None:
     login = read_login(link)
     if login.refresh_token is None or login.refresh_token == secret.refresh_token:
         return None
-    seen = digest(login.refresh_token)
-    if seen == secret.extra.get("link_seen") or seen in spent(secret):
+    if _known(secret, login.refresh_token):
         return None  # what authpool last saw there, or a token it spent: authpool's own login is the newer
     return login
 
@@ -119,7 +124,7 @@ def write_login(link: LinkedFile, secret: Secret, seen: FileLogin | None) -> Fil
         doc = _parse(data, link)
         _, refresh, _, _ = _tokens(link, doc)
         if seen is not None and signature != seen.signature and refresh != secret.refresh_token and \
-                digest(refresh) != secret.extra.get("link_seen") and digest(refresh) not in spent(secret):
+                not _known(secret, refresh):
             return read_login(link)  # the tool renewed it after our read: its login is the newer
         _merge(link, doc, secret)
         mode = stat.S_IMODE(os.stat(link.path).st_mode)

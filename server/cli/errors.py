@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "EXIT_TERMINATED", "EXIT_USAGE", "UsageError"]
+__all__ = ["EXIT_CANCELLED", "EXIT_ERROR", "EXIT_USAGE", "UsageError"]
 
 EXIT_ERROR = 1  # a PoolError: one line on stderr
 EXIT_USAGE = 2  # as argparse exits on a bad command line
 EXIT_CANCELLED = 130  # as a shell reports a command ended by Ctrl-C
-EXIT_TERMINATED = 143  # as a shell reports a command ended by SIGTERM
+# A command ended by SIGTERM or SIGHUP exits 128 + the signal (143, 129), as a shell reports it.
 
 
 class UsageError(Exception):

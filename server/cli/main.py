@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from authpool import PoolError
-from authpool.server.cli.errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_TERMINATED, EXIT_USAGE, UsageError
+from authpool.server.cli.errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_USAGE, UsageError
 
 __all__ = ["build_parser", "main", "setup_logging"]
 
@@ -78,7 +78,7 @@ def _run(argv: list[str]) -> int:  # noqa: PLR0911 - one exit status per failure
         _tell("authpool: interrupted")
         return EXIT_CANCELLED
     except Terminated as e:
-        said = "" if e.signum == EXIT_TERMINATED - 128 else f" ({_name(e.signum)})"
+        said = "" if _name(e.signum) == "SIGTERM" else f" ({_name(e.signum)})"
         _tell(f"authpool: terminated{said}")
         return 128 + e.signum
     except BrokenPipeError:
